@@ -1,0 +1,144 @@
+//! The assignment token: placement's signed promise that a client may connect to one gateway.
+//!
+//! An HS256 JWT whose claims name the node, the namespace and the reservation it consumes. It
+//! expires with its reservation, so a token can never outlive the seat it reserves. The secret
+//! is shared by placement (which signs) and every gateway (which verifies) and comes from the
+//! environment (`SWITCHYARD_TOKEN_SECRET`).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
+use serde::{Deserialize, Serialize};
+
+/// Claims carried by an assignment token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AssignmentClaims {
+    /// Node id of the gateway the client must connect to.
+    pub sub: String,
+    /// Socket.IO namespace the assignment is for.
+    pub ns: String,
+    /// Reservation id; the gateway reports it consumed after a successful connection.
+    pub rid: String,
+    /// Expiry, seconds since the Unix epoch (JWT `exp`).
+    pub exp: u64,
+    /// Expiry in milliseconds since the Unix epoch, for sub-second reservation TTLs.
+    pub exp_ms: u64,
+    /// Application user id, when the client brought an application token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Room patterns the client may join or publish to, when its application token says so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rooms: Option<Vec<String>>,
+}
+
+/// Why a token was refused. The `reason` strings are part of the gateway's external contract.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("assignment token is malformed or its signature is wrong")]
+    Bad,
+    #[error("assignment token has expired")]
+    Expired,
+}
+
+impl TokenError {
+    /// Machine-readable reason sent to clients in `connect_error` data.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TokenError::Bad => "bad_token",
+            TokenError::Expired => "token_expired",
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch, by the local clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Signs and verifies assignment tokens with one shared secret.
+#[derive(Clone)]
+pub struct TokenKey {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(<secret>)")
+    }
+}
+
+impl TokenKey {
+    pub fn new(secret: &[u8]) -> Self {
+        Self {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+        }
+    }
+
+    /// Signs `claims`. Fails only if the claims cannot be serialized, which they always can.
+    pub fn sign(&self, claims: &AssignmentClaims) -> Result<String, jsonwebtoken::errors::Error> {
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &self.encoding)
+    }
+
+    /// Checks signature and expiry (to the millisecond, with no leeway) and returns the claims.
+    pub fn verify(&self, token: &str) -> Result<AssignmentClaims, TokenError> {
+        self.verify_at(token, now_ms())
+    }
+
+    /// [`TokenKey::verify`] at a given time, for tests and for callers that already read the clock.
+    pub fn verify_at(&self, token: &str, now_ms: u64) -> Result<AssignmentClaims, TokenError> {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.leeway = 0;
+        validation.validate_exp = false;
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let data = jsonwebtoken::decode::<AssignmentClaims>(token, &self.decoding, &validation)
+            .map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => TokenError::Expired,
+                _ => TokenError::Bad,
+            })?;
+        if data.claims.exp_ms <= now_ms {
+            return Err(TokenError::Expired);
+        }
+        Ok(data.claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(exp_ms: u64) -> AssignmentClaims {
+        AssignmentClaims {
+            sub: "gw-1".into(),
+            ns: "/".into(),
+            rid: "r1".into(),
+            exp: exp_ms / 1000 + 1,
+            exp_ms,
+            uid: None,
+            rooms: None,
+        }
+    }
+
+    #[test]
+    fn a_signed_token_verifies_until_it_expires() -> Result<(), Box<dyn std::error::Error>> {
+        let key = TokenKey::new(b"secret");
+        let token = key.sign(&claims(10_000))?;
+        assert_eq!(key.verify_at(&token, 9_999)?, claims(10_000));
+        assert_eq!(key.verify_at(&token, 10_000), Err(TokenError::Expired));
+        Ok(())
+    }
+
+    #[test]
+    fn another_secret_or_garbage_is_a_bad_token() -> Result<(), Box<dyn std::error::Error>> {
+        let token = TokenKey::new(b"secret").sign(&claims(u64::MAX / 2))?;
+        let other = TokenKey::new(b"other");
+        assert_eq!(other.verify_at(&token, 0), Err(TokenError::Bad));
+        assert_eq!(other.verify_at("not.a.jwt", 0), Err(TokenError::Bad));
+        assert_eq!(other.verify_at("", 0), Err(TokenError::Bad));
+        Ok(())
+    }
+}

@@ -1,0 +1,16 @@
+//! What every Switchyard service truly shares, and nothing else.
+//!
+//! - [`telemetry`]: tracing (JSON or text logs, OTLP export when an endpoint is set) and the
+//!   Prometheus recorder.
+//! - [`ops`]: the HTTP endpoints every service exposes (`/healthz`, `/readyz`, `/metrics`).
+//! - [`grpc`]: gRPC health and reflection (v1 and v1alpha), and the bearer check for admin calls.
+//! - [`shutdown`]: one signal future so every service reacts to SIGTERM and Ctrl-C alike.
+//! - [`backoff`]: the one jittered exponential backoff policy used for every reconnect.
+//! - [`assignment`]: the signed token placement issues and gateways verify.
+
+pub mod assignment;
+pub mod backoff;
+pub mod grpc;
+pub mod ops;
+pub mod shutdown;
+pub mod telemetry;

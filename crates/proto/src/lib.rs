@@ -1,0 +1,26 @@
+//! Switchyard's wire contracts, generated from `proto/` at build time.
+//!
+//! The `.proto` files are the source of truth; this crate only exposes what `tonic-prost-build`
+//! generates, plus [`FILE_DESCRIPTOR_SET`] for gRPC reflection.
+
+/// The encoded `FileDescriptorSet` of every Switchyard proto, for `tonic-reflection`.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/switchyard_descriptor.bin"));
+
+pub mod placement {
+    pub mod v1 {
+        tonic::include_proto!("switchyard.placement.v1");
+    }
+}
+
+pub mod admin {
+    pub mod v1 {
+        tonic::include_proto!("switchyard.admin.v1");
+    }
+}
+
+pub mod relay {
+    pub mod v1 {
+        tonic::include_proto!("switchyard.relay.v1");
+    }
+}
