@@ -1,1 +1,133 @@
-fn main() {}
+//! Project chores as Rust code, run with `cargo xtask <command>` (see `.cargo/config.toml`).
+//!
+//! - `test`: install what is missing, build everything, run every test, validate the manifests.
+//! - `up` / `down`: a local cluster in the foreground / stop one left running.
+//! - `bench <scenario>`: the benchmarks, in release mode.
+//! - `k8s`: render and validate the Kubernetes manifests offline.
+
+mod cluster;
+mod k8s;
+mod prereqs;
+
+use std::ffi::OsStr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "cargo xtask",
+    bin_name = "cargo xtask",
+    about = "Switchyard project chores",
+    version
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Install missing prerequisites (redis-server, Node and Python test clients, chromium),
+    /// build every binary and example, run every test, then `k8s`. What CI runs.
+    Test,
+    /// Only install or check the prerequisites of `test` (redis-server, Node and Python test
+    /// clients, chromium).
+    Prereqs,
+    /// Start a local cluster in the foreground: redis-server, placement, N gateways.
+    /// Ctrl-C or SIGTERM stops everything.
+    Up(cluster::UpArgs),
+    /// Stop a cluster started by `up` (reads .switchyard/cluster.json).
+    Down,
+    /// Run a benchmark scenario in release mode (`cargo xtask bench placement`).
+    Bench {
+        /// Scenario name, for example `placement`.
+        scenario: String,
+        /// Further arguments for the benchmark binary.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Render every Kubernetes overlay and validate it offline.
+    K8s,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Test => test(),
+        Cmd::Prereqs => prereqs().map(|_| ()),
+        Cmd::Up(args) => cluster::up(args),
+        Cmd::Down => cluster::down(),
+        Cmd::Bench { scenario, args } => bench(&scenario, &args),
+        Cmd::K8s => k8s::run(),
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> PathBuf {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().map(PathBuf::from).unwrap_or(manifest)
+}
+
+/// The cargo that runs us (`$CARGO`), so the same toolchain builds everything.
+pub fn cargo() -> Command {
+    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    command.current_dir(workspace_root());
+    command
+}
+
+/// Runs `command`, echoing it first; a non-zero exit is an error naming the command.
+pub fn run(command: &mut Command) -> anyhow::Result<()> {
+    let shown = show(command);
+    eprintln!("$ {shown}");
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` failed with {status}");
+    }
+    Ok(())
+}
+
+/// A command line as text, for messages.
+pub fn show(command: &Command) -> String {
+    std::iter::once(command.get_program())
+        .chain(command.get_args())
+        .map(OsStr::to_string_lossy)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `cargo xtask test`: prerequisites, build, tests, manifests. Stops at the first failure.
+fn test() -> anyhow::Result<()> {
+    let venv = prereqs()?;
+    run(cargo().args(["build", "--workspace", "--bins", "--examples"]))?;
+    run(cargo()
+        .args(["test", "--workspace"])
+        .env("SWITCHYARD_PROFILE", "debug")
+        .env("SWITCHYARD_PYTHON", venv.join("bin").join("python")))?;
+    k8s::run()?;
+    eprintln!("cargo xtask test: all green");
+    Ok(())
+}
+
+/// Every prerequisite of the test suite; returns the Python venv directory.
+fn prereqs() -> anyhow::Result<PathBuf> {
+    let root = workspace_root();
+    prereqs::ensure_redis()?;
+    prereqs::ensure_node_deps(&root)?;
+    let venv = prereqs::ensure_venv(&root)?;
+    if root.join("clients").join("js").join("demo").exists() {
+        prereqs::ensure_chromium()?;
+    }
+    Ok(venv)
+}
+
+/// `cargo xtask bench <scenario>`: the bench crate in release mode.
+fn bench(scenario: &str, args: &[String]) -> anyhow::Result<()> {
+    run(cargo()
+        .args(["run", "--release", "-p", "switchyard-bench", "--", scenario])
+        .args(args))
+}

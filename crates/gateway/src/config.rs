@@ -1,0 +1,166 @@
+//! The gateway's flags. Every flag also reads `SWITCHYARD_<FLAG>`; defaults suit a laptop.
+//!
+//! [`GatewayArgs`] is public so an application embedding Switchyard can `#[command(flatten)]`
+//! it into its own flags and get the same command line (see `examples/embedded.rs`).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+use switchyard_common::telemetry::TelemetryArgs;
+
+use crate::Settings;
+
+/// `switchyard-gateway` flags.
+#[derive(Debug, Clone, Args)]
+pub struct GatewayArgs {
+    /// HTTP listen address: `/socket.io`, `/healthz`, `/readyz`, `/metrics`. Port 0 picks one.
+    #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:4000")]
+    pub listen: SocketAddr,
+    /// Base URL placement hands to clients; default `http://<bound listen address>`.
+    #[arg(long, env = "SWITCHYARD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Node id; default `$POD_NAME`, else `<hostname>-<port>`.
+    #[arg(long, env = "SWITCHYARD_NODE_ID")]
+    pub node_id: Option<String>,
+    /// Placement's gRPC URL (report stream). An empty value runs standalone.
+    #[arg(long, env = "SWITCHYARD_PLACEMENT_URL", default_value = "http://127.0.0.1:7001")]
+    pub placement_url: String,
+    /// HS256 secret shared with placement; required unless `--allow-anonymous`.
+    #[arg(long, env = "SWITCHYARD_TOKEN_SECRET", hide_env_values = true)]
+    pub token_secret: Option<String>,
+    /// Admit clients that bring no token (development); they still count in the load.
+    #[arg(long, env = "SWITCHYARD_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+    /// Socket.IO namespaces served, comma separated.
+    #[arg(long, env = "SWITCHYARD_NAMESPACES", default_value = "/", value_delimiter = ',')]
+    pub namespaces: Vec<String>,
+    /// Relative share of new connections.
+    #[arg(long, env = "SWITCHYARD_WEIGHT", default_value_t = 1)]
+    pub weight: u32,
+    /// Connected sockets beyond which CONNECTs are refused `over_capacity`; 0 = unlimited.
+    #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: u64,
+    /// Largest `publish` data in bytes (`payload_too_large` beyond).
+    #[arg(long, env = "SWITCHYARD_MAX_PAYLOAD_BYTES", default_value_t = 1_048_576)]
+    pub max_payload_bytes: u64,
+    /// Rooms one socket may be in (`too_many_rooms` beyond).
+    #[arg(long, env = "SWITCHYARD_MAX_ROOMS_PER_SOCKET", default_value_t = 64)]
+    pub max_rooms_per_socket: usize,
+    /// New connections per second (`rate_limited` beyond); 0 = unlimited.
+    #[arg(long, env = "SWITCHYARD_CONNECT_RATE", default_value_t = 1000)]
+    pub connect_rate: u32,
+    /// Room glob patterns (`*` = any run of characters) for clients whose token has no rooms claim.
+    #[arg(long, env = "SWITCHYARD_ROOMS", default_value = "*", value_delimiter = ',')]
+    pub rooms: Vec<String>,
+    /// Interval between load reports to placement, in milliseconds.
+    #[arg(long, env = "SWITCHYARD_REPORT_INTERVAL_MS", default_value_t = 1000)]
+    pub report_interval_ms: u64,
+    /// Client disconnects per second while draining.
+    #[arg(long, env = "SWITCHYARD_DRAIN_RATE", default_value_t = 50)]
+    pub drain_rate: u32,
+    /// A drain disconnects every remaining client and exits after this many milliseconds.
+    #[arg(long, env = "SWITCHYARD_DRAIN_DEADLINE_MS", default_value_t = 30_000)]
+    pub drain_deadline_ms: u64,
+}
+
+/// The binary's whole command line.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "switchyard-gateway", version, about = "Switchyard gateway: Socket.IO placed by placement")]
+pub struct Cli {
+    #[command(flatten)]
+    pub gateway: GatewayArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+impl GatewayArgs {
+    /// Library [`Settings`] once the listener is bound (node id and public URL default to it).
+    pub fn settings(&self, bound: SocketAddr) -> Settings {
+        let node_id = self
+            .node_id
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .or_else(|| std::env::var("POD_NAME").ok().filter(|s| !s.trim().is_empty()))
+            .unwrap_or_else(|| format!("{}-{}", hostname(), bound.port()));
+        let public_url = self
+            .public_url
+            .clone()
+            .filter(|s| !s.trim().is_empty())
+            .unwrap_or_else(|| format!("http://{bound}"));
+        let placement_url = Some(self.placement_url.trim().to_owned()).filter(|s| !s.is_empty());
+        let namespaces = self
+            .namespaces
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        let rooms = self
+            .rooms
+            .iter()
+            .map(|r| r.trim().to_owned())
+            .filter(|r| !r.is_empty())
+            .collect();
+        Settings {
+            node_id,
+            public_url,
+            placement_url,
+            token_secret: self.token_secret.clone().filter(|s| !s.is_empty()),
+            allow_anonymous: self.allow_anonymous,
+            namespaces,
+            weight: self.weight,
+            max_connections: self.max_connections,
+            max_payload_bytes: self.max_payload_bytes,
+            max_rooms_per_socket: self.max_rooms_per_socket,
+            connect_rate: self.connect_rate,
+            rooms,
+            report_interval: Duration::from_millis(self.report_interval_ms),
+            drain_rate: self.drain_rate,
+            drain_deadline: Duration::from_millis(self.drain_deadline_ms),
+        }
+    }
+}
+
+/// The machine's host name, for the default node id.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "gateway".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_contract() -> anyhow::Result<()> {
+        let cli = Cli::try_parse_from(["switchyard-gateway", "--node-id", "gw-7", "--rooms", "a:*,b"])?;
+        let s = cli.gateway.settings("127.0.0.1:4123".parse()?);
+        assert_eq!(s.node_id, "gw-7");
+        assert_eq!(s.public_url, "http://127.0.0.1:4123");
+        assert_eq!(s.placement_url.as_deref(), Some("http://127.0.0.1:7001"));
+        assert_eq!(s.namespaces, ["/"]);
+        assert_eq!(s.rooms, ["a:*", "b"]);
+        assert_eq!(s.max_connections, 10_000);
+        assert_eq!(s.max_payload_bytes, 1_048_576);
+        assert_eq!(s.report_interval, Duration::from_millis(1000));
+        assert_eq!(s.drain_deadline, Duration::from_millis(30_000));
+        Ok(())
+    }
+
+    #[test]
+    fn node_id_defaults_to_host_and_port() -> anyhow::Result<()> {
+        let cli = Cli::try_parse_from(["switchyard-gateway", "--public-url", "http://gw.example:80"])?;
+        let s = cli.gateway.settings("127.0.0.1:4555".parse()?);
+        if std::env::var("POD_NAME").is_err() && std::env::var("SWITCHYARD_NODE_ID").is_err() {
+            assert!(s.node_id.ends_with("-4555"), "{}", s.node_id);
+        }
+        assert_eq!(s.public_url, "http://gw.example:80");
+        Ok(())
+    }
+}

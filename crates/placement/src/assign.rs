@@ -1,0 +1,362 @@
+//! Assignment of a new client to a gateway: the one operation behind HTTP `GET /v1/assign` and
+//! gRPC `Placement/Assign`.
+//!
+//! [`Assigner::assign`] validates the namespace, applies the per-address rate limit, asks the
+//! ledger for a reservation (one atomic pick, see [`crate::ledger`]) and signs the assignment
+//! token. Both front ends only translate [`AssignError`] into their own status codes, so HTTP
+//! and gRPC can never disagree.
+
+use std::{
+    collections::VecDeque,
+    net::IpAddr,
+    sync::{Arc, Mutex},
+    time::Instant,
+};
+
+use axum::{
+    Json, Router,
+    extract::{ConnectInfo, Query, State, rejection::QueryRejection},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use serde::{Deserialize, Serialize};
+use switchyard_common::assignment::{AssignmentClaims, TokenKey, now_ms};
+use tracing::Instrument;
+
+use crate::{
+    ledger::{Ledger, LedgerError},
+    rate_limit::RateLimiter,
+};
+
+/// Longest namespace accepted.
+pub const MAX_NAMESPACE_LEN: usize = 256;
+
+/// A successful assignment, as both front ends return it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub url: String,
+    pub node_id: String,
+    pub token: String,
+    pub expires_in_ms: u64,
+}
+
+/// Why no assignment was made. `code()` is the `error` field of the HTTP JSON body.
+#[derive(Debug, thiserror::Error)]
+pub enum AssignError {
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("rate limited")]
+    RateLimited,
+    #[error("no gateway available")]
+    NoGateway,
+    #[error("ledger unavailable: {0}")]
+    LedgerUnavailable(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl AssignError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            AssignError::BadRequest(_) => "bad_request",
+            AssignError::RateLimited => "rate_limited",
+            AssignError::NoGateway => "no_gateway_available",
+            AssignError::LedgerUnavailable(_) => "ledger_unavailable",
+            AssignError::Internal(_) => "internal",
+        }
+    }
+
+    fn detail(&self) -> Option<String> {
+        match self {
+            AssignError::BadRequest(d) | AssignError::LedgerUnavailable(d) => Some(d.clone()),
+            AssignError::Internal(_) => Some("see the placement logs".into()),
+            AssignError::RateLimited | AssignError::NoGateway => None,
+        }
+    }
+
+    fn http_status(&self) -> StatusCode {
+        match self {
+            AssignError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            AssignError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            AssignError::NoGateway | AssignError::LedgerUnavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            AssignError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl From<AssignError> for tonic::Status {
+    fn from(e: AssignError) -> Self {
+        let msg = match e.detail() {
+            Some(d) => format!("{}: {d}", e.code()),
+            None => e.code().to_owned(),
+        };
+        match e {
+            AssignError::BadRequest(_) => tonic::Status::invalid_argument(msg),
+            AssignError::RateLimited => tonic::Status::resource_exhausted(msg),
+            AssignError::NoGateway | AssignError::LedgerUnavailable(_) => {
+                tonic::Status::unavailable(msg)
+            }
+            AssignError::Internal(_) => tonic::Status::internal(msg),
+        }
+    }
+}
+
+impl IntoResponse for AssignError {
+    fn into_response(self) -> Response {
+        let mut body = serde_json::json!({ "error": self.code() });
+        if let Some(detail) = self.detail() {
+            body["detail"] = serde_json::Value::String(detail);
+        }
+        (self.http_status(), Json(body)).into_response()
+    }
+}
+
+/// Checks a namespace the way the gateway names them: `/`-prefixed, at most
+/// [`MAX_NAMESPACE_LEN`] bytes, no control characters. Empty means `/`.
+pub fn normalize_namespace(ns: &str) -> Result<String, AssignError> {
+    if ns.is_empty() {
+        return Ok("/".into());
+    }
+    if !ns.starts_with('/') {
+        return Err(AssignError::BadRequest(
+            "namespace must start with `/`".into(),
+        ));
+    }
+    if ns.len() > MAX_NAMESPACE_LEN {
+        return Err(AssignError::BadRequest(format!(
+            "namespace is longer than {MAX_NAMESPACE_LEN} bytes"
+        )));
+    }
+    if ns.chars().any(char::is_control) {
+        return Err(AssignError::BadRequest(
+            "namespace contains control characters".into(),
+        ));
+    }
+    Ok(ns.to_owned())
+}
+
+/// Assignments per second over a sliding minute, for `ClusterStats`. One bucket per second;
+/// a std `Mutex` because the critical section is a few integer operations and never awaits.
+#[derive(Debug, Default)]
+pub struct AssignmentRate {
+    start: Option<Instant>,
+    buckets: Mutex<VecDeque<(u64, u64)>>,
+}
+
+const RATE_WINDOW_SECS: u64 = 60;
+
+impl AssignmentRate {
+    pub fn new() -> Self {
+        Self {
+            start: Some(Instant::now()),
+            buckets: Mutex::default(),
+        }
+    }
+
+    fn second(&self) -> u64 {
+        self.start.map_or(0, |s| s.elapsed().as_secs())
+    }
+
+    pub fn record(&self) {
+        let now = self.second();
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        match b.back_mut() {
+            Some((sec, n)) if *sec == now => *n += 1,
+            _ => b.push_back((now, 1)),
+        }
+        while b
+            .front()
+            .is_some_and(|(sec, _)| sec + RATE_WINDOW_SECS <= now)
+        {
+            b.pop_front();
+        }
+    }
+
+    /// Mean per second over the last minute (or since start, when younger than a minute).
+    pub fn per_sec(&self) -> f64 {
+        let now = self.second();
+        let b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let total: u64 = b
+            .iter()
+            .filter(|(sec, _)| sec + RATE_WINDOW_SECS > now)
+            .map(|(_, n)| n)
+            .sum();
+        let window = (now + 1).min(RATE_WINDOW_SECS);
+        total as f64 / window as f64
+    }
+}
+
+/// Everything an assignment needs; shared by the HTTP handler and the gRPC service.
+pub struct Assigner {
+    ledger: Arc<dyn Ledger>,
+    key: TokenKey,
+    limiter: RateLimiter,
+    rate: AssignmentRate,
+}
+
+impl Assigner {
+    pub fn new(ledger: Arc<dyn Ledger>, key: TokenKey, rate_limit: u32) -> Self {
+        Self {
+            ledger,
+            key,
+            limiter: RateLimiter::new(rate_limit),
+            rate: AssignmentRate::new(),
+        }
+    }
+
+    /// Assignments per second over the last minute on this replica.
+    pub fn assignments_per_sec(&self) -> f64 {
+        self.rate.per_sec()
+    }
+
+    /// The one assignment operation. `client` is the caller's address for the rate limit
+    /// (`None` when unknown: not limited).
+    pub async fn assign(
+        &self,
+        namespace: &str,
+        client: Option<IpAddr>,
+    ) -> Result<Assignment, AssignError> {
+        let span = tracing::info_span!(
+            "assign",
+            namespace = tracing::field::Empty,
+            node_id = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let result = self
+            .assign_inner(namespace, client, &span)
+            .instrument(span.clone())
+            .await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.code(),
+        };
+        span.record("outcome", outcome);
+        metrics::counter!("switchyard_placement_assignments_total", "outcome" => outcome)
+            .increment(1);
+        metrics::histogram!("switchyard_placement_assign_duration_seconds")
+            .record(started.elapsed().as_secs_f64());
+        if result.is_ok() {
+            self.rate.record();
+        }
+        result
+    }
+
+    async fn assign_inner(
+        &self,
+        namespace: &str,
+        client: Option<IpAddr>,
+        span: &tracing::Span,
+    ) -> Result<Assignment, AssignError> {
+        if let Some(ip) = client
+            && !self.limiter.check(ip)
+        {
+            return Err(AssignError::RateLimited);
+        }
+        let ns = normalize_namespace(namespace)?;
+        span.record("namespace", ns.as_str());
+        let reservation = match self.ledger.assign(&ns).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(AssignError::NoGateway),
+            Err(LedgerError::Unavailable(detail)) => {
+                tracing::warn!(%detail, "ledger unavailable; assignment refused");
+                return Err(AssignError::LedgerUnavailable(detail));
+            }
+            Err(LedgerError::Invalid(detail)) => return Err(AssignError::BadRequest(detail)),
+            Err(e) => {
+                tracing::error!(error = %e, "unexpected ledger error on assign");
+                return Err(AssignError::Internal(e.to_string()));
+            }
+        };
+        span.record("node_id", reservation.node_id.as_str());
+        let exp_ms = reservation.expires_at_ms;
+        let claims = AssignmentClaims {
+            sub: reservation.node_id.clone(),
+            ns,
+            rid: reservation.reservation_id,
+            exp: exp_ms.div_ceil(1000),
+            exp_ms,
+            uid: None,
+            rooms: None,
+        };
+        let token = self.key.sign(&claims).map_err(|e| {
+            tracing::error!(error = %e, "signing an assignment token failed");
+            AssignError::Internal(e.to_string())
+        })?;
+        Ok(Assignment {
+            url: reservation.url,
+            node_id: reservation.node_id,
+            token,
+            expires_in_ms: exp_ms.saturating_sub(now_ms()),
+        })
+    }
+}
+
+/// The HTTP route `GET /v1/assign`, without CORS (the server adds it).
+pub fn router(assigner: Arc<Assigner>) -> Router {
+    Router::new()
+        .route("/v1/assign", get(http_assign))
+        .with_state(assigner)
+}
+
+#[derive(Debug, Deserialize)]
+struct AssignQuery {
+    namespace: Option<String>,
+}
+
+async fn http_assign(
+    State(assigner): State<Arc<Assigner>>,
+    ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    query: Result<Query<AssignQuery>, QueryRejection>,
+) -> Result<Json<Assignment>, AssignError> {
+    let Query(query) = query.map_err(|e| AssignError::BadRequest(e.body_text()))?;
+    let ns = query.namespace.unwrap_or_else(|| "/".into());
+    if ns.is_empty() {
+        return Err(AssignError::BadRequest(
+            "namespace must not be empty".into(),
+        ));
+    }
+    assigner.assign(&ns, Some(peer.ip())).await.map(Json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn namespaces_are_checked() {
+        assert_eq!(normalize_namespace("").ok().as_deref(), Some("/"));
+        assert_eq!(normalize_namespace("/chat").ok().as_deref(), Some("/chat"));
+        assert!(normalize_namespace("chat").is_err());
+        assert!(normalize_namespace(&format!("/{}", "a".repeat(256))).is_err());
+        assert!(normalize_namespace("/a\nb").is_err());
+    }
+
+    #[test]
+    fn errors_map_to_the_contract() {
+        assert_eq!(
+            AssignError::NoGateway.http_status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(AssignError::NoGateway.code(), "no_gateway_available");
+        assert_eq!(
+            AssignError::RateLimited.http_status(),
+            StatusCode::TOO_MANY_REQUESTS
+        );
+        let s: tonic::Status = AssignError::LedgerUnavailable("down".into()).into();
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert!(s.message().contains("ledger_unavailable"));
+    }
+
+    #[test]
+    fn the_rate_counts_recent_assignments() {
+        let r = AssignmentRate::new();
+        for _ in 0..10 {
+            r.record();
+        }
+        assert!(r.per_sec() > 0.0);
+    }
+}

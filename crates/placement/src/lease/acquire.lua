@@ -1,0 +1,27 @@
+-- acquire.lua: take the lease if nobody holds it, with a new fencing token.
+--
+-- KEYS[1] = P:lease            "<holder>|<fence>", expires after the ttl
+-- KEYS[2] = P:fence            fencing counter, never decreases (INCR)
+-- ARGV[1] = holder id (unique per placement process)
+-- ARGV[2] = ttl, ms
+--
+-- Returns the fencing token, or nil when another holder has the lease. If the caller already
+-- holds it, the lease is extended and its current token returned (acquire is idempotent).
+--
+-- Invariant: every successful acquisition by a new holder gets a token strictly greater than
+-- all earlier ones, so ledger writes can refuse an ex-holder (reap.lua compares with P:fence).
+-- This is `SET NX PX` + `INCR` made atomic, so no holder is ever without its token.
+-- Complexity: O(1).
+
+local current = redis.call('GET', KEYS[1])
+if current then
+  local holder, fence = string.match(current, '^(.*)|(%d+)$')
+  if holder == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return tonumber(fence)
+  end
+  return nil
+end
+local fence = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. fence, 'PX', ARGV[2])
+return fence

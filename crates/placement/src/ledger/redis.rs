@@ -1,0 +1,406 @@
+//! The Redis ledger: shared by any number of placement replicas.
+//!
+//! Every operation is one Lua script (the `.lua` files beside this one; each starts with a
+//! header giving its keys, arguments, the invariant it keeps and its complexity). A script runs
+//! atomically, so it is the critical section: there is no lock on the assignment path. All keys
+//! live under the hash tag `{sy:<cluster>}` (layout in `common.lua`), so the same scripts run
+//! on Redis Cluster. The clock is Redis `TIME`, so replicas with skewed clocks agree.
+//!
+//! Scripts are sent with `EVALSHA` and loaded on `NOSCRIPT` (a Redis that restarted empty
+//! forgets them); see [`redis::Script`].
+//!
+//! Redis being down is not fatal: [`RedisLedger::connect`] only builds a pool, and each call
+//! fails with [`LedgerError::Unavailable`] until Redis is back, after which the next reports
+//! rebuild the ledger (see [`LedgerError::UnknownNode`]).
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
+use redis::{RedisError, Script};
+
+use super::observe::observe;
+use super::{
+    FencingToken, Ledger, LedgerError, LedgerSettings, LoadReport, NodeRegistration, NodeView,
+    Reservation, validate,
+};
+
+const BACKEND: &str = "redis";
+
+/// Connections in the pool; each is multiplexed, so this bounds parallel round trips, not
+/// callers.
+const POOL_SIZE: usize = 32;
+/// How long a call waits for a pooled connection (or to open one) before it reports
+/// `Unavailable`: a caller is told quickly that Redis is gone rather than hanging.
+const POOL_WAIT: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// `{sy:<cluster>}`: the prefix and hash tag of every key of one cluster.
+pub(crate) fn key_prefix(cluster: &str) -> String {
+    format!("{{sy:{cluster}}}")
+}
+
+/// Builds a deadpool-redis pool. Never connects: connections are opened on first use, so this
+/// succeeds while Redis is down; only a malformed URL is refused.
+pub(crate) fn build_pool(url: &str) -> Result<Pool, LedgerError> {
+    // Parse eagerly so that a typo in the URL is a startup error, not a stream of
+    // `Unavailable`s.
+    redis::Client::open(url).map_err(|e| LedgerError::Invalid(format!("redis url: {e}")))?;
+    let mut config = Config::from_url(url);
+    config.pool = Some(PoolConfig {
+        max_size: POOL_SIZE,
+        timeouts: Timeouts {
+            wait: Some(POOL_WAIT),
+            create: Some(CONNECT_TIMEOUT),
+            recycle: Some(CONNECT_TIMEOUT),
+        },
+        ..PoolConfig::default()
+    });
+    config
+        .create_pool(Some(Runtime::Tokio1))
+        .map_err(|e| LedgerError::Invalid(format!("redis pool: {e}")))
+}
+
+/// Maps any Redis or pool failure to `Unavailable`, keeping the cause for the log.
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> LedgerError {
+    LedgerError::Unavailable(e.to_string())
+}
+
+/// The ledger's scripts, each `common.lua` + its own body, hashed once.
+struct Scripts {
+    assign: Script,
+    report: Script,
+    register: Script,
+    remove: Script,
+    update: Script,
+    nodes: Script,
+    reap: Script,
+}
+
+macro_rules! ledger_script {
+    ($file:literal) => {
+        Script::new(concat!(include_str!("common.lua"), include_str!($file)))
+    };
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Self {
+            assign: ledger_script!("assign.lua"),
+            report: ledger_script!("report.lua"),
+            register: ledger_script!("register.lua"),
+            remove: ledger_script!("remove.lua"),
+            update: ledger_script!("update.lua"),
+            nodes: ledger_script!("nodes.lua"),
+            reap: ledger_script!("reap.lua"),
+        }
+    }
+}
+
+/// The shared ledger in Redis, for any number of placement replicas.
+pub struct RedisLedger {
+    pool: Pool,
+    settings: LedgerSettings,
+    prefix: String,
+    scripts: Scripts,
+}
+
+impl std::fmt::Debug for RedisLedger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisLedger")
+            .field("prefix", &self.prefix)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One node as `common.lua`'s `view` returns it.
+type ViewRow = (
+    String, // id
+    String, // url
+    u32,    // weight
+    u64,    // capacity
+    String, // namespaces joined by "\n"
+    u64,    // connections
+    u64,    // pending
+    u8,     // draining_admin
+    u8,     // draining_report
+    u64,    // last report age ms
+);
+
+fn view_from_row(row: ViewRow) -> NodeView {
+    let (id, url, weight, capacity, namespaces, connections, pending, d_admin, d_report, age) = row;
+    NodeView {
+        registration: NodeRegistration {
+            node_id: id,
+            url,
+            weight,
+            capacity,
+            namespaces: namespaces.split('\n').map(str::to_owned).collect(),
+        },
+        connections,
+        pending,
+        draining: d_admin != 0 || d_report != 0,
+        last_report_age_ms: age,
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl RedisLedger {
+    /// Builds the connection pool. Does not fail when Redis is down (calls do, with
+    /// [`LedgerError::Unavailable`], until it is back); fails only on a malformed URL
+    /// ([`LedgerError::Invalid`]).
+    pub async fn connect(url: &str, settings: LedgerSettings) -> Result<Self, LedgerError> {
+        Ok(Self::with_pool(build_pool(url)?, settings))
+    }
+
+    /// A ledger over an existing pool (e.g. one shared with [`crate::lease::RedisLease`]).
+    pub fn with_pool(pool: Pool, settings: LedgerSettings) -> Self {
+        Self {
+            pool,
+            prefix: key_prefix(&settings.cluster),
+            settings,
+            scripts: Scripts::new(),
+        }
+    }
+
+    /// The pool, to share with a [`crate::lease::RedisLease`].
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn settings(&self) -> &LedgerSettings {
+        &self.settings
+    }
+
+    fn key(&self, suffix: &str) -> String {
+        format!("{}:{suffix}", self.prefix)
+    }
+
+    fn node_key(&self, id: &str) -> String {
+        format!("{}:node:{id}", self.prefix)
+    }
+
+    fn liveness_ms(&self) -> u64 {
+        millis(self.settings.liveness)
+    }
+
+    async fn conn(&self) -> Result<deadpool_redis::Connection, LedgerError> {
+        self.pool.get().await.map_err(unavailable)
+    }
+
+    async fn update(&self, id: &str, field: &str, value: u32) -> Result<NodeView, LedgerError> {
+        let mut conn = self.conn().await?;
+        let row: Option<ViewRow> = self
+            .scripts
+            .update
+            .key(self.node_key(id))
+            .arg(&self.prefix)
+            .arg(id)
+            .arg(field)
+            .arg(value)
+            .arg(self.liveness_ms())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        row.map(view_from_row)
+            .ok_or_else(|| LedgerError::UnknownNode(id.to_owned()))
+    }
+}
+
+fn fenced_from(e: &RedisError, fence: FencingToken) -> Option<LedgerError> {
+    (e.code() == Some("FENCED")).then_some(LedgerError::Fenced(fence))
+}
+
+#[async_trait]
+impl Ledger for RedisLedger {
+    #[tracing::instrument(level = "debug", skip_all, fields(node_id = %node.node_id))]
+    async fn register(&self, node: &NodeRegistration) -> Result<(), LedgerError> {
+        let started = Instant::now();
+        let result = async {
+            let node = validate::registration(node)?;
+            let mut conn = self.conn().await?;
+            self.scripts
+                .register
+                .key(self.node_key(&node.node_id))
+                .key(self.key("nodes"))
+                .arg(&self.prefix)
+                .arg(&node.node_id)
+                .arg(&node.url)
+                .arg(node.weight)
+                .arg(node.capacity)
+                .arg(node.namespaces.join("\n"))
+                .arg(self.liveness_ms())
+                .invoke_async::<i64>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        }
+        .await;
+        observe(BACKEND, "register", started, &result);
+        result
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(node_id, connections = load.connections))]
+    async fn report(&self, node_id: &str, load: &LoadReport) -> Result<(), LedgerError> {
+        let started = Instant::now();
+        let result = async {
+            validate::report(node_id, load)?;
+            let mut conn = self.conn().await?;
+            let known: i64 = self
+                .scripts
+                .report
+                .key(self.node_key(node_id))
+                .key(self.key("nodes"))
+                .key(self.key("resv"))
+                .key(self.key("resv:node"))
+                .arg(&self.prefix)
+                .arg(node_id)
+                .arg(load.connections)
+                .arg(u8::from(load.draining))
+                .arg(self.liveness_ms())
+                .arg(&load.consumed)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            if known == 0 {
+                return Err(LedgerError::UnknownNode(node_id.to_owned()));
+            }
+            Ok(())
+        }
+        .await;
+        observe(BACKEND, "report", started, &result);
+        result
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(node_id))]
+    async fn remove(&self, node_id: &str) -> Result<(), LedgerError> {
+        let started = Instant::now();
+        let result = async {
+            validate::node_id(node_id)?;
+            let mut conn = self.conn().await?;
+            self.scripts
+                .remove
+                .key(self.node_key(node_id))
+                .key(self.key("nodes"))
+                .arg(&self.prefix)
+                .arg(node_id)
+                .invoke_async::<i64>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        }
+        .await;
+        observe(BACKEND, "remove", started, &result);
+        result
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(namespace))]
+    async fn assign(&self, namespace: &str) -> Result<Option<Reservation>, LedgerError> {
+        let started = Instant::now();
+        let result = async {
+            validate::namespace(namespace)?;
+            let rid = uuid::Uuid::new_v4().to_string();
+            let mut conn = self.conn().await?;
+            let picked: Option<(String, String, String, u64)> = self
+                .scripts
+                .assign
+                .key(self.key(&format!("ns:{namespace}")))
+                .key(self.key("resv"))
+                .key(self.key("resv:node"))
+                .arg(&self.prefix)
+                .arg(&rid)
+                .arg(millis(self.settings.reservation_ttl))
+                .arg(self.liveness_ms())
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(picked.map(
+                |(node_id, url, reservation_id, expires_at_ms)| Reservation {
+                    node_id,
+                    url,
+                    reservation_id,
+                    expires_at_ms,
+                },
+            ))
+        }
+        .await;
+        observe(BACKEND, "assign", started, &result);
+        result
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(node_id, draining))]
+    async fn set_draining(&self, node_id: &str, draining: bool) -> Result<NodeView, LedgerError> {
+        let started = Instant::now();
+        let result = async {
+            validate::node_id(node_id)?;
+            self.update(node_id, "draining_admin", u32::from(draining))
+                .await
+        }
+        .await;
+        observe(BACKEND, "set_draining", started, &result);
+        result
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(node_id, weight))]
+    async fn set_weight(&self, node_id: &str, weight: u32) -> Result<NodeView, LedgerError> {
+        let started = Instant::now();
+        let result = async {
+            validate::node_id(node_id)?;
+            let weight = validate::weight(weight)?;
+            self.update(node_id, "weight", weight).await
+        }
+        .await;
+        observe(BACKEND, "set_weight", started, &result);
+        result
+    }
+
+    #[tracing::instrument(level = "debug", skip_all)]
+    async fn nodes(&self) -> Result<Vec<NodeView>, LedgerError> {
+        let started = Instant::now();
+        let result = async {
+            let mut conn = self.conn().await?;
+            let rows: Vec<ViewRow> = self
+                .scripts
+                .nodes
+                .key(self.key("nodes"))
+                .arg(&self.prefix)
+                .arg(self.liveness_ms())
+                .invoke_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let mut views: Vec<NodeView> = rows.into_iter().map(view_from_row).collect();
+            views.sort_by(|a, b| a.registration.node_id.cmp(&b.registration.node_id));
+            Ok(views)
+        }
+        .await;
+        observe(BACKEND, "nodes", started, &result);
+        result
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(fence = fence.0))]
+    async fn reap(&self, fence: FencingToken) -> Result<Vec<String>, LedgerError> {
+        let started = Instant::now();
+        let result = async {
+            let mut conn = self.conn().await?;
+            let reaped: Vec<String> = self
+                .scripts
+                .reap
+                .key(self.key("fence"))
+                .key(self.key("nodes"))
+                .arg(&self.prefix)
+                .arg(fence.0)
+                .arg(self.liveness_ms())
+                .invoke_async(&mut conn)
+                .await
+                .map_err(|e| fenced_from(&e, fence).unwrap_or_else(|| unavailable(e)))?;
+            Ok(reaped)
+        }
+        .await;
+        observe(BACKEND, "reap", started, &result);
+        result
+    }
+}

@@ -1,0 +1,254 @@
+//! Listeners, wiring and shutdown of one placement replica.
+//!
+//! [`run`] picks the ledger and lease (Redis when `--redis-url` is set, else in memory with a
+//! WARN), binds HTTP (`/v1/assign` with CORS, `/healthz`, `/readyz`, `/metrics`) and gRPC
+//! (`Placement`, `Admin` behind [`AdminAuth`], health, reflection v1 + v1alpha), prints
+//! `SWITCHYARD_READY http=<addr> grpc=<addr>` on stdout once both are bound, and on SIGTERM or
+//! Ctrl-C turns not-ready, closes the report streams (gateways reconnect elsewhere; their
+//! nodes stay in the ledger), releases the lease and waits for both servers to finish.
+
+use std::{io::Write, net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use axum::Router;
+use http::Method;
+use metrics_exporter_prometheus::PrometheusHandle;
+use switchyard_common::{
+    assignment::TokenKey,
+    grpc::AdminAuth,
+    ops::{self, Readiness},
+};
+use switchyard_proto::{
+    admin::v1::admin_server::AdminServer,
+    placement::v1::{
+        AssignRequest, AssignResponse, Directive, GatewayReport,
+        placement_server::{Placement, PlacementServer},
+    },
+};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tonic::{Request, Response, Status, Streaming};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::{
+    admin::AdminService,
+    assign::{self, Assigner},
+    config::{Config, redact_url},
+    lease::{Lease, LocalLease, RedisLease},
+    ledger::{Ledger, LedgerSettings, MemoryLedger, RedisLedger},
+    reaper::{self, LeaseStatus, ReaperSettings},
+    report_stream::{ReportStreams, StreamRegistry, StreamSettings},
+};
+
+/// How long shutdown waits for the servers to finish before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// The `switchyard.placement.v1.Placement` service: both calls delegate to their modules.
+pub struct PlacementGrpc {
+    assigner: Arc<Assigner>,
+    reports: Arc<ReportStreams>,
+}
+
+#[tonic::async_trait]
+impl Placement for PlacementGrpc {
+    type ReportStream = ReceiverStream<Result<Directive, Status>>;
+
+    async fn report(
+        &self,
+        req: Request<Streaming<GatewayReport>>,
+    ) -> Result<Response<Self::ReportStream>, Status> {
+        self.reports.open(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn assign(
+        &self,
+        req: Request<AssignRequest>,
+    ) -> Result<Response<AssignResponse>, Status> {
+        let client = req.remote_addr().map(|a| a.ip());
+        let namespace = req.into_inner().namespace;
+        let a = self.assigner.assign(&namespace, client).await?;
+        Ok(Response::new(AssignResponse {
+            url: a.url,
+            node_id: a.node_id,
+            token: a.token,
+            expires_in_ms: a.expires_in_ms,
+        }))
+    }
+}
+
+async fn open_ledger(
+    config: &Config,
+    settings: LedgerSettings,
+) -> anyhow::Result<(Arc<dyn Ledger>, Arc<dyn Lease>)> {
+    let holder_id = uuid::Uuid::new_v4().to_string();
+    match &config.redis_url {
+        Some(url) => {
+            let shown = redact_url(url);
+            let ledger = RedisLedger::connect(url, settings)
+                .await
+                .with_context(|| format!("connecting the ledger to Redis at {shown}"))?;
+            let lease =
+                RedisLease::new(url, &config.cluster, holder_id.clone(), config.lease_ttl())
+                    .with_context(|| format!("creating the lease on Redis at {shown}"))?;
+            tracing::info!(redis = %shown, cluster = %config.cluster, holder_id, "Redis ledger");
+            Ok((Arc::new(ledger), Arc::new(lease)))
+        }
+        None => {
+            tracing::warn!(
+                "no --redis-url: using the in-memory ledger; run only ONE placement replica \
+                 (replicas would not share gateways or assignments)"
+            );
+            Ok((Arc::new(MemoryLedger::new(settings)), Arc::new(LocalLease)))
+        }
+    }
+}
+
+fn cors(config: &Config) -> anyhow::Result<CorsLayer> {
+    let origin = match config.cors()? {
+        None => AllowOrigin::any(),
+        Some(list) => AllowOrigin::list(list),
+    };
+    Ok(CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods([Method::GET, Method::OPTIONS]))
+}
+
+/// Serves until SIGTERM or Ctrl-C; returns `Ok` after a clean shutdown.
+pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()> {
+    config.validate()?;
+    tracing::info!(config = ?config, "starting placement");
+    let settings = LedgerSettings {
+        cluster: config.cluster.clone(),
+        reservation_ttl: config.reservation_ttl(),
+        liveness: config.liveness(),
+    };
+    let (ledger, lease) = open_ledger(&config, settings).await?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let readiness = Readiness::default();
+
+    let assigner = Arc::new(Assigner::new(
+        Arc::clone(&ledger),
+        TokenKey::new(config.token_secret.as_bytes()),
+        config.rate_limit,
+    ));
+    let registry = Arc::new(StreamRegistry::default());
+    let reports = Arc::new(ReportStreams::new(
+        Arc::clone(&ledger),
+        Arc::clone(&registry),
+        StreamSettings {
+            liveness: config.liveness(),
+            drain_rate: config.drain_rate,
+        },
+        shutdown_rx.clone(),
+    ));
+    let lease_status = LeaseStatus::default();
+    let admin = AdminService {
+        ledger: Arc::clone(&ledger),
+        registry,
+        assigner: Arc::clone(&assigner),
+        lease: lease_status.clone(),
+        drain_rate: config.drain_rate,
+        liveness: config.liveness(),
+    };
+
+    let http_listener = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+    let grpc_listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
+    let http_addr = http_listener.local_addr()?;
+    let grpc_addr = grpc_listener.local_addr()?;
+
+    let stopped = |rx: &watch::Receiver<bool>| {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let app = Router::new()
+        .merge(assign::router(Arc::clone(&assigner)).layer(cors(&config)?))
+        .merge(ops::router(readiness.clone(), metrics));
+    let http_task = tokio::spawn(
+        axum::serve(
+            http_listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(stopped(&shutdown_rx))
+        .into_future(),
+    );
+
+    let (health, health_service) = switchyard_common::grpc::health().await;
+    health.set_serving::<PlacementServer<PlacementGrpc>>().await;
+    health.set_serving::<AdminServer<AdminService>>().await;
+    let (reflection_v1, reflection_v1alpha) = switchyard_common::grpc::reflection()?;
+    let auth = AdminAuth::new(config.admin_token.as_deref())?;
+    if config.admin_token.is_none() {
+        tracing::warn!("no --admin-token: every admin call will be refused");
+    }
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(PlacementServer::new(PlacementGrpc { assigner, reports }))
+        .add_service(AdminServer::with_interceptor(admin, move |req| {
+            auth.check(req)
+        }));
+    let grpc_task = tokio::spawn(grpc.serve_with_incoming_shutdown(
+        TcpListenerStream::new(grpc_listener),
+        stopped(&shutdown_rx),
+    ));
+
+    let reaper_task = tokio::spawn(reaper::run(
+        Arc::clone(&ledger),
+        lease,
+        ReaperSettings {
+            report_interval: config.report_interval(),
+            lease_ttl: config.lease_ttl(),
+        },
+        lease_status,
+        shutdown_rx.clone(),
+    ));
+
+    readiness.set(true);
+    tracing::info!(%http_addr, %grpc_addr, "listening");
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "SWITCHYARD_READY http={http_addr} grpc={grpc_addr}")?;
+        out.flush()?;
+    }
+
+    let mut http_task = http_task;
+    let mut grpc_task = grpc_task;
+    let early = tokio::select! {
+        () = switchyard_common::shutdown::signal() => None,
+        r = &mut http_task => Some(format!("HTTP server stopped: {r:?}")),
+        r = &mut grpc_task => Some(format!("gRPC server stopped: {r:?}")),
+    };
+    readiness.set(false);
+    health
+        .set_not_serving::<PlacementServer<PlacementGrpc>>()
+        .await;
+    let _ = shutdown_tx.send(true);
+    let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let _ = reaper_task.await;
+        if !http_task.is_finished() {
+            let _ = http_task.await;
+        }
+        if !grpc_task.is_finished() {
+            let _ = grpc_task.await;
+        }
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!("servers did not finish within {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    match early {
+        Some(reason) => anyhow::bail!(reason),
+        None => {
+            tracing::info!("placement stopped");
+            Ok(())
+        }
+    }
+}

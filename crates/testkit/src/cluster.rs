@@ -1,0 +1,215 @@
+//! The Switchyard services as processes, with settings for fast tests.
+//!
+//! [`Placement::start`] and [`Gateway::start`] bind port 0 and read the real addresses from the
+//! readiness line, so any number of clusters can run side by side. Both share
+//! [`TEST_TOKEN_SECRET`]; placement accepts [`TEST_ADMIN_TOKEN`] on its admin API.
+//!
+//! Defaults can be overridden: a flag that appears in `extra_args` (as `--flag v` or
+//! `--flag=v`) replaces the default for that flag, since clap refuses a flag given twice.
+
+use std::ops::Deref;
+
+use crate::process::Service;
+
+/// The HS256 secret every test cluster signs and verifies assignment tokens with.
+pub const TEST_TOKEN_SECRET: &str = "switchyard-test-token-secret-0123456789abcdef";
+
+/// The bearer token test placements accept on the admin gRPC API.
+pub const TEST_ADMIN_TOKEN: &str = "switchyard-test-admin-token";
+
+/// How a test placement is started.
+#[derive(Debug, Clone, Default)]
+pub struct PlacementOpts {
+    /// `--redis-url`; `None` runs the in-memory ledger.
+    pub redis_url: Option<String>,
+    /// Further flags, passed last; a flag here replaces the default for it.
+    pub extra_args: Vec<String>,
+}
+
+/// A running `switchyard-placement` process.
+///
+/// Defaults: `--http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 --token-secret`
+/// [`TEST_TOKEN_SECRET`] `--admin-token` [`TEST_ADMIN_TOKEN`] `--report-interval-ms 200
+/// --rate-limit 0`. Derefs to its [`Service`] for `pid()`, `terminate()`, `pause()`, ...
+#[derive(Debug)]
+pub struct Placement {
+    service: Service,
+    http_url: String,
+    grpc_url: String,
+}
+
+impl Placement {
+    /// Spawns placement and waits for `SWITCHYARD_READY http=... grpc=...`.
+    pub fn start(opts: PlacementOpts) -> anyhow::Result<Placement> {
+        let mut defaults = vec![
+            ("--http-addr", "127.0.0.1:0".to_owned()),
+            ("--grpc-addr", "127.0.0.1:0".to_owned()),
+            ("--token-secret", TEST_TOKEN_SECRET.to_owned()),
+            ("--admin-token", TEST_ADMIN_TOKEN.to_owned()),
+            ("--report-interval-ms", "200".to_owned()),
+            ("--rate-limit", "0".to_owned()),
+        ];
+        if let Some(url) = opts.redis_url {
+            defaults.push(("--redis-url", url));
+        }
+        let args = with_defaults(&defaults, &opts.extra_args);
+        let service = Service::spawn("switchyard-placement", &args, &[])?;
+        let http_url = format!("http://{}", service.ready_value("http")?);
+        let grpc_url = format!("http://{}", service.ready_value("grpc")?);
+        Ok(Placement {
+            service,
+            http_url,
+            grpc_url,
+        })
+    }
+
+    /// `http://127.0.0.1:NNNN`: the HTTP API (`/v1/assign`, `/healthz`, `/metrics`).
+    pub fn http_url(&self) -> &str {
+        &self.http_url
+    }
+
+    /// `http://127.0.0.1:MMMM`: the gRPC endpoint (report stream, Assign, Admin).
+    pub fn grpc_url(&self) -> &str {
+        &self.grpc_url
+    }
+
+    /// The process handle.
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+}
+
+impl Deref for Placement {
+    type Target = Service;
+    fn deref(&self) -> &Service {
+        &self.service
+    }
+}
+
+/// How a test gateway is started.
+#[derive(Debug, Clone, Default)]
+pub struct GatewayOpts {
+    /// `--placement-url`: placement's gRPC URL ([`Placement::grpc_url`]).
+    pub placement_grpc: String,
+    /// `--node-id`; empty leaves it to the gateway's default.
+    pub node_id: String,
+    /// Further flags, passed last; a flag here replaces the default for it.
+    pub extra_args: Vec<String>,
+}
+
+impl GatewayOpts {
+    /// Options for a gateway reporting to `placement` as `node_id`.
+    pub fn new(placement: &Placement, node_id: impl Into<String>) -> GatewayOpts {
+        GatewayOpts {
+            placement_grpc: placement.grpc_url().to_owned(),
+            node_id: node_id.into(),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+/// A running `switchyard-gateway` process.
+///
+/// Defaults: `--listen 127.0.0.1:0 --placement-url <placement_grpc> --node-id <node_id>
+/// --token-secret` [`TEST_TOKEN_SECRET`] `--report-interval-ms 200`. Derefs to its [`Service`].
+#[derive(Debug)]
+pub struct Gateway {
+    service: Service,
+    url: String,
+    node_id: String,
+}
+
+impl Gateway {
+    /// Spawns a gateway and waits for `SWITCHYARD_READY http=... node=...`.
+    pub fn start(opts: GatewayOpts) -> anyhow::Result<Gateway> {
+        let mut defaults = vec![
+            ("--listen", "127.0.0.1:0".to_owned()),
+            ("--placement-url", opts.placement_grpc.clone()),
+            ("--token-secret", TEST_TOKEN_SECRET.to_owned()),
+            ("--report-interval-ms", "200".to_owned()),
+        ];
+        if !opts.node_id.is_empty() {
+            defaults.push(("--node-id", opts.node_id.clone()));
+        }
+        let args = with_defaults(&defaults, &opts.extra_args);
+        let service = Service::spawn("switchyard-gateway", &args, &[])?;
+        let url = format!("http://{}", service.ready_value("http")?);
+        let node_id = service.ready_value("node")?.to_owned();
+        Ok(Gateway {
+            service,
+            url,
+            node_id,
+        })
+    }
+
+    /// `http://127.0.0.1:NNNN`: where Socket.IO clients connect (`/socket.io`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The node id it registered with, as printed on its readiness line.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The process handle.
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+}
+
+impl Deref for Gateway {
+    type Target = Service;
+    fn deref(&self) -> &Service {
+        &self.service
+    }
+}
+
+/// `defaults` as `--flag value` pairs, minus the flags `extra` mentions, followed by `extra`.
+fn with_defaults(defaults: &[(&str, String)], extra: &[String]) -> Vec<String> {
+    let overridden = |flag: &str| {
+        extra
+            .iter()
+            .any(|a| a == flag || a.strip_prefix(flag).is_some_and(|r| r.starts_with('=')))
+    };
+    let mut args = Vec::new();
+    for (flag, value) in defaults {
+        if !overridden(flag) {
+            args.push((*flag).to_owned());
+            args.push(value.clone());
+        }
+    }
+    args.extend(extra.iter().cloned());
+    args
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_args_replace_defaults() {
+        let defaults = [
+            ("--listen", "127.0.0.1:0".to_owned()),
+            ("--report-interval-ms", "200".to_owned()),
+        ];
+        let extra = vec![
+            "--report-interval-ms=50".to_owned(),
+            "--allow-anonymous".to_owned(),
+        ];
+        assert_eq!(
+            with_defaults(&defaults, &extra),
+            [
+                "--listen",
+                "127.0.0.1:0",
+                "--report-interval-ms=50",
+                "--allow-anonymous"
+            ]
+        );
+        let extra = vec!["--listen".to_owned(), "127.0.0.1:5".to_owned()];
+        assert_eq!(
+            with_defaults(&defaults, &extra),
+            ["--report-interval-ms", "200", "--listen", "127.0.0.1:5"]
+        );
+    }
+}
