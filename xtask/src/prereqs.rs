@@ -149,19 +149,21 @@ pub fn ensure_venv(root: &Path) -> anyhow::Result<PathBuf> {
             );
         }
     }
-    if !python.exists() {
+    // A venv made without Debian's python3-venv has a python but no pip: start it over.
+    if !venv.join("bin").join("pip").exists() {
+        if venv.exists() {
+            fs::remove_dir_all(&venv).with_context(|| format!("removing {}", venv.display()))?;
+        }
         let created = run(Command::new("python3").arg("-m").arg("venv").arg(&venv));
         if let Err(e) = created {
-            if in_ci() {
-                // Debian splits venv support out of python3.
-                apt_install(&["python3-venv"])?;
-                let _ = fs::remove_dir_all(&venv);
-                run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
-            } else {
+            if !in_ci() {
                 return Err(
                     e.context("creating the Python venv failed; on Debian install python3-venv")
                 );
             }
+            apt_install(&["python3-venv"])?;
+            let _ = fs::remove_dir_all(&venv);
+            run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
         }
     }
     run(Command::new(&python)

@@ -21,7 +21,10 @@ use switchyard_common::telemetry::TelemetryArgs;
 use switchyard_gateway::{Switchyard, config::GatewayArgs, payload::Payload, server};
 
 #[derive(Debug, Parser)]
-#[command(name = "embedded", about = "A custom Socket.IO app with Switchyard mounted")]
+#[command(
+    name = "embedded",
+    about = "A custom Socket.IO app with Switchyard mounted"
+)]
 struct Args {
     #[command(flatten)]
     gateway: GatewayArgs,
@@ -32,10 +35,13 @@ struct Args {
 /// The application's own connect handler: Switchyard has already admitted the socket.
 async fn on_connect(s: SocketRef) {
     tracing::info!(sid = %s.id, "embedded app: client connected");
-    s.on("echo", async |s: SocketRef, Data::<Payload>(msg), ack: AckSender| {
-        let _ = s.emit("echo", &msg);
-        let _ = ack.send(&msg);
-    });
+    s.on(
+        "echo",
+        async |s: SocketRef, Data::<Payload>(msg), ack: AckSender| {
+            let _ = s.emit("echo", &msg);
+            let _ = ack.send(&msg);
+        },
+    );
 }
 
 #[tokio::main]
@@ -54,7 +60,10 @@ async fn main() -> anyhow::Result<()> {
     let running = gateway.start(io.clone())?;
 
     let app = axum::Router::new()
-        .route("/hello", axum::routing::get(async || "hello from the embedded app"))
+        .route(
+            "/hello",
+            axum::routing::get(async || "hello from the embedded app"),
+        )
         .merge(gateway.ops_router(telemetry.metrics.clone()))
         .layer(layer);
     server::serve(listener, app, &gateway, io, running).await

@@ -148,7 +148,12 @@ impl Admission {
     }
 
     /// Verifies `token` (if any) for a CONNECT to namespace `ns`, at `now_ms`.
-    pub fn check_token(&self, ns: &str, token: Option<&str>, now_ms: u64) -> Result<Admitted, Refusal> {
+    pub fn check_token(
+        &self,
+        ns: &str,
+        token: Option<&str>,
+        now_ms: u64,
+    ) -> Result<Admitted, Refusal> {
         let token = token.filter(|t| !t.is_empty());
         let (token, key) = match (token, &self.key) {
             (Some(token), Some(key)) => (token, key),
@@ -276,7 +281,13 @@ mod tests {
         TokenKey::new(b"test-secret")
     }
 
-    fn token(sub: &str, ns: &str, rid: &str, exp_ms: u64, rooms: Option<Vec<String>>) -> anyhow::Result<String> {
+    fn token(
+        sub: &str,
+        ns: &str,
+        rid: &str,
+        exp_ms: u64,
+        rooms: Option<Vec<String>>,
+    ) -> anyhow::Result<String> {
         Ok(key().sign(&AssignmentClaims {
             sub: sub.into(),
             ns: ns.into(),
@@ -289,13 +300,21 @@ mod tests {
     }
 
     fn admission(anonymous: bool) -> Admission {
-        Admission::new("gw-1".into(), Some(key()), anonymous, RoomGrant::new(["*"]), 0)
+        Admission::new(
+            "gw-1".into(),
+            Some(key()),
+            anonymous,
+            RoomGrant::new(["*"]),
+            0,
+        )
     }
 
     #[test]
     fn a_valid_token_for_this_node_is_admitted_with_its_reservation() -> anyhow::Result<()> {
         let t = token("gw-1", "/", "r1", NOW + 5000, None)?;
-        let a = admission(false).check_token("/", Some(&t), NOW).map_err(anyhow::Error::msg)?;
+        let a = admission(false)
+            .check_token("/", Some(&t), NOW)
+            .map_err(anyhow::Error::msg)?;
         assert_eq!(a.reservation_id.as_deref(), Some("r1"));
         assert!(a.rooms.allows("anything"));
         Ok(())
@@ -318,8 +337,14 @@ mod tests {
             rooms: None,
         })?;
         assert_eq!(check(Some(&other_key), "/"), Some(Refusal::BadToken));
-        assert_eq!(check(Some(&token("gw-1", "/", "r", NOW, None)?), "/"), Some(Refusal::TokenExpired));
-        assert_eq!(check(Some(&token("gw-2", "/", "r", NOW + 5000, None)?), "/"), Some(Refusal::WrongNode));
+        assert_eq!(
+            check(Some(&token("gw-1", "/", "r", NOW, None)?), "/"),
+            Some(Refusal::TokenExpired)
+        );
+        assert_eq!(
+            check(Some(&token("gw-2", "/", "r", NOW + 5000, None)?), "/"),
+            Some(Refusal::WrongNode)
+        );
         assert_eq!(
             check(Some(&token("gw-1", "/chat", "r", NOW + 5000, None)?), "/"),
             Some(Refusal::WrongNamespace)
@@ -332,10 +357,16 @@ mod tests {
         let adm = admission(false);
         let t = token("gw-1", "/", "r9", NOW + 5000, None)?;
         // Refused elsewhere (another namespace here): not consumed, still good.
-        assert_eq!(adm.check_token("/other", Some(&t), NOW).err(), Some(Refusal::WrongNamespace));
+        assert_eq!(
+            adm.check_token("/other", Some(&t), NOW).err(),
+            Some(Refusal::WrongNamespace)
+        );
         assert!(adm.check_token("/", Some(&t), NOW).is_ok());
         assert!(adm.mark_consumed("r9", NOW + 5000));
-        assert_eq!(adm.check_token("/", Some(&t), NOW).err(), Some(Refusal::TokenReused));
+        assert_eq!(
+            adm.check_token("/", Some(&t), NOW).err(),
+            Some(Refusal::TokenReused)
+        );
         assert!(!adm.mark_consumed("r9", NOW + 5000));
         Ok(())
     }
@@ -343,20 +374,30 @@ mod tests {
     #[test]
     fn anonymous_mode_admits_tokenless_clients_but_still_checks_tokens() -> anyhow::Result<()> {
         let adm = admission(true);
-        let a = adm.check_token("/", None, NOW).map_err(anyhow::Error::msg)?;
+        let a = adm
+            .check_token("/", None, NOW)
+            .map_err(anyhow::Error::msg)?;
         assert!(a.reservation_id.is_none());
-        assert_eq!(adm.check_token("/", Some("garbage"), NOW).err(), Some(Refusal::BadToken));
+        assert_eq!(
+            adm.check_token("/", Some("garbage"), NOW).err(),
+            Some(Refusal::BadToken)
+        );
         let no_secret = Admission::new("gw-1".into(), None, true, RoomGrant::new(["*"]), 0);
         assert!(no_secret.check_token("/", Some("anything"), NOW).is_ok());
         let closed = Admission::new("gw-1".into(), None, false, RoomGrant::new(["*"]), 0);
-        assert_eq!(closed.check_token("/", None, NOW).err(), Some(Refusal::BadToken));
+        assert_eq!(
+            closed.check_token("/", None, NOW).err(),
+            Some(Refusal::BadToken)
+        );
         Ok(())
     }
 
     #[test]
     fn token_rooms_claim_replaces_the_configured_patterns() -> anyhow::Result<()> {
         let t = token("gw-1", "/", "r1", NOW + 5000, Some(vec!["team:*".into()]))?;
-        let a = admission(false).check_token("/", Some(&t), NOW).map_err(anyhow::Error::msg)?;
+        let a = admission(false)
+            .check_token("/", Some(&t), NOW)
+            .map_err(anyhow::Error::msg)?;
         assert!(a.rooms.allows("team:a"));
         assert!(!a.rooms.allows("other"));
         Ok(())
@@ -375,7 +416,12 @@ mod tests {
 
     #[test]
     fn refusal_display_is_the_reason() {
-        for r in [Refusal::BadToken, Refusal::Draining, Refusal::OverCapacity, Refusal::RateLimited] {
+        for r in [
+            Refusal::BadToken,
+            Refusal::Draining,
+            Refusal::OverCapacity,
+            Refusal::RateLimited,
+        ] {
             assert_eq!(r.to_string(), r.reason());
         }
     }

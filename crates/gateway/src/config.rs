@@ -24,7 +24,11 @@ pub struct GatewayArgs {
     #[arg(long, env = "SWITCHYARD_NODE_ID")]
     pub node_id: Option<String>,
     /// Placement's gRPC URL (report stream). An empty value runs standalone.
-    #[arg(long, env = "SWITCHYARD_PLACEMENT_URL", default_value = "http://127.0.0.1:7001")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_PLACEMENT_URL",
+        default_value = "http://127.0.0.1:7001"
+    )]
     pub placement_url: String,
     /// HS256 secret shared with placement; required unless `--allow-anonymous`.
     #[arg(long, env = "SWITCHYARD_TOKEN_SECRET", hide_env_values = true)]
@@ -33,7 +37,12 @@ pub struct GatewayArgs {
     #[arg(long, env = "SWITCHYARD_ALLOW_ANONYMOUS")]
     pub allow_anonymous: bool,
     /// Socket.IO namespaces served, comma separated.
-    #[arg(long, env = "SWITCHYARD_NAMESPACES", default_value = "/", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "SWITCHYARD_NAMESPACES",
+        default_value = "/",
+        value_delimiter = ','
+    )]
     pub namespaces: Vec<String>,
     /// Relative share of new connections.
     #[arg(long, env = "SWITCHYARD_WEIGHT", default_value_t = 1)]
@@ -42,7 +51,11 @@ pub struct GatewayArgs {
     #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: u64,
     /// Largest `publish` data in bytes (`payload_too_large` beyond).
-    #[arg(long, env = "SWITCHYARD_MAX_PAYLOAD_BYTES", default_value_t = 1_048_576)]
+    #[arg(
+        long,
+        env = "SWITCHYARD_MAX_PAYLOAD_BYTES",
+        default_value_t = 1_048_576
+    )]
     pub max_payload_bytes: u64,
     /// Rooms one socket may be in (`too_many_rooms` beyond).
     #[arg(long, env = "SWITCHYARD_MAX_ROOMS_PER_SOCKET", default_value_t = 64)]
@@ -51,7 +64,12 @@ pub struct GatewayArgs {
     #[arg(long, env = "SWITCHYARD_CONNECT_RATE", default_value_t = 1000)]
     pub connect_rate: u32,
     /// Room glob patterns (`*` = any run of characters) for clients whose token has no rooms claim.
-    #[arg(long, env = "SWITCHYARD_ROOMS", default_value = "*", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "SWITCHYARD_ROOMS",
+        default_value = "*",
+        value_delimiter = ','
+    )]
     pub rooms: Vec<String>,
     /// Interval between load reports to placement, in milliseconds.
     #[arg(long, env = "SWITCHYARD_REPORT_INTERVAL_MS", default_value_t = 1000)]
@@ -66,7 +84,11 @@ pub struct GatewayArgs {
 
 /// The binary's whole command line.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "switchyard-gateway", version, about = "Switchyard gateway: Socket.IO placed by placement")]
+#[command(
+    name = "switchyard-gateway",
+    version,
+    about = "Switchyard gateway: Socket.IO placed by placement"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub gateway: GatewayArgs,
@@ -81,7 +103,11 @@ impl GatewayArgs {
             .node_id
             .clone()
             .filter(|s| !s.trim().is_empty())
-            .or_else(|| std::env::var("POD_NAME").ok().filter(|s| !s.trim().is_empty()))
+            .or_else(|| {
+                std::env::var("POD_NAME")
+                    .ok()
+                    .filter(|s| !s.trim().is_empty())
+            })
             .unwrap_or_else(|| format!("{}-{}", hostname(), bound.port()));
         let public_url = self
             .public_url
@@ -139,7 +165,13 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_contract() -> anyhow::Result<()> {
-        let cli = Cli::try_parse_from(["switchyard-gateway", "--node-id", "gw-7", "--rooms", "a:*,b"])?;
+        let cli = Cli::try_parse_from([
+            "switchyard-gateway",
+            "--node-id",
+            "gw-7",
+            "--rooms",
+            "a:*,b",
+        ])?;
         let s = cli.gateway.settings("127.0.0.1:4123".parse()?);
         assert_eq!(s.node_id, "gw-7");
         assert_eq!(s.public_url, "http://127.0.0.1:4123");
@@ -155,7 +187,8 @@ mod tests {
 
     #[test]
     fn node_id_defaults_to_host_and_port() -> anyhow::Result<()> {
-        let cli = Cli::try_parse_from(["switchyard-gateway", "--public-url", "http://gw.example:80"])?;
+        let cli =
+            Cli::try_parse_from(["switchyard-gateway", "--public-url", "http://gw.example:80"])?;
         let s = cli.gateway.settings("127.0.0.1:4555".parse()?);
         if std::env::var("POD_NAME").is_err() && std::env::var("SWITCHYARD_NODE_ID").is_err() {
             assert!(s.node_id.ends_with("-4555"), "{}", s.node_id);

@@ -93,9 +93,15 @@ pub enum DrainEnd {
 
 #[derive(Debug)]
 enum Command {
-    Drain { cause: DrainCause, rate_per_sec: u32 },
+    Drain {
+        cause: DrainCause,
+        rate_per_sec: u32,
+    },
     Undrain,
-    Shed { count: u64, rate_per_sec: u32 },
+    Shed {
+        count: u64,
+        rate_per_sec: u32,
+    },
     /// A second SIGTERM: stop being polite.
     Hurry,
 }
@@ -146,8 +152,15 @@ impl DrainState {
         self.draining.store(true, Ordering::Release);
         self.refresh_readiness();
         metrics::gauge!("switchyard_gateway_draining").set(1.0);
-        let rate_per_sec = if rate_per_sec == 0 { self.default_rate } else { rate_per_sec };
-        let _ = self.commands.send(Command::Drain { cause, rate_per_sec });
+        let rate_per_sec = if rate_per_sec == 0 {
+            self.default_rate
+        } else {
+            rate_per_sec
+        };
+        let _ = self.commands.send(Command::Drain {
+            cause,
+            rate_per_sec,
+        });
     }
 
     /// Cancels a drain placement started (not a shutdown).
@@ -157,8 +170,15 @@ impl DrainState {
 
     /// Disconnects `count` clients at `rate_per_sec` (0: `--drain-rate`) without draining.
     pub fn shed(&self, count: u64, rate_per_sec: u32) {
-        let rate_per_sec = if rate_per_sec == 0 { self.default_rate } else { rate_per_sec };
-        let _ = self.commands.send(Command::Shed { count, rate_per_sec });
+        let rate_per_sec = if rate_per_sec == 0 {
+            self.default_rate
+        } else {
+            rate_per_sec
+        };
+        let _ = self.commands.send(Command::Shed {
+            count,
+            rate_per_sec,
+        });
     }
 
     /// Skips the rest of a shutdown drain: remaining clients are disconnected now.
@@ -213,7 +233,10 @@ impl<A: Adapter> DrainController<A> {
         inbox: DrainInbox,
         load: Arc<Load>,
         deadline: Duration,
-    ) -> (tokio::task::JoinHandle<()>, watch::Receiver<Option<DrainEnd>>) {
+    ) -> (
+        tokio::task::JoinHandle<()>,
+        watch::Receiver<Option<DrainEnd>>,
+    ) {
         let (finished, finished_rx) = watch::channel(None);
         let controller = Self {
             io,

@@ -100,7 +100,9 @@ pub(crate) fn register<A: Adapter>(s: &SocketRef<A>, limits: Arc<EventLimits>) {
                 let result = join(&s, &limits, room.ok());
                 count("join", result);
                 let _ = match result {
-                    Ok(()) => ack.send(&json!({"ok": true, "epoch": null, "offset": null, "retained": null})),
+                    Ok(()) => ack.send(
+                        &json!({"ok": true, "epoch": null, "offset": null, "retained": null}),
+                    ),
                     Err(e) => ack.send(&json!({"ok": false, "error": e.code()})),
                 };
             }
@@ -161,7 +163,8 @@ fn count(event: &'static str, result: Result<(), EventError>) {
         Ok(()) => "ok",
         Err(e) => e.code(),
     };
-    metrics::counter!("switchyard_gateway_events_total", "event" => event, "outcome" => outcome).increment(1);
+    metrics::counter!("switchyard_gateway_events_total", "event" => event, "outcome" => outcome)
+        .increment(1);
 }
 
 /// A usable room name, or `None` (a `bad_request`).
@@ -178,8 +181,15 @@ fn grant_allows<A: Adapter>(s: &SocketRef<A>, room: &str) -> bool {
         .is_some_and(|a| a.rooms.allows(room))
 }
 
-fn join<A: Adapter>(s: &SocketRef<A>, limits: &EventLimits, room: Option<Payload>) -> Result<(), EventError> {
-    let room = room.as_ref().and_then(valid_room).ok_or(EventError::BadRequest)?;
+fn join<A: Adapter>(
+    s: &SocketRef<A>,
+    limits: &EventLimits,
+    room: Option<Payload>,
+) -> Result<(), EventError> {
+    let room = room
+        .as_ref()
+        .and_then(valid_room)
+        .ok_or(EventError::BadRequest)?;
     if !grant_allows(s, room) {
         return Err(EventError::Forbidden);
     }
@@ -225,7 +235,14 @@ mod tests {
     fn reserved_and_odd_event_names_are_refused() {
         assert!(valid_event_name("message"));
         assert!(valid_event_name("chat:new"));
-        for bad in ["", "connect", "disconnect", "connect_error", "newListener", "switchyard:drain"] {
+        for bad in [
+            "",
+            "connect",
+            "disconnect",
+            "connect_error",
+            "newListener",
+            "switchyard:drain",
+        ] {
             assert!(!valid_event_name(bad), "{bad}");
         }
         assert!(!valid_event_name(&"x".repeat(MAX_ROOM_LEN + 1)));
@@ -236,7 +253,10 @@ mod tests {
         assert_eq!(valid_room(&Payload::Str("a".into())), Some("a"));
         assert_eq!(valid_room(&Payload::Str(String::new())), None);
         assert_eq!(valid_room(&Payload::Int(1)), None);
-        assert_eq!(valid_room(&Payload::Str("r".repeat(MAX_ROOM_LEN + 1))), None);
+        assert_eq!(
+            valid_room(&Payload::Str("r".repeat(MAX_ROOM_LEN + 1))),
+            None
+        );
     }
 
     #[test]
@@ -244,7 +264,8 @@ mod tests {
         let r: PublishRequest = serde_json::from_str(r#"{"room":"a","event":"e"}"#)?;
         assert_eq!(r.data, Payload::Null);
         assert_eq!(r.retain, None);
-        let r: PublishRequest = serde_json::from_str(r#"{"room":"a","event":"e","data":{"x":1},"retain":true}"#)?;
+        let r: PublishRequest =
+            serde_json::from_str(r#"{"room":"a","event":"e","data":{"x":1},"retain":true}"#)?;
         assert_eq!(r.retain, Some(true));
         assert!(serde_json::from_str::<PublishRequest>(r#"{"room":1,"event":"e"}"#).is_err());
         Ok(())

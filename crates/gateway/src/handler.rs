@@ -64,7 +64,11 @@ where
         if let Some(admitted) = &admitted
             && let Some(rid) = &admitted.reservation_id
         {
-            if self.shared.admission.mark_consumed(rid, admitted.token_exp_ms) {
+            if self
+                .shared
+                .admission
+                .mark_consumed(rid, admitted.token_exp_ms)
+            {
                 self.shared.load.record_consumed(rid.clone());
             } else {
                 tracing::warn!(rid = %rid, "token replayed concurrently; reservation already consumed");
@@ -72,7 +76,10 @@ where
         }
         metrics::counter!("switchyard_gateway_connects_total", "outcome" => "accepted", "reason" => "ok")
             .increment(1);
-        tracing::debug!(connections = self.shared.load.connections(), "client connected");
+        tracing::debug!(
+            connections = self.shared.load.connections(),
+            "client connected"
+        );
         self.inner.call(s, auth);
     }
 
@@ -135,7 +142,11 @@ fn token_of<A: Adapter>(s: &Arc<Socket<A>>, auth: &Option<Value>) -> Option<Stri
 }
 
 /// The checks, in contract order; on success the socket holds a seat and its built-in handlers.
-fn admit<A: Adapter>(shared: &Arc<Shared>, s: &Arc<Socket<A>>, token: Option<&str>) -> Result<Seat, Refusal> {
+fn admit<A: Adapter>(
+    shared: &Arc<Shared>,
+    s: &Arc<Socket<A>>,
+    token: Option<&str>,
+) -> Result<Seat, Refusal> {
     if shared.drain.is_draining() {
         return Err(Refusal::Draining);
     }

@@ -59,9 +59,7 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use socketioxide::{
-    ParserConfig, SocketIo, SocketIoBuilder,
-    adapter::Adapter,
-    extract::SocketRef,
+    ParserConfig, SocketIo, SocketIoBuilder, adapter::Adapter, extract::SocketRef,
     handler::ConnectHandler,
 };
 use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
@@ -141,7 +139,9 @@ impl Settings {
 /// A configuration the gateway cannot run with.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SetupError {
-    #[error("a token secret is required (--token-secret / SWITCHYARD_TOKEN_SECRET) unless --allow-anonymous is set")]
+    #[error(
+        "a token secret is required (--token-secret / SWITCHYARD_TOKEN_SECRET) unless --allow-anonymous is set"
+    )]
     MissingSecret,
     #[error("the node id must not be empty")]
     EmptyNodeId,
@@ -229,7 +229,11 @@ impl Switchyard {
     /// binary attachment buffer), a 1024-packet send buffer per socket, and the common parser
     /// (the one every gateway of a cluster must share).
     pub fn configure<A: Adapter>(&self, builder: SocketIoBuilder<A>) -> SocketIoBuilder<A> {
-        let limit = self.shared.settings.max_payload_bytes.saturating_add(ENVELOPE_HEADROOM);
+        let limit = self
+            .shared
+            .settings
+            .max_payload_bytes
+            .saturating_add(ENVELOPE_HEADROOM);
         let limit_usize = usize::try_from(limit).unwrap_or(usize::MAX);
         builder
             .max_payload(limit)
@@ -366,7 +370,10 @@ impl Running {
         self.stop.send_replace(true);
         if let Some(reporter) = self.reporter {
             let abort = reporter.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(2), reporter).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(2), reporter)
+                .await
+                .is_err()
+            {
                 abort.abort();
             }
         }
@@ -376,17 +383,53 @@ impl Running {
 
 fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_gauge!("switchyard_gateway_connections", "Sockets connected (all namespaces).");
-    describe_counter!("switchyard_gateway_connects_total", "CONNECT attempts by outcome and refusal reason.");
-    describe_counter!("switchyard_gateway_disconnects_total", "Socket disconnects by reason.");
-    describe_counter!("switchyard_gateway_events_total", "Built-in events by event and outcome.");
-    describe_histogram!("switchyard_gateway_publish_payload_bytes", "Estimated size of published data.");
+    describe_gauge!(
+        "switchyard_gateway_connections",
+        "Sockets connected (all namespaces)."
+    );
+    describe_counter!(
+        "switchyard_gateway_connects_total",
+        "CONNECT attempts by outcome and refusal reason."
+    );
+    describe_counter!(
+        "switchyard_gateway_disconnects_total",
+        "Socket disconnects by reason."
+    );
+    describe_counter!(
+        "switchyard_gateway_events_total",
+        "Built-in events by event and outcome."
+    );
+    describe_histogram!(
+        "switchyard_gateway_publish_payload_bytes",
+        "Estimated size of published data."
+    );
     describe_gauge!("switchyard_gateway_draining", "1 while the gateway drains.");
-    describe_gauge!("switchyard_gateway_drain_remaining", "Sockets left to move during a drain.");
-    describe_counter!("switchyard_gateway_drain_disconnects_total", "Clients told to re-assign, by cause.");
-    describe_counter!("switchyard_gateway_drains_total", "Drains started, by cause.");
-    describe_counter!("switchyard_gateway_reports_total", "Load reports sent to placement.");
-    describe_gauge!("switchyard_gateway_report_stream_up", "1 while registered with placement.");
-    describe_counter!("switchyard_gateway_report_stream_errors_total", "Report stream failures.");
-    describe_counter!("switchyard_gateway_directives_total", "Directives received from placement, by kind.");
+    describe_gauge!(
+        "switchyard_gateway_drain_remaining",
+        "Sockets left to move during a drain."
+    );
+    describe_counter!(
+        "switchyard_gateway_drain_disconnects_total",
+        "Clients told to re-assign, by cause."
+    );
+    describe_counter!(
+        "switchyard_gateway_drains_total",
+        "Drains started, by cause."
+    );
+    describe_counter!(
+        "switchyard_gateway_reports_total",
+        "Load reports sent to placement."
+    );
+    describe_gauge!(
+        "switchyard_gateway_report_stream_up",
+        "1 while registered with placement."
+    );
+    describe_counter!(
+        "switchyard_gateway_report_stream_errors_total",
+        "Report stream failures."
+    );
+    describe_counter!(
+        "switchyard_gateway_directives_total",
+        "Directives received from placement, by kind."
+    );
 }

@@ -67,7 +67,10 @@ impl Load {
 
     /// Takes every consumed id recorded since the last call.
     pub fn take_consumed(&self) -> Vec<String> {
-        self.consumed.lock().map(|mut q| std::mem::take(&mut *q)).unwrap_or_default()
+        self.consumed
+            .lock()
+            .map(|mut q| std::mem::take(&mut *q))
+            .unwrap_or_default()
     }
 
     /// Puts back ids whose report may not have reached placement, ahead of newer ones.
@@ -105,7 +108,11 @@ impl Seat {
 impl SeatInner {
     fn release(&self) {
         if !self.released.swap(true, Ordering::AcqRel) {
-            let now = self.load.connections.fetch_sub(1, Ordering::AcqRel).saturating_sub(1);
+            let now = self
+                .load
+                .connections
+                .fetch_sub(1, Ordering::AcqRel)
+                .saturating_sub(1);
             metrics::gauge!("switchyard_gateway_connections").set(now as f64);
         }
     }

@@ -165,7 +165,10 @@ mod tests {
 
     #[test]
     fn binary_is_kept_as_bytes() {
-        let p = Payload::Object(vec![("b".into(), Payload::Binary(Bytes::from_static(b"\x00\x01")))]);
+        let p = Payload::Object(vec![(
+            "b".into(),
+            Payload::Binary(Bytes::from_static(b"\x00\x01")),
+        )]);
         assert!(p.has_binary());
         assert!(p.encoded_size() >= 2);
         assert!(!Payload::Str("x".into()).has_binary());

@@ -89,7 +89,12 @@ pub fn spawn(
     tokio::spawn(run(config, load, drain, stop))
 }
 
-async fn run(config: ReporterConfig, load: Arc<Load>, drain: Arc<DrainState>, mut stop: watch::Receiver<bool>) {
+async fn run(
+    config: ReporterConfig,
+    load: Arc<Load>,
+    drain: Arc<DrainState>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
         if *stop.borrow() {
@@ -98,7 +103,14 @@ async fn run(config: ReporterConfig, load: Arc<Load>, drain: Arc<DrainState>, mu
         let mut unconfirmed = Unconfirmed::new(config.interval * 3);
         let span = tracing::info_span!("report_stream", node_id = %config.node_id, placement = %config.placement_url);
         let result = tracing::Instrument::instrument(
-            session(&config, &load, &drain, &mut stop, &mut unconfirmed, &mut backoff),
+            session(
+                &config,
+                &load,
+                &drain,
+                &mut stop,
+                &mut unconfirmed,
+                &mut backoff,
+            ),
             span,
         )
         .await;
@@ -114,7 +126,10 @@ async fn run(config: ReporterConfig, load: Arc<Load>, drain: Arc<DrainState>, mu
                 metrics::counter!("switchyard_gateway_report_stream_errors_total").increment(1);
                 let ids = unconfirmed.take_all();
                 if !ids.is_empty() {
-                    tracing::debug!(count = ids.len(), "re-queueing consumed reservations of the broken stream");
+                    tracing::debug!(
+                        count = ids.len(),
+                        "re-queueing consumed reservations of the broken stream"
+                    );
                 }
                 load.put_back_consumed(ids);
                 let delay = backoff.next_delay();
@@ -160,17 +175,27 @@ async fn session(
     let mut directives = client.report(ReceiverStream::new(rx)).await?.into_inner();
 
     // The first directive must be `Registered`; give placement a few intervals to say so.
-    let first = tokio::time::timeout(config.interval * 5 + Duration::from_secs(2), directives.message())
-        .await
-        .map_err(|_| SessionError::NoRegistered)??
-        .ok_or(SessionError::Closed)?;
+    let first = tokio::time::timeout(
+        config.interval * 5 + Duration::from_secs(2),
+        directives.message(),
+    )
+    .await
+    .map_err(|_| SessionError::NoRegistered)??
+    .ok_or(SessionError::Closed)?;
     match first.kind {
         Some(directive::Kind::Registered(r)) => {
-            tracing::info!(liveness_ms = r.liveness_ms, weight = r.weight, draining = r.draining, "registered with placement");
+            tracing::info!(
+                liveness_ms = r.liveness_ms,
+                weight = r.weight,
+                draining = r.draining,
+                "registered with placement"
+            );
             metrics::gauge!("switchyard_gateway_report_stream_up").set(1.0);
             backoff.reset();
             if r.draining && !drain.is_draining() {
-                tracing::warn!("placement marks this node draining; holding it empty until undrained");
+                tracing::warn!(
+                    "placement marks this node draining; holding it empty until undrained"
+                );
                 drain.drain(DrainCause::Ledger, 0);
             }
         }
@@ -234,7 +259,10 @@ fn apply(kind: Option<directive::Kind>, drain: &DrainState) -> Option<SessionEnd
     metrics::counter!("switchyard_gateway_directives_total", "kind" => label).increment(1);
     match kind {
         Some(directive::Kind::Drain(d)) => {
-            tracing::info!(rate_per_sec = d.rate_per_sec, "placement asks this gateway to drain");
+            tracing::info!(
+                rate_per_sec = d.rate_per_sec,
+                "placement asks this gateway to drain"
+            );
             drain.drain(DrainCause::Directive, d.rate_per_sec);
         }
         Some(directive::Kind::Undrain(_)) => drain.undrain(),
@@ -303,10 +331,23 @@ mod tests {
     #[test]
     fn directives_reach_the_drain_state() {
         let (drain, _inbox) = DrainState::new(10);
-        assert!(apply(Some(directive::Kind::Drain(switchyard_proto::placement::v1::Drain { rate_per_sec: 5 })), &drain).is_none());
+        assert!(
+            apply(
+                Some(directive::Kind::Drain(
+                    switchyard_proto::placement::v1::Drain { rate_per_sec: 5 }
+                )),
+                &drain
+            )
+            .is_none()
+        );
         assert!(drain.is_draining());
         assert!(matches!(
-            apply(Some(directive::Kind::Superseded(switchyard_proto::placement::v1::Superseded {})), &drain),
+            apply(
+                Some(directive::Kind::Superseded(
+                    switchyard_proto::placement::v1::Superseded {}
+                )),
+                &drain
+            ),
             Some(SessionEnd::Superseded)
         ));
     }

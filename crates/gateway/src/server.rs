@@ -50,7 +50,8 @@ pub async fn serve<A: Adapter>(
     {
         use std::io::Write;
         let mut out = std::io::stdout().lock();
-        writeln!(out, "SWITCHYARD_READY http={addr} node={node_id}").context("writing the readiness line")?;
+        writeln!(out, "SWITCHYARD_READY http={addr} node={node_id}")
+            .context("writing the readiness line")?;
         out.flush().context("flushing stdout")?;
     }
 

@@ -37,8 +37,6 @@ use tonic::{
 
 /// The report interval the test placements use (testkit's default).
 const INTERVAL: Duration = Duration::from_millis(200);
-/// How often test gateways report: well inside the interval.
-const GATEWAY_INTERVAL: Duration = Duration::from_millis(100);
 /// Upper bound for anything the spec says happens "within 3 intervals", plus scheduling slack
 /// for a loaded machine. Not a performance assertion.
 const WITHIN_THREE_INTERVALS: Duration = Duration::from_millis(3 * 200 + 2_000);
@@ -111,8 +109,8 @@ where
     }
 }
 
-/// A test gateway: one real report stream, reporting absolute figures every
-/// [`GATEWAY_INTERVAL`] and collecting the directives placement sends.
+/// A test gateway: one real report stream, reporting absolute figures twice per report
+/// interval and collecting the directives placement sends.
 struct TestGateway {
     node_id: String,
     connections: Arc<AtomicU64>,
@@ -138,16 +136,22 @@ fn register(node_id: &str, weight: u32) -> Register {
         weight,
         capacity: 0,
         namespaces: vec!["/".into()],
-        report_interval_ms: GATEWAY_INTERVAL.as_millis() as u32,
+        report_interval_ms: 100,
     }
 }
 
 impl TestGateway {
     async fn connect(p: &Placement, node_id: &str) -> anyhow::Result<TestGateway> {
-        Self::connect_with(p, register(node_id, 1)).await
+        Self::connect_with(p, register(node_id, 1), INTERVAL).await
     }
 
-    async fn connect_with(p: &Placement, reg: Register) -> anyhow::Result<TestGateway> {
+    /// Connects to a placement whose `--report-interval-ms` is `interval`; reports twice as
+    /// often.
+    async fn connect_with(
+        p: &Placement,
+        reg: Register,
+        interval: Duration,
+    ) -> anyhow::Result<TestGateway> {
         let mut client = PlacementClient::connect(p.grpc_url().to_owned()).await?;
         let (tx, rx) = mpsc::channel(16);
         tx.send(GatewayReport {
@@ -181,7 +185,7 @@ impl TestGateway {
             tokio::spawn(async move {
                 // Keep the client alive with the stream.
                 let _client = client;
-                let mut tick = tokio::time::interval(GATEWAY_INTERVAL);
+                let mut tick = tokio::time::interval(interval / 2);
                 loop {
                     tick.tick().await;
                     if silent.load(Ordering::Relaxed) {
@@ -218,7 +222,7 @@ impl TestGateway {
                 kind: Some(directive::Kind::Registered(r)),
             }) => {
                 ensure!(
-                    r.liveness_ms == 3 * INTERVAL.as_millis() as u32,
+                    r.liveness_ms == 3 * interval.as_millis() as u32,
                     "liveness {r:?}"
                 );
             }
@@ -266,10 +270,14 @@ impl TestGateway {
     }
 }
 
-async fn connect_all(p: &Placement, ids: &[String]) -> anyhow::Result<Vec<TestGateway>> {
+async fn connect_all(
+    p: &Placement,
+    ids: &[String],
+    interval: Duration,
+) -> anyhow::Result<Vec<TestGateway>> {
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
-        out.push(TestGateway::connect(p, id).await?);
+        out.push(TestGateway::connect_with(p, register(id, 1), interval).await?);
     }
     Ok(out)
 }
@@ -301,10 +309,20 @@ async fn spread_stays_within_one(redis: Option<&RedisServer>) -> anyhow::Result<
     const NODES: usize = 16;
     const ASSIGNMENTS: usize = 10_000;
     const CALLERS: usize = 64;
-    // Reservations must outlive the run: they are the load being balanced here.
-    let p = placement(redis, &["--reservation-ttl-ms", "600000"])?;
+    // Reservations must outlive the run: they are the load being balanced here. The default
+    // 1 s report interval keeps 64 busy callers on a loaded machine from starving the
+    // liveness of the test gateways (liveness is tested elsewhere).
+    let p = placement(
+        redis,
+        &[
+            "--reservation-ttl-ms",
+            "600000",
+            "--report-interval-ms",
+            "1000",
+        ],
+    )?;
     let ids = node_ids("gw", NODES);
-    let _gateways = connect_all(&p, &ids).await?;
+    let _gateways = connect_all(&p, &ids, Duration::from_secs(1)).await?;
     let mut admin = admin(&p).await?;
     eventually(Duration::from_secs(5), "16 nodes listed", || {
         let mut admin = admin.clone();
@@ -581,7 +599,7 @@ async fn admin_calls_need_the_admin_token_and_valid_input() -> anyhow::Result<()
 async fn rebalance_asks_the_busiest_nodes_to_shed() -> anyhow::Result<()> {
     let p = placement(None, &[])?;
     let mut admin = admin(&p).await?;
-    let mut gws = connect_all(&p, &node_ids("rb", 3)).await?;
+    let mut gws = connect_all(&p, &node_ids("rb", 3), INTERVAL).await?;
     for (gw, connections) in gws.iter().zip([90, 10, 20]) {
         gw.connections.store(connections, Ordering::Relaxed);
     }
