@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use socketioxide::{SocketIo, adapter::Adapter, extract::SocketRef};
 use switchyard_common::ops::Readiness;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 
 use crate::load::Load;
 
@@ -114,6 +114,8 @@ pub struct DrainState {
     readiness: Readiness,
     commands: mpsc::UnboundedSender<Command>,
     default_rate: u32,
+    /// Wakes the reporter when `draining` flips, so placement hears it before the next tick.
+    changed: Notify,
 }
 
 impl DrainState {
@@ -126,6 +128,7 @@ impl DrainState {
             readiness: Readiness::default(),
             commands: tx,
             default_rate,
+            changed: Notify::new(),
         });
         (state, DrainInbox(rx))
     }
@@ -149,7 +152,9 @@ impl DrainState {
     /// Starts a drain. `rate_per_sec == 0` uses `--drain-rate`. The flag flips immediately,
     /// before this returns, so admission refuses from now on.
     pub fn drain(&self, cause: DrainCause, rate_per_sec: u32) {
-        self.draining.store(true, Ordering::Release);
+        if !self.draining.swap(true, Ordering::AcqRel) {
+            self.changed.notify_one();
+        }
         self.refresh_readiness();
         metrics::gauge!("switchyard_gateway_draining").set(1.0);
         let rate_per_sec = if rate_per_sec == 0 {
@@ -186,8 +191,15 @@ impl DrainState {
         let _ = self.commands.send(Command::Hurry);
     }
 
+    /// Completes when the draining flag flipped since the last call (one waiter: the reporter).
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
     fn set_draining(&self, draining: bool) {
-        self.draining.store(draining, Ordering::Release);
+        if self.draining.swap(draining, Ordering::AcqRel) != draining {
+            self.changed.notify_one();
+        }
         metrics::gauge!("switchyard_gateway_draining").set(if draining { 1.0 } else { 0.0 });
         self.refresh_readiness();
     }
@@ -205,7 +217,6 @@ pub struct DrainInbox(mpsc::UnboundedReceiver<Command>);
 /// Disconnects clients at a bounded rate. One task per gateway.
 pub(crate) struct DrainController<A: Adapter> {
     io: SocketIo<A>,
-    namespaces: Vec<String>,
     state: Arc<DrainState>,
     load: Arc<Load>,
     deadline: Duration,
@@ -228,7 +239,6 @@ const TICK: Duration = Duration::from_millis(50);
 impl<A: Adapter> DrainController<A> {
     pub(crate) fn spawn(
         io: SocketIo<A>,
-        namespaces: Vec<String>,
         state: Arc<DrainState>,
         inbox: DrainInbox,
         load: Arc<Load>,
@@ -240,7 +250,6 @@ impl<A: Adapter> DrainController<A> {
         let (finished, finished_rx) = watch::channel(None);
         let controller = Self {
             io,
-            namespaces,
             state,
             load,
             deadline,
@@ -317,11 +326,13 @@ impl<A: Adapter> DrainController<A> {
                     } else if let Some(job) = &mut shed {
                         let n = job.due(TICK);
                         if n > 0 {
-                            let done = self.disconnect(n, job.reason) as u64;
-                            metrics::counter!("switchyard_gateway_drain_disconnects_total", "cause" => "shed").increment(done);
-                            let remaining = job.remaining.unwrap_or(0).saturating_sub(done.max(n as u64));
+                            let done = self.disconnect(n, job.reason);
+                            metrics::counter!("switchyard_gateway_drain_disconnects_total", "cause" => "shed")
+                                .increment(done as u64);
+                            let remaining = job.remaining.unwrap_or(0).saturating_sub(done as u64);
                             job.remaining = Some(remaining);
-                            if remaining == 0 || done == 0 {
+                            // Done when the count is reached or no client is left to shed.
+                            if remaining == 0 || done < n {
                                 shed = None;
                             }
                         }
@@ -342,11 +353,11 @@ impl<A: Adapter> DrainController<A> {
             reassign: true,
         };
         let mut done = 0;
-        for ns in &self.namespaces {
+        // Every namespace, not only the configured ones: an embedding application may add more.
+        for op in self.io.nsps() {
             if done >= n {
                 break;
             }
-            let Some(op) = self.io.of(ns) else { continue };
             let sockets: Vec<SocketRef<A>> = op.local().sockets();
             for s in sockets.into_iter().take(n - done) {
                 // The notice is queued before the disconnect packet on the same socket, so a

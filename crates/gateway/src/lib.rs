@@ -285,7 +285,6 @@ impl Switchyard {
         let settings = &self.shared.settings;
         let (drain_task, finished) = DrainController::spawn(
             io,
-            settings.namespaces.clone(),
             self.shared.drain.clone(),
             inbox,
             self.shared.load.clone(),

@@ -212,20 +212,11 @@ async fn session(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let consumed = load.take_consumed();
-                let report = GatewayReport {
-                    kind: Some(gateway_report::Kind::Load(LoadMsg {
-                        connections: load.connections(),
-                        consumed_reservations: consumed.clone(),
-                        draining: drain.is_draining(),
-                    })),
-                };
-                if tx.send(report).await.is_err() {
-                    load.put_back_consumed(consumed);
-                    return Err(SessionError::Closed);
-                }
-                unconfirmed.push(consumed);
-                metrics::counter!("switchyard_gateway_reports_total").increment(1);
+                send_load(&tx, load, drain, unconfirmed).await?;
+            }
+            _ = drain.changed() => {
+                // Draining started or stopped: tell placement now, not at the next tick.
+                send_load(&tx, load, drain, unconfirmed).await?;
             }
             msg = directives.message() => {
                 match msg? {
@@ -244,6 +235,30 @@ async fn session(
             }
         }
     }
+}
+
+/// Sends one `Load` report with absolute figures and the consumed ids taken from the queue.
+async fn send_load(
+    tx: &mpsc::Sender<GatewayReport>,
+    load: &Load,
+    drain: &DrainState,
+    unconfirmed: &mut Unconfirmed,
+) -> Result<(), SessionError> {
+    let consumed = load.take_consumed();
+    let report = GatewayReport {
+        kind: Some(gateway_report::Kind::Load(LoadMsg {
+            connections: load.connections(),
+            consumed_reservations: consumed.clone(),
+            draining: drain.is_draining(),
+        })),
+    };
+    if tx.send(report).await.is_err() {
+        load.put_back_consumed(consumed);
+        return Err(SessionError::Closed);
+    }
+    unconfirmed.push(consumed);
+    metrics::counter!("switchyard_gateway_reports_total").increment(1);
+    Ok(())
 }
 
 /// Applies one directive; `Some` ends the session.

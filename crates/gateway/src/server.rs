@@ -10,6 +10,8 @@
 //!    open, close the report stream (placement drops the node at once), stop accepting HTTP,
 //!    give in-flight requests a moment, and return `Ok` — the binary exits 0.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -43,6 +45,9 @@ pub async fn serve<A: Adapter>(
             .await
     });
 
+    // Install the signal handlers before announcing readiness: a SIGTERM sent right after the
+    // READY line must start a drain, not kill the process with the default disposition.
+    let mut signal = armed_signal().await;
     let drain = gateway.drain_state().clone();
     drain.set_serving(true);
     let node_id = &gateway.settings().node_id;
@@ -59,7 +64,8 @@ pub async fn serve<A: Adapter>(
     let end = loop {
         tokio::select! {
             end = running.drained() => break end,
-            _ = switchyard_common::shutdown::signal() => {
+            _ = &mut signal => {
+                signal = armed_signal().await;
                 if signalled {
                     drain.hurry();
                 } else {
@@ -97,4 +103,15 @@ pub async fn serve<A: Adapter>(
     }
     tracing::info!("gateway stopped");
     Ok(())
+}
+
+/// [`switchyard_common::shutdown::signal`], polled once so its handlers are installed now.
+async fn armed_signal() -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    let mut signal: Pin<Box<dyn Future<Output = ()> + Send>> =
+        Box::pin(switchyard_common::shutdown::signal());
+    if futures::poll!(signal.as_mut()).is_ready() {
+        // Already signalled (cannot happen on a first poll, but keep the event): ready again.
+        return Box::pin(std::future::ready(()));
+    }
+    signal
 }

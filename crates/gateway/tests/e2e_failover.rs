@@ -138,6 +138,7 @@ async fn drain_moves_everyone_and_exits_cleanly(
         "{per_node} disconnects at {rate}/s took only {span_ms} ms (expected at least {floor_ms} ms)"
     );
 
+    eprintln!("{per_node} drain disconnects at {rate}/s spread over {span_ms} ms");
     let gateway = &cluster.gateways[0];
     let status = tokio::task::block_in_place(|| gateway.wait_exit(Duration::from_secs(30)))?;
     assert!(status.success(), "drained gateway exited with {status}");

@@ -381,6 +381,7 @@ impl ReportStreams {
             needs_register: !registered,
             known_draining: draining,
             reports: 0,
+            ledger_failing: !registered,
         };
         tokio::spawn(task.run(inbound, out_tx, ctl_rx).instrument(span));
         Ok(ReceiverStream::new(out_rx))
@@ -397,6 +398,8 @@ struct StreamTask {
     /// The draining flag the gateway was last told about (by `Registered`, `Drain`, `Undrain`).
     known_draining: bool,
     reports: u32,
+    /// The last report could not be written (logged once per outage).
+    ledger_failing: bool,
 }
 
 impl StreamTask {
@@ -483,43 +486,21 @@ impl StreamTask {
             }
             None => return Err(Status::invalid_argument("empty report")),
         };
-        let ledger = &self.streams.ledger;
-        if self.needs_register {
-            match ledger.register(&self.registration).await {
-                Ok(()) => {
-                    tracing::info!("gateway registered after the ledger came back");
-                    self.needs_register = false;
+        let outcome = match self.record(&load).await {
+            Ok(outcome) => {
+                if self.ledger_failing {
+                    tracing::info!("the ledger answers again");
+                    self.ledger_failing = false;
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "registration still failing");
-                    metrics::counter!("switchyard_placement_reports_total", "outcome" => "ledger_error")
-                        .increment(1);
-                    return Ok(());
-                }
-            }
-        }
-        let outcome = match ledger.report(self.node_id(), &load).await {
-            Ok(()) => "ok",
-            Err(LedgerError::UnknownNode(_)) => {
-                // Reaped, or the ledger lost its state: register again and report again.
-                let healed = match ledger.register(&self.registration).await {
-                    Ok(()) => ledger.report(self.node_id(), &load).await,
-                    Err(e) => Err(e),
-                };
-                match healed {
-                    Ok(()) => {
-                        tracing::info!("gateway unknown to the ledger: registered it again");
-                        "reregistered"
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "re-registering an unknown gateway failed");
-                        "ledger_error"
-                    }
-                }
+                outcome
             }
             Err(LedgerError::Invalid(detail)) => return Err(Status::invalid_argument(detail)),
             Err(e) => {
-                tracing::warn!(error = %e, "recording a report failed; keeping the stream");
+                // Once per outage, not once per report: Redis may stay away for a while.
+                if !self.ledger_failing {
+                    tracing::warn!(error = %e, "recording reports fails; keeping the stream");
+                    self.ledger_failing = true;
+                }
                 "ledger_error"
             }
         };
@@ -557,6 +538,27 @@ impl StreamTask {
             directive(directive::Kind::Undrain(Undrain {}))
         };
         self.forward(out, d);
+    }
+
+    /// Writes one report, registering the node first when the ledger does not know it
+    /// (reaped, or Redis restarted empty) or when its registration never reached the ledger.
+    async fn record(&mut self, load: &LoadReport) -> Result<&'static str, LedgerError> {
+        let ledger = &self.streams.ledger;
+        if self.needs_register {
+            ledger.register(&self.registration).await?;
+            tracing::info!("gateway registered after the ledger came back");
+            self.needs_register = false;
+        }
+        match ledger.report(self.node_id(), load).await {
+            Ok(()) => Ok("ok"),
+            Err(LedgerError::UnknownNode(_)) => {
+                ledger.register(&self.registration).await?;
+                ledger.report(self.node_id(), load).await?;
+                tracing::info!("gateway unknown to the ledger: registered it again");
+                Ok("reregistered")
+            }
+            Err(e) => Err(e),
+        }
     }
 
     async fn finish(self, end: End) {

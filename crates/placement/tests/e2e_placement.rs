@@ -27,6 +27,7 @@ use switchyard_proto::{
 use switchyard_testkit::{
     assign::{assign_with, try_assign, try_assign_with},
     cluster::{Placement, PlacementOpts, TEST_ADMIN_TOKEN, TEST_TOKEN_SECRET},
+    process::Service,
     redis::RedisServer,
 };
 use tokio::{sync::mpsc, task::JoinHandle};
@@ -117,6 +118,8 @@ struct TestGateway {
     draining: Arc<AtomicBool>,
     /// While set, no reports are sent (the stream stays open).
     silent: Arc<AtomicBool>,
+    /// Reservation ids to report consumed with the next report.
+    consumed: Arc<std::sync::Mutex<Vec<String>>>,
     directives: mpsc::UnboundedReceiver<Result<Directive, Status>>,
     reporter: JoinHandle<()>,
     reader: JoinHandle<()>,
@@ -162,6 +165,7 @@ impl TestGateway {
         let connections = Arc::new(AtomicU64::new(0));
         let draining = Arc::new(AtomicBool::new(false));
         let silent = Arc::new(AtomicBool::new(false));
+        let consumed = Arc::new(std::sync::Mutex::new(Vec::new()));
         let (dtx, directives) = mpsc::unbounded_channel();
         let reader = tokio::spawn(async move {
             loop {
@@ -180,8 +184,12 @@ impl TestGateway {
             }
         });
         let reporter = {
-            let (connections, draining, silent) =
-                (connections.clone(), draining.clone(), silent.clone());
+            let (connections, draining, silent, consumed) = (
+                connections.clone(),
+                draining.clone(),
+                silent.clone(),
+                consumed.clone(),
+            );
             tokio::spawn(async move {
                 // Keep the client alive with the stream.
                 let _client = client;
@@ -193,7 +201,10 @@ impl TestGateway {
                     }
                     let load = Load {
                         connections: connections.load(Ordering::Relaxed),
-                        consumed_reservations: vec![],
+                        consumed_reservations: consumed
+                            .lock()
+                            .map(|mut c| std::mem::take(&mut *c))
+                            .unwrap_or_default(),
                         draining: draining.load(Ordering::Relaxed),
                     };
                     if tx
@@ -213,6 +224,7 @@ impl TestGateway {
             connections,
             draining,
             silent,
+            consumed,
             directives,
             reporter,
             reader,
@@ -398,6 +410,91 @@ async fn spread_stays_within_one_over_10000_assignments_in_memory() -> anyhow::R
     spread_stays_within_one(None).await
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weights_1_2_3_share_assignments_within_one() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let p = placement(
+        Some(&redis),
+        &[
+            "--reservation-ttl-ms",
+            "600000",
+            "--report-interval-ms",
+            "1000",
+        ],
+    )?;
+    let mut gws = Vec::new();
+    for (id, weight) in [("w1", 1), ("w2", 2), ("w3", 3)] {
+        gws.push(
+            TestGateway::connect_with(&p, register(id, weight), Duration::from_secs(1)).await?,
+        );
+    }
+    let client = reqwest::Client::new();
+    for _ in 0..600 {
+        assign_with(&client, p.http_url(), "/").await?;
+    }
+    let mut admin = admin(&p).await?;
+    let nodes = list_nodes(&mut admin).await?;
+    for n in &nodes {
+        let want = 100 * u64::from(n.weight);
+        ensure!(
+            n.pending.abs_diff(want) <= 1,
+            "{}: {} pending, want {want}",
+            n.node_id,
+            n.pending
+        );
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reservations_expire_and_consumed_ones_become_connections() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let p = placement(Some(&redis), &["--reservation-ttl-ms", "1500"])?;
+    let gw = TestGateway::connect(&p, "gw").await?;
+    let key = TokenKey::new(TEST_TOKEN_SECRET.as_bytes());
+    let client = reqwest::Client::new();
+    let mut rids = Vec::new();
+    for _ in 0..3 {
+        let a = assign_with(&client, p.http_url(), "/").await?;
+        rids.push(key.verify(&a.token)?.rid);
+    }
+    let mut admin = admin(&p).await?;
+    let node = list_nodes(&mut admin).await?.pop().context("one node")?;
+    ensure!(node.pending == 3 && node.connections == 0, "{node:?}");
+
+    // One client connects: the gateway reports it consumed, with the connection counted.
+    gw.connections.store(1, Ordering::Relaxed);
+    if let Ok(mut c) = gw.consumed.lock() {
+        c.push(rids[0].clone());
+    }
+    eventually(
+        Duration::from_secs(5),
+        "the consumed reservation to become a connection",
+        || {
+            let mut admin = admin.clone();
+            async move {
+                let n = list_nodes(&mut admin).await?.pop().context("one node")?;
+                Ok((n.connections == 1 && n.pending == 2).then_some(()))
+            }
+        },
+    )
+    .await?;
+    // The two others never connect: they stop counting when they expire.
+    eventually(
+        Duration::from_secs(10),
+        "the unused reservations to expire",
+        || {
+            let mut admin = admin.clone();
+            async move {
+                let n = list_nodes(&mut admin).await?.pop().context("one node")?;
+                Ok((n.connections == 1 && n.pending == 0).then_some(()))
+            }
+        },
+    )
+    .await?;
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------------------------
 // Liveness
 
@@ -526,6 +623,45 @@ async fn a_draining_node_gets_no_assignment_and_is_told_to_drain() -> anyhow::Re
         stats.assignments_per_sec > 0.0 && stats.lease_holder,
         "{stats:?}"
     );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_answered_by_another_replica_reaches_the_gateway() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let streams_here = placement(Some(&redis), &[])?;
+    let admin_here = placement(Some(&redis), &[])?;
+    let mut gw = TestGateway::connect(&streams_here, "far").await?;
+    let _other = TestGateway::connect(&streams_here, "near").await?;
+    let mut admin = admin(&admin_here).await?;
+    admin
+        .drain_node(DrainNodeRequest {
+            node_id: "far".into(),
+            rate_per_sec: 0,
+        })
+        .await?;
+    // Assignments stop at once on every replica: the flag lives in the shared ledger.
+    for p in [&streams_here, &admin_here] {
+        let got = switchyard_testkit::assign::assign(p.http_url(), "/").await?;
+        ensure!(got.node_id == "near", "{got:?}");
+    }
+    // The replica holding the stream relays the flag within a few reports.
+    let rate = gw
+        .expect("Drain relayed by the stream's replica", |k| match k {
+            directive::Kind::Drain(d) => Some(d.rate_per_sec),
+            _ => None,
+        })
+        .await?;
+    ensure!(rate == 50, "the default --drain-rate applies: {rate}");
+    admin
+        .undrain_node(UndrainNodeRequest {
+            node_id: "far".into(),
+        })
+        .await?;
+    gw.expect("Undrain relayed", |k| {
+        matches!(k, directive::Kind::Undrain(_)).then_some(())
+    })
+    .await?;
     Ok(())
 }
 
@@ -946,8 +1082,137 @@ async fn ops_endpoints_and_grpc_health_answer_and_sigterm_exits_zero() -> anyhow
         );
     }
 
+    let want = [
+        "switchyard.placement.v1.Placement",
+        "switchyard.admin.v1.Admin",
+    ];
+    let v1 = reflected_services_v1(&p).await?;
+    let v1alpha = reflected_services_v1alpha(&p).await?;
+    for service in want {
+        ensure!(v1.iter().any(|s| s == service), "reflection v1: {v1:?}");
+        ensure!(
+            v1alpha.iter().any(|s| s == service),
+            "reflection v1alpha: {v1alpha:?}"
+        );
+    }
+
     p.terminate()?;
     let status = p.wait_exit(Duration::from_secs(15))?;
     ensure!(status.success(), "SIGTERM exit: {status}");
+    let log = std::fs::read_to_string(p.log_path())?;
+    ensure!(log.contains("listening"), "the listening line is logged");
+    for secret in [TEST_TOKEN_SECRET, TEST_ADMIN_TOKEN] {
+        ensure!(!log.contains(secret), "a secret reached the log");
+    }
+    Ok(())
+}
+
+async fn reflected_services_v1(p: &Placement) -> anyhow::Result<Vec<String>> {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let channel = Channel::from_shared(p.grpc_url().to_owned())?
+        .connect()
+        .await?;
+    let mut client = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await?
+        .into_inner();
+    match answers.message().await?.and_then(|r| r.message_response) {
+        Some(MessageResponse::ListServicesResponse(l)) => {
+            Ok(l.service.into_iter().map(|s| s.name).collect())
+        }
+        other => bail!("unexpected reflection answer {other:?}"),
+    }
+}
+
+async fn reflected_services_v1alpha(p: &Placement) -> anyhow::Result<Vec<String>> {
+    use tonic_reflection::pb::v1alpha::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let channel = Channel::from_shared(p.grpc_url().to_owned())?
+        .connect()
+        .await?;
+    let mut client = ServerReflectionClient::new(channel);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = client
+        .server_reflection_info(tokio_stream::iter([req]))
+        .await?
+        .into_inner();
+    match answers.message().await?.and_then(|r| r.message_response) {
+        Some(MessageResponse::ListServicesResponse(l)) => {
+            Ok(l.service.into_iter().map(|s| s.name).collect())
+        }
+        other => bail!("unexpected reflection answer {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flags_fall_back_to_environment_variables_and_bad_config_is_refused() -> anyhow::Result<()>
+{
+    let args = ["--http-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0"];
+    let p = Service::spawn(
+        "switchyard-placement",
+        &args,
+        &[
+            ("SWITCHYARD_TOKEN_SECRET", "secret-from-env"),
+            ("SWITCHYARD_ADMIN_TOKEN", "admin-from-env"),
+            ("SWITCHYARD_RATE_LIMIT", "0"),
+        ],
+    )?;
+    let grpc = format!("http://{}", p.ready_value("grpc")?);
+    let http = format!("http://{}", p.ready_value("http")?);
+    let channel = Channel::from_shared(grpc.clone())?.connect().await?;
+    let mut admin = AdminClient::with_interceptor(channel, Bearer(Some("admin-from-env".into())));
+    ensure!(
+        admin
+            .list_nodes(ListNodesRequest {})
+            .await?
+            .into_inner()
+            .nodes
+            .is_empty()
+    );
+    let mut client = PlacementClient::connect(grpc).await?;
+    let (tx, rx) = mpsc::channel(4);
+    tx.send(GatewayReport {
+        kind: Some(gateway_report::Kind::Register(register("env", 1))),
+    })
+    .await?;
+    let _stream = client.report(ReceiverStream::new(rx)).await?;
+    let a = switchyard_testkit::assign::assign(&http, "/").await?;
+    TokenKey::new(b"secret-from-env").verify(&a.token)?;
+    drop(tx);
+
+    for (bad, why) in [
+        (vec!["--token-secret", ""], "--token-secret"),
+        (
+            vec!["--token-secret", "x", "--report-interval-ms", "0"],
+            "report-interval-ms",
+        ),
+        (
+            vec!["--token-secret", "x", "--cors-origins", "http://a\nb"],
+            "cors",
+        ),
+    ] {
+        let all: Vec<&str> = args.iter().copied().chain(bad.iter().copied()).collect();
+        let err = Service::spawn("switchyard-placement", &all, &[])
+            .err()
+            .map(|e| format!("{e:#}"))
+            .with_context(|| format!("{bad:?} must be refused"))?;
+        ensure!(
+            err.contains(why),
+            "{bad:?}: the error should name {why}: {err}"
+        );
+    }
     Ok(())
 }

@@ -440,6 +440,10 @@ impl Cluster {
     }
 
     /// [`Cluster::start`] with extra placement flags too.
+    ///
+    /// Reports every [`REPORT_INTERVAL_MS`] unless the flags say otherwise: testkit's 200 ms
+    /// (a 600 ms liveness window) is too tight on a 2-core machine while hundreds of clients
+    /// assign at once, and placement then drops live gateways from the pick.
     pub fn start_with(
         n: usize,
         placement_args: &[&str],
@@ -448,12 +452,12 @@ impl Cluster {
         let redis = RedisServer::start()?;
         let placement = Placement::start(PlacementOpts {
             redis_url: Some(redis.url()),
-            extra_args: placement_args.iter().map(|s| (*s).to_owned()).collect(),
+            extra_args: with_report_interval(placement_args),
         })?;
         let mut gateways = Vec::new();
         for i in 0..n {
             let mut opts = GatewayOpts::new(&placement, format!("gw-{i}"));
-            opts.extra_args = gateway_args.iter().map(|s| (*s).to_owned()).collect();
+            opts.extra_args = with_report_interval(gateway_args);
             gateways.push(Gateway::start(opts)?);
         }
         Ok(Cluster {
@@ -493,6 +497,20 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// The report interval the e2e clusters use (the services' own default).
+pub const REPORT_INTERVAL_MS: &str = "1000";
+
+fn with_report_interval(args: &[&str]) -> Vec<String> {
+    let mut out: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+    if !args.iter().any(|a| a.starts_with("--report-interval-ms")) {
+        out.extend([
+            "--report-interval-ms".to_owned(),
+            REPORT_INTERVAL_MS.to_owned(),
+        ]);
+    }
+    out
 }
 
 /// Placement's admin API with the test admin token.

@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
+use deadpool_redis::{Manager, Pool, Runtime};
 use redis::{RedisError, Script};
 
 use super::observe::observe;
@@ -30,10 +30,15 @@ const BACKEND: &str = "redis";
 /// Connections in the pool; each is multiplexed, so this bounds parallel round trips, not
 /// callers.
 const POOL_SIZE: usize = 32;
-/// How long a call waits for a pooled connection (or to open one) before it reports
-/// `Unavailable`: a caller is told quickly that Redis is gone rather than hanging.
-const POOL_WAIT: Duration = Duration::from_secs(2);
+/// How long a call waits for a pooled connection before it reports `Unavailable`.
+const POOL_WAIT: Duration = Duration::from_secs(3);
+/// Opening a connection: Redis on another host answers well within this, a dead one is
+/// reported quickly.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+/// One script's round trip. Every script is O(log n) and runs in microseconds; this only
+/// catches a Redis that hangs (paused, swapping) and is generous so that a loaded machine is
+/// not mistaken for an outage.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// `{sy:<cluster>}`: the prefix and hash tag of every key of one cluster.
 pub(crate) fn key_prefix(cluster: &str) -> String {
@@ -43,21 +48,18 @@ pub(crate) fn key_prefix(cluster: &str) -> String {
 /// Builds a deadpool-redis pool. Never connects: connections are opened on first use, so this
 /// succeeds while Redis is down; only a malformed URL is refused.
 pub(crate) fn build_pool(url: &str) -> Result<Pool, LedgerError> {
-    // Parse eagerly so that a typo in the URL is a startup error, not a stream of
-    // `Unavailable`s.
-    redis::Client::open(url).map_err(|e| LedgerError::Invalid(format!("redis url: {e}")))?;
-    let mut config = Config::from_url(url);
-    config.pool = Some(PoolConfig {
-        max_size: POOL_SIZE,
-        timeouts: Timeouts {
-            wait: Some(POOL_WAIT),
-            create: Some(CONNECT_TIMEOUT),
-            recycle: Some(CONNECT_TIMEOUT),
-        },
-        ..PoolConfig::default()
-    });
-    config
-        .create_pool(Some(Runtime::Tokio1))
+    let connection = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+        .set_response_timeout(Some(RESPONSE_TIMEOUT));
+    let manager = Manager::new_with_config(url, connection)
+        .map_err(|e| LedgerError::Invalid(format!("redis url: {e}")))?;
+    Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(CONNECT_TIMEOUT + RESPONSE_TIMEOUT))
+        .recycle_timeout(Some(RESPONSE_TIMEOUT))
+        .runtime(Runtime::Tokio1)
+        .build()
         .map_err(|e| LedgerError::Invalid(format!("redis pool: {e}")))
 }
 

@@ -1,0 +1,36 @@
+//! `switchyard-bench`: benchmarks that run Switchyard against the approaches it replaces, in
+//! one process run, on the same machine and the same (private) Redis.
+//!
+//! Scenarios (one clap subcommand each):
+//! - `placement`: least-loaded assignment. See [`placement`] for what is measured and how.
+//!
+//! Run through `cargo xtask bench placement`, or `cargo run --release -p switchyard-bench --
+//! placement` after `cargo build --release -p switchyard-placement --bins`. Results go to
+//! `target/bench/<scenario>.json` and a table on stdout.
+
+mod placement;
+mod stats;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "switchyard-bench", about = "Switchyard benchmarks", version)]
+struct Cli {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// Assignment throughput, latency and balance: Switchyard's one-script ledger vs the
+    /// "distributed lock, read all counts, increment the minimum" baseline, plus the whole HTTP
+    /// path through a real switchyard-placement.
+    Placement(placement::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.scenario {
+        Scenario::Placement(args) => placement::main(args),
+    }
+}

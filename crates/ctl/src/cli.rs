@@ -1,0 +1,152 @@
+//! The command line: global connection flags and one subcommand per admin operation.
+
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, builder::FalseyValueParser};
+
+/// Shown at the end of `--help`: the exit codes scripts may rely on.
+const AFTER_HELP: &str = "\
+Finding the cluster:
+  --placement / SWITCHYARD_PLACEMENT_URL names placement's gRPC endpoint (`http://` is added when
+  missing). With neither, syctl reads .switchyard/cluster.json (written by `cargo xtask up`) from
+  the current directory or the nearest parent that has one; its admin token is used when
+  --admin-token / SWITCHYARD_ADMIN_TOKEN is not given.
+
+Exit codes:
+  0  success
+  1  usage or configuration error (bad flags, no placement address, an argument placement rejects)
+  2  not found (the node is not in the ledger)
+  3  unauthenticated (missing or wrong admin token)
+  4  unavailable (cannot connect, timed out, or placement is unavailable)
+  5  any other error
+  (clap's usual exit code 2 for usage errors is replaced by 1, so 2 always means not found.)
+
+Relay commands (rooms, sockets, publish) are not available yet.";
+
+/// Operate a Switchyard cluster through placement's admin API.
+#[derive(Debug, Parser)]
+#[command(name = "syctl", version, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Placement's gRPC endpoint, e.g. http://127.0.0.1:7001.
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_PLACEMENT_URL",
+        value_name = "URL"
+    )]
+    pub placement: Option<String>,
+
+    /// Bearer token for admin calls (placement's --admin-token).
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub admin_token: Option<String>,
+
+    /// Print machine-readable JSON on stdout instead of tables.
+    #[arg(long, global = true, env = "SWITCHYARD_JSON", value_parser = FalseyValueParser::new())]
+    pub json: bool,
+
+    /// Limit for connecting and for each call: `500ms`, `10s`, `1m`, or plain seconds.
+    #[arg(
+        long,
+        global = true,
+        env = "SWITCHYARD_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_duration,
+        value_name = "DURATION"
+    )]
+    pub timeout: Duration,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// One admin operation.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List every node in the ledger with its load.
+    Nodes,
+    /// Stop assigning to a node and ask it to disconnect its clients at a bounded rate.
+    Drain {
+        /// Node id, as listed by `syctl nodes`.
+        node: String,
+        /// Disconnects per second; placement's --drain-rate when omitted.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        rate: Option<u32>,
+    },
+    /// Let a drained node take new clients again.
+    Undrain {
+        /// Node id, as listed by `syctl nodes`.
+        node: String,
+    },
+    /// Set a node's relative share of new connections (overrides the weight it registered).
+    Weight {
+        /// Node id, as listed by `syctl nodes`.
+        node: String,
+        /// New weight, at least 1.
+        #[arg(value_parser = clap::value_parser!(u32).range(1..))]
+        weight: u32,
+    },
+    /// Ask the busiest nodes to shed clients until the load spread is within a target.
+    Rebalance {
+        /// Stop when max - min of connections/weight is at most this; placement uses 1 when
+        /// omitted.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        target_spread: Option<u64>,
+        /// Disconnects per second per shedding node; placement's --drain-rate when omitted.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        rate: Option<u32>,
+    },
+    /// Cluster-wide figures: nodes, connections, pending reservations, assignment rate.
+    Stats,
+}
+
+/// Parses `500ms`, `10s`, `2m` or a plain number of seconds. Zero is refused: a zero timeout
+/// would fail every call.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit_ms) = if let Some(n) = text.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = text.strip_suffix('s') {
+        (n, 1_000)
+    } else if let Some(n) = text.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (text, 1_000)
+    };
+    let value: u64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration (use e.g. 500ms, 10s, 1m)"))?;
+    match value.checked_mul(unit_ms) {
+        Some(0) => Err("the timeout must be greater than zero".to_owned()),
+        Some(ms) => Ok(Duration::from_millis(ms)),
+        None => Err(format!("`{text}` is too long")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_accept_units_and_refuse_zero_or_garbage() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("3"), Ok(Duration::from_secs(3)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

@@ -1,0 +1,58 @@
+//! `syctl`: the operator's command line for a Switchyard cluster.
+//!
+//! A thin client of placement's `switchyard.admin.v1.Admin` gRPC API: [`cli`] defines the
+//! command line, [`client`] finds placement (flags, environment, or `.switchyard/cluster.json`
+//! through [`cluster_file`]) and authenticates every call, [`commands`] runs one subcommand and
+//! [`output`] prints tables or JSON. Failures map to the exit codes documented in [`error`] and
+//! in `syctl --help`.
+
+mod cli;
+mod client;
+mod cluster_file;
+mod commands;
+mod error;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::{Parser, error::ErrorKind};
+
+use crate::{
+    cli::Cli,
+    client::{Admin, Target},
+    error::CtlError,
+};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            // `--help` and `--version` arrive as "errors" and succeed. Usage errors exit 1, not
+            // clap's 2, because 2 means "not found" (see `error`).
+            return match e.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+                _ => ExitCode::from(1),
+            };
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return CtlError::Other(format!("cannot start the async runtime: {e}")).report(),
+    };
+    match runtime.block_on(run(&cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => e.report(),
+    }
+}
+
+async fn run(cli: &Cli) -> Result<(), CtlError> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| CtlError::Config(format!("cannot read the current directory: {e}")))?;
+    let target = Target::resolve(cli.placement.as_deref(), cli.admin_token.as_deref(), &cwd)?;
+    let admin = Admin::connect(&target, cli.timeout).await?;
+    commands::run(&cli.command, &admin, cli.json).await
+}
