@@ -299,11 +299,14 @@ impl<A: Adapter> DrainController<A> {
                                 let n = self.disconnect(usize::MAX, cause.notice_reason());
                                 metrics::counter!("switchyard_gateway_drain_disconnects_total", "cause" => "deadline").increment(n as u64);
                                 self.finish(DrainEnd::Deadline);
+                                drain = None;
                             }
                         }
                     }
                 }
                 _ = tick.tick() => {
+                    // Set once a process-ending drain is over; the controller then idles.
+                    let mut ended = false;
                     if let Some((cause, job, started)) = &mut drain {
                         let n = job.due(TICK);
                         if n > 0 {
@@ -316,11 +319,13 @@ impl<A: Adapter> DrainController<A> {
                             if left == 0 {
                                 tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "drain complete: no clients left");
                                 self.finish(DrainEnd::Empty);
+                                ended = true;
                             } else if started.elapsed() >= self.deadline {
                                 tracing::warn!(left, "drain deadline reached: disconnecting the remaining clients at once");
                                 let n = self.disconnect(usize::MAX, job.reason);
                                 metrics::counter!("switchyard_gateway_drain_disconnects_total", "cause" => "deadline").increment(n as u64);
                                 self.finish(DrainEnd::Deadline);
+                                ended = true;
                             }
                         }
                     } else if let Some(job) = &mut shed {
@@ -336,6 +341,11 @@ impl<A: Adapter> DrainController<A> {
                                 shed = None;
                             }
                         }
+                    }
+                    if ended {
+                        // The flag stays up (admission keeps refusing) while the server closes.
+                        drain = None;
+                        shed = None;
                     }
                 }
             }
@@ -359,7 +369,8 @@ impl<A: Adapter> DrainController<A> {
                 break;
             }
             let sockets: Vec<SocketRef<A>> = op.local().sockets();
-            for s in sockets.into_iter().take(n - done) {
+            // Skip sockets already closing: they stay listed until their disconnect handler ran.
+            for s in sockets.into_iter().filter(|s| s.connected()).take(n - done) {
                 // The notice is queued before the disconnect packet on the same socket, so a
                 // client sees it first. Both can fail only when the socket is already gone.
                 let _ = s.emit(DRAIN_EVENT, &notice);

@@ -14,6 +14,11 @@
 //! see [`crate::rooms`]), `too_many_rooms` (`--max-rooms-per-socket` reached),
 //! `payload_too_large` (`data` larger than `--max-payload-bytes`).
 //!
+//! Transport limits sit a little above `--max-payload-bytes` (see
+//! [`crate::Switchyard::configure`]): a packet beyond them is not answered with an ack; the
+//! transport closes the connection and the client sees a `transport close` / `transport error`
+//! disconnect.
+//!
 //! Reserved event names, refused as `publish` targets: the Socket.IO client's own events
 //! (`connect`, `connect_error`, `disconnect`, `disconnecting`, `newListener`,
 //! `removeListener`) and anything starting with `switchyard:`.

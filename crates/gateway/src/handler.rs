@@ -118,7 +118,13 @@ where
                         tracing::Span::current()
                             .record("outcome", "refused")
                             .record("reason", refusal.reason());
-                        tracing::info!(reason = refusal.reason(), "connect refused");
+                        match refusal {
+                            // Floods of these are load, not news: keep them out of info logs.
+                            Refusal::RateLimited | Refusal::OverCapacity | Refusal::Draining => {
+                                tracing::debug!(reason = refusal.reason(), "connect refused")
+                            }
+                            _ => tracing::info!(reason = refusal.reason(), "connect refused"),
+                        }
                         metrics::counter!("switchyard_gateway_connects_total", "outcome" => "refused", "reason" => refusal.reason())
                             .increment(1);
                         Err(Box::new(refusal) as Box<dyn std::fmt::Display + Send>)
@@ -175,5 +181,125 @@ fn disconnect_label(reason: DisconnectReason) -> &'static str {
         DisconnectReason::ClientNSDisconnect => "client_disconnect",
         DisconnectReason::ServerNSDisconnect => "server_disconnect",
         DisconnectReason::ClosingServer => "closing_server",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Admission over the wire: a real socketioxide server on a real socket, spoken to in raw
+    //! Engine.IO long-polling, so the test shows byte for byte what a client receives.
+
+    use std::net::SocketAddr;
+
+    use socketioxide::SocketIo;
+    use switchyard_common::assignment::{AssignmentClaims, TokenKey, now_ms};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use crate::{Settings, Switchyard};
+
+    const SECRET: &str = "handler-test-secret";
+
+    async fn start_gateway(max_connections: u64) -> anyhow::Result<(SocketAddr, crate::Running)> {
+        let mut settings = Settings::new("gw-test", "http://127.0.0.1:0");
+        settings.token_secret = Some(SECRET.into());
+        settings.max_connections = max_connections;
+        let gateway = Switchyard::new(settings)?;
+        let (layer, io) = gateway.configure(SocketIo::builder()).build_layer();
+        gateway.mount(&io);
+        let running = gateway.start(io)?;
+        let app = axum::Router::new().layer(layer);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok((addr, running))
+    }
+
+    /// One HTTP/1.1 request with `Connection: close`; returns the body.
+    async fn http(
+        addr: SocketAddr,
+        method: &str,
+        path: &str,
+        body: &str,
+    ) -> anyhow::Result<String> {
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(req.as_bytes()).await?;
+        let mut resp = String::new();
+        stream.read_to_string(&mut resp).await?;
+        let (_, body) = resp
+            .split_once("\r\n\r\n")
+            .ok_or_else(|| anyhow::anyhow!("no body in {resp:?}"))?;
+        Ok(body.to_owned())
+    }
+
+    /// Opens an Engine.IO polling session, sends a Socket.IO CONNECT with `auth`, and returns
+    /// the server's answer packet.
+    async fn connect(addr: SocketAddr, auth: &str) -> anyhow::Result<String> {
+        let open = http(addr, "GET", "/socket.io/?EIO=4&transport=polling", "").await?;
+        let handshake: serde_json::Value = serde_json::from_str(
+            open.strip_prefix('0')
+                .ok_or_else(|| anyhow::anyhow!("not an open packet: {open:?}"))?,
+        )?;
+        let sid = handshake["sid"]
+            .as_str()
+            .ok_or_else(|| anyhow::anyhow!("no sid"))?
+            .to_owned();
+        let path = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+        http(addr, "POST", &path, &format!("40{auth}")).await?;
+        // A poll may carry several packets (separated by 0x1e), e.g. an Engine.IO ping ("2").
+        let polled = http(addr, "GET", &path, "").await?;
+        polled
+            .split('\u{1e}')
+            .find(|p| p.starts_with('4'))
+            .map(str::to_owned)
+            .ok_or_else(|| anyhow::anyhow!("no Socket.IO packet in {polled:?}"))
+    }
+
+    fn token(node: &str, rid: &str) -> anyhow::Result<String> {
+        let exp_ms = now_ms() + 60_000;
+        Ok(TokenKey::new(SECRET.as_bytes()).sign(&AssignmentClaims {
+            sub: node.into(),
+            ns: "/".into(),
+            rid: rid.into(),
+            exp: exp_ms / 1000,
+            exp_ms,
+            uid: None,
+            rooms: None,
+        })?)
+    }
+
+    #[tokio::test]
+    async fn a_refused_connect_carries_the_reason_as_the_connect_error_message()
+    -> anyhow::Result<()> {
+        let (addr, _running) = start_gateway(1).await?;
+        assert_eq!(
+            connect(addr, r#"{"token":"garbage"}"#).await?,
+            r#"44{"message":"bad_token"}"#
+        );
+        assert_eq!(connect(addr, "").await?, r#"44{"message":"bad_token"}"#);
+        let other = token("gw-other", "r0")?;
+        assert_eq!(
+            connect(addr, &format!(r#"{{"token":"{other}"}}"#)).await?,
+            r#"44{"message":"wrong_node"}"#
+        );
+
+        let good = token("gw-test", "r1")?;
+        let answer = connect(addr, &format!(r#"{{"token":"{good}"}}"#)).await?;
+        assert!(answer.starts_with(r#"40{"sid":"#), "{answer}");
+        // The same token again: its reservation is consumed.
+        assert_eq!(
+            connect(addr, &format!(r#"{{"token":"{good}"}}"#)).await?,
+            r#"44{"message":"token_reused"}"#
+        );
+        // A fresh token, but the one seat is taken.
+        let second = token("gw-test", "r2")?;
+        assert_eq!(
+            connect(addr, &format!(r#"{{"token":"{second}"}}"#)).await?,
+            r#"44{"message":"over_capacity"}"#
+        );
+        Ok(())
     }
 }

@@ -58,6 +58,18 @@ async fn killed_gateways_clients_reassign_evenly_within_five_seconds() -> anyhow
     let dead = ids[0].clone();
     let survivors: Vec<&str> = ids[1..].iter().map(String::as_str).collect();
 
+    // The dead gateway's clients are in a room; the helper joins it again after moving.
+    let on_dead: Vec<String> = driver
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "connected" && e["node_id"] == dead.as_str())
+        .filter_map(|e| e["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(on_dead.len(), total / 3);
+    for id in &on_dead {
+        assert_eq!(driver.join(id, "lobby").await?["ok"], true);
+    }
+
     cluster.gateways[0].kill()?;
     let killed_at = Instant::now();
     let counts = driver
@@ -84,6 +96,26 @@ async fn killed_gateways_clients_reassign_evenly_within_five_seconds() -> anyhow
         .filter(|e| e["event"] == "reconnected")
         .count();
     assert_eq!(moved, total / 3, "only the dead gateway's clients move");
+
+    // Rooms came along: a moved client is a member again on its new gateway (it receives its
+    // own publish), and no re-join was refused.
+    let mover = &on_dead[0];
+    let ack = driver
+        .publish(mover, "lobby", "after", json!({"text": "still here"}))
+        .await?;
+    assert_eq!(ack["ok"], true, "{ack}");
+    driver
+        .wait_event("the moved client's own event", GUARD, |e| {
+            e["id"] == mover.as_str() && e["event"] == "recv" && e["name"] == "after"
+        })
+        .await?;
+    let refused: Vec<_> = driver
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "rejoin_error")
+        .cloned()
+        .collect();
+    assert!(refused.is_empty(), "re-joins refused: {refused:?}");
 
     // Placement agrees: the dead node holds nothing.
     cluster

@@ -31,7 +31,10 @@ async fn received(
 
 fn assert_refused(ack: &Value) {
     assert_eq!(ack["ok"], false, "expected a refusal, got {ack}");
-    assert_eq!(ack["error"], "forbidden", "a refusal names its error: {ack}");
+    assert_eq!(
+        ack["error"], "forbidden",
+        "a refusal names its error: {ack}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

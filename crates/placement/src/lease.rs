@@ -34,6 +34,9 @@ pub trait Lease: Send + Sync + 'static {
 /// The lease in Redis: key `{sy:<cluster>}:lease` holds `"<holder>|<fence>"` with a ttl, and
 /// `{sy:<cluster>}:fence` is the counter the fencing tokens come from (the one
 /// `reap.lua` checks). Scripts and their invariants: `lease/*.lua`.
+///
+/// Tokens are large numbers (the counter starts at Redis `TIME` in ms, so that tokens stay
+/// increasing even across a Redis that lost its data); only their order means anything.
 pub struct RedisLease {
     pool: Pool,
     lease_key: String,

@@ -684,6 +684,32 @@ async fn paused_lease_holder_is_fenced_after_the_next_holder_takes_over() -> Res
     Ok(())
 }
 
+/// A Redis that lost its data must not hand out a token an ex-holder still has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fencing_tokens_keep_increasing_across_a_redis_restart() -> Result {
+    let redis = RedisServer::start()?;
+    let settings = settings(60_000, 60_000);
+    let ledger = RedisLedger::connect(&redis.url(), settings.clone()).await?;
+    let ttl = Duration::from_secs(30);
+    let holder_a = RedisLease::new(&redis.url(), &settings.cluster, "replica-a".to_owned(), ttl)?;
+    let holder_b = RedisLease::new(&redis.url(), &settings.cluster, "replica-b".to_owned(), ttl)?;
+    let fence_a = holder_a.acquire().await?.context("A takes the free lease")?;
+
+    redis.restart_empty()?;
+    let renewed = first_answer_after_outage(|| holder_a.renew(fence_a)).await?;
+    ensure!(!renewed?, "the lease is gone with the data");
+    let fence_b = first_answer_after_outage(|| holder_b.acquire())
+        .await??
+        .context("B takes the lease")?;
+    ensure!(fence_b > fence_a, "{fence_b:?} must be above {fence_a:?}");
+    ensure!(matches!(
+        first_answer_after_outage(|| ledger.reap(fence_a)).await?,
+        Err(LedgerError::Fenced(_))
+    ));
+    ledger.reap(fence_b).await?;
+    Ok(())
+}
+
 /// The in-memory ledger has no lease store; it refuses tokens older than the newest it saw.
 #[tokio::test]
 async fn memory_ledger_refuses_tokens_older_than_the_newest_seen() -> Result {
