@@ -431,4 +431,8 @@ fn describe_metrics() {
         "switchyard_gateway_directives_total",
         "Directives received from placement, by kind."
     );
+    // Gauges start at zero so dashboards see the series before the first client.
+    metrics::gauge!("switchyard_gateway_connections").set(0.0);
+    metrics::gauge!("switchyard_gateway_draining").set(0.0);
+    metrics::gauge!("switchyard_gateway_report_stream_up").set(0.0);
 }

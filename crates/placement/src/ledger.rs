@@ -43,6 +43,7 @@ pub struct NodeRegistration {
     /// Connections the node accepts at most; 0 means unlimited. A full node is not picked.
     pub capacity: u64,
     /// Socket.IO namespaces the node serves; an assignment for another namespace skips it.
+    /// An empty list means the default namespace `/` only.
     pub namespaces: Vec<String>,
 }
 
@@ -73,6 +74,9 @@ pub struct NodeView {
     pub connections: u64,
     /// Unexpired, unconsumed reservations.
     pub pending: u64,
+    /// Draining by an operator ([`Ledger::set_draining`]) or by the gateway's own report. The
+    /// two are kept apart inside the ledger, so a report saying "not draining" does not undo
+    /// an operator's drain; `set_draining(false)` clears only the operator's.
     pub draining: bool,
     /// Milliseconds since the node's last registration or report, by the ledger's clock.
     pub last_report_age_ms: u64,
@@ -103,7 +107,8 @@ pub enum LedgerError {
     /// A write under the lease carried a fencing token older than the current one.
     #[error("stale fencing token {0:?}: another placement replica holds the lease")]
     Fenced(FencingToken),
-    /// Input the ledger refuses (empty node id, absurd figures…).
+    /// Input the ledger refuses (empty node id, absurd figures…; limits: the `MAX_*`
+    /// constants re-exported here).
     #[error("invalid input: {0}")]
     Invalid(String),
     /// The backing store cannot be reached or answered with an error.

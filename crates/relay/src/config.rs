@@ -1,0 +1,114 @@
+//! The relay's configuration: one clap struct, every flag also read from a `SWITCHYARD_…`
+//! environment variable. Defaults suit a laptop (loopback, no Redis: one replica, in-process
+//! fan-out). Secrets (`--admin-token`, `--publish-token`, a password in `--redis-url`) are never
+//! printed: clap hides their environment values and [`Config`]'s `Debug` redacts them.
+
+use std::{net::SocketAddr, time::Duration};
+
+use clap::Parser;
+use switchyard_common::telemetry::TelemetryArgs;
+
+/// Relay: forwards adapter frames between gateways and takes events from backends.
+#[derive(Clone, Parser)]
+#[command(name = "switchyard-relay", version, about)]
+pub struct Config {
+    /// HTTP listen address (`/healthz`, `/readyz`, `/metrics`); port 0 picks one.
+    #[arg(long, env = "SWITCHYARD_HTTP_ADDR", default_value = "127.0.0.1:7100")]
+    pub http_addr: SocketAddr,
+    /// gRPC listen address (`Relay`, health, reflection); port 0 picks one.
+    #[arg(long, env = "SWITCHYARD_GRPC_ADDR", default_value = "127.0.0.1:7101")]
+    pub grpc_addr: SocketAddr,
+    /// Redis URL shared by every relay replica. Unset: a single replica with in-process
+    /// fan-out (replicas would not see each other's gateways).
+    #[arg(long, env = "SWITCHYARD_REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Cluster name; every Redis key and channel lives under the hash tag `{sy:<cluster>}`.
+    #[arg(long, env = "SWITCHYARD_CLUSTER", default_value = "switchyard")]
+    pub cluster: String,
+    /// Messages a link may have queued towards its gateway; when full the link is cut.
+    #[arg(long, env = "SWITCHYARD_LINK_QUEUE", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub link_queue: u32,
+    /// Largest frame payload (or Publish data) accepted, in bytes.
+    #[arg(long, env = "SWITCHYARD_MAX_FRAME_BYTES", default_value_t = 4 * 1024 * 1024,
+          value_parser = clap::value_parser!(u32).range(1024..=256 * 1024 * 1024))]
+    pub max_frame_bytes: u32,
+    /// Bearer token for admin calls (reserved; the relay has none yet).
+    #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Bearer token backends must send with `Publish`. Unset: every Publish is refused.
+    #[arg(long, env = "SWITCHYARD_PUBLISH_TOKEN", hide_env_values = true)]
+    pub publish_token: Option<String>,
+    /// How often membership is refreshed in Redis and re-read; entries expire after 3x this.
+    #[arg(long, env = "SWITCHYARD_MEMBERSHIP_INTERVAL_MS", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub membership_interval_ms: u64,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("http_addr", &self.http_addr)
+            .field("grpc_addr", &self.grpc_addr)
+            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("cluster", &self.cluster)
+            .field("link_queue", &self.link_queue)
+            .field("max_frame_bytes", &self.max_frame_bytes)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
+            .field("publish_token", &self.publish_token.as_ref().map(|_| "***"))
+            .field("membership_interval_ms", &self.membership_interval_ms)
+            .finish()
+    }
+}
+
+/// Configuration the flags parse but the service refuses.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("--cluster must be 1..=64 characters of [A-Za-z0-9_.-], got `{0}`")]
+    BadCluster(String),
+    #[error("--redis-url must start with redis://, rediss://, redis+unix:// or unix://")]
+    BadRedisUrl,
+}
+
+impl Config {
+    /// Checks what clap cannot: call once after parsing, before serving.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let cluster_ok = !self.cluster.is_empty()
+            && self.cluster.len() <= 64
+            && self
+                .cluster
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        if !cluster_ok {
+            return Err(ConfigError::BadCluster(self.cluster.clone()));
+        }
+        if let Some(url) = &self.redis_url
+            && !["redis://", "rediss://", "redis+unix://", "unix://"]
+                .iter()
+                .any(|p| url.starts_with(p))
+        {
+            return Err(ConfigError::BadRedisUrl);
+        }
+        Ok(())
+    }
+
+    pub fn membership_interval(&self) -> Duration {
+        Duration::from_millis(self.membership_interval_ms)
+    }
+}
+
+/// Redacts the password of a Redis URL (`redis://user:secret@host` → `redis://user:***@host`).
+pub fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<redacted>".into();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}:***@{host}")
+        }
+        None => url.to_owned(),
+    }
+}
