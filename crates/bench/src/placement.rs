@@ -63,6 +63,10 @@ pub struct Args {
     /// Leave out the whole-HTTP-path system (e.g. when switchyard-placement is not built).
     #[arg(long)]
     skip_http: bool,
+    /// Use this Redis instead of starting a private one (its keys `{bench-*}` and
+    /// `{sy:bench-*}` are overwritten). Never point this at a Redis that matters.
+    #[arg(long)]
+    redis_url: Option<String>,
     /// Where to write the results; default `target/bench/placement.json`.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -129,8 +133,14 @@ struct Setup {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let redis = tokio::task::spawn_blocking(RedisServer::start).await??;
-    let url = redis.url();
+    let (_redis, url) = match &args.redis_url {
+        Some(url) => (None, url.clone()),
+        None => {
+            let redis = tokio::task::spawn_blocking(RedisServer::start).await??;
+            let url = redis.url();
+            (Some(redis), url)
+        }
+    };
     eprintln!(
         "placement bench: {} nodes, {} callers, {} assignments per run (+{} warm-up), {} repeats; redis at {url}",
         args.nodes, args.callers, args.assignments, args.warmup, args.repeats
@@ -172,7 +182,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             warmup_per_run: args.warmup,
             repeats: args.repeats,
             machine_cpus: std::thread::available_parallelism().map_or(0, usize::from),
-            redis: "one private redis-server on loopback (testkit), shared by all systems",
+            redis: if args.redis_url.is_some() {
+                "the Redis given with --redis-url, shared by all systems"
+            } else {
+                "one private redis-server on loopback (testkit), shared by all systems"
+            },
             notes: "switchyard = RedisLedger::assign alone (one Lua script); lock_baseline = \
                     SET NX PX lock + MGET all counters + INCR min + compare-and-delete unlock; \
                     switchyard_http = GET /v1/assign through a real release switchyard-placement. \
@@ -235,13 +249,10 @@ fn print_table(report: &Report) {
 }
 
 /// Runs `total` calls of `op` from `callers` concurrent tasks (a closed loop: each caller
-/// issues its next call when the previous one returned). Returns every call's latency and the
-/// wall time of the whole phase.
-async fn drive<F, Fut>(
-    callers: usize,
-    total: u64,
-    op: F,
-) -> anyhow::Result<(Vec<Duration>, Duration)>
+/// issues its next call when the previous one returned). Returns the latency of every call
+/// that succeeded, the wall time of the whole phase and the number of failed calls; more than
+/// 1% failures fail the run with the first error.
+async fn drive<F, Fut>(callers: usize, total: u64, op: F) -> anyhow::Result<Driven>
 where
     F: Fn() -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = anyhow::Result<()>> + Send,
@@ -254,19 +265,47 @@ where
         let op = op.clone();
         tasks.spawn(async move {
             let mut latencies = Vec::new();
+            let mut errors = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < total {
                 let t = Instant::now();
-                op().await?;
-                latencies.push(t.elapsed());
+                match op().await {
+                    Ok(()) => latencies.push(t.elapsed()),
+                    Err(e) => errors.push(e),
+                }
             }
-            anyhow::Ok(latencies)
+            (latencies, errors)
         });
     }
-    let mut all = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    let mut latencies = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+    let mut errors = Vec::new();
     while let Some(done) = tasks.join_next().await {
-        all.extend(done??);
+        let (l, e) = done?;
+        latencies.extend(l);
+        errors.extend(e);
     }
-    Ok((all, started.elapsed()))
+    let elapsed = started.elapsed();
+    if let Some(first) = errors.first()
+        && errors.len() as u64 > total / 100
+    {
+        bail!("{} of {total} calls failed; first: {first:#}", errors.len());
+    }
+    Ok(Driven {
+        latencies,
+        elapsed,
+        errors: errors.len() as u64,
+    })
+}
+
+struct Driven {
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+    errors: u64,
+}
+
+impl Driven {
+    fn figures(self, max_spread: u64) -> RunFigures {
+        RunFigures::new(self.latencies, self.elapsed, self.errors, max_spread)
+    }
 }
 
 fn spread(loads: impl IntoIterator<Item = u64>) -> u64 {
@@ -335,9 +374,9 @@ async fn run_switchyard(url: &str, args: &Args, run: usize) -> anyhow::Result<Ru
         }
     };
     drive(args.callers, args.warmup, op.clone()).await?;
-    let (latencies, elapsed) = drive(args.callers, args.assignments, op).await?;
+    let driven = drive(args.callers, args.assignments, op).await?;
     let spread = ledger_spread(&ledger, args.nodes).await?;
-    Ok(RunFigures::new(latencies, elapsed, spread))
+    Ok(driven.figures(spread))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -357,6 +396,7 @@ struct LockBaseline {
     lock_key: String,
     counter_keys: Vec<String>,
     unlock: Script,
+    lock_expired: AtomicU64,
 }
 
 impl LockBaseline {
@@ -403,7 +443,11 @@ impl LockBaseline {
             .arg(&token)
             .invoke_async(&mut conn)
             .await?;
-        ensure!(released == 1, "the lock expired while we held it");
+        if released != 1 {
+            // The ttl ran out while we worked: someone else may have picked from the same
+            // view. Counted, as it is part of what this approach costs.
+            self.lock_expired.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(index)
     }
 }
@@ -419,6 +463,7 @@ async fn run_lock_baseline(url: &str, args: &Args, run: usize) -> anyhow::Result
             .map(|i| format!("{prefix}:count:{}", node_id(i)))
             .collect(),
         unlock: Script::new(UNLOCK),
+        lock_expired: AtomicU64::new(0),
     });
     {
         let mut conn = baseline.pool.get().await?;
@@ -439,14 +484,17 @@ async fn run_lock_baseline(url: &str, args: &Args, run: usize) -> anyhow::Result
         }
     };
     drive(args.callers, args.warmup, op.clone()).await?;
-    let (latencies, elapsed) = drive(args.callers, args.assignments, op).await?;
+    baseline.lock_expired.store(0, Ordering::Relaxed);
+    let driven = drive(args.callers, args.assignments, op).await?;
     let mut conn = baseline.pool.get().await?;
     let counts: Vec<Option<u64>> = redis::cmd("MGET")
         .arg(&baseline.counter_keys)
         .query_async(&mut conn)
         .await?;
     let spread = spread(counts.into_iter().map(|c| c.unwrap_or(0)));
-    Ok(RunFigures::new(latencies, elapsed, spread))
+    let mut figures = driven.figures(spread);
+    figures.lock_expired_while_held = Some(baseline.lock_expired.load(Ordering::Relaxed));
+    Ok(figures)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -563,7 +611,7 @@ async fn run_http(url: &str, args: &Args, run: usize) -> anyhow::Result<RunFigur
         }
     };
     drive(args.callers, args.warmup, op.clone()).await?;
-    let (latencies, elapsed) = drive(args.callers, args.assignments, op).await?;
+    let driven = drive(args.callers, args.assignments, op).await?;
 
     let ledger = RedisLedger::connect(
         url,
@@ -580,5 +628,5 @@ async fn run_http(url: &str, args: &Args, run: usize) -> anyhow::Result<RunFigur
     tokio::task::spawn_blocking(move || placement.wait_exit(Duration::from_secs(10)))
         .await?
         .ok();
-    Ok(RunFigures::new(latencies, elapsed, spread))
+    Ok(driven.figures(spread))
 }

@@ -14,11 +14,22 @@ pub struct RunFigures {
     pub p99_ms: f64,
     /// max − min over nodes of connections + pending once the run is over (warm-up included).
     pub max_spread: u64,
+    /// Calls that failed (not counted as assignments; a run with more than 1% fails).
+    pub errors: u64,
+    /// lock_baseline only: times the lock's ttl ran out while its holder still worked, i.e.
+    /// mutual exclusion was lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock_expired_while_held: Option<u64>,
 }
 
 impl RunFigures {
     /// `latencies` in any order; `elapsed` is the wall time of the timed phase.
-    pub fn new(mut latencies: Vec<Duration>, elapsed: Duration, max_spread: u64) -> Self {
+    pub fn new(
+        mut latencies: Vec<Duration>,
+        elapsed: Duration,
+        errors: u64,
+        max_spread: u64,
+    ) -> Self {
         latencies.sort_unstable();
         let n = latencies.len() as u64;
         Self {
@@ -27,6 +38,8 @@ impl RunFigures {
             p50_ms: percentile_ms(&latencies, 50.0),
             p99_ms: percentile_ms(&latencies, 99.0),
             max_spread,
+            errors,
+            lock_expired_while_held: None,
         }
     }
 }

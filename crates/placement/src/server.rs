@@ -10,7 +10,7 @@
 use std::{io::Write, net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context;
-use axum::Router;
+use axum::{Router, serve::ListenerExt};
 use http::Method;
 use metrics_exporter_prometheus::PrometheusHandle;
 use switchyard_common::{
@@ -26,7 +26,10 @@ use switchyard_proto::{
     },
 };
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
+use tokio_stream::{
+    StreamExt,
+    wrappers::{ReceiverStream, TcpListenerStream},
+};
 use tonic::{Request, Response, Status, Streaming};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -167,6 +170,18 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         }
     };
 
+    // Small request/response exchanges: never let Nagle's algorithm hold an answer back.
+    let http_listener = http_listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY refused");
+        }
+    });
+    let grpc_incoming = TcpListenerStream::new(grpc_listener).map(|accepted| {
+        let tcp = accepted?;
+        // Best effort: a socket that refuses it still works.
+        let _ = tcp.set_nodelay(true);
+        Ok::<_, std::io::Error>(tcp)
+    });
     let app = Router::new()
         .merge(assign::router(Arc::clone(&assigner)).layer(cors(&config)?))
         .merge(ops::router(readiness.clone(), metrics));
@@ -195,10 +210,8 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         .add_service(AdminServer::with_interceptor(admin, move |req| {
             auth.check(req)
         }));
-    let grpc_task = tokio::spawn(grpc.serve_with_incoming_shutdown(
-        TcpListenerStream::new(grpc_listener),
-        stopped(&shutdown_rx),
-    ));
+    let grpc_task =
+        tokio::spawn(grpc.serve_with_incoming_shutdown(grpc_incoming, stopped(&shutdown_rx)));
 
     let reaper_task = tokio::spawn(reaper::run(
         Arc::clone(&ledger),

@@ -1194,14 +1194,14 @@ async fn flags_fall_back_to_environment_variables_and_bad_config_is_refused() ->
     drop(tx);
 
     for (bad, why) in [
-        (vec!["--token-secret", ""], "--token-secret"),
+        (vec!["--token-secret", ""], "must not be empty"),
         (
             vec!["--token-secret", "x", "--report-interval-ms", "0"],
-            "report-interval-ms",
+            "0 is not in 10..",
         ),
         (
             vec!["--token-secret", "x", "--cors-origins", "http://a\nb"],
-            "cors",
+            "is not a valid origin",
         ),
     ] {
         let all: Vec<&str> = args.iter().copied().chain(bad.iter().copied()).collect();

@@ -693,7 +693,10 @@ async fn fencing_tokens_keep_increasing_across_a_redis_restart() -> Result {
     let ttl = Duration::from_secs(30);
     let holder_a = RedisLease::new(&redis.url(), &settings.cluster, "replica-a".to_owned(), ttl)?;
     let holder_b = RedisLease::new(&redis.url(), &settings.cluster, "replica-b".to_owned(), ttl)?;
-    let fence_a = holder_a.acquire().await?.context("A takes the free lease")?;
+    let fence_a = holder_a
+        .acquire()
+        .await?
+        .context("A takes the free lease")?;
 
     redis.restart_empty()?;
     let renewed = first_answer_after_outage(|| holder_a.renew(fence_a)).await?;

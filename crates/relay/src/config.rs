@@ -8,6 +8,8 @@ use std::{net::SocketAddr, time::Duration};
 use clap::Parser;
 use switchyard_common::telemetry::TelemetryArgs;
 
+use crate::bus::PubSubMode;
+
 /// Relay: forwards adapter frames between gateways and takes events from backends.
 #[derive(Clone, Parser)]
 #[command(name = "switchyard-relay", version, about)]
@@ -25,6 +27,11 @@ pub struct Config {
     /// Cluster name; every Redis key and channel lives under the hash tag `{sy:<cluster>}`.
     #[arg(long, env = "SWITCHYARD_CLUSTER", default_value = "switchyard")]
     pub cluster: String,
+    /// Pub/sub between replicas: `auto` uses sharded pub/sub (SPUBLISH/SSUBSCRIBE) when the
+    /// server is Redis 7 or newer, classic PUBLISH/SUBSCRIBE otherwise. All replicas of one
+    /// cluster must resolve to the same mode.
+    #[arg(long, env = "SWITCHYARD_PUBSUB", value_enum, default_value_t = PubSubMode::Auto)]
+    pub pubsub: PubSubMode,
     /// Messages a link may have queued towards its gateway; when full the link is cut.
     #[arg(long, env = "SWITCHYARD_LINK_QUEUE", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -54,6 +61,7 @@ impl std::fmt::Debug for Config {
             .field("grpc_addr", &self.grpc_addr)
             .field("redis_url", &self.redis_url.as_deref().map(redact_url))
             .field("cluster", &self.cluster)
+            .field("pubsub", &self.pubsub)
             .field("link_queue", &self.link_queue)
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))

@@ -3,7 +3,6 @@
 --
 -- KEYS[1] = P:ns:<namespace>   candidate zset of the requested namespace
 -- KEYS[2] = P:resv             reservation expiry zset
--- KEYS[3] = P:resv:node        reservation -> node hash
 -- ARGV[1] = P (the `{sy:<cluster>}` prefix)
 -- ARGV[2] = new reservation id (random, from the caller)
 -- ARGV[3] = reservation ttl, ms
@@ -35,28 +34,20 @@ while true do
     return nil
   end
   for _, id in ipairs(ids) do
-    local nk = node_key(P, id)
-    local f = redis.call('HMGET', nk, 'url', 'capacity', 'connections', 'draining_admin',
-      'draining_report', 'last_seen_ms')
-    local good = false
-    if f[1] then
-      local capacity = tonumber(f[2])
-      local load = tonumber(f[3]) + redis.call('SCARD', nk .. ':resv')
-      good = f[4] == '0' and f[5] == '0'
-        and (capacity == 0 or load < capacity)
-        and now - tonumber(f[6]) <= liveness
-    end
-    if good then
+    local n = load_node(P, id)
+    if n and assignable(n, now, liveness) then
       local expires = now + ttl
-      redis.call('ZADD', KEYS[2], int(expires), rid)
-      redis.call('HSET', KEYS[3], rid, id)
-      redis.call('SADD', nk .. ':resv', rid)
-      rescore(P, id, now, liveness)
-      return { id, f[1], rid, expires }
+      redis.call('ZADD', KEYS[2], int(expires), id .. '\n' .. rid)
+      redis.call('SADD', node_key(P, id) .. ':resv', rid)
+      n.pending = n.pending + 1
+      index(P, id, n, now, liveness)
+      return { id, n.url, rid, expires }
     end
     -- Not assignable: out of every zset it is in (and out of this one even if its namespace
     -- list disagrees, so the loop always makes progress).
-    rescore(P, id, now, liveness)
+    if n then
+      index(P, id, n, now, liveness)
+    end
     redis.call('ZREM', KEYS[1], id)
   end
 end

@@ -12,13 +12,13 @@
 --   P:ns:<namespace>   zset  node id -> (connections + pending) / weight
 --                            holds only assignable nodes: registered, not draining, not full
 --                            (stale ones are removed lazily by assign, rescore and reap)
---   P:resv             zset  reservation id -> expires_at_ms
---   P:resv:node        hash  reservation id -> node id
+--   P:resv             zset  "<node id>\n<reservation id>" -> expires_at_ms
+--                            (node ids and reservation ids never contain "\n")
 --   P:fence            string, the lease's fencing counter (see lease/*.lua)
 --
--- Invariant kept by every script: a reservation id is in P:resv, P:resv:node and its node's
--- set together or in none of them; a node is in a P:ns zset only if it was assignable when it
--- was last rescored, with the score of that moment.
+-- Invariant kept by every script: a reservation is in P:resv and in its node's set together
+-- or in neither; a node is in a P:ns zset only if it was assignable when it was last
+-- rescored, with the score of that moment.
 --
 -- Clock: Redis TIME, never the caller's, so replicas with skewed clocks agree.
 
@@ -45,24 +45,42 @@ local function split_ns(s)
   return out
 end
 
--- Puts the node into each of its namespaces' candidate zsets with its current score, or takes
--- it out when it is not assignable. O(namespaces * log nodes).
-local function rescore(P, id, now, liveness)
+-- The node's hash and pending count as a table, or nil when unknown. One HMGET + one SCARD.
+local function load_node(P, id)
   local nk = node_key(P, id)
-  local f = redis.call('HMGET', nk, 'weight', 'capacity', 'namespaces', 'connections',
+  local f = redis.call('HMGET', nk, 'url', 'weight', 'capacity', 'namespaces', 'connections',
     'draining_admin', 'draining_report', 'last_seen_ms')
   if not f[1] then
-    return
+    return nil
   end
-  local weight = tonumber(f[1])
-  local capacity = tonumber(f[2])
-  local load = tonumber(f[4]) + redis.call('SCARD', nk .. ':resv')
-  local assignable = f[5] == '0' and f[6] == '0'
-    and (capacity == 0 or load < capacity)
-    and now - tonumber(f[7]) <= liveness
-  local score = string.format('%.17g', load / weight)
-  for _, ns in ipairs(split_ns(f[3])) do
-    if assignable then
+  return {
+    url = f[1],
+    weight = tonumber(f[2]),
+    capacity = tonumber(f[3]),
+    namespaces = f[4],
+    connections = tonumber(f[5]),
+    draining_admin = tonumber(f[6]),
+    draining_report = tonumber(f[7]),
+    last_seen_ms = tonumber(f[8]),
+    pending = redis.call('SCARD', nk .. ':resv'),
+  }
+end
+
+-- Not draining, not full, and reported within the liveness window (by Redis TIME).
+local function assignable(n, now, liveness)
+  local load = n.connections + n.pending
+  return n.draining_admin == 0 and n.draining_report == 0
+    and (n.capacity == 0 or load < n.capacity)
+    and now - n.last_seen_ms <= liveness
+end
+
+-- Puts the node into each of its namespaces' candidate zsets with its current score, or takes
+-- it out when it is not assignable. O(namespaces * log N).
+local function index(P, id, n, now, liveness)
+  local put = assignable(n, now, liveness)
+  local score = string.format('%.17g', (n.connections + n.pending) / n.weight)
+  for _, ns in ipairs(split_ns(n.namespaces)) do
+    if put then
       redis.call('ZADD', P .. ':ns:' .. ns, score, id)
     else
       redis.call('ZREM', P .. ':ns:' .. ns, id)
@@ -70,37 +88,46 @@ local function rescore(P, id, now, liveness)
   end
 end
 
--- Forgets one reservation everywhere; returns the node it was on (or false).
-local function drop_reservation(P, rid)
-  local id = redis.call('HGET', P .. ':resv:node', rid)
-  redis.call('HDEL', P .. ':resv:node', rid)
-  redis.call('ZREM', P .. ':resv', rid)
-  if id then
-    redis.call('SREM', node_key(P, id) .. ':resv', rid)
+local function rescore(P, id, now, liveness)
+  local n = load_node(P, id)
+  if n then
+    index(P, id, n, now, liveness)
   end
-  return id
+end
+
+-- Forgets one reservation of node `id`; returns true if it was live.
+local function drop_reservation(P, id, rid)
+  if redis.call('ZREM', P .. ':resv', id .. '\n' .. rid) == 1 then
+    redis.call('SREM', node_key(P, id) .. ':resv', rid)
+    return true
+  end
+  return false
 end
 
 -- Drops up to `limit` expired reservations and rescores their nodes. Bounded so that one call
 -- stays cheap; callers run it on every write, so expiries are drained faster than assign can
--- create reservations. O(limit * log n).
+-- create reservations. O(limit * log N).
 local function purge_expired(P, now, liveness, limit)
-  local rids = redis.call('ZRANGEBYSCORE', P .. ':resv', '-inf', int(now), 'LIMIT', 0, limit)
+  local members = redis.call('ZRANGEBYSCORE', P .. ':resv', '-inf', int(now), 'LIMIT', 0, limit)
   local touched, order = {}, {}
-  for _, rid in ipairs(rids) do
-    local id = drop_reservation(P, rid)
-    if id and not touched[id] then
-      touched[id] = true
-      order[#order + 1] = id
+  for _, member in ipairs(members) do
+    local id, rid = string.match(member, '^([^\n]*)\n(.*)$')
+    redis.call('ZREM', P .. ':resv', member)
+    if id then
+      redis.call('SREM', node_key(P, id) .. ':resv', rid)
+      if not touched[id] then
+        touched[id] = true
+        order[#order + 1] = id
+      end
     end
   end
   for _, id in ipairs(order) do
     rescore(P, id, now, liveness)
   end
-  return #rids
+  return #members
 end
 
--- Removes the node and everything that points at it. O(namespaces * log nodes + its pending).
+-- Removes the node and everything that points at it. O(namespaces * log N + its pending).
 local function remove_node(P, id)
   local nk = node_key(P, id)
   local nss = redis.call('HGET', nk, 'namespaces')
@@ -110,8 +137,7 @@ local function remove_node(P, id)
     end
   end
   for _, rid in ipairs(redis.call('SMEMBERS', nk .. ':resv')) do
-    redis.call('HDEL', P .. ':resv:node', rid)
-    redis.call('ZREM', P .. ':resv', rid)
+    redis.call('ZREM', P .. ':resv', id .. '\n' .. rid)
   end
   redis.call('DEL', nk, nk .. ':resv')
   redis.call('ZREM', P .. ':nodes', id)
@@ -121,17 +147,14 @@ end
 -- {id, url, weight, capacity, namespaces, connections, pending, draining_admin,
 --  draining_report, last_report_age_ms}
 local function view(P, id, now)
-  local nk = node_key(P, id)
-  local f = redis.call('HMGET', nk, 'url', 'weight', 'capacity', 'namespaces', 'connections',
-    'draining_admin', 'draining_report', 'last_seen_ms')
-  if not f[1] then
+  local n = load_node(P, id)
+  if not n then
     return false
   end
-  local age = now - tonumber(f[8])
+  local age = now - n.last_seen_ms
   if age < 0 then
     age = 0
   end
-  return { id, f[1], tonumber(f[2]), tonumber(f[3]), f[4], tonumber(f[5]),
-    redis.call('SCARD', nk .. ':resv'), tonumber(f[6]), tonumber(f[7]), age }
+  return { id, n.url, n.weight, n.capacity, n.namespaces, n.connections, n.pending,
+    n.draining_admin, n.draining_report, age }
 end
-

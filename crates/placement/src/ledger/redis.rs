@@ -13,11 +13,14 @@
 //! fails with [`LedgerError::Unavailable`] until Redis is back, after which the next reports
 //! rebuild the ledger (see [`LedgerError::UnknownNode`]).
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use deadpool_redis::{Manager, Pool, Runtime};
-use redis::{RedisError, Script};
+use redis::aio::MultiplexedConnection;
+use redis::{FromRedisValue, RedisError, Script, ScriptInvocation};
 
 use super::observe::observe;
 use super::{
@@ -30,6 +33,8 @@ const BACKEND: &str = "redis";
 /// Connections in the pool; each is multiplexed, so this bounds parallel round trips, not
 /// callers.
 const POOL_SIZE: usize = 32;
+/// Connections the ledger keeps in use at once (see [`SharedConnections`]).
+const SHARED_CONNECTIONS: usize = 4;
 /// How long a call waits for a pooled connection before it reports `Unavailable`.
 const POOL_WAIT: Duration = Duration::from_secs(3);
 /// Opening a connection: Redis on another host answers well within this, a dead one is
@@ -68,6 +73,80 @@ pub(crate) fn unavailable(e: impl std::fmt::Display) -> LedgerError {
     LedgerError::Unavailable(e.to_string())
 }
 
+/// How a script call failed: no connection at all, or an error from Redis (kept whole so that
+/// the caller can recognise a script's own error reply, e.g. `FENCED`).
+enum CallError {
+    Pool(LedgerError),
+    Redis(RedisError),
+}
+
+impl From<CallError> for LedgerError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Pool(e) => e,
+            CallError::Redis(e) => unavailable(e),
+        }
+    }
+}
+
+/// Multiplexed connections taken from the pool and shared by all calls.
+///
+/// A redis-rs `MultiplexedConnection` pipelines concurrent requests on one socket, so a few of
+/// them serve any number of concurrent callers. Checking a connection out of deadpool for every
+/// call would cost a health-check round trip (`PING`) each time, doubling the round trips of
+/// an assignment; instead each slot keeps a clone of a pooled connection and goes back to the
+/// pool (which health-checks and reconnects) only after a connection-level error. So the pool
+/// still owns connecting, health checks and reconnection after an outage.
+struct SharedConnections {
+    slots: Box<[Mutex<Option<MultiplexedConnection>>]>,
+    next: AtomicUsize,
+}
+
+impl SharedConnections {
+    fn new(n: usize) -> Self {
+        Self {
+            slots: (0..n.max(1)).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn slot(&self, i: usize) -> MutexGuard<'_, Option<MultiplexedConnection>> {
+        // The guarded section is a clone or an assignment; nothing can leave it half done.
+        self.slots[i]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A connection for one call, round-robin over the slots, filling an empty slot from the
+    /// pool.
+    async fn get(&self, pool: &Pool) -> Result<(usize, MultiplexedConnection), CallError> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+        if let Some(conn) = self.slot(i).clone() {
+            return Ok((i, conn));
+        }
+        let pooled = pool
+            .get()
+            .await
+            .map_err(|e| CallError::Pool(unavailable(e)))?;
+        let conn = MultiplexedConnection::clone(&pooled);
+        *self.slot(i) = Some(conn.clone());
+        Ok((i, conn))
+    }
+
+    /// Forgets the slot's connection after an error that may mean it is dead; the next call
+    /// on that slot takes a checked one from the pool. Script errors leave it alone.
+    fn discard_if_broken(&self, i: usize, e: &RedisError) {
+        if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+            || e.is_unrecoverable_error()
+        {
+            *self.slot(i) = None;
+        }
+    }
+}
+
 /// The ledger's scripts, each `common.lua` + its own body, hashed once.
 struct Scripts {
     assign: Script,
@@ -102,6 +181,7 @@ impl Scripts {
 /// The shared ledger in Redis, for any number of placement replicas.
 pub struct RedisLedger {
     pool: Pool,
+    connections: SharedConnections,
     settings: LedgerSettings,
     prefix: String,
     scripts: Scripts,
@@ -163,6 +243,7 @@ impl RedisLedger {
     pub fn with_pool(pool: Pool, settings: LedgerSettings) -> Self {
         Self {
             pool,
+            connections: SharedConnections::new(SHARED_CONNECTIONS),
             prefix: key_prefix(&settings.cluster),
             settings,
             scripts: Scripts::new(),
@@ -190,31 +271,34 @@ impl RedisLedger {
         millis(self.settings.liveness)
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, LedgerError> {
-        self.pool.get().await.map_err(unavailable)
+    /// Runs one script on a shared connection (see [`SharedConnections`]).
+    async fn run<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, CallError> {
+        let (slot, mut conn) = self.connections.get(&self.pool).await?;
+        invocation.invoke_async(&mut conn).await.map_err(|e| {
+            self.connections.discard_if_broken(slot, &e);
+            CallError::Redis(e)
+        })
     }
 
     async fn update(&self, id: &str, field: &str, value: u32) -> Result<NodeView, LedgerError> {
-        let mut conn = self.conn().await?;
         let row: Option<ViewRow> = self
-            .scripts
-            .update
-            .key(self.node_key(id))
-            .arg(&self.prefix)
-            .arg(id)
-            .arg(field)
-            .arg(value)
-            .arg(self.liveness_ms())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+            .run(
+                self.scripts
+                    .update
+                    .key(self.node_key(id))
+                    .arg(&self.prefix)
+                    .arg(id)
+                    .arg(field)
+                    .arg(value)
+                    .arg(self.liveness_ms()),
+            )
+            .await?;
         row.map(view_from_row)
             .ok_or_else(|| LedgerError::UnknownNode(id.to_owned()))
     }
-}
-
-fn fenced_from(e: &RedisError, fence: FencingToken) -> Option<LedgerError> {
-    (e.code() == Some("FENCED")).then_some(LedgerError::Fenced(fence))
 }
 
 #[async_trait]
@@ -224,21 +308,20 @@ impl Ledger for RedisLedger {
         let started = Instant::now();
         let result = async {
             let node = validate::registration(node)?;
-            let mut conn = self.conn().await?;
-            self.scripts
-                .register
-                .key(self.node_key(&node.node_id))
-                .key(self.key("nodes"))
-                .arg(&self.prefix)
-                .arg(&node.node_id)
-                .arg(&node.url)
-                .arg(node.weight)
-                .arg(node.capacity)
-                .arg(node.namespaces.join("\n"))
-                .arg(self.liveness_ms())
-                .invoke_async::<i64>(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            self.run::<i64>(
+                self.scripts
+                    .register
+                    .key(self.node_key(&node.node_id))
+                    .key(self.key("nodes"))
+                    .arg(&self.prefix)
+                    .arg(&node.node_id)
+                    .arg(&node.url)
+                    .arg(node.weight)
+                    .arg(node.capacity)
+                    .arg(node.namespaces.join("\n"))
+                    .arg(self.liveness_ms()),
+            )
+            .await?;
             Ok(())
         }
         .await;
@@ -251,23 +334,21 @@ impl Ledger for RedisLedger {
         let started = Instant::now();
         let result = async {
             validate::report(node_id, load)?;
-            let mut conn = self.conn().await?;
             let known: i64 = self
-                .scripts
-                .report
-                .key(self.node_key(node_id))
-                .key(self.key("nodes"))
-                .key(self.key("resv"))
-                .key(self.key("resv:node"))
-                .arg(&self.prefix)
-                .arg(node_id)
-                .arg(load.connections)
-                .arg(u8::from(load.draining))
-                .arg(self.liveness_ms())
-                .arg(&load.consumed)
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+                .run(
+                    self.scripts
+                        .report
+                        .key(self.node_key(node_id))
+                        .key(self.key("nodes"))
+                        .key(self.key("resv"))
+                        .arg(&self.prefix)
+                        .arg(node_id)
+                        .arg(load.connections)
+                        .arg(u8::from(load.draining))
+                        .arg(self.liveness_ms())
+                        .arg(&load.consumed),
+                )
+                .await?;
             if known == 0 {
                 return Err(LedgerError::UnknownNode(node_id.to_owned()));
             }
@@ -283,16 +364,15 @@ impl Ledger for RedisLedger {
         let started = Instant::now();
         let result = async {
             validate::node_id(node_id)?;
-            let mut conn = self.conn().await?;
-            self.scripts
-                .remove
-                .key(self.node_key(node_id))
-                .key(self.key("nodes"))
-                .arg(&self.prefix)
-                .arg(node_id)
-                .invoke_async::<i64>(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            self.run::<i64>(
+                self.scripts
+                    .remove
+                    .key(self.node_key(node_id))
+                    .key(self.key("nodes"))
+                    .arg(&self.prefix)
+                    .arg(node_id),
+            )
+            .await?;
             Ok(())
         }
         .await;
@@ -306,20 +386,18 @@ impl Ledger for RedisLedger {
         let result = async {
             validate::namespace(namespace)?;
             let rid = uuid::Uuid::new_v4().to_string();
-            let mut conn = self.conn().await?;
             let picked: Option<(String, String, String, u64)> = self
-                .scripts
-                .assign
-                .key(self.key(&format!("ns:{namespace}")))
-                .key(self.key("resv"))
-                .key(self.key("resv:node"))
-                .arg(&self.prefix)
-                .arg(&rid)
-                .arg(millis(self.settings.reservation_ttl))
-                .arg(self.liveness_ms())
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+                .run(
+                    self.scripts
+                        .assign
+                        .key(self.key(&format!("ns:{namespace}")))
+                        .key(self.key("resv"))
+                        .arg(&self.prefix)
+                        .arg(&rid)
+                        .arg(millis(self.settings.reservation_ttl))
+                        .arg(self.liveness_ms()),
+                )
+                .await?;
             Ok(picked.map(
                 |(node_id, url, reservation_id, expires_at_ms)| Reservation {
                     node_id,
@@ -364,16 +442,15 @@ impl Ledger for RedisLedger {
     async fn nodes(&self) -> Result<Vec<NodeView>, LedgerError> {
         let started = Instant::now();
         let result = async {
-            let mut conn = self.conn().await?;
             let rows: Vec<ViewRow> = self
-                .scripts
-                .nodes
-                .key(self.key("nodes"))
-                .arg(&self.prefix)
-                .arg(self.liveness_ms())
-                .invoke_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+                .run(
+                    self.scripts
+                        .nodes
+                        .key(self.key("nodes"))
+                        .arg(&self.prefix)
+                        .arg(self.liveness_ms()),
+                )
+                .await?;
             let mut views: Vec<NodeView> = rows.into_iter().map(view_from_row).collect();
             views.sort_by(|a, b| a.registration.node_id.cmp(&b.registration.node_id));
             Ok(views)
@@ -387,18 +464,21 @@ impl Ledger for RedisLedger {
     async fn reap(&self, fence: FencingToken) -> Result<Vec<String>, LedgerError> {
         let started = Instant::now();
         let result = async {
-            let mut conn = self.conn().await?;
             let reaped: Vec<String> = self
-                .scripts
-                .reap
-                .key(self.key("fence"))
-                .key(self.key("nodes"))
-                .arg(&self.prefix)
-                .arg(fence.0)
-                .arg(self.liveness_ms())
-                .invoke_async(&mut conn)
+                .run(
+                    self.scripts
+                        .reap
+                        .key(self.key("fence"))
+                        .key(self.key("nodes"))
+                        .arg(&self.prefix)
+                        .arg(fence.0)
+                        .arg(self.liveness_ms()),
+                )
                 .await
-                .map_err(|e| fenced_from(&e, fence).unwrap_or_else(|| unavailable(e)))?;
+                .map_err(|e| match e {
+                    CallError::Redis(e) if e.code() == Some("FENCED") => LedgerError::Fenced(fence),
+                    e => e.into(),
+                })?;
             Ok(reaped)
         }
         .await;

@@ -3,7 +3,6 @@
 -- KEYS[1] = P:node:<id>
 -- KEYS[2] = P:nodes            liveness index
 -- KEYS[3] = P:resv
--- KEYS[4] = P:resv:node
 -- ARGV[1] = P
 -- ARGV[2] = node id
 -- ARGV[3] = connections (absolute)
@@ -33,9 +32,7 @@ redis.call('HSET', KEYS[1], 'connections', ARGV[3], 'draining_report', ARGV[4],
   'last_seen_ms', int(now))
 redis.call('ZADD', KEYS[2], int(now), id)
 for i = 6, #ARGV do
-  if redis.call('HGET', KEYS[4], ARGV[i]) == id then
-    drop_reservation(P, ARGV[i])
-  end
+  drop_reservation(P, id, ARGV[i])
 end
 rescore(P, id, now, liveness)
 return 1

@@ -1,0 +1,281 @@
+//! The local fan-out: which gateways are linked to THIS replica, per namespace, and the one
+//! place that puts messages into their queues.
+//!
+//! Every link has a bounded queue (`--link-queue`). Delivery never waits: it uses `try_send`,
+//! and a link whose queue is full is cut on the spot (its stream ends with
+//! `RESOURCE_EXHAUSTED`, the counter `switchyard_relay_links_cut_total{reason="queue_full"}`
+//! grows). That is the whole backpressure policy: one slow gateway costs the others nothing,
+//! and the slow one relinks and resyncs.
+//!
+//! The state sits behind a `std::sync::Mutex`, not tokio's, because no critical section awaits:
+//! delivery is a loop of `try_send`s.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use switchyard_proto::relay::v1::{Frame, FrameKind, LinkMessage, link_message::Kind};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tonic::Status;
+
+/// One gateway's link as the hub sees it: its queue and the switch that cuts it.
+#[derive(Debug)]
+pub struct LinkHandle {
+    /// Unique per link on this replica (a relinking gateway gets a new one).
+    pub link_id: u64,
+    pub node_id: String,
+    pub namespaces: Vec<String>,
+    queue: mpsc::Sender<LinkMessage>,
+    cut: Mutex<Option<oneshot::Sender<Status>>>,
+    /// Turns `true` on the cut, so the link's reader stops reading too (dropping the request
+    /// stream resets it, and the gateway cannot keep a cut link half open).
+    cut_flag: watch::Sender<bool>,
+}
+
+impl LinkHandle {
+    /// Ends the link's stream with `status`. Only the first cut counts.
+    pub fn cut(&self, status: Status, reason: &'static str) {
+        let sender = self.cut.lock().unwrap_or_else(|e| e.into_inner()).take();
+        self.cut_flag.send_replace(true);
+        if let Some(sender) = sender {
+            tracing::warn!(node_id = %self.node_id, link_id = self.link_id, reason,
+                           status = %status.message(), "link cut");
+            metrics::counter!("switchyard_relay_links_cut_total", "reason" => reason).increment(1);
+            let _ = sender.send(status);
+        }
+    }
+
+    /// Queues `msg` without waiting; an error when the queue is full (the caller cuts) or closed.
+    fn offer(&self, msg: LinkMessage) -> Offer {
+        match self.queue.try_send(msg) {
+            Ok(()) => {
+                let depth = self.queue.max_capacity() - self.queue.capacity();
+                metrics::histogram!("switchyard_relay_link_queue_depth").record(depth as f64);
+                Offer::Queued
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
+            Err(mpsc::error::TrySendError::Closed(_)) => Offer::Closed,
+        }
+    }
+}
+
+/// What became of a message offered to a link's queue.
+enum Offer {
+    Queued,
+    Full,
+    Closed,
+}
+
+#[derive(Default)]
+struct HubState {
+    links: HashMap<u64, Arc<LinkHandle>>,
+    /// namespace -> node id -> link id.
+    by_namespace: HashMap<String, HashMap<String, u64>>,
+    /// node id -> link id (one link per node on this replica).
+    by_node: HashMap<String, u64>,
+}
+
+/// The gateways linked to this replica.
+#[derive(Default)]
+pub struct Hub {
+    state: Mutex<HubState>,
+    next_id: AtomicU64,
+    /// Woken whenever a link joins or leaves, so membership is published at once.
+    pub changed: Notify,
+}
+
+impl Hub {
+    fn state(&self) -> MutexGuard<'_, HubState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds a link. A link of the same node id already on this replica is cut ("superseded"):
+    /// a gateway relinking must not receive every frame twice.
+    pub fn register(
+        &self,
+        node_id: &str,
+        namespaces: Vec<String>,
+        queue: mpsc::Sender<LinkMessage>,
+        cut: oneshot::Sender<Status>,
+        cut_flag: watch::Sender<bool>,
+    ) -> Arc<LinkHandle> {
+        let link_id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let handle = Arc::new(LinkHandle {
+            link_id,
+            node_id: node_id.to_owned(),
+            namespaces,
+            queue,
+            cut: Mutex::new(Some(cut)),
+            cut_flag,
+        });
+        let replaced = {
+            let mut st = self.state();
+            let replaced = st
+                .by_node
+                .get(node_id)
+                .copied()
+                .and_then(|old| remove_link(&mut st, old));
+            st.links.insert(link_id, Arc::clone(&handle));
+            st.by_node.insert(node_id.to_owned(), link_id);
+            for ns in &handle.namespaces {
+                st.by_namespace
+                    .entry(ns.clone())
+                    .or_default()
+                    .insert(node_id.to_owned(), link_id);
+            }
+            metrics::gauge!("switchyard_relay_links").set(st.links.len() as f64);
+            replaced
+        };
+        if let Some(old) = replaced {
+            old.cut(
+                Status::aborted("superseded by a newer link of the same node"),
+                "superseded",
+            );
+        }
+        self.changed.notify_one();
+        handle
+    }
+
+    /// Removes a link if it is still registered (a superseded or cut link already is not).
+    pub fn unregister(&self, link_id: u64) {
+        let removed = {
+            let mut st = self.state();
+            let removed = remove_link(&mut st, link_id);
+            metrics::gauge!("switchyard_relay_links").set(st.links.len() as f64);
+            removed
+        };
+        if removed.is_some() {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Forwards a frame to the local gateways it is meant for: every gateway of its namespace
+    /// but its origin, or only its target for a response. Links whose queue is full are cut.
+    pub fn deliver(&self, frame: &Frame) {
+        let response = frame.kind == FrameKind::Response as i32;
+        let msg = LinkMessage {
+            kind: Some(Kind::Frame(frame.clone())),
+        };
+        let mut overflowed = Vec::new();
+        {
+            let st = self.state();
+            let Some(members) = st.by_namespace.get(&frame.namespace) else {
+                return;
+            };
+            for (node, link_id) in members {
+                if node == &frame.origin || (response && node != &frame.target) {
+                    continue;
+                }
+                let Some(link) = st.links.get(link_id) else {
+                    continue;
+                };
+                match link.offer(msg.clone()) {
+                    Offer::Queued => {
+                        metrics::counter!("switchyard_relay_frames_out_total").increment(1);
+                    }
+                    Offer::Full => overflowed.push(*link_id),
+                    // The link's stream is gone; its own task unregisters it.
+                    Offer::Closed => {}
+                }
+            }
+        }
+        for link_id in overflowed {
+            self.cut_link(
+                link_id,
+                Status::resource_exhausted(
+                    "link cut: the gateway did not keep up and its queue filled; relink and resync",
+                ),
+                "queue_full",
+            );
+        }
+    }
+
+    /// Sends `msg` to every local gateway of `namespace` (membership updates); same policy.
+    pub fn send_to_namespace(&self, namespace: &str, msg: &LinkMessage) {
+        let mut overflowed = Vec::new();
+        {
+            let st = self.state();
+            let Some(members) = st.by_namespace.get(namespace) else {
+                return;
+            };
+            for link_id in members.values() {
+                if let Some(link) = st.links.get(link_id)
+                    && let Offer::Full = link.offer(msg.clone())
+                {
+                    overflowed.push(*link_id);
+                }
+            }
+        }
+        for link_id in overflowed {
+            self.cut_link(
+                link_id,
+                Status::resource_exhausted("link cut: the gateway's queue is full"),
+                "queue_full",
+            );
+        }
+    }
+
+    /// Removes and cuts one link.
+    pub fn cut_link(&self, link_id: u64, status: Status, reason: &'static str) {
+        let removed = {
+            let mut st = self.state();
+            let removed = remove_link(&mut st, link_id);
+            metrics::gauge!("switchyard_relay_links").set(st.links.len() as f64);
+            removed
+        };
+        if let Some(link) = removed {
+            link.cut(status, reason);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Cuts every link (this replica lost what makes its delivery complete, e.g. its Redis
+    /// subscription); the gateways relink, possibly elsewhere, and resync.
+    pub fn cut_all(&self, status: Status, reason: &'static str) {
+        let links: Vec<u64> = self.state().links.keys().copied().collect();
+        for id in links {
+            self.cut_link(id, status.clone(), reason);
+        }
+    }
+
+    /// `(namespace, node ids)` of every namespace with local links.
+    pub fn local_members(&self) -> HashMap<String, BTreeSet<String>> {
+        self.state()
+            .by_namespace
+            .iter()
+            .filter(|(_, m)| !m.is_empty())
+            .map(|(ns, m)| (ns.clone(), m.keys().cloned().collect()))
+            .collect()
+    }
+
+    /// Number of links on this replica.
+    pub fn len(&self) -> usize {
+        self.state().links.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn remove_link(st: &mut HubState, link_id: u64) -> Option<Arc<LinkHandle>> {
+    let link = st.links.remove(&link_id)?;
+    if st.by_node.get(&link.node_id) == Some(&link_id) {
+        st.by_node.remove(&link.node_id);
+    }
+    for ns in &link.namespaces {
+        if let Some(members) = st.by_namespace.get_mut(ns) {
+            if members.get(&link.node_id) == Some(&link_id) {
+                members.remove(&link.node_id);
+            }
+            if members.is_empty() {
+                st.by_namespace.remove(ns);
+            }
+        }
+    }
+    Some(link)
+}

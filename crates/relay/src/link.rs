@@ -1,0 +1,374 @@
+//! One gateway's link: the `Link` stream from Hello to the end.
+//!
+//! [`open`] reads `Hello` (INVALID_ARGUMENT without it), subscribes this replica to the
+//! gateway's namespaces, reads the gateway's dedup mark, queues `Welcome`, registers the link
+//! in the [`Hub`](crate::hub::Hub) and spawns the reader. The reader offers each frame to the
+//! bus in arrival order and waits for the verdict before reading the next one: that is what
+//! keeps per-origin order across replicas. The response stream ([`outbound`]) drains the
+//! link's bounded queue, interleaves coalesced `Ack`s, and ends with the cut status when the
+//! hub or the reader cuts the link.
+
+use std::{pin::Pin, sync::Arc, time::Duration};
+
+use futures::Stream;
+use switchyard_proto::relay::v1::{
+    Ack, Frame, FrameKind, Hello, LinkMessage, Welcome, link_message::Kind,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tonic::{Status, Streaming};
+use tracing::Instrument;
+
+use crate::{dedup::Verdict, hub::LinkHandle, server::RelayState};
+
+/// The response stream of `Link`.
+pub type LinkStream = Pin<Box<dyn Stream<Item = Result<LinkMessage, Status>> + Send>>;
+
+/// How long a new link may take to say Hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest node id or namespace accepted.
+const MAX_NAME: usize = 256;
+
+/// Incarnations and sequence numbers stay below 2^53 so the Redis scripts (Lua numbers are
+/// doubles) compare them exactly. A start time in milliseconds is far below it.
+const MAX_COUNTER: u64 = 1 << 53;
+
+/// Opens a link: validates Hello and returns the stream towards the gateway.
+pub async fn open(
+    state: Arc<RelayState>,
+    mut inbound: Streaming<LinkMessage>,
+) -> Result<LinkStream, Status> {
+    let first = tokio::time::timeout(HELLO_TIMEOUT, inbound.message())
+        .await
+        .map_err(|_| Status::invalid_argument("no Hello within 10 s of opening the link"))?;
+    let hello = match first {
+        Ok(Some(LinkMessage {
+            kind: Some(Kind::Hello(h)),
+        })) => h,
+        Ok(Some(_)) => {
+            return Err(Status::invalid_argument(
+                "the first message of a link must be Hello{node_id, namespaces, incarnation}",
+            ));
+        }
+        Ok(None) => return Err(Status::invalid_argument("link closed before Hello")),
+        Err(status) => return Err(inbound_error(status, state.max_frame_bytes)),
+    };
+    let Hello {
+        node_id,
+        namespaces,
+        incarnation,
+    } = hello;
+    let namespaces = validate_hello(&node_id, namespaces)?;
+    if incarnation >= MAX_COUNTER {
+        return Err(Status::invalid_argument(
+            "Hello.incarnation must be below 2^53",
+        ));
+    }
+
+    state.bus.ensure_subscribed(&namespaces).await?;
+    let accepted_seq = state
+        .bus
+        .accepted(&node_id, incarnation)
+        .await?
+        .ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "a newer incarnation than {incarnation} of node `{node_id}` already sent frames"
+            ))
+        })?;
+
+    let (queue_tx, queue_rx) = mpsc::channel(state.link_queue);
+    let (cut_tx, cut_rx) = oneshot::channel();
+    queue_tx
+        .try_send(LinkMessage {
+            kind: Some(Kind::Welcome(Welcome {
+                relay_id: state.relay_id.clone(),
+                accepted_seq,
+            })),
+        })
+        .map_err(|_| Status::internal("a new link's queue refused Welcome"))?;
+    let (cut_flag, cut_seen) = watch::channel(false);
+    let handle = state
+        .hub
+        .register(&node_id, namespaces.clone(), queue_tx, cut_tx, cut_flag);
+    let (ack_tx, ack_rx) = watch::channel(accepted_seq);
+    let span = tracing::info_span!("link", node_id = %node_id, link_id = handle.link_id,
+                                   incarnation, relay_id = %state.relay_id);
+    span.in_scope(|| {
+        tracing::info!(?namespaces, accepted_seq, "gateway linked");
+    });
+    tokio::spawn(
+        read_frames(state, handle, incarnation, inbound, ack_tx, cut_seen).instrument(span),
+    );
+    Ok(outbound(queue_rx, cut_rx, ack_rx, accepted_seq))
+}
+
+fn validate_hello(node_id: &str, namespaces: Vec<String>) -> Result<Vec<String>, Status> {
+    if node_id.is_empty() || node_id.len() > MAX_NAME {
+        return Err(Status::invalid_argument(
+            "Hello.node_id must be 1..=256 bytes",
+        ));
+    }
+    let mut namespaces = namespaces;
+    namespaces.sort();
+    namespaces.dedup();
+    if namespaces.is_empty() {
+        return Err(Status::invalid_argument(
+            "Hello.namespaces must name at least one namespace",
+        ));
+    }
+    if let Some(bad) = namespaces
+        .iter()
+        .find(|ns| !ns.starts_with('/') || ns.len() > MAX_NAME)
+    {
+        return Err(Status::invalid_argument(format!(
+            "namespace `{bad}` must start with `/` and be at most 256 bytes"
+        )));
+    }
+    Ok(namespaces)
+}
+
+/// Turns an error of the inbound stream into the status the link ends with.
+fn inbound_error(status: Status, max_frame_bytes: usize) -> Status {
+    if status.code() == tonic::Code::OutOfRange {
+        Status::out_of_range(format!(
+            "frame too large: the relay accepts frames up to {max_frame_bytes} bytes \
+             (--max-frame-bytes); {}",
+            status.message()
+        ))
+    } else {
+        status
+    }
+}
+
+/// Checks a frame from the gateway and stamps what the relay owns (origin, incarnation).
+fn admit(
+    mut frame: Frame,
+    node_id: &str,
+    incarnation: u64,
+    max_frame_bytes: usize,
+) -> Result<Frame, Status> {
+    if frame.payload.len() > max_frame_bytes {
+        return Err(Status::out_of_range(format!(
+            "frame too large: payload of {} bytes, the relay accepts up to {max_frame_bytes} \
+             bytes (--max-frame-bytes)",
+            frame.payload.len()
+        )));
+    }
+    if frame.seq == 0 || frame.seq >= MAX_COUNTER {
+        return Err(Status::invalid_argument(
+            "Frame.seq must be in 1..2^53 (it starts at 1)",
+        ));
+    }
+    if !frame.namespace.starts_with('/') {
+        return Err(Status::invalid_argument(
+            "Frame.namespace must start with `/`",
+        ));
+    }
+    match FrameKind::try_from(frame.kind) {
+        Ok(FrameKind::Broadcast | FrameKind::Request) => {}
+        Ok(FrameKind::Response) if !frame.target.is_empty() => {}
+        Ok(FrameKind::Response) => {
+            return Err(Status::invalid_argument(
+                "a response Frame needs a target node id",
+            ));
+        }
+        _ => {
+            return Err(Status::invalid_argument(
+                "Frame.kind must be BROADCAST, REQUEST or RESPONSE",
+            ));
+        }
+    }
+    frame.origin = node_id.to_owned();
+    frame.incarnation = incarnation;
+    frame.position = None;
+    Ok(frame)
+}
+
+/// Reads the gateway's frames until the stream ends or the link is cut, then unregisters it.
+async fn read_frames(
+    state: Arc<RelayState>,
+    handle: Arc<LinkHandle>,
+    incarnation: u64,
+    mut inbound: Streaming<LinkMessage>,
+    acks: watch::Sender<u64>,
+    mut cut_seen: watch::Receiver<bool>,
+) {
+    let link_id = handle.link_id;
+    let node_id = handle.node_id.clone();
+    // Only the hub's copy of the handle keeps the queue open; ours must not outlive the link.
+    drop(handle);
+    let cut = |status: Status, reason: &'static str| {
+        state.hub.cut_link(link_id, status, reason);
+    };
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = cut_seen.wait_for(|c| *c) => break,
+            next = inbound.message() => next,
+        };
+        let msg = match next {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                tracing::info!("gateway closed its link");
+                break;
+            }
+            Err(status) => {
+                let status = inbound_error(status, state.max_frame_bytes);
+                let reason = if status.code() == tonic::Code::OutOfRange {
+                    "frame_too_large"
+                } else {
+                    "stream_error"
+                };
+                tracing::info!(error = %status.message(), "link stream ended with an error");
+                cut(status, reason);
+                break;
+            }
+        };
+        let frame = match msg.kind {
+            Some(Kind::Frame(f)) => f,
+            Some(Kind::Hello(_)) => {
+                cut(Status::invalid_argument("Hello sent twice"), "protocol");
+                break;
+            }
+            _ => {
+                cut(
+                    Status::invalid_argument("a gateway may only send Hello, then Frames"),
+                    "protocol",
+                );
+                break;
+            }
+        };
+        metrics::counter!("switchyard_relay_frames_in_total").increment(1);
+        let frame = match admit(frame, &node_id, incarnation, state.max_frame_bytes) {
+            Ok(f) => f,
+            Err(status) => {
+                let reason = if status.code() == tonic::Code::OutOfRange {
+                    "frame_too_large"
+                } else {
+                    "protocol"
+                };
+                cut(status, reason);
+                break;
+            }
+        };
+        let seq = frame.seq;
+        match state.bus.submit(&frame).await {
+            Ok(Verdict::Accepted) => {
+                acks.send_if_modified(|a| raise(a, seq));
+            }
+            Ok(Verdict::Duplicate) => {
+                metrics::counter!("switchyard_relay_frames_duplicate_total").increment(1);
+                tracing::debug!(seq, "duplicate frame dropped");
+                acks.send_if_modified(|a| raise(a, seq));
+            }
+            Ok(Verdict::Stale) => {
+                cut(
+                    Status::failed_precondition(
+                        "a newer incarnation of this node id is sending frames",
+                    ),
+                    "stale",
+                );
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, seq, "cannot forward a frame; cutting the link");
+                cut(e.into(), "bus_error");
+                break;
+            }
+        }
+    }
+    state.hub.unregister(link_id);
+}
+
+fn raise(ack: &mut u64, seq: u64) -> bool {
+    if seq > *ack {
+        *ack = seq;
+        true
+    } else {
+        false
+    }
+}
+
+/// What the outbound stream does next; lives for one poll, so its size does not matter.
+#[allow(clippy::large_enum_variant)]
+enum Next {
+    Cut(Option<Status>),
+    Ack(Option<u64>),
+    Msg(Option<LinkMessage>),
+}
+
+struct Outbound {
+    queue: mpsc::Receiver<LinkMessage>,
+    cut: Option<oneshot::Receiver<Status>>,
+    acks: Option<watch::Receiver<u64>>,
+    last_ack: u64,
+    done: bool,
+}
+
+/// The stream towards the gateway: cut status first, then acks (coalesced), then the queue.
+fn outbound(
+    queue: mpsc::Receiver<LinkMessage>,
+    cut: oneshot::Receiver<Status>,
+    acks: watch::Receiver<u64>,
+    last_ack: u64,
+) -> LinkStream {
+    let state = Outbound {
+        queue,
+        cut: Some(cut),
+        acks: Some(acks),
+        last_ack,
+        done: false,
+    };
+    Box::pin(futures::stream::unfold(state, |mut st| async move {
+        loop {
+            if st.done {
+                return None;
+            }
+            let next = {
+                let Outbound {
+                    queue, cut, acks, ..
+                } = &mut st;
+                let cut = async {
+                    match cut.as_mut() {
+                        Some(c) => c.await.ok(),
+                        None => std::future::pending().await,
+                    }
+                };
+                let ack = async {
+                    match acks.as_mut() {
+                        Some(a) => match a.changed().await {
+                            Ok(()) => Some(*a.borrow_and_update()),
+                            Err(_) => None,
+                        },
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    biased;
+                    status = cut => Next::Cut(status),
+                    seq = ack => Next::Ack(seq),
+                    msg = queue.recv() => Next::Msg(msg),
+                }
+            };
+            match next {
+                Next::Cut(Some(status)) => {
+                    st.done = true;
+                    return Some((Err(status), st));
+                }
+                // The handle went away without a cut: the queue ends too.
+                Next::Cut(None) => st.cut = None,
+                Next::Ack(Some(seq)) if seq > st.last_ack => {
+                    st.last_ack = seq;
+                    let msg = LinkMessage {
+                        kind: Some(Kind::Ack(Ack { seq })),
+                    };
+                    return Some((Ok(msg), st));
+                }
+                Next::Ack(Some(_)) => {}
+                Next::Ack(None) => st.acks = None,
+                Next::Msg(Some(msg)) => return Some((Ok(msg), st)),
+                Next::Msg(None) => return None,
+            }
+        }
+    }))
+}

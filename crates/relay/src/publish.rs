@@ -1,0 +1,129 @@
+//! `Publish`: events from backend services in any language.
+//!
+//! A backend sends `PublishRequest{namespace, rooms, except, event, json | msgpack}` with
+//! `authorization: Bearer <--publish-token>`. The relay wraps it in a broadcast frame whose
+//! `event` is a [`BackendEvent`] (not opaque adapter bytes: the gateway turns it into a
+//! socketioxide `to(rooms).except(except).emit(event, data)` itself) and forwards it to every
+//! gateway linked for the namespace. The frame's origin is `relay:<relay_id>`, so no gateway
+//! is skipped. The token is separate from the admin token so that a backend able to publish
+//! cannot drain gateways; with no token configured every call is refused.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use switchyard_proto::relay::v1::{
+    BackendEvent, Frame, FrameKind, PublishRequest, PublishResponse, backend_event, publish_request,
+};
+use tonic::{Request, Status, metadata::MetadataValue};
+
+use crate::server::RelayState;
+
+/// Checks `authorization: Bearer <token>` against `--publish-token`, in constant time.
+#[derive(Clone)]
+pub struct PublishAuth {
+    expected: Option<MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl std::fmt::Debug for PublishAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PublishAuth")
+            .field("configured", &self.expected.is_some())
+            .finish()
+    }
+}
+
+impl PublishAuth {
+    pub fn new(token: Option<&str>) -> anyhow::Result<Self> {
+        let expected = match token {
+            Some(t) if !t.is_empty() => Some(format!("Bearer {t}").parse()?),
+            _ => None,
+        };
+        Ok(Self { expected })
+    }
+
+    pub fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let Some(expected) = &self.expected else {
+            return Err(Status::unauthenticated(
+                "Publish is disabled: no --publish-token (SWITCHYARD_PUBLISH_TOKEN) configured",
+            ));
+        };
+        match req.metadata().get("authorization") {
+            Some(got) if constant_time_eq(got.as_bytes(), expected.as_bytes()) => Ok(()),
+            Some(_) => Err(Status::unauthenticated("invalid publish token")),
+            None => Err(Status::unauthenticated(
+                "missing `authorization: Bearer <publish token>`",
+            )),
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Sequence of backend frames of this replica (origin `relay:<relay_id>`).
+static NEXT_SEQ: AtomicU64 = AtomicU64::new(1);
+
+/// Handles one `Publish` call.
+pub async fn publish(
+    state: &RelayState,
+    req: Request<PublishRequest>,
+) -> Result<PublishResponse, Status> {
+    state.publish_auth.check(&req)?;
+    let req = req.into_inner();
+    if !req.namespace.starts_with('/') {
+        return Err(Status::invalid_argument("namespace must start with `/`"));
+    }
+    if req.event.is_empty() {
+        return Err(Status::invalid_argument("event must not be empty"));
+    }
+    let data = match req.data {
+        Some(publish_request::Data::Json(json)) => {
+            if json.len() > state.max_frame_bytes {
+                return Err(too_large(json.len(), state.max_frame_bytes));
+            }
+            serde_json::from_str::<serde_json::Value>(&json).map_err(|e| {
+                Status::invalid_argument(format!("data.json is not valid JSON: {e}"))
+            })?;
+            backend_event::Data::Json(json)
+        }
+        Some(publish_request::Data::Msgpack(bytes)) => {
+            if bytes.len() > state.max_frame_bytes {
+                return Err(too_large(bytes.len(), state.max_frame_bytes));
+            }
+            backend_event::Data::Msgpack(bytes)
+        }
+        None => {
+            return Err(Status::invalid_argument(
+                "data (json or msgpack) is required",
+            ));
+        }
+    };
+    let gateways = state.membership.members(&req.namespace).await?.len();
+    let frame = Frame {
+        namespace: req.namespace.clone(),
+        origin: format!("relay:{}", state.relay_id),
+        seq: NEXT_SEQ.fetch_add(1, Ordering::Relaxed),
+        kind: FrameKind::Broadcast as i32,
+        incarnation: state.incarnation,
+        event: Some(BackendEvent {
+            rooms: req.rooms,
+            except: req.except,
+            event: req.event.clone(),
+            data: Some(data),
+        }),
+        ..Frame::default()
+    };
+    state.bus.publish(&frame).await?;
+    metrics::counter!("switchyard_relay_publish_total").increment(1);
+    tracing::debug!(namespace = %req.namespace, event = %req.event, gateways, "published");
+    Ok(PublishResponse {
+        position: None,
+        gateways: u32::try_from(gateways).unwrap_or(u32::MAX),
+    })
+}
+
+fn too_large(len: usize, max: usize) -> Status {
+    Status::out_of_range(format!(
+        "data of {len} bytes is larger than the relay's --max-frame-bytes ({max})"
+    ))
+}

@@ -1,0 +1,300 @@
+//! Listeners, wiring and shutdown of one relay replica.
+//!
+//! [`run`] picks the bus (Redis pub/sub when `--redis-url` is set, else in-process with a WARN),
+//! starts the subscriber and membership tasks, binds HTTP (`/healthz`, `/readyz`, `/metrics`)
+//! and gRPC (`Relay`, health, reflection v1 + v1alpha), prints
+//! `SWITCHYARD_READY http=<addr> grpc=<addr>` once both are bound, and on SIGTERM or Ctrl-C
+//! turns not-ready, stops the tasks (membership entries are removed), and waits for the servers.
+//! Open links end with the server; their gateways relink to another replica.
+
+use std::{io::Write, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use metrics_exporter_prometheus::PrometheusHandle;
+use switchyard_common::{
+    assignment::now_ms,
+    ops::{self, Readiness},
+};
+use switchyard_proto::relay::v1::{
+    LinkMessage, Members, MembersRequest, PublishRequest, PublishResponse,
+    relay_server::{Relay, RelayServer},
+};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::{
+    bus::{Bus, RedisBus},
+    config::{Config, redact_url},
+    hub::Hub,
+    link::{self, LinkStream},
+    membership::Membership,
+    publish::{self, PublishAuth},
+};
+
+/// How long shutdown waits for the servers to finish before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Room for a frame's envelope (namespace, ids, kind) above `--max-frame-bytes` of payload.
+const ENVELOPE_BYTES: usize = 64 * 1024;
+
+/// Everything a link or a call needs; one per replica.
+pub struct RelayState {
+    /// Random per process; names this replica in `Welcome` and in membership entries.
+    pub relay_id: String,
+    /// Start time (ms): the incarnation of this replica's `Publish` frames.
+    pub incarnation: u64,
+    pub hub: Arc<Hub>,
+    pub bus: Bus,
+    pub membership: Arc<Membership>,
+    pub link_queue: usize,
+    pub max_frame_bytes: usize,
+    pub publish_auth: PublishAuth,
+}
+
+/// The `switchyard.relay.v1.Relay` service.
+pub struct RelayGrpc {
+    state: Arc<RelayState>,
+}
+
+#[tonic::async_trait]
+impl Relay for RelayGrpc {
+    type LinkStream = LinkStream;
+
+    async fn link(
+        &self,
+        req: Request<Streaming<LinkMessage>>,
+    ) -> Result<Response<Self::LinkStream>, Status> {
+        link::open(Arc::clone(&self.state), req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn members(&self, req: Request<MembersRequest>) -> Result<Response<Members>, Status> {
+        let namespace = req.into_inner().namespace;
+        let node_ids = self.state.membership.members(&namespace).await?;
+        Ok(Response::new(Members {
+            namespace,
+            node_ids,
+        }))
+    }
+
+    async fn publish(
+        &self,
+        req: Request<PublishRequest>,
+    ) -> Result<Response<PublishResponse>, Status> {
+        publish::publish(&self.state, req).await.map(Response::new)
+    }
+}
+
+/// Describes the relay's metrics once, so `/metrics` carries HELP lines.
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "switchyard_relay_frames_in_total",
+        "Frames received from gateways on links of this replica"
+    );
+    describe_counter!(
+        "switchyard_relay_frames_out_total",
+        "Frames queued towards gateways linked to this replica"
+    );
+    describe_counter!(
+        "switchyard_relay_frames_duplicate_total",
+        "Retransmitted frames dropped by the per-origin high-water mark"
+    );
+    describe_counter!(
+        "switchyard_relay_links_cut_total",
+        "Links cut by the relay, by reason (queue_full, superseded, frame_too_large, ...)"
+    );
+    describe_gauge!("switchyard_relay_links", "Gateways linked to this replica");
+    describe_gauge!(
+        "switchyard_relay_members",
+        "Gateways linked for a namespace, cluster-wide"
+    );
+    describe_histogram!(
+        "switchyard_relay_link_queue_depth",
+        "Depth of a link's queue right after a message was queued"
+    );
+    describe_histogram!(
+        "switchyard_relay_submit_seconds",
+        "Time to dedup and hand one frame to the bus"
+    );
+    describe_counter!(
+        "switchyard_relay_bus_frames_in_total",
+        "Frames received from Redis pub/sub"
+    );
+    describe_counter!(
+        "switchyard_relay_bus_disconnects_total",
+        "Times the Redis pub/sub subscription was lost"
+    );
+    describe_counter!(
+        "switchyard_relay_publish_total",
+        "Backend events accepted by Publish"
+    );
+}
+
+/// Serves until SIGTERM or Ctrl-C; returns `Ok` after a clean shutdown.
+pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()> {
+    config.validate()?;
+    describe_metrics();
+    tracing::info!(config = ?config, "starting relay");
+    let relay_id = uuid::Uuid::new_v4().to_string();
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let readiness = Readiness::default();
+    let hub = Arc::new(Hub::default());
+
+    let mut tasks = Vec::new();
+    let (bus, redis) = match &config.redis_url {
+        Some(url) => {
+            let redis = RedisBus::new(url, &config.cluster, config.pubsub, Arc::clone(&hub))
+                .with_context(|| format!("setting up Redis at {}", redact_url(url)))?;
+            tracing::info!(redis = %redact_url(url), cluster = %config.cluster, %relay_id,
+                           "replicated relay: frames cross replicas through Redis pub/sub");
+            tasks.push(tokio::spawn(
+                Arc::clone(&redis).run_subscriber(shutdown_rx.clone()),
+            ));
+            (Bus::Redis(Arc::clone(&redis)), Some(redis))
+        }
+        None => {
+            tracing::warn!(
+                "no --redis-url: in-process fan-out only; run only ONE relay replica \
+                 (replicas would not see each other's gateways)"
+            );
+            (Bus::local(Arc::clone(&hub)), None)
+        }
+    };
+    let membership = Arc::new(Membership::new(
+        Arc::clone(&hub),
+        relay_id.clone(),
+        config.membership_interval(),
+        redis.clone(),
+    ));
+    tasks.push(tokio::spawn(
+        Arc::clone(&membership).run(shutdown_rx.clone()),
+    ));
+    if config.publish_token.is_none() {
+        tracing::warn!("no --publish-token: every Publish call will be refused");
+    }
+    let max_frame_bytes = config.max_frame_bytes as usize;
+    let state = Arc::new(RelayState {
+        relay_id,
+        incarnation: now_ms(),
+        hub,
+        bus,
+        membership,
+        link_queue: config.link_queue as usize,
+        max_frame_bytes,
+        publish_auth: PublishAuth::new(config.publish_token.as_deref())?,
+    });
+
+    // Wait (bounded) for the first subscription, so a gateway linking right after READY is
+    // not refused; Redis being down is not fatal: links are refused until it is back.
+    if let Some(redis) = &redis {
+        let mut subscribed = redis.subscribed.subscribe();
+        let first = tokio::time::timeout(Duration::from_secs(5), subscribed.wait_for(|s| *s));
+        if first.await.is_err() {
+            tracing::warn!("not subscribed to Redis yet; links are refused until it answers");
+        }
+    }
+
+    let http_listener = TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+    let grpc_listener = TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
+    let http_addr = http_listener.local_addr()?;
+    let grpc_addr = grpc_listener.local_addr()?;
+
+    let stopped = |rx: &watch::Receiver<bool>| {
+        let mut rx = rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let http_task = tokio::spawn(
+        axum::serve(http_listener, ops::router(readiness.clone(), metrics))
+            .with_graceful_shutdown(stopped(&shutdown_rx))
+            .into_future(),
+    );
+
+    let (health, health_service) = switchyard_common::grpc::health().await;
+    health.set_serving::<RelayServer<RelayGrpc>>().await;
+    let (reflection_v1, reflection_v1alpha) = switchyard_common::grpc::reflection()?;
+    let relay = RelayServer::new(RelayGrpc {
+        state: Arc::clone(&state),
+    })
+    .max_decoding_message_size(max_frame_bytes + ENVELOPE_BYTES)
+    .max_encoding_message_size(max_frame_bytes + ENVELOPE_BYTES);
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(relay);
+    let grpc_task = tokio::spawn(grpc.serve_with_incoming_shutdown(
+        TcpListenerStream::new(grpc_listener),
+        stopped(&shutdown_rx),
+    ));
+
+    readiness.set(true);
+    // With Redis, ready means subscribed: an unsubscribed replica refuses links.
+    if let Some(redis) = &redis {
+        let mut subscribed = redis.subscribed.subscribe();
+        let readiness = readiness.clone();
+        let mut shutdown = shutdown_rx.clone();
+        tasks.push(tokio::spawn(async move {
+            loop {
+                readiness.set(*subscribed.borrow_and_update());
+                tokio::select! {
+                    changed = subscribed.changed() => if changed.is_err() { return },
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+            }
+        }));
+    }
+    tracing::info!(%http_addr, %grpc_addr, relay_id = %state.relay_id, "listening");
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "SWITCHYARD_READY http={http_addr} grpc={grpc_addr}")?;
+        out.flush()?;
+    }
+
+    let mut http_task = http_task;
+    let mut grpc_task = grpc_task;
+    let early = tokio::select! {
+        () = switchyard_common::shutdown::signal() => None,
+        r = &mut http_task => Some(format!("HTTP server stopped: {r:?}")),
+        r = &mut grpc_task => Some(format!("gRPC server stopped: {r:?}")),
+    };
+    readiness.set(false);
+    health.set_not_serving::<RelayServer<RelayGrpc>>().await;
+    let _ = shutdown_tx.send(true);
+    // Links are endless streams: end them so the gRPC server can finish.
+    state.hub.cut_all(
+        Status::unavailable("relay shutting down; relink to another replica"),
+        "shutdown",
+    );
+    let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        for task in tasks {
+            let _ = task.await;
+        }
+        if !http_task.is_finished() {
+            let _ = http_task.await;
+        }
+        if !grpc_task.is_finished() {
+            let _ = grpc_task.await;
+        }
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!("servers did not finish within {SHUTDOWN_GRACE:?}; exiting anyway");
+    }
+    match early {
+        Some(reason) => anyhow::bail!(reason),
+        None => {
+            tracing::info!("relay stopped");
+            Ok(())
+        }
+    }
+}
