@@ -149,17 +149,20 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut ours = Vec::new();
     let mut baseline = Vec::new();
     let mut http = Vec::new();
+    // Key names unique to this invocation, so that a reused --redis-url never mixes runs.
+    let tag = uuid::Uuid::new_v4().simple().to_string();
     for run in 0..args.repeats {
-        let figures = run_switchyard(&url, &args, run).await?;
+        let run = format!("{}-{run}", &tag[..8]);
+        let figures = run_switchyard(&url, &args, &run).await?;
         eprintln!("run {run}: switchyard      {figures:?}");
         ours.push(figures);
 
-        let figures = run_lock_baseline(&url, &args, run).await?;
+        let figures = run_lock_baseline(&url, &args, &run).await?;
         eprintln!("run {run}: lock_baseline   {figures:?}");
         baseline.push(figures);
 
         if !args.skip_http {
-            let figures = run_http(&url, &args, run).await?;
+            let figures = run_http(&url, &args, &run).await?;
             eprintln!("run {run}: switchyard_http {figures:?}");
             http.push(figures);
         }
@@ -335,7 +338,7 @@ async fn ledger_spread(ledger: &RedisLedger, nodes: usize) -> anyhow::Result<u64
 // ---------------------------------------------------------------------------------------------
 // switchyard: the ledger alone.
 
-async fn run_switchyard(url: &str, args: &Args, run: usize) -> anyhow::Result<RunFigures> {
+async fn run_switchyard(url: &str, args: &Args, run: &str) -> anyhow::Result<RunFigures> {
     let ledger = Arc::new(
         RedisLedger::connect(
             url,
@@ -452,7 +455,7 @@ impl LockBaseline {
     }
 }
 
-async fn run_lock_baseline(url: &str, args: &Args, run: usize) -> anyhow::Result<RunFigures> {
+async fn run_lock_baseline(url: &str, args: &Args, run: &str) -> anyhow::Result<RunFigures> {
     let mut config = Config::from_url(url);
     config.pool = Some(deadpool_redis::PoolConfig::new(32));
     let prefix = format!("{{bench-lock-{run}}}");
@@ -564,7 +567,7 @@ async fn open_report_stream(grpc_url: &str, id: String) -> anyhow::Result<FakeGa
     Ok(FakeGatewayStream { tasks })
 }
 
-async fn run_http(url: &str, args: &Args, run: usize) -> anyhow::Result<RunFigures> {
+async fn run_http(url: &str, args: &Args, run: &str) -> anyhow::Result<RunFigures> {
     let cluster = format!("bench-http-{run}");
     let opts = PlacementOpts {
         redis_url: Some(url.to_owned()),

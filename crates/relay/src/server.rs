@@ -227,7 +227,11 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     })
     .max_decoding_message_size(max_frame_bytes + ENVELOPE_BYTES)
     .max_encoding_message_size(max_frame_bytes + ENVELOPE_BYTES);
+    // HTTP/2 pings find a gateway that vanished without closing its connection, so it leaves
+    // the membership (and stops holding up acks) within about 20 s.
     let grpc = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

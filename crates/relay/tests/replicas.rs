@@ -268,7 +268,7 @@ async fn a_relay_killed_mid_stream_loses_and_doubles_nothing() -> anyhow::Result
     drop(a);
     let a2 = Gw::link_as(&r2, "a", &["/"], 42).await?;
     let resume = a2.welcome.accepted_seq;
-    assert!(resume >= 20 && resume <= N, "accepted_seq {resume}");
+    assert!((20..=N).contains(&resume), "accepted_seq {resume}");
     for seq in resume + 1..=N {
         a2.send_seq(
             "/",

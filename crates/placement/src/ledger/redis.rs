@@ -30,9 +30,10 @@ use super::{
 
 const BACKEND: &str = "redis";
 
-/// Connections in the pool; each is multiplexed, so this bounds parallel round trips, not
-/// callers.
-const POOL_SIZE: usize = 32;
+/// Connections in the pool. The ledger itself keeps only [`SHARED_CONNECTIONS`] in use (each
+/// multiplexed, so they serve any number of callers); the rest cover a lease sharing the pool
+/// and the replacement of broken connections.
+const POOL_SIZE: usize = 8;
 /// Connections the ledger keeps in use at once (see [`SharedConnections`]).
 const SHARED_CONNECTIONS: usize = 4;
 /// How long a call waits for a pooled connection before it reports `Unavailable`.
@@ -117,12 +118,16 @@ impl SharedConnections {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A connection for one call, round-robin over the slots, filling an empty slot from the
-    /// pool.
-    async fn get(&self, pool: &Pool) -> Result<(usize, MultiplexedConnection), CallError> {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len();
+    /// The next slot, round-robin.
+    fn pick(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()
+    }
+
+    /// The slot's connection, or a checked one from the pool when the slot is empty. The flag
+    /// says whether it came from the slot (and so may have died since its last use).
+    async fn get(&self, i: usize, pool: &Pool) -> Result<(MultiplexedConnection, bool), CallError> {
         if let Some(conn) = self.slot(i).clone() {
-            return Ok((i, conn));
+            return Ok((conn, true));
         }
         let pooled = pool
             .get()
@@ -130,20 +135,22 @@ impl SharedConnections {
             .map_err(|e| CallError::Pool(unavailable(e)))?;
         let conn = MultiplexedConnection::clone(&pooled);
         *self.slot(i) = Some(conn.clone());
-        Ok((i, conn))
+        Ok((conn, false))
     }
 
-    /// Forgets the slot's connection after an error that may mean it is dead; the next call
-    /// on that slot takes a checked one from the pool. Script errors leave it alone.
-    fn discard_if_broken(&self, i: usize, e: &RedisError) {
-        if e.is_io_error()
+    /// Forgets the slot's connection after an error that may mean it is dead (the next call
+    /// on that slot takes a checked one from the pool) and says whether it did. Errors replied
+    /// by Redis or a script leave it alone.
+    fn discard_if_broken(&self, i: usize, e: &RedisError) -> bool {
+        let broken = e.is_io_error()
             || e.is_connection_dropped()
             || e.is_connection_refusal()
             || e.is_timeout()
-            || e.is_unrecoverable_error()
-        {
+            || e.is_unrecoverable_error();
+        if broken {
             *self.slot(i) = None;
         }
+        broken
     }
 }
 
@@ -272,15 +279,32 @@ impl RedisLedger {
     }
 
     /// Runs one script on a shared connection (see [`SharedConnections`]).
+    ///
+    /// When a kept connection turns out to be dead (Redis restarted since its last use), the
+    /// call is sent once more on a fresh, health-checked one, so that recovery after an outage
+    /// does not cost every slot one failed call. A timeout is not retried: the script may still
+    /// run. A retried call whose first attempt did reach Redis can at worst leave one extra
+    /// reservation, which expires.
     async fn run<T: FromRedisValue>(
         &self,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, CallError> {
-        let (slot, mut conn) = self.connections.get(&self.pool).await?;
-        invocation.invoke_async(&mut conn).await.map_err(|e| {
-            self.connections.discard_if_broken(slot, &e);
-            CallError::Redis(e)
-        })
+        let slot = self.connections.pick();
+        let (mut conn, kept) = self.connections.get(slot, &self.pool).await?;
+        match invocation.invoke_async(&mut conn).await {
+            Ok(value) => Ok(value),
+            Err(e) => {
+                let broken = self.connections.discard_if_broken(slot, &e);
+                if !(kept && broken && !e.is_timeout()) {
+                    return Err(CallError::Redis(e));
+                }
+                let (mut conn, _) = self.connections.get(slot, &self.pool).await?;
+                invocation.invoke_async(&mut conn).await.map_err(|e| {
+                    self.connections.discard_if_broken(slot, &e);
+                    CallError::Redis(e)
+                })
+            }
+        }
     }
 
     async fn update(&self, id: &str, field: &str, value: u32) -> Result<NodeView, LedgerError> {
