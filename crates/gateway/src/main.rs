@@ -1,4 +1,7 @@
 //! `switchyard-gateway`: parse flags, set up telemetry, bind, mount Switchyard, serve.
+//!
+//! Exits 0 after a drain or a clean shutdown, 1 when starting or serving fails; the reason goes
+//! to stderr in one line (no backtrace, whatever `RUST_BACKTRACE` says).
 
 use anyhow::Context;
 use clap::Parser;
@@ -6,8 +9,18 @@ use socketioxide::SocketIo;
 use switchyard_gateway::{Switchyard, config::Cli, server};
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchyard-gateway: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let telemetry = switchyard_common::telemetry::init("switchyard-gateway", &cli.telemetry)?;
     let listener = tokio::net::TcpListener::bind(cli.gateway.listen)
         .await
