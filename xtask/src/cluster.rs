@@ -1,6 +1,6 @@
 //! `cargo xtask up` and `cargo xtask down`: a local cluster for development.
 //!
-//! `up` builds the binaries, starts a redis-server (when installed), placement and N gateways
+//! `up` builds the binaries, starts a redis-server (when installed), placement, one relay and N gateways
 //! as child processes through `switchyard_testkit` (so it reads the same `SWITCHYARD_READY`
 //! lines tests do), writes `.switchyard/cluster.json`, and stays in the foreground. Ctrl-C or
 //! SIGTERM stops everything and removes the file; so does any service dying on its own.
@@ -40,6 +40,12 @@ pub struct UpArgs {
     /// Placement's gRPC port (gateway report streams, Admin API).
     #[arg(long, default_value_t = 7001)]
     placement_grpc_port: u16,
+    /// The relay's HTTP port (/healthz, /readyz, /metrics).
+    #[arg(long, default_value_t = 7100)]
+    relay_http_port: u16,
+    /// The relay's gRPC port (gateway links, Members, backend Publish).
+    #[arg(long, default_value_t = 7101)]
+    relay_grpc_port: u16,
     /// First gateway port; gateway i listens on base + i - 1.
     #[arg(long, default_value_t = 4000)]
     gateway_base_port: u16,
@@ -63,6 +69,9 @@ struct ClusterFile {
     redis_pid: Option<u32>,
     #[serde(default)]
     demo_pid: Option<u32>,
+    /// Bearer token of the relay's `Publish` (backends, `syctl publish`).
+    #[serde(default)]
+    publish_token: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -100,6 +109,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
 
     let token_secret = secret_from_env_or_random("SWITCHYARD_TOKEN_SECRET")?;
     let admin_token = secret_from_env_or_random("SWITCHYARD_ADMIN_TOKEN")?;
+    let publish_token = secret_from_env_or_random("SWITCHYARD_PUBLISH_TOKEN")?;
 
     // Redis: --redis URL, or our own redis-server, or (said loudly) none.
     let mut own_redis = None;
@@ -144,6 +154,23 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     let placement_http = format!("http://{}", placement.ready_value("http")?);
     let placement_grpc = format!("http://{}", placement.ready_value("grpc")?);
 
+    // One relay: gateways link to it so rooms span all of them.
+    let mut relay_args = vec![
+        "--http-addr".to_owned(),
+        format!("127.0.0.1:{}", args.relay_http_port),
+        "--grpc-addr".to_owned(),
+        format!("127.0.0.1:{}", args.relay_grpc_port),
+        "--publish-token".to_owned(),
+        publish_token.clone(),
+        "--admin-token".to_owned(),
+        admin_token.clone(),
+    ];
+    if let Some(url) = &redis_url {
+        relay_args.extend(["--redis-url".to_owned(), url.clone()]);
+    }
+    let relay = spawn(&bin_dir, "switchyard-relay", &relay_args)?;
+    let relay_grpc = format!("http://{}", relay.ready_value("grpc")?);
+
     let mut gateways = Vec::new();
     for i in 1..=args.gateways {
         let port = args
@@ -159,6 +186,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             placement_grpc.clone(),
             "--token-secret".to_owned(),
             token_secret.clone(),
+            "--relay-urls".to_owned(),
+            relay_grpc.clone(),
             // A development cluster should stop promptly on Ctrl-C.
             "--drain-deadline-ms".to_owned(),
             "5000".to_owned(),
@@ -174,7 +203,10 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             grpc: placement_grpc.clone(),
             pid: placement.pid(),
         }],
-        relays: Vec::new(),
+        relays: vec![RelayEntry {
+            grpc: relay_grpc.clone(),
+            pid: relay.pid(),
+        }],
         gateways: gateways
             .iter()
             .map(|g| -> anyhow::Result<GatewayEntry> {
@@ -190,6 +222,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         xtask_pid: Some(std::process::id()),
         redis_pid: own_redis.as_ref().and_then(RedisServer::pid),
         demo_pid: demo.as_ref().map(Service::pid),
+        publish_token: Some(publish_token.clone()),
     };
     if let Some(dir) = state_path.parent() {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -202,7 +235,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut services: Vec<&Service> = vec![&placement];
+    let mut services: Vec<&Service> = vec![&placement, &relay];
     services.extend(gateways.iter());
     services.extend(demo.iter());
     let outcome = runtime.block_on(wait_for_stop(&services));
@@ -212,7 +245,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut stopping: Vec<&Service> = demo.iter().collect();
     stopping.extend(gateways.iter());
     stop_all(&stopping, Duration::from_secs(8));
-    stop_all(&[&placement], Duration::from_secs(5));
+    stop_all(&[&relay, &placement], Duration::from_secs(5));
     drop(own_redis);
     let _ = fs::remove_file(&state_path);
     eprintln!("stopped; removed {}", state_path.display());
@@ -277,6 +310,12 @@ fn print_summary(state: &ClusterFile, demo: Option<&Service>) {
         "  placement   HTTP {}  (/v1/assign /healthz /readyz /metrics)   gRPC {}  (pid {})",
         placement.http, placement.grpc, placement.pid
     );
+    for r in &state.relays {
+        println!(
+            "  relay       gRPC {}  (Link, Members, Publish)   (pid {})",
+            r.grpc, r.pid
+        );
+    }
     for g in &state.gateways {
         println!("  gateway     {:<6} {}  (pid {})", g.node_id, g.url, g.pid);
     }
@@ -426,6 +465,7 @@ fn refuse_if_running(path: &Path) -> anyhow::Result<()> {
             .xtask_pid
             .into_iter()
             .chain(state.placement.iter().map(|p| p.pid))
+            .chain(state.relays.iter().map(|r| r.pid))
             .chain(state.gateways.iter().map(|g| g.pid))
             .any(is_ours);
         if running {

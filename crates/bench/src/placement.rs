@@ -60,6 +60,10 @@ pub struct Args {
     /// Untimed assignments before each run (connection pools, script cache).
     #[arg(long, default_value_t = 500)]
     warmup: u64,
+    /// After each run of `switchyard` and `switchyard_http`, this many more assignments from a
+    /// single caller: latency without queueing behind 63 other callers (0 = skip).
+    #[arg(long, default_value_t = 2_000)]
+    single_caller: u64,
     /// Leave out the whole-HTTP-path system (e.g. when switchyard-placement is not built).
     #[arg(long)]
     skip_http: bool,
@@ -114,6 +118,12 @@ struct Report {
     switchyard_http: Option<Summary>,
     /// switchyard (ledger alone) over lock_baseline, assignments per second.
     ratio_throughput: f64,
+    /// Latency probes: the same systems with one caller (no queueing), `max_spread` not
+    /// measured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    switchyard_single_caller: Option<Summary>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    switchyard_http_single_caller: Option<Summary>,
     /// switchyard_http (whole HTTP path) over lock_baseline.
     #[serde(skip_serializing_if = "Option::is_none")]
     ratio_throughput_http: Option<f64>,
@@ -149,28 +159,35 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut ours = Vec::new();
     let mut baseline = Vec::new();
     let mut http = Vec::new();
+    let mut ours_single = Vec::new();
+    let mut http_single = Vec::new();
     // Key names unique to this invocation, so that a reused --redis-url never mixes runs.
     let tag = uuid::Uuid::new_v4().simple().to_string();
     for run in 0..args.repeats {
         let run = format!("{}-{run}", &tag[..8]);
-        let figures = run_switchyard(&url, &args, &run).await?;
-        eprintln!("run {run}: switchyard      {figures:?}");
-        ours.push(figures);
+        let measured = run_switchyard(&url, &args, &run).await?;
+        eprintln!("run {run}: switchyard      {:?}", measured.main);
+        ours.push(measured.main);
+        ours_single.extend(measured.single);
 
         let figures = run_lock_baseline(&url, &args, &run).await?;
         eprintln!("run {run}: lock_baseline   {figures:?}");
         baseline.push(figures);
 
         if !args.skip_http {
-            let figures = run_http(&url, &args, &run).await?;
-            eprintln!("run {run}: switchyard_http {figures:?}");
-            http.push(figures);
+            let measured = run_http(&url, &args, &run).await?;
+            eprintln!("run {run}: switchyard_http {:?}", measured.main);
+            http.push(measured.main);
+            http_single.extend(measured.single);
         }
     }
 
     let switchyard = Summary::of(ours);
     let lock_baseline = Summary::of(baseline);
     let switchyard_http = (!http.is_empty()).then(|| Summary::of(http));
+    let summary = |runs: Vec<RunFigures>| (!runs.is_empty()).then(|| Summary::of(runs));
+    let switchyard_single_caller = summary(ours_single);
+    let switchyard_http_single_caller = summary(http_single);
     let ratio = |x: f64| x / lock_baseline.assigns_per_sec.max(f64::EPSILON);
     let report = Report {
         ratio_throughput: ratio(switchyard.assigns_per_sec),
@@ -178,6 +195,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         switchyard,
         lock_baseline,
         switchyard_http,
+        switchyard_single_caller,
+        switchyard_http_single_caller,
         setup: Setup {
             nodes: args.nodes,
             callers: args.callers,
@@ -192,8 +211,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             },
             notes: "switchyard = RedisLedger::assign alone (one Lua script); lock_baseline = \
                     SET NX PX lock + MGET all counters + INCR min + compare-and-delete unlock; \
-                    switchyard_http = GET /v1/assign through a real release switchyard-placement. \
-                    Medians over repeats; max_spread is the worst run.",
+                    switchyard_http = GET /v1/assign through a real switchyard-placement process \
+                    (SWITCHYARD_PROFILE build; release under cargo xtask bench). Medians over \
+                    repeats; max_spread is the worst run; *_single_caller = one caller, latency \
+                    without queueing.",
         },
     };
 
@@ -214,7 +235,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
 fn print_table(report: &Report) {
     println!(
-        "\n{:<16} {:>12} {:>9} {:>9} {:>11}  measures",
+        "\n{:<18} {:>10} {:>9} {:>9} {:>11}  measures",
         "system", "assigns/s", "p50 ms", "p99 ms", "max_spread"
     );
     let mut rows = vec![
@@ -236,10 +257,30 @@ fn print_table(report: &Report) {
             "whole path: GET /v1/assign on placement",
         ));
     }
+    if let Some(single) = &report.switchyard_single_caller {
+        rows.push((
+            "switchyard x1",
+            single,
+            "ledger alone, one caller (latency)",
+        ));
+    }
+    if let Some(single) = &report.switchyard_http_single_caller {
+        rows.push((
+            "switchyard_http x1",
+            single,
+            "whole path, one caller (latency)",
+        ));
+    }
     for (name, s, what) in rows {
+        // The single-caller probes run after the spread was read: no spread of their own.
+        let spread = if name.ends_with("x1") {
+            "-".to_owned()
+        } else {
+            s.max_spread.to_string()
+        };
         println!(
-            "{name:<16} {:>12.0} {:>9.3} {:>9.3} {:>11}  {what}",
-            s.assigns_per_sec, s.p50_ms, s.p99_ms, s.max_spread
+            "{name:<18} {:>10.0} {:>9.3} {:>9.3} {spread:>11}  {what}",
+            s.assigns_per_sec, s.p50_ms, s.p99_ms
         );
     }
     println!(
@@ -338,7 +379,7 @@ async fn ledger_spread(ledger: &RedisLedger, nodes: usize) -> anyhow::Result<u64
 // ---------------------------------------------------------------------------------------------
 // switchyard: the ledger alone.
 
-async fn run_switchyard(url: &str, args: &Args, run: &str) -> anyhow::Result<RunFigures> {
+async fn run_switchyard(url: &str, args: &Args, run: &str) -> anyhow::Result<Measured> {
     let ledger = Arc::new(
         RedisLedger::connect(
             url,
@@ -377,9 +418,32 @@ async fn run_switchyard(url: &str, args: &Args, run: &str) -> anyhow::Result<Run
         }
     };
     drive(args.callers, args.warmup, op.clone()).await?;
-    let driven = drive(args.callers, args.assignments, op).await?;
+    let driven = drive(args.callers, args.assignments, op.clone()).await?;
     let spread = ledger_spread(&ledger, args.nodes).await?;
-    Ok(driven.figures(spread))
+    let single = single_caller(args, op).await?;
+    Ok(Measured {
+        main: driven.figures(spread),
+        single,
+    })
+}
+
+/// A run's figures, plus the single-caller latency probe when it was taken.
+struct Measured {
+    main: RunFigures,
+    single: Option<RunFigures>,
+}
+
+/// `--single-caller` assignments from one caller, after the main run (so its spread is not
+/// measured: 0).
+async fn single_caller<F, Fut>(args: &Args, op: F) -> anyhow::Result<Option<RunFigures>>
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = anyhow::Result<()>> + Send,
+{
+    if args.single_caller == 0 {
+        return Ok(None);
+    }
+    Ok(Some(drive(1, args.single_caller, op).await?.figures(0)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -567,7 +631,7 @@ async fn open_report_stream(grpc_url: &str, id: String) -> anyhow::Result<FakeGa
     Ok(FakeGatewayStream { tasks })
 }
 
-async fn run_http(url: &str, args: &Args, run: &str) -> anyhow::Result<RunFigures> {
+async fn run_http(url: &str, args: &Args, run: &str) -> anyhow::Result<Measured> {
     let cluster = format!("bench-http-{run}");
     let opts = PlacementOpts {
         redis_url: Some(url.to_owned()),
@@ -614,7 +678,7 @@ async fn run_http(url: &str, args: &Args, run: &str) -> anyhow::Result<RunFigure
         }
     };
     drive(args.callers, args.warmup, op.clone()).await?;
-    let driven = drive(args.callers, args.assignments, op).await?;
+    let driven = drive(args.callers, args.assignments, op.clone()).await?;
 
     let ledger = RedisLedger::connect(
         url,
@@ -626,10 +690,14 @@ async fn run_http(url: &str, args: &Args, run: &str) -> anyhow::Result<RunFigure
     )
     .await?;
     let spread = ledger_spread(&ledger, args.nodes).await?;
+    let single = single_caller(args, op).await?;
     drop(streams);
     placement.terminate()?;
     tokio::task::spawn_blocking(move || placement.wait_exit(Duration::from_secs(10)))
         .await?
         .ok();
-    Ok(driven.figures(spread))
+    Ok(Measured {
+        main: driven.figures(spread),
+        single,
+    })
 }

@@ -80,6 +80,9 @@ pub struct GatewayArgs {
     /// A drain disconnects every remaining client and exits after this many milliseconds.
     #[arg(long, env = "SWITCHYARD_DRAIN_DEADLINE_MS", default_value_t = 30_000)]
     pub drain_deadline_ms: u64,
+    /// gRPC URLs of the broadcast relays, comma separated; empty runs this gateway alone.
+    #[arg(long, env = "SWITCHYARD_RELAY_URLS", value_delimiter = ',')]
+    pub relay_urls: Vec<String>,
 }
 
 /// The binary's whole command line.
@@ -143,6 +146,12 @@ impl GatewayArgs {
             report_interval: Duration::from_millis(self.report_interval_ms),
             drain_rate: self.drain_rate,
             drain_deadline: Duration::from_millis(self.drain_deadline_ms),
+            relay_urls: self
+                .relay_urls
+                .iter()
+                .map(|u| u.trim().to_owned())
+                .filter(|u| !u.is_empty())
+                .collect(),
         }
     }
 }
@@ -182,6 +191,27 @@ mod tests {
         assert_eq!(s.max_payload_bytes, 1_048_576);
         assert_eq!(s.report_interval, Duration::from_millis(1000));
         assert_eq!(s.drain_deadline, Duration::from_millis(30_000));
+        Ok(())
+    }
+
+    #[test]
+    fn relay_urls_are_a_comma_list_and_default_to_none() -> anyhow::Result<()> {
+        let cli = Cli::try_parse_from(["switchyard-gateway"])?;
+        assert!(
+            cli.gateway
+                .settings("127.0.0.1:1".parse()?)
+                .relay_urls
+                .is_empty()
+        );
+        let cli = Cli::try_parse_from([
+            "switchyard-gateway",
+            "--relay-urls",
+            "http://r1:7101, http://r2:7101,",
+        ])?;
+        assert_eq!(
+            cli.gateway.settings("127.0.0.1:1".parse()?).relay_urls,
+            ["http://r1:7101", "http://r2:7101"]
+        );
         Ok(())
     }
 

@@ -39,15 +39,23 @@
 //! - **drain** ([`drain`]): bounded-rate disconnects that make clients re-assign;
 //! - **ops** ([`Switchyard::ops_router`]): `/healthz`, `/readyz`, `/metrics`.
 //!
+//! Across gateways: with `relay_urls` set, build with
+//! `SocketIo::builder().with_adapter::<ClusterAdapter<_>>(state)` where `state` is
+//! [`Switchyard::cluster_state`], and spawn what [`Switchyard::ns`] returns; then rooms,
+//! broadcasts (the built-in `publish` too), acks, `fetch_sockets` and remote join / leave /
+//! disconnect span every gateway linked to the relay ([`adapter`], [`link`]).
+//!
 //! Module map: [`config`] (flags) → [`server`] (listener, READY line, shutdown) → [`handler`]
 //! (the connect-handler wrapper) → [`admission`], [`events`], [`rooms`], [`load`], [`drain`],
-//! [`report_stream`], [`payload`].
+//! [`report_stream`], [`payload`]; [`adapter`] (the cluster adapter) → [`link`] (relay streams).
 
+pub mod adapter;
 pub mod admission;
 pub mod config;
 pub mod drain;
 pub mod events;
 pub mod handler;
+pub mod link;
 pub mod load;
 pub mod payload;
 pub mod report_stream;
@@ -66,10 +74,12 @@ use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
 use switchyard_common::{assignment::TokenKey, ops::Readiness};
 use tokio::sync::watch;
 
+pub use crate::adapter::{ClusterAdapter, ClusterState};
 use crate::admission::Admission;
 use crate::drain::{DrainCause, DrainController, DrainEnd, DrainInbox, DrainState};
 use crate::events::EventLimits;
 use crate::handler::GatewayHandler;
+use crate::link::{LinkConfig, RelayLink, incarnation_now};
 use crate::load::{Load, Seat};
 use crate::rooms::RoomGrant;
 
@@ -111,6 +121,8 @@ pub struct Settings {
     pub drain_rate: u32,
     /// A drain that ends the process disconnects everyone left at this deadline.
     pub drain_deadline: Duration,
+    /// gRPC URLs of the broadcast relays; empty runs alone (socketioxide's local adapter).
+    pub relay_urls: Vec<String>,
 }
 
 impl Settings {
@@ -132,6 +144,7 @@ impl Settings {
             report_interval: Duration::from_millis(1000),
             drain_rate: 50,
             drain_deadline: Duration::from_millis(30_000),
+            relay_urls: Vec::new(),
         }
     }
 }
@@ -153,6 +166,8 @@ pub enum SetupError {
     ZeroReportInterval,
     #[error("Switchyard::start was already called")]
     AlreadyStarted,
+    #[error("the relay links must be started inside a tokio runtime")]
+    NoRuntime,
 }
 
 /// State shared by every socket handler, the reporter and the drain controller.
@@ -164,6 +179,7 @@ pub(crate) struct Shared {
     pub(crate) drain: Arc<DrainState>,
     pub(crate) limits: Arc<EventLimits>,
     drain_inbox: Mutex<Option<DrainInbox>>,
+    cluster: std::sync::OnceLock<Option<ClusterState>>,
 }
 
 /// A gateway: mount it on a socketioxide instance, start it, serve it. Cheap to clone.
@@ -216,6 +232,7 @@ impl Switchyard {
                 drain,
                 limits,
                 drain_inbox: Mutex::new(Some(inbox)),
+                cluster: std::sync::OnceLock::new(),
             }),
         })
     }
@@ -241,6 +258,36 @@ impl Switchyard {
             .ws_max_frame_size(limit_usize)
             .max_buffer_size(1024)
             .with_parser(ParserConfig::common().max_incoming_binary_buf_size(limit_usize))
+    }
+
+    /// With relay URLs configured, the state of the cluster adapter: plug it with
+    /// `SocketIo::builder().with_adapter::<ClusterAdapter<_>>(state)` so rooms span every
+    /// gateway. The first call starts the relay links; later calls return the same links.
+    /// `Ok(None)` without relay URLs (use the local adapter); an error outside a tokio runtime.
+    pub fn cluster_state(&self) -> Result<Option<ClusterState>, SetupError> {
+        if !self.shared.settings.relay_urls.is_empty()
+            && tokio::runtime::Handle::try_current().is_err()
+        {
+            return Err(SetupError::NoRuntime);
+        }
+        Ok(self
+            .shared
+            .cluster
+            .get_or_init(|| {
+                let s = &self.shared.settings;
+                if s.relay_urls.is_empty() {
+                    return None;
+                }
+                ClusterState::describe_metrics();
+                let link = RelayLink::spawn(LinkConfig {
+                    urls: s.relay_urls.clone(),
+                    node_id: s.node_id.clone(),
+                    namespaces: s.namespaces.clone(),
+                    incarnation: incarnation_now(),
+                });
+                Some(ClusterState::new(link))
+            })
+            .clone())
     }
 
     /// Registers namespace `path` with `handler` behind Switchyard: admission runs first, then

@@ -1,38 +1,45 @@
 //! `switchyard-gateway`: parse flags, set up telemetry, bind, mount Switchyard, serve.
 //!
-//! Exits 0 after a drain or a clean shutdown, 1 when starting or serving fails; the reason goes
-//! to stderr in one line (no backtrace, whatever `RUST_BACKTRACE` says).
+//! With `--relay-urls` the namespaces use the cluster adapter (rooms span every gateway);
+//! without, socketioxide's local adapter.
 
 use anyhow::Context;
 use clap::Parser;
-use socketioxide::SocketIo;
-use switchyard_gateway::{Switchyard, config::Cli, server};
+use socketioxide::{SocketIo, SocketIoBuilder, adapter::Adapter};
+use socketioxide_core::adapter::DefinedAdapter;
+use switchyard_gateway::{ClusterAdapter, Switchyard, config::Cli, server};
+use tokio::net::TcpListener;
 
 #[tokio::main]
-async fn main() -> std::process::ExitCode {
+async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("switchyard-gateway: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
-}
-
-async fn run(cli: Cli) -> anyhow::Result<()> {
     let telemetry = switchyard_common::telemetry::init("switchyard-gateway", &cli.telemetry)?;
     let listener = tokio::net::TcpListener::bind(cli.gateway.listen)
         .await
         .with_context(|| format!("binding {}", cli.gateway.listen))?;
     let bound = listener.local_addr()?;
     let gateway = Switchyard::new(cli.gateway.settings(bound))?;
+    let metrics = telemetry.metrics.clone();
+    match gateway.cluster_state()? {
+        Some(state) => {
+            let builder = SocketIo::builder().with_adapter::<ClusterAdapter<_>>(state);
+            run(listener, gateway, builder, metrics).await
+        }
+        None => run(listener, gateway, SocketIo::builder(), metrics).await,
+    }
+}
 
-    let (layer, io) = gateway.configure(SocketIo::builder()).build_layer();
+async fn run<A: Adapter + DefinedAdapter>(
+    listener: TcpListener,
+    gateway: Switchyard,
+    builder: SocketIoBuilder<A>,
+    metrics: metrics_exporter_prometheus::PrometheusHandle,
+) -> anyhow::Result<()> {
+    let (layer, io) = gateway.configure(builder).build_layer();
     gateway.mount(&io);
     let running = gateway.start(io.clone())?;
     let app = axum::Router::new()
-        .merge(gateway.ops_router(telemetry.metrics.clone()))
+        .merge(gateway.ops_router(metrics))
         .layer(layer);
     server::serve(listener, app, &gateway, io, running).await
 }

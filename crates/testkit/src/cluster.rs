@@ -95,6 +95,8 @@ pub struct GatewayOpts {
     pub node_id: String,
     /// Further flags, passed last; a flag here replaces the default for it.
     pub extra_args: Vec<String>,
+    /// `--relay-urls` (the relays' gRPC URLs); empty runs the gateway without a relay.
+    pub relay_urls: Vec<String>,
 }
 
 impl GatewayOpts {
@@ -104,7 +106,77 @@ impl GatewayOpts {
             placement_grpc: placement.grpc_url().to_owned(),
             node_id: node_id.into(),
             extra_args: Vec::new(),
+            relay_urls: Vec::new(),
         }
+    }
+}
+
+/// The bearer token test relays accept on `Publish`.
+pub const TEST_PUBLISH_TOKEN: &str = "switchyard-test-publish-token";
+
+/// How a test relay is started.
+#[derive(Debug, Clone, Default)]
+pub struct RelayOpts {
+    /// `--redis-url`; `None` runs the relay alone (no replicas).
+    pub redis_url: Option<String>,
+    /// Further flags, passed last; a flag here replaces the default for it.
+    pub extra_args: Vec<String>,
+}
+
+/// A running `switchyard-relay` process.
+///
+/// Defaults: `--http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 --publish-token`
+/// [`TEST_PUBLISH_TOKEN`] `--admin-token` [`TEST_ADMIN_TOKEN`]. Derefs to its [`Service`].
+#[derive(Debug)]
+pub struct Relay {
+    service: Service,
+    http_url: String,
+    grpc_url: String,
+}
+
+impl Relay {
+    /// Spawns the relay and waits for `SWITCHYARD_READY http=... grpc=...`.
+    pub fn start(opts: RelayOpts) -> anyhow::Result<Relay> {
+        let mut defaults = vec![
+            ("--http-addr", "127.0.0.1:0".to_owned()),
+            ("--grpc-addr", "127.0.0.1:0".to_owned()),
+            ("--publish-token", TEST_PUBLISH_TOKEN.to_owned()),
+            ("--admin-token", TEST_ADMIN_TOKEN.to_owned()),
+        ];
+        if let Some(url) = opts.redis_url {
+            defaults.push(("--redis-url", url));
+        }
+        let args = with_defaults(&defaults, &opts.extra_args);
+        let service = Service::spawn("switchyard-relay", &args, &[])?;
+        let http_url = format!("http://{}", service.ready_value("http")?);
+        let grpc_url = format!("http://{}", service.ready_value("grpc")?);
+        Ok(Relay {
+            service,
+            http_url,
+            grpc_url,
+        })
+    }
+
+    /// `http://127.0.0.1:NNNN`: `/healthz`, `/readyz`, `/metrics`.
+    pub fn http_url(&self) -> &str {
+        &self.http_url
+    }
+
+    /// `http://127.0.0.1:MMMM`: the gRPC endpoint (Link, Members, Publish).
+    pub fn grpc_url(&self) -> &str {
+        &self.grpc_url
+    }
+
+    /// The process handle.
+    pub fn service(&self) -> &Service {
+        &self.service
+    }
+}
+
+impl Deref for Relay {
+    type Target = Service;
+    fn deref(&self) -> &Service {
+        &self.service
     }
 }
 
@@ -130,6 +202,9 @@ impl Gateway {
         ];
         if !opts.node_id.is_empty() {
             defaults.push(("--node-id", opts.node_id.clone()));
+        }
+        if !opts.relay_urls.is_empty() {
+            defaults.push(("--relay-urls", opts.relay_urls.join(",")));
         }
         let args = with_defaults(&defaults, &opts.extra_args);
         let service = Service::spawn("switchyard-gateway", &args, &[])?;

@@ -1,0 +1,505 @@
+//! The relay link client: this gateway's long-lived streams to the broadcast relay.
+//!
+//! One bidirectional `Relay/Link` stream per relay URL, each kept up by its own task that
+//! relinks with the common [`Backoff`] after any failure. What it guarantees to the adapter
+//! ([`crate::adapter`]):
+//!
+//! - **Numbering.** Every outgoing frame gets the next `seq` of this process (1, 2, …, never
+//!   reset on relink); `incarnation` is the process start time in Unix ms, sent in `Hello`.
+//! - **No loss across relinks.** Each link keeps the frames the relay has not acknowledged
+//!   (`Ack`), drops what `Welcome.accepted_seq` covers after a relink, and resends the rest in
+//!   order before anything new. A frame the relay refuses as too large (`OUT_OF_RANGE`) is
+//!   dropped, not resent. While a link is down its backlog is capped at [`MAX_BACKLOG`] frames
+//!   (the oldest go first, counted); with several relays the others still carry them.
+//! - **No doubles.** Incoming frames pass a per-origin high-water mark on
+//!   `(incarnation, seq)`, shared by every link, so linking to two relays (each delivering
+//!   the same frame) hands each frame to the adapter once.
+//! - **Membership.** The latest `Members` per namespace is kept for `server_count`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use switchyard_common::backoff::Backoff;
+use switchyard_proto::relay::v1::{
+    Frame, FrameKind, Hello, LinkMessage, Members, link_message::Kind, relay_client::RelayClient,
+};
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
+
+/// Frames kept for resending per link while it is down, beyond which the oldest are dropped.
+pub const MAX_BACKLOG: usize = 65_536;
+
+/// Largest payload sent to a relay: the relay's default `--max-frame-bytes` (4 MiB) less room
+/// for the frame's own fields. A larger one is refused here rather than cut the link.
+pub const MAX_PAYLOAD_BYTES: usize = 4 * 1024 * 1024 - 4096;
+
+/// How long connecting and the `Welcome` may take before the attempt counts as failed.
+const LINK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the link needs to speak for this gateway.
+#[derive(Debug, Clone)]
+pub struct LinkConfig {
+    /// gRPC URLs of the relays to link to (one stream each).
+    pub urls: Vec<String>,
+    pub node_id: String,
+    pub namespaces: Vec<String>,
+    /// Process start time in Unix ms ([`incarnation_now`]).
+    pub incarnation: u64,
+}
+
+/// The process start time in Unix milliseconds, the `incarnation` every link announces.
+pub fn incarnation_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(1)
+}
+
+/// A frame the relay forwarded to this gateway (already deduplicated).
+pub type Incoming = Frame;
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_seq: u64,
+    /// One queue per link task.
+    outboxes: Vec<mpsc::UnboundedSender<Frame>>,
+    /// Per namespace: where the adapter of that namespace takes its frames.
+    subscribers: HashMap<String, mpsc::UnboundedSender<Incoming>>,
+    /// Per namespace: the latest membership.
+    members: HashMap<String, Vec<String>>,
+    /// Per origin: the highest `(incarnation, seq)` handed over.
+    marks: HashMap<String, (u64, u64)>,
+}
+
+/// Handle to the links; cheap to clone. Tasks stop when every handle is dropped.
+#[derive(Debug, Clone)]
+pub struct RelayLink {
+    inner: Arc<Mutex<Inner>>,
+    node_id: Arc<str>,
+}
+
+/// Why a frame could not be queued.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LinkError {
+    #[error("no relay link is configured")]
+    NoLinks,
+    #[error("the relay link state is poisoned")]
+    Poisoned,
+    #[error("every relay link task has stopped")]
+    Stopped,
+    #[error("frame of {0} bytes exceeds the relay frame limit")]
+    TooLarge(usize),
+}
+
+impl RelayLink {
+    /// Starts one link task per URL. Must be called inside a tokio runtime.
+    pub fn spawn(cfg: LinkConfig) -> RelayLink {
+        describe_metrics();
+        let inner = Arc::new(Mutex::new(Inner::default()));
+        let mut outboxes = Vec::new();
+        for url in &cfg.urls {
+            let (tx, rx) = mpsc::unbounded_channel();
+            outboxes.push(tx);
+            tokio::spawn(run_link(
+                url.clone(),
+                cfg.clone(),
+                rx,
+                Arc::downgrade(&inner),
+            ));
+        }
+        if let Ok(mut g) = inner.lock() {
+            g.outboxes = outboxes;
+        }
+        RelayLink {
+            inner,
+            node_id: cfg.node_id.into(),
+        }
+    }
+
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Queues a frame on every link, numbered in call order.
+    pub fn send(
+        &self,
+        namespace: &str,
+        kind: FrameKind,
+        target: &str,
+        payload: Bytes,
+    ) -> Result<u64, LinkError> {
+        if payload.len() > MAX_PAYLOAD_BYTES {
+            metrics::counter!("switchyard_gateway_relay_frames_oversized_total").increment(1);
+            return Err(LinkError::TooLarge(payload.len()));
+        }
+        let mut g = self.inner.lock().map_err(|_| LinkError::Poisoned)?;
+        if g.outboxes.is_empty() {
+            return Err(LinkError::NoLinks);
+        }
+        g.next_seq += 1;
+        let frame = Frame {
+            namespace: namespace.to_owned(),
+            seq: g.next_seq,
+            payload,
+            target: target.to_owned(),
+            kind: kind as i32,
+            ..Default::default()
+        };
+        let mut queued = false;
+        for out in &g.outboxes {
+            queued |= out.send(frame.clone()).is_ok();
+        }
+        if !queued {
+            return Err(LinkError::Stopped);
+        }
+        metrics::counter!("switchyard_gateway_relay_frames_sent_total").increment(1);
+        Ok(frame.seq)
+    }
+
+    /// Takes the frames of `namespace` from now on (replacing an earlier subscriber).
+    pub fn subscribe(&self, namespace: &str) -> mpsc::UnboundedReceiver<Incoming> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Ok(mut g) = self.inner.lock() {
+            g.subscribers.insert(namespace.to_owned(), tx);
+        }
+        rx
+    }
+
+    /// Stops handing frames of `namespace` to the adapter.
+    pub fn unsubscribe(&self, namespace: &str) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.subscribers.remove(namespace);
+        }
+    }
+
+    /// Gateways linked for `namespace` (this one included), per the latest `Members`; at
+    /// least 1 (this gateway) before any membership arrived.
+    pub fn server_count(&self, namespace: &str) -> u16 {
+        self.inner
+            .lock()
+            .ok()
+            .and_then(|g| g.members.get(namespace).map(Vec::len))
+            .map(|n| u16::try_from(n.max(1)).unwrap_or(u16::MAX))
+            .unwrap_or(1)
+    }
+}
+
+/// Applies one incoming message to the shared state: dedupe and route frames, store members.
+fn deliver(inner: &Mutex<Inner>, msg: Kind) {
+    let Ok(mut g) = inner.lock() else { return };
+    match msg {
+        Kind::Frame(frame) => {
+            let mark = g.marks.entry(frame.origin.clone()).or_insert((0, 0));
+            if (frame.incarnation, frame.seq) <= *mark {
+                metrics::counter!("switchyard_gateway_relay_frames_duplicate_total").increment(1);
+                return;
+            }
+            *mark = (frame.incarnation, frame.seq);
+            metrics::counter!("switchyard_gateway_relay_frames_received_total").increment(1);
+            match g.subscribers.get(&frame.namespace) {
+                Some(tx) => {
+                    let _ = tx.send(frame);
+                }
+                None => {
+                    tracing::debug!(namespace = %frame.namespace, "relay frame for a namespace without adapter")
+                }
+            }
+        }
+        Kind::Members(Members {
+            namespace,
+            node_ids,
+        }) => {
+            tracing::debug!(%namespace, servers = node_ids.len(), "relay membership");
+            metrics::gauge!("switchyard_gateway_relay_members", "namespace" => namespace.clone())
+                .set(node_ids.len() as f64);
+            g.members.insert(namespace, node_ids);
+        }
+        Kind::Ack(_) | Kind::Welcome(_) | Kind::Hello(_) => {}
+    }
+}
+
+/// Keeps one link to `url` up for as long as the [`RelayLink`] lives.
+async fn run_link(
+    url: String,
+    cfg: LinkConfig,
+    mut outbox: mpsc::UnboundedReceiver<Frame>,
+    inner: std::sync::Weak<Mutex<Inner>>,
+) {
+    let mut backoff = Backoff::default();
+    let mut unacked: VecDeque<Frame> = VecDeque::new();
+    loop {
+        if inner.strong_count() == 0 {
+            return;
+        }
+        let span = tracing::info_span!("relay_link", relay = %url, node_id = %cfg.node_id);
+        let outcome = link_once(&url, &cfg, &mut outbox, &mut unacked, &inner, &mut backoff)
+            .instrument(span)
+            .await;
+        metrics::gauge!("switchyard_gateway_relay_link_up", "relay" => url.clone()).set(0.0);
+        match outcome {
+            LinkEnd::Closed => return,
+            LinkEnd::Failed(reason) => {
+                metrics::counter!("switchyard_gateway_relay_link_errors_total").increment(1);
+                tracing::warn!(relay = %url, %reason, backlog = unacked.len(), "relay link down; relinking");
+            }
+        }
+        // Keep taking frames while down so they are resent in order after the relink.
+        let delay = backoff.next_delay();
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => break,
+                f = outbox.recv() => match f {
+                    Some(f) => push_backlog(&mut unacked, f),
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
+fn drop_largest(unacked: &mut VecDeque<Frame>) {
+    let largest = unacked
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, f)| f.payload.len())
+        .map(|(i, _)| i);
+    if let Some(f) = largest.and_then(|i| unacked.remove(i)) {
+        tracing::error!(
+            seq = f.seq,
+            bytes = f.payload.len(),
+            "relay refused an oversized frame; dropped"
+        );
+        metrics::counter!("switchyard_gateway_relay_frames_oversized_total").increment(1);
+    }
+}
+
+fn push_backlog(unacked: &mut VecDeque<Frame>, f: Frame) {
+    unacked.push_back(f);
+    while unacked.len() > MAX_BACKLOG {
+        unacked.pop_front();
+        metrics::counter!("switchyard_gateway_relay_backlog_dropped_total").increment(1);
+    }
+}
+
+enum LinkEnd {
+    /// The [`RelayLink`] was dropped.
+    Closed,
+    Failed(String),
+}
+
+async fn link_once(
+    url: &str,
+    cfg: &LinkConfig,
+    outbox: &mut mpsc::UnboundedReceiver<Frame>,
+    unacked: &mut VecDeque<Frame>,
+    inner: &std::sync::Weak<Mutex<Inner>>,
+    backoff: &mut Backoff,
+) -> LinkEnd {
+    let connect = async {
+        let mut client = RelayClient::connect(url.to_owned())
+            .await
+            .map_err(|e| format!("connect: {e}"))?
+            .max_decoding_message_size(64 * 1024 * 1024)
+            .max_encoding_message_size(64 * 1024 * 1024);
+        let (tx, rx) = mpsc::channel::<LinkMessage>(1024);
+        tx.send(LinkMessage {
+            kind: Some(Kind::Hello(Hello {
+                node_id: cfg.node_id.clone(),
+                namespaces: cfg.namespaces.clone(),
+                incarnation: cfg.incarnation,
+            })),
+        })
+        .await
+        .map_err(|_| "hello not sent".to_owned())?;
+        let mut inbound = client
+            .link(ReceiverStream::new(rx))
+            .await
+            .map_err(|s| format!("link: {s}"))?
+            .into_inner();
+        let welcome = match inbound.next().await {
+            Some(Ok(LinkMessage {
+                kind: Some(Kind::Welcome(w)),
+            })) => w,
+            Some(Ok(_)) => return Err("first message was not Welcome".to_owned()),
+            Some(Err(s)) => return Err(format!("welcome: {s}")),
+            None => return Err("stream ended before Welcome".to_owned()),
+        };
+        Ok::<_, String>((tx, inbound, welcome))
+    };
+    let (tx, mut inbound, welcome) = match tokio::time::timeout(LINK_TIMEOUT, connect).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(e)) => return LinkEnd::Failed(e),
+        Err(_) => return LinkEnd::Failed("timed out linking".to_owned()),
+    };
+    tracing::info!(relay = %url, relay_id = %welcome.relay_id, accepted_seq = welcome.accepted_seq, resend = unacked.iter().filter(|f| f.seq > welcome.accepted_seq).count(), "relay link up");
+    metrics::gauge!("switchyard_gateway_relay_link_up", "relay" => url.to_owned()).set(1.0);
+    backoff.reset();
+    unacked.retain(|f| f.seq > welcome.accepted_seq);
+    for f in unacked.iter() {
+        let msg = LinkMessage {
+            kind: Some(Kind::Frame(f.clone())),
+        };
+        if tx.send(msg).await.is_err() {
+            return LinkEnd::Failed("stream closed while resending".to_owned());
+        }
+        metrics::counter!("switchyard_gateway_relay_frames_resent_total").increment(1);
+    }
+    loop {
+        tokio::select! {
+            f = outbox.recv() => {
+                let Some(f) = f else { return LinkEnd::Closed };
+                push_backlog(unacked, f.clone());
+                if tx.send(LinkMessage { kind: Some(Kind::Frame(f)) }).await.is_err() {
+                    return LinkEnd::Failed("stream closed".to_owned());
+                }
+            }
+            m = inbound.next() => match m {
+                Some(Ok(LinkMessage { kind: Some(Kind::Ack(a)) })) => {
+                    while unacked.front().is_some_and(|f| f.seq <= a.seq) {
+                        unacked.pop_front();
+                    }
+                }
+                Some(Ok(LinkMessage { kind: Some(k) })) => {
+                    let Some(inner) = inner.upgrade() else { return LinkEnd::Closed };
+                    deliver(&inner, k);
+                }
+                Some(Ok(LinkMessage { kind: None })) => {}
+                Some(Err(s)) => {
+                    if s.code() == tonic::Code::OutOfRange {
+                        // The relay (with a lower --max-frame-bytes than ours) refused a frame
+                        // as too large: drop the largest unacknowledged one, the culprit, rather
+                        // than resend it forever.
+                        drop_largest(unacked);
+                    }
+                    return LinkEnd::Failed(format!("{}: {}", s.code(), s.message()));
+                }
+                None => return LinkEnd::Failed("relay ended the stream".to_owned()),
+            }
+        }
+    }
+}
+
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_gauge!(
+        "switchyard_gateway_relay_link_up",
+        "1 while the link to a relay is up."
+    );
+    describe_gauge!(
+        "switchyard_gateway_relay_members",
+        "Gateways linked for a namespace."
+    );
+    describe_counter!(
+        "switchyard_gateway_relay_frames_sent_total",
+        "Frames queued to the relay."
+    );
+    describe_counter!(
+        "switchyard_gateway_relay_frames_received_total",
+        "Frames from the relay handed to the adapter."
+    );
+    describe_counter!(
+        "switchyard_gateway_relay_frames_duplicate_total",
+        "Frames from the relay dropped as duplicates."
+    );
+    describe_counter!(
+        "switchyard_gateway_relay_frames_resent_total",
+        "Frames resent after a relink."
+    );
+    describe_counter!(
+        "switchyard_gateway_relay_link_errors_total",
+        "Relay links lost."
+    );
+    describe_counter!(
+        "switchyard_gateway_relay_backlog_dropped_total",
+        "Unacknowledged frames dropped because a link's backlog was full."
+    );
+    describe_counter!(
+        "switchyard_gateway_relay_frames_oversized_total",
+        "Frames the relay refused as too large."
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(origin: &str, inc: u64, seq: u64) -> Kind {
+        Kind::Frame(Frame {
+            namespace: "/".into(),
+            origin: origin.into(),
+            incarnation: inc,
+            seq,
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn incoming_frames_are_deduplicated_per_origin() {
+        let inner = Mutex::new(Inner::default());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        if let Ok(mut g) = inner.lock() {
+            g.subscribers.insert("/".into(), tx);
+        }
+        for (o, i, s) in [
+            ("a", 1, 1),
+            ("a", 1, 1),
+            ("b", 5, 1),
+            ("a", 1, 3),
+            ("a", 1, 2),
+            ("a", 2, 1),
+            ("a", 1, 9),
+        ] {
+            deliver(&inner, frame(o, i, s));
+        }
+        let mut got = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            got.push((f.origin, f.incarnation, f.seq));
+        }
+        assert_eq!(
+            got,
+            [
+                ("a".into(), 1, 1),
+                ("b".into(), 5, 1),
+                ("a".into(), 1, 3),
+                ("a".into(), 2, 1)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_largest_frame_is_dropped_on_out_of_range() {
+        let mut q: VecDeque<Frame> = [1usize, 50, 3]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Frame {
+                seq: i as u64 + 1,
+                payload: Bytes::from(vec![0; *n]),
+                ..Default::default()
+            })
+            .collect();
+        drop_largest(&mut q);
+        assert_eq!(q.iter().map(|f| f.seq).collect::<Vec<_>>(), [1, 3]);
+    }
+
+    #[test]
+    fn backlog_is_capped() {
+        let mut q = VecDeque::new();
+        for seq in 1..=(MAX_BACKLOG as u64 + 2) {
+            push_backlog(
+                &mut q,
+                Frame {
+                    seq,
+                    ..Default::default()
+                },
+            );
+        }
+        assert_eq!(q.len(), MAX_BACKLOG);
+        assert_eq!(q.front().map(|f| f.seq), Some(3));
+    }
+}
