@@ -2,6 +2,7 @@
 //!
 //! - [`telemetry`]: tracing (JSON or text logs, OTLP export when an endpoint is set) and the
 //!   Prometheus recorder.
+//! - [`trace_context`]: W3C trace context in gRPC metadata, HTTP headers and relay frames.
 //! - [`ops`]: the HTTP endpoints every service exposes (`/healthz`, `/readyz`, `/metrics`).
 //! - [`grpc`]: gRPC health and reflection (v1 and v1alpha), and the bearer check for admin calls.
 //! - [`shutdown`]: one signal future so every service reacts to SIGTERM and Ctrl-C alike.
@@ -14,3 +15,4 @@ pub mod grpc;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
+pub mod trace_context;

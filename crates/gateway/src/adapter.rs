@@ -51,6 +51,7 @@ use tokio::sync::mpsc;
 
 use crate::link::{Incoming, LinkError, RelayLink};
 use crate::payload::Payload;
+use crate::resume::{History, Stamped};
 
 /// Extra time a request waits beyond the ack timeout, for the answers of remote gateways
 /// (which apply the same timeout to their clients) to travel back.
@@ -63,11 +64,25 @@ const RESPONSE_BUFFER: usize = 4096;
 #[derive(Debug, Clone)]
 pub struct ClusterState {
     link: RelayLink,
+    history: Option<Arc<History>>,
 }
 
 impl ClusterState {
     pub fn new(link: RelayLink) -> Self {
-        Self { link }
+        Self {
+            link,
+            history: None,
+        }
+    }
+
+    /// With the history client whose gates stamped events pass (see [`crate::resume`]).
+    pub fn with_history(mut self, history: Arc<History>) -> Self {
+        self.history = Some(history);
+        self
+    }
+
+    pub fn history(&self) -> Option<&Arc<History>> {
+        self.history.as_ref()
     }
 }
 
@@ -90,6 +105,7 @@ impl From<ClusterError> for AdapterError {
 pub struct ClusterAdapter<E> {
     local: CoreLocalAdapter<E>,
     link: RelayLink,
+    history: Option<Arc<History>>,
     ns: String,
     /// Pending requests of this node, by request id: where their responses go.
     handlers: Arc<Mutex<ResponseHandlers<Bytes>>>,
@@ -172,7 +188,10 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
     /// Handles one frame the relay forwarded.
     fn on_frame(self: &Arc<Self>, frame: Incoming) {
         if let Some(ev) = frame.event {
-            self.emit_backend(ev);
+            match frame.position {
+                Some(position) => self.emit_stamped(ev, position.epoch, position.offset),
+                None => self.emit_backend(ev),
+            }
             return;
         }
         match FrameKind::try_from(frame.kind) {
@@ -216,6 +235,57 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
         }
     }
 
+    /// Emits a stamped room event (from the relay's `Stamp`) as `event(data, {room, epoch,
+    /// offset})` to each local member of its room that its gate lets through.
+    fn emit_stamped(&self, ev: BackendEvent, epoch: String, offset: u64) {
+        let Some(room) = ev.rooms.first().cloned() else {
+            return;
+        };
+        let Some(data) = decode_data(&ev) else {
+            return;
+        };
+        let stamped = Stamped {
+            room,
+            event: ev.event,
+            data,
+            epoch,
+            offset,
+        };
+        let value = match self
+            .local
+            .parser()
+            .encode_value(&(&stamped.data, stamped.meta()), Some(&stamped.event))
+        {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(event = %stamped.event, error = %e, "stamped event not encodable");
+                return;
+            }
+        };
+        let packet = Packet::event(self.local.path().clone(), value);
+        let mut opts = BroadcastOptions::default();
+        opts.rooms.push(Cow::Owned(stamped.room.clone()));
+        metrics::counter!("switchyard_gateway_history_events_total").increment(1);
+        let Some(history) = &self.history else {
+            let _ = self.local.broadcast(packet, opts);
+            return;
+        };
+        for sid in self.local.sockets(opts) {
+            history.admit(&self.ns, sid, &stamped, || {
+                let mut one = BroadcastOptions::default();
+                one.sid = Some(sid);
+                if let Err(e) = self.local.broadcast(packet.clone(), one) {
+                    tracing::debug!(%sid, errors = e.len(), "stamped event: socket unreachable");
+                }
+            });
+        }
+        history.tick(&self.ns, || {
+            let mut all = BroadcastOptions::default();
+            all.add_flag(socketioxide_core::adapter::BroadcastFlags::Broadcast);
+            self.local.sockets(all).into_iter().collect()
+        });
+    }
+
     /// Emits a backend event (from the relay's `Publish`) to the local sockets.
     fn emit_backend(&self, ev: BackendEvent) {
         let data: Result<Payload, String> = match ev.data {
@@ -249,6 +319,23 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
         metrics::counter!("switchyard_gateway_backend_events_total").increment(1);
         if let Err(e) = self.local.broadcast(packet, opts) {
             tracing::debug!(event = %ev.event, errors = e.len(), "backend event: some sockets unreachable");
+        }
+    }
+}
+
+/// The data of a backend or stamped event, decoded; `None` (logged, counted) if undecodable.
+fn decode_data(ev: &BackendEvent) -> Option<Payload> {
+    let data: Result<Payload, String> = match &ev.data {
+        Some(backend_event::Data::Json(s)) => serde_json::from_str(s).map_err(|e| e.to_string()),
+        Some(backend_event::Data::Msgpack(b)) => rmp_serde::from_slice(b).map_err(|e| e.to_string()),
+        None => Ok(Payload::Null),
+    };
+    match data {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!(event = %ev.event, error = %e, "undecodable event data");
+            metrics::counter!("switchyard_gateway_adapter_bad_frames_total").increment(1);
+            None
         }
     }
 }
@@ -327,6 +414,7 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
         Self {
             local,
             link: state.link.clone(),
+            history: state.history.clone(),
             ns,
             handlers: Arc::new(Mutex::new(HashMap::new())),
             peers: Mutex::new(HashMap::new()),

@@ -1,18 +1,34 @@
 //! The built-in client events, registered on every socket Switchyard admits.
 //!
-//! - `join(room)` → ack `{ok: true, epoch: null, offset: null, retained: null}`. Joining a room
-//!   the socket is already in is a success. (Positions and retained state arrive with the relay.)
+//! With a relay (history on; see [`crate::resume`] for the guarantees):
+//!
+//! - `join(room)` → ack `{ok: true, epoch, offset, retained}`: `offset` is the namespace's
+//!   head taken right after the socket joined; the client then receives every event of the
+//!   room with a higher offset and none at or below it. `retained` is the room's latest
+//!   `retain: true` event `{event, data, offset}` (or null).
+//! - `publish({room, event, data, retain?})` → ack `{ok: true, offset}`. Every member of `room`
+//!   on every gateway (the publisher too when it is one) receives `event` with two arguments,
+//!   `(data, {room, epoch, offset})`, in offset order.
+//! - `resume({epoch, offset, rooms})` → ack `{recovered, replayed, epoch, offset}`: joins the
+//!   rooms; when the history still holds everything after `(epoch, offset)`, replays the
+//!   missed events of those rooms in order, then live ones, none twice (`recovered: true`);
+//!   otherwise replays nothing (`recovered: false`: re-sync, e.g. `join` again for the state).
+//!   Relay unreachable: `{ok: false, error: "unavailable"}`.
+//!
+//! Without a relay (a single gateway): `join` acks `{ok, epoch: null, offset: null, retained:
+//! null}`, `publish` `{ok, offset: null}` and delivers `(data, {room})`; `resume` only joins
+//! and answers `{recovered: false, replayed: 0}`.
+//!
 //! - `leave(room)` → ack `{ok: true}`, also when the socket was not in the room.
-//! - `publish({room, event, data, retain?})` → ack `{ok: true, offset: null}`. Every member of
-//!   `room` receives `event` with two arguments, `(data, {room})`; the publisher too when it is a
-//!   member; a publisher need not be one. `data` may contain binary (a `Buffer`/`ArrayBuffer`,
-//!   nested anywhere): it reaches subscribers as binary, byte for byte.
+//! - `data` may contain binary (a `Buffer`/`ArrayBuffer`, nested anywhere): it reaches
+//!   subscribers as binary, byte for byte.
 //!
 //! Refusals are acks `{ok: false, error}`, never silence:
 //! `bad_request` (not a string room, empty or longer than [`MAX_ROOM_LEN`] bytes, malformed
 //! publish, empty or reserved event name), `forbidden` (the room is outside the client's grant,
 //! see [`crate::rooms`]), `too_many_rooms` (`--max-rooms-per-socket` reached),
-//! `payload_too_large` (`data` larger than `--max-payload-bytes`).
+//! `payload_too_large` (`data` larger than `--max-payload-bytes`), `unavailable` (the relay's
+//! history cannot be reached).
 //!
 //! Transport limits sit a little above `--max-payload-bytes` (see
 //! [`crate::Switchyard::configure`]): a packet beyond them is not answered with an ack; the
@@ -34,13 +50,16 @@ use socketioxide::{
 
 use crate::admission::Admitted;
 use crate::payload::Payload;
+use crate::resume::{History, Stamped};
 use crate::rooms::MAX_ROOM_LEN;
 
-/// Limits the built-in events enforce.
-#[derive(Debug, Clone)]
+/// Limits the built-in events enforce, and the history client when a relay is configured.
+#[derive(Debug)]
 pub struct EventLimits {
     pub max_rooms_per_socket: usize,
     pub max_payload_bytes: usize,
+    /// Set once the cluster state exists (see [`crate::Switchyard::cluster_state`]).
+    pub history: std::sync::OnceLock<Arc<History>>,
 }
 
 /// Why a built-in event was refused; serialized as the ack's `error`.
@@ -54,6 +73,8 @@ pub enum EventError {
     TooManyRooms,
     #[error("payload_too_large")]
     PayloadTooLarge,
+    #[error("unavailable")]
+    Unavailable,
 }
 
 impl EventError {
@@ -63,6 +84,7 @@ impl EventError {
             EventError::Forbidden => "forbidden",
             EventError::TooManyRooms => "too_many_rooms",
             EventError::PayloadTooLarge => "payload_too_large",
+            EventError::Unavailable => "unavailable",
         }
     }
 }
@@ -84,6 +106,17 @@ pub struct PublishRequest {
     pub retain: Option<bool>,
 }
 
+/// The argument of `resume`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ResumeRequest {
+    #[serde(default)]
+    pub epoch: Option<String>,
+    #[serde(default)]
+    pub offset: Option<u64>,
+    #[serde(default)]
+    pub rooms: Vec<String>,
+}
+
 const RESERVED_EVENTS: &[&str] = &[
     "connect",
     "connect_error",
@@ -102,6 +135,29 @@ pub(crate) fn register<A: Adapter>(s: &SocketRef<A>, limits: Arc<EventLimits>) {
         move |s: SocketRef<A>, TryData(room): TryData<Payload>, ack: AckSender<A>| {
             let limits = l.clone();
             async move {
+                if let Some(history) = limits.history.get().cloned() {
+                    let result = join_with_history(&s, &limits, &history, room.ok()).await;
+                    count("join", result.as_ref().map(|_| ()).map_err(|e| *e));
+                    match result {
+                        Ok((room, head)) => {
+                            let position = head.position.unwrap_or_default();
+                            let retained = head.retained.map(|r| {
+                                let data: Payload =
+                                    rmp_serde::from_slice(&r.msgpack).unwrap_or_default();
+                                json!({"event": r.event, "data": data, "offset": r.offset})
+                            });
+                            let _ = ack.send(&json!({"ok": true, "epoch": position.epoch,
+                                                      "offset": position.offset, "retained": retained}));
+                            let rooms = [room];
+                            history.open(s.ns(), s.id, &rooms, (&position.epoch, position.offset),
+                                         || {}, |ev| emit_stamped(&s, ev));
+                        }
+                        Err(e) => {
+                            let _ = ack.send(&json!({"ok": false, "error": e.code()}));
+                        }
+                    }
+                    return;
+                }
                 let result = join(&s, &limits, room.ok());
                 count("join", result);
                 let _ = match result {
@@ -113,12 +169,18 @@ pub(crate) fn register<A: Adapter>(s: &SocketRef<A>, limits: Arc<EventLimits>) {
             }
         },
     );
+    let limits_leave = limits.clone();
     s.on(
         "leave",
-        |s: SocketRef<A>, TryData(room): TryData<Payload>, ack: AckSender<A>| async move {
+        move |s: SocketRef<A>, TryData(room): TryData<Payload>, ack: AckSender<A>| {
+            let limits_leave = limits_leave.clone();
+            async move {
             let result = match room.ok().as_ref().and_then(valid_room) {
                 Some(room) => {
                     s.leave(room.to_owned());
+                    if let Some(history) = limits_leave.history.get() {
+                        history.forget(s.ns(), s.id, room);
+                    }
                     Ok(())
                 }
                 None => Err(EventError::BadRequest),
@@ -128,6 +190,22 @@ pub(crate) fn register<A: Adapter>(s: &SocketRef<A>, limits: Arc<EventLimits>) {
                 Ok(()) => ack.send(&json!({"ok": true})),
                 Err(e) => ack.send(&json!({"ok": false, "error": e.code()})),
             };
+            }
+        },
+    );
+    let limits_resume = limits.clone();
+    s.on(
+        "resume",
+        move |s: SocketRef<A>, TryData(req): TryData<ResumeRequest>, ack: AckSender<A>| {
+            let limits = limits_resume.clone();
+            async move {
+                let reply = resume(&s, &limits, req.ok()).await;
+                count("resume", reply.as_ref().map(|_| ()).map_err(|e| *e));
+                let _ = match reply {
+                    Ok(v) => ack.send(&v),
+                    Err(e) => ack.send(&json!({"ok": false, "error": e.code()})),
+                };
+            }
         },
     );
     s.on(
@@ -135,6 +213,24 @@ pub(crate) fn register<A: Adapter>(s: &SocketRef<A>, limits: Arc<EventLimits>) {
         move |s: SocketRef<A>, TryData(req): TryData<PublishRequest>, ack: AckSender<A>| {
             let limits = limits.clone();
             async move {
+                if let Some(history) = limits.history.get() {
+                    let result = match check_publish(&s, &limits, req.ok()) {
+                        Ok(req) => history
+                            .stamp(s.ns(), &req.room, &req.event, &req.data, req.retain == Some(true))
+                            .await
+                            .map_err(|e| {
+                                tracing::warn!(room = %req.room, error = %e, "publish: history unavailable");
+                                EventError::Unavailable
+                            }),
+                        Err(e) => Err(e),
+                    };
+                    count("publish", result.map(|_| ()));
+                    let _ = match result {
+                        Ok(offset) => ack.send(&json!({"ok": true, "offset": offset})),
+                        Err(e) => ack.send(&json!({"ok": false, "error": e.code()})),
+                    };
+                    return;
+                }
                 let result = match check_publish(&s, &limits, req.ok()) {
                     Ok(req) => {
                         metrics::histogram!("switchyard_gateway_publish_payload_bytes")
@@ -204,6 +300,142 @@ fn join<A: Adapter>(
     }
     s.join(room.to_owned());
     Ok(())
+}
+
+/// Emits one stamped event to one socket as `event(data, {room, epoch, offset})`.
+fn emit_stamped<A: Adapter>(s: &SocketRef<A>, ev: &Stamped) {
+    if let Err(e) = s.emit(&ev.event, &(&ev.data, ev.meta())) {
+        tracing::debug!(sid = %s.id, error = %e, "stamped event not delivered");
+    }
+}
+
+/// Checks a room for `join`/`resume` (valid, granted, within the per-socket room limit).
+fn check_room<A: Adapter>(
+    s: &SocketRef<A>,
+    limits: &EventLimits,
+    room: &str,
+    extra: usize,
+) -> Result<(), EventError> {
+    if room.is_empty() || room.len() > MAX_ROOM_LEN {
+        return Err(EventError::BadRequest);
+    }
+    if !grant_allows(s, room) {
+        return Err(EventError::Forbidden);
+    }
+    let rooms = s.rooms();
+    if !rooms.iter().any(|r| r == room) && rooms.len() + extra >= limits.max_rooms_per_socket {
+        return Err(EventError::TooManyRooms);
+    }
+    Ok(())
+}
+
+/// `join` with history: gate pending, join locally, then read the head (see crate::resume).
+async fn join_with_history<A: Adapter>(
+    s: &SocketRef<A>,
+    limits: &EventLimits,
+    history: &History,
+    room: Option<Payload>,
+) -> Result<(String, switchyard_proto::relay::v1::HeadResponse), EventError> {
+    let room = room
+        .as_ref()
+        .and_then(valid_room)
+        .ok_or(EventError::BadRequest)?
+        .to_owned();
+    check_room(s, limits, &room, 0)?;
+    history.hold(s.ns(), s.id, std::slice::from_ref(&room));
+    s.join(room.clone());
+    match history.head(s.ns(), &room).await {
+        Ok(head) => Ok((room, head)),
+        Err(e) => {
+            tracing::warn!(%room, error = %e, "join: history unavailable");
+            s.leave(room.clone());
+            history.forget(s.ns(), s.id, &room);
+            Err(EventError::Unavailable)
+        }
+    }
+}
+
+/// `resume`: join the rooms, replay what was missed or say it cannot (see crate::resume).
+async fn resume<A: Adapter>(
+    s: &SocketRef<A>,
+    limits: &EventLimits,
+    req: Option<ResumeRequest>,
+) -> Result<serde_json::Value, EventError> {
+    let req = req.ok_or(EventError::BadRequest)?;
+    let mut rooms = req.rooms;
+    rooms.sort();
+    rooms.dedup();
+    let new_rooms = {
+        let current = s.rooms();
+        rooms.iter().filter(|r| !current.iter().any(|c| c == *r)).count()
+    };
+    for room in &rooms {
+        check_room(s, limits, room, new_rooms.saturating_sub(1))?;
+    }
+    let Some(history) = limits.history.get() else {
+        for room in &rooms {
+            s.join(room.clone());
+        }
+        return Ok(json!({"ok": true, "recovered": false, "replayed": 0, "epoch": null, "offset": null}));
+    };
+    history.hold(s.ns(), s.id, &rooms);
+    for room in &rooms {
+        s.join(room.clone());
+    }
+    let epoch = req.epoch.unwrap_or_default();
+    let replay = match req.offset {
+        Some(offset) if !epoch.is_empty() => history.replay(s.ns(), &rooms, &epoch, offset).await,
+        // Nothing to resume from: just read the head.
+        _ => history.replay(s.ns(), &rooms, "", 0).await,
+    };
+    let replay = match replay {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "resume: history unavailable");
+            for room in &rooms {
+                s.leave(room.clone());
+                history.forget(s.ns(), s.id, room);
+            }
+            return Err(EventError::Unavailable);
+        }
+    };
+    let head = replay.head.unwrap_or_default();
+    let recovered = replay.recovered;
+    let mut replayed = 0u64;
+    let events: Vec<Stamped> = if recovered {
+        replay
+            .events
+            .into_iter()
+            .map(|e| Stamped {
+                room: e.room,
+                event: e.event,
+                data: rmp_serde::from_slice(&e.msgpack).unwrap_or_default(),
+                epoch: head.epoch.clone(),
+                offset: e.offset,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    history.open(
+        s.ns(),
+        s.id,
+        &rooms,
+        (&head.epoch, head.offset),
+        || {
+            for ev in &events {
+                emit_stamped(s, ev);
+                replayed += 1;
+            }
+        },
+        |ev| emit_stamped(s, ev),
+    );
+    metrics::counter!("switchyard_gateway_resumes_total",
+                      "outcome" => if recovered { "recovered" } else { "lost" })
+    .increment(1);
+    tracing::debug!(sid = %s.id, recovered, replayed, head = head.offset, "resume");
+    Ok(json!({"ok": true, "recovered": recovered, "replayed": replayed,
+              "epoch": head.epoch, "offset": head.offset}))
 }
 
 fn check_publish<A: Adapter>(

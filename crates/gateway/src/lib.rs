@@ -32,7 +32,8 @@
 //!
 //! - **admission** ([`admission`]): `auth.token` checked on CONNECT, refusals as `connect_error`
 //!   with the reason as the error message;
-//! - **the built-in events** ([`events`]): `join`, `leave`, `publish`;
+//! - **the built-in events** ([`events`]): `join`, `leave`, `publish`, `resume` (with a relay,
+//!   room events carry `{room, epoch, offset}` from the relay's history: [`resume`]);
 //! - **load** ([`load`]): exact connection counting with a hard cap, consumed reservations;
 //! - **the reporter** ([`report_stream`], started by [`Switchyard::start`]): registration and
 //!   load reports to placement, directives back;
@@ -47,7 +48,8 @@
 //!
 //! Module map: [`config`] (flags) → [`server`] (listener, READY line, shutdown) → [`handler`]
 //! (the connect-handler wrapper) → [`admission`], [`events`], [`rooms`], [`load`], [`drain`],
-//! [`report_stream`], [`payload`]; [`adapter`] (the cluster adapter) → [`link`] (relay streams).
+//! [`report_stream`], [`payload`]; [`adapter`] (the cluster adapter) → [`link`] (relay streams), [`resume`] (history
+//! client and per-socket gates).
 
 pub mod adapter;
 pub mod admission;
@@ -59,6 +61,7 @@ pub mod link;
 pub mod load;
 pub mod payload;
 pub mod report_stream;
+pub mod resume;
 pub mod rooms;
 pub mod server;
 
@@ -223,6 +226,7 @@ impl Switchyard {
         let limits = Arc::new(EventLimits {
             max_rooms_per_socket: settings.max_rooms_per_socket,
             max_payload_bytes: usize::try_from(settings.max_payload_bytes).unwrap_or(usize::MAX),
+            history: std::sync::OnceLock::new(),
         });
         Ok(Self {
             shared: Arc::new(Shared {
@@ -285,7 +289,19 @@ impl Switchyard {
                     namespaces: s.namespaces.clone(),
                     incarnation: incarnation_now(),
                 });
-                Some(ClusterState::new(link))
+                let state = ClusterState::new(link);
+                // History calls go to the first relay (any replica answers the same).
+                match crate::resume::History::new(s.relay_urls.first().map_or("", String::as_str)) {
+                    Ok(history) => {
+                        let history = Arc::new(history);
+                        let _ = self.shared.limits.history.set(Arc::clone(&history));
+                        Some(state.with_history(history))
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "relay url unusable for history; publishes stay local-order only");
+                        Some(state)
+                    }
+                }
             })
             .clone())
     }

@@ -193,6 +193,14 @@ fn deliver(inner: &Mutex<Inner>, msg: Kind) {
     let Ok(mut g) = inner.lock() else { return };
     match msg {
         Kind::Frame(frame) => {
+            // Stamped history frames are deduplicated per socket by offset (crate::resume).
+            if frame.position.is_some() {
+                metrics::counter!("switchyard_gateway_relay_frames_received_total").increment(1);
+                if let Some(tx) = g.subscribers.get(&frame.namespace) {
+                    let _ = tx.send(frame);
+                }
+                return;
+            }
             let mark = g.marks.entry(frame.origin.clone()).or_insert((0, 0));
             if (frame.incarnation, frame.seq) <= *mark {
                 metrics::counter!("switchyard_gateway_relay_frames_duplicate_total").increment(1);

@@ -16,7 +16,7 @@ use std::{
 use axum::{
     Json, Router,
     extract::{ConnectInfo, Query, State, rejection::QueryRejection},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     routing::get,
 };
@@ -25,6 +25,7 @@ use switchyard_common::assignment::{AssignmentClaims, TokenKey, now_ms};
 use tracing::Instrument;
 
 use crate::{
+    app_token::{AppTokenError, AppTokenVerifier},
     ledger::{Ledger, LedgerError},
     rate_limit::RateLimiter,
 };
@@ -54,6 +55,8 @@ pub enum AssignError {
     LedgerUnavailable(String),
     #[error("internal error: {0}")]
     Internal(String),
+    #[error(transparent)]
+    Unauthorized(#[from] AppTokenError),
 }
 
 impl AssignError {
@@ -64,6 +67,7 @@ impl AssignError {
             AssignError::NoGateway => "no_gateway_available",
             AssignError::LedgerUnavailable(_) => "ledger_unavailable",
             AssignError::Internal(_) => "internal",
+            AssignError::Unauthorized(e) => e.code(),
         }
     }
 
@@ -71,6 +75,7 @@ impl AssignError {
         match self {
             AssignError::BadRequest(d) | AssignError::LedgerUnavailable(d) => Some(d.clone()),
             AssignError::Internal(_) => Some("see the placement logs".into()),
+            AssignError::Unauthorized(e) => Some(e.to_string()),
             AssignError::RateLimited | AssignError::NoGateway => None,
         }
     }
@@ -83,6 +88,7 @@ impl AssignError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             AssignError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AssignError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         }
     }
 }
@@ -100,6 +106,7 @@ impl From<AssignError> for tonic::Status {
                 tonic::Status::unavailable(msg)
             }
             AssignError::Internal(_) => tonic::Status::internal(msg),
+            AssignError::Unauthorized(_) => tonic::Status::unauthenticated(msg),
         }
     }
 }
@@ -195,6 +202,7 @@ pub struct Assigner {
     key: TokenKey,
     limiter: RateLimiter,
     rate: AssignmentRate,
+    app_tokens: AppTokenVerifier,
 }
 
 impl Assigner {
@@ -204,12 +212,32 @@ impl Assigner {
             key,
             limiter: RateLimiter::new(rate_limit),
             rate: AssignmentRate::new(),
+            app_tokens: AppTokenVerifier::disabled(),
         }
+    }
+
+    /// Verifies the application tokens clients bring with `verifier` (default: ignored).
+    pub fn with_app_tokens(mut self, verifier: AppTokenVerifier) -> Self {
+        self.app_tokens = verifier;
+        self
     }
 
     /// Assignments per second over the last minute on this replica.
     pub fn assignments_per_sec(&self) -> f64 {
         self.rate.per_sec()
+    }
+
+    /// The span every assignment runs in. Front ends create it, set its parent from the
+    /// caller's trace context (HTTP headers, gRPC metadata), then pass it to
+    /// [`Assigner::assign_in`].
+    pub fn span() -> tracing::Span {
+        tracing::info_span!(
+            "assign",
+            namespace = tracing::field::Empty,
+            node_id = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            uid = tracing::field::Empty,
+        )
     }
 
     /// The one assignment operation. `client` is the caller's address for the rate limit
@@ -219,15 +247,21 @@ impl Assigner {
         namespace: &str,
         client: Option<IpAddr>,
     ) -> Result<Assignment, AssignError> {
-        let span = tracing::info_span!(
-            "assign",
-            namespace = tracing::field::Empty,
-            node_id = tracing::field::Empty,
-            outcome = tracing::field::Empty,
-        );
+        self.assign_in(Self::span(), namespace, client, None).await
+    }
+
+    /// [`Assigner::assign`] inside `span` (from [`Assigner::span`]), for a client that may
+    /// bring an application token (see [`crate::app_token`]).
+    pub async fn assign_in(
+        &self,
+        span: tracing::Span,
+        namespace: &str,
+        client: Option<IpAddr>,
+        app_token: Option<&str>,
+    ) -> Result<Assignment, AssignError> {
         let started = Instant::now();
         let result = self
-            .assign_inner(namespace, client, &span)
+            .assign_inner(namespace, client, app_token, &span)
             .instrument(span.clone())
             .await;
         let outcome = match &result {
@@ -249,6 +283,7 @@ impl Assigner {
         &self,
         namespace: &str,
         client: Option<IpAddr>,
+        app_token: Option<&str>,
         span: &tracing::Span,
     ) -> Result<Assignment, AssignError> {
         if let Some(ip) = client
@@ -258,7 +293,15 @@ impl Assigner {
         }
         let ns = normalize_namespace(namespace)?;
         span.record("namespace", ns.as_str());
-        let reservation = match self.ledger.assign(&ns).await {
+        // Before the ledger: a refused client must not hold a reservation.
+        let identity = self.app_tokens.verify(app_token)?.unwrap_or_default();
+        if let Some(uid) = &identity.uid {
+            span.record("uid", uid.as_str());
+        }
+        // An info-level span of its own (the ledger's are debug) so the Redis round trip shows
+        // up as a child of the assignment in exported traces.
+        let ledger_span = tracing::info_span!("ledger_assign", namespace = %ns);
+        let reservation = match self.ledger.assign(&ns).instrument(ledger_span).await {
             Ok(Some(r)) => r,
             Ok(None) => return Err(AssignError::NoGateway),
             Err(LedgerError::Unavailable(detail)) => {
@@ -279,8 +322,8 @@ impl Assigner {
             rid: reservation.reservation_id,
             exp: exp_ms.div_ceil(1000),
             exp_ms,
-            uid: None,
-            rooms: None,
+            uid: identity.uid,
+            rooms: identity.rooms,
         };
         let token = self.key.sign(&claims).map_err(|e| {
             tracing::error!(error = %e, "signing an assignment token failed");
@@ -305,13 +348,26 @@ pub fn router(assigner: Arc<Assigner>) -> Router {
 #[derive(Debug, Deserialize)]
 struct AssignQuery {
     namespace: Option<String>,
+    /// The application token, for clients that cannot set headers (browsers' `EventSource`,
+    /// plain links). `Authorization: Bearer` wins when both are present.
+    token: Option<String>,
+}
+
+/// The bearer token of an `Authorization` header, if any (`None` for other schemes).
+pub fn bearer(value: Option<&str>) -> Option<&str> {
+    let v = value?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 async fn http_assign(
     State(assigner): State<Arc<Assigner>>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
     query: Result<Query<AssignQuery>, QueryRejection>,
 ) -> Result<Json<Assignment>, AssignError> {
+    let span = Assigner::span();
+    switchyard_common::trace_context::set_parent_from_headers(&span, &headers);
     let Query(query) = query.map_err(|e| AssignError::BadRequest(e.body_text()))?;
     let ns = query.namespace.unwrap_or_else(|| "/".into());
     if ns.is_empty() {
@@ -319,7 +375,14 @@ async fn http_assign(
             "namespace must not be empty".into(),
         ));
     }
-    assigner.assign(&ns, Some(peer.ip())).await.map(Json)
+    let header = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let app_token = bearer(header).or(query.token.as_deref());
+    assigner
+        .assign_in(span, &ns, Some(peer.ip()), app_token)
+        .await
+        .map(Json)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The placement service's configuration: one clap struct, every flag also read from a
 //! `SWITCHYARD_…` environment variable. Defaults suit a laptop (loopback addresses, in-memory
-//! ledger). Secrets (`--token-secret`, `--admin-token`, a password inside `--redis-url`) are
+//! ledger). Secrets (`--token-secret`, `--admin-token`, `--app-jwt-hs256-secret`, a password
+//! inside `--redis-url`) are
 //! never printed: clap hides their environment values and [`Config`]'s `Debug` redacts them.
 
 use std::{net::SocketAddr, time::Duration};
@@ -53,6 +54,16 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_DRAIN_RATE", default_value_t = 50,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub drain_rate: u32,
+    /// HS256 secret for verifying application tokens clients bring to `/v1/assign`
+    /// (`Authorization: Bearer` or `?token=`). Unset (and no RS256 key): tokens are ignored.
+    #[arg(long, env = "SWITCHYARD_APP_JWT_HS256_SECRET", hide_env_values = true)]
+    pub app_jwt_hs256_secret: Option<String>,
+    /// PEM file with the RSA public key for verifying RS256 application tokens.
+    #[arg(long, env = "SWITCHYARD_APP_JWT_RS256_PUBLIC_KEY_FILE")]
+    pub app_jwt_rs256_public_key_file: Option<std::path::PathBuf>,
+    /// Refuse assignments (HTTP 401) to clients without a valid application token.
+    #[arg(long, env = "SWITCHYARD_REQUIRE_APP_TOKEN")]
+    pub require_app_token: bool,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
@@ -68,6 +79,8 @@ pub enum ConfigError {
     BadCorsOrigin(String),
     #[error("--redis-url must start with redis:// or rediss://")]
     BadRedisUrl,
+    #[error(transparent)]
+    AppKey(#[from] crate::app_token::AppKeyError),
 }
 
 impl Config {
@@ -94,7 +107,17 @@ impl Config {
             return Err(ConfigError::BadRedisUrl);
         }
         self.cors()?;
+        self.app_tokens()?;
         Ok(())
+    }
+
+    /// The application-token verifier the flags describe (keys loaded from disk).
+    pub fn app_tokens(&self) -> Result<crate::app_token::AppTokenVerifier, ConfigError> {
+        Ok(crate::app_token::AppTokenVerifier::new(
+            self.app_jwt_hs256_secret.as_deref(),
+            self.app_jwt_rs256_public_key_file.as_deref(),
+            self.require_app_token,
+        )?)
     }
 
     /// The parsed CORS origins: `None` means any origin (`*`).
@@ -167,6 +190,15 @@ impl std::fmt::Debug for Config {
             .field("rate_limit", &self.rate_limit)
             .field("cors_origins", &self.cors_origins)
             .field("drain_rate", &self.drain_rate)
+            .field(
+                "app_jwt_hs256_secret",
+                &self.app_jwt_hs256_secret.as_ref().map(|_| "<redacted>"),
+            )
+            .field(
+                "app_jwt_rs256_public_key_file",
+                &self.app_jwt_rs256_public_key_file,
+            )
+            .field("require_app_token", &self.require_app_token)
             .field("telemetry", &self.telemetry)
             .finish()
     }

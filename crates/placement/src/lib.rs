@@ -3,6 +3,7 @@
 //! `ledger` → `report_stream` → `lease` + `reaper` → `admin`.
 
 pub mod admin;
+pub mod app_token;
 pub mod assign;
 pub mod config;
 pub mod lease;

@@ -68,8 +68,19 @@ impl Placement for PlacementGrpc {
         req: Request<AssignRequest>,
     ) -> Result<Response<AssignResponse>, Status> {
         let client = req.remote_addr().map(|a| a.ip());
+        let span = Assigner::span();
+        switchyard_common::trace_context::set_parent_from_metadata(&span, req.metadata());
+        let app_token = crate::assign::bearer(
+            req.metadata()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok()),
+        )
+        .map(str::to_owned);
         let namespace = req.into_inner().namespace;
-        let a = self.assigner.assign(&namespace, client).await?;
+        let a = self
+            .assigner
+            .assign_in(span, &namespace, client, app_token.as_deref())
+            .await?;
         Ok(Response::new(AssignResponse {
             url: a.url,
             node_id: a.node_id,
@@ -129,11 +140,14 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let readiness = Readiness::default();
 
-    let assigner = Arc::new(Assigner::new(
-        Arc::clone(&ledger),
-        TokenKey::new(config.token_secret.as_bytes()),
-        config.rate_limit,
-    ));
+    let assigner = Arc::new(
+        Assigner::new(
+            Arc::clone(&ledger),
+            TokenKey::new(config.token_secret.as_bytes()),
+            config.rate_limit,
+        )
+        .with_app_tokens(config.app_tokens()?),
+    );
     let registry = Arc::new(StreamRegistry::default());
     let reports = Arc::new(ReportStreams::new(
         Arc::clone(&ledger),

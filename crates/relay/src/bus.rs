@@ -299,7 +299,7 @@ impl RedisBus {
     }
 
     /// `PUBLISH` or `SPUBLISH`, whichever the subscribers listen to.
-    fn publish_command(&self) -> Result<&'static str, BusError> {
+    pub(crate) fn publish_command(&self) -> Result<&'static str, BusError> {
         match self.resolved.load(Ordering::Acquire) {
             MODE_CLASSIC => Ok("PUBLISH"),
             MODE_SHARDED => Ok("SPUBLISH"),
@@ -353,7 +353,7 @@ impl RedisBus {
         }
     }
 
-    fn channel(&self, namespace: &str) -> String {
+    pub(crate) fn channel(&self, namespace: &str) -> String {
         format!("{}:relay:ns:{namespace}", self.prefix)
     }
 
@@ -480,7 +480,12 @@ impl RedisBus {
                     self.membership_notice.notify_one();
                     continue;
                 }
-                match Frame::decode(payload.as_slice()) {
+                // Stamped history frames carry their position in front (see history.rs).
+                let decoded = match crate::history::decode_published(&payload) {
+                    Some(frame) => Ok(frame),
+                    None => Frame::decode(payload.as_slice()),
+                };
+                match decoded {
                     Ok(frame) => {
                         metrics::counter!("switchyard_relay_bus_frames_in_total").increment(1);
                         self.hub.deliver(&frame);

@@ -50,6 +50,15 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_MEMBERSHIP_INTERVAL_MS", default_value_t = 1_000,
           value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub membership_interval_ms: u64,
+    /// History: events kept per namespace (Redis `XADD MAXLEN ~`, so approximately; exact in
+    /// the in-memory ring buffer). A client away longer than this many events cannot resume.
+    #[arg(long, env = "SWITCHYARD_HISTORY_MAX_LEN", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub history_max_len: u64,
+    /// History: a namespace idle this long loses its history (and gets a new epoch).
+    #[arg(long, env = "SWITCHYARD_HISTORY_TTL_MS", default_value_t = 600_000,
+          value_parser = clap::value_parser!(u64).range(1_000..=30 * 24 * 3_600_000))]
+    pub history_ttl_ms: u64,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
@@ -67,6 +76,8 @@ impl std::fmt::Debug for Config {
             .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
             .field("publish_token", &self.publish_token.as_ref().map(|_| "***"))
             .field("membership_interval_ms", &self.membership_interval_ms)
+            .field("history_max_len", &self.history_max_len)
+            .field("history_ttl_ms", &self.history_ttl_ms)
             .finish()
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Reading order: `config` → `server` (wiring) → `link` (one gateway's stream) → `hub` (the
 //! local fan-out and its backpressure policy) → `bus` (frames between replicas through Redis
-//! pub/sub) → `dedup` (the per-origin high-water mark) → `membership` → `publish`.
+//! pub/sub) → `dedup` (the per-origin high-water mark) → `membership` → `publish` → `history`
+//! (offsets, epochs, the bounded event log, retained state, replay).
 //!
 //! # Guarantees (the contract the gateway adapter builds on)
 //!
@@ -22,8 +23,13 @@
 //! - **Exact membership.** `Members` lists the node ids linked for a namespace on every
 //!   replica (dead replicas' entries expire within 3 membership intervals).
 //!
-//! What is NOT guaranteed: frames delivered to a gateway while its link is down are not kept
-//! (until history exists); a replica that loses its Redis subscription cuts all its links
+//! - **History.** Room publishes of gateways (`Stamp`) get one offset per namespace, enter a
+//!   bounded history and reach every gateway (the caller too) in offset order; `Head` and
+//!   `Replay` let a gateway join "state, then every later event" and resume a client exactly
+//!   (see [`history`]).
+//!
+//! What is NOT guaranteed: adapter frames delivered to a gateway while its link is down are
+//! not kept (stamped events are: clients resume them from history); a replica that loses its Redis subscription cuts all its links
 //! rather than deliver with a gap.
 
 //!
@@ -53,6 +59,7 @@
 pub mod bus;
 pub mod config;
 pub mod dedup;
+pub mod history;
 pub mod hub;
 pub mod link;
 pub mod membership;

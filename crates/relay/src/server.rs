@@ -16,7 +16,8 @@ use switchyard_common::{
     ops::{self, Readiness},
 };
 use switchyard_proto::relay::v1::{
-    LinkMessage, Members, MembersRequest, PublishRequest, PublishResponse,
+    HeadRequest, HeadResponse, LinkMessage, Members, MembersRequest, PublishRequest,
+    PublishResponse, ReplayRequest, ReplayResponse, StampRequest, StampResponse,
     relay_server::{Relay, RelayServer},
 };
 use tokio::{net::TcpListener, sync::watch};
@@ -26,6 +27,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     bus::{Bus, RedisBus},
     config::{Config, redact_url},
+    history::{History, HistorySettings, StampInput},
     hub::Hub,
     link::{self, LinkStream},
     membership::Membership,
@@ -50,6 +52,8 @@ pub struct RelayState {
     pub link_queue: usize,
     pub max_frame_bytes: usize,
     pub publish_auth: PublishAuth,
+    /// Offsets, the bounded event log, retained state (see [`crate::history`]).
+    pub history: History,
 }
 
 /// The `switchyard.relay.v1.Relay` service.
@@ -84,6 +88,72 @@ impl Relay for RelayGrpc {
         req: Request<PublishRequest>,
     ) -> Result<Response<PublishResponse>, Status> {
         publish::publish(&self.state, req).await.map(Response::new)
+    }
+
+    async fn stamp(&self, req: Request<StampRequest>) -> Result<Response<StampResponse>, Status> {
+        let req = req.into_inner();
+        check_namespace(&req.namespace)?;
+        if req.room.is_empty() || req.event.is_empty() {
+            return Err(Status::invalid_argument("room and event must not be empty"));
+        }
+        if req.msgpack.len() > self.state.max_frame_bytes {
+            return Err(Status::out_of_range(format!(
+                "data of {} bytes is larger than the relay's --max-frame-bytes ({})",
+                req.msgpack.len(),
+                self.state.max_frame_bytes
+            )));
+        }
+        let input = StampInput {
+            namespace: req.namespace,
+            room: req.room,
+            event: req.event,
+            msgpack: req.msgpack,
+            retain: req.retain,
+        };
+        let position = self.state.history.stamp(input).await?;
+        tracing::trace!(epoch = %position.epoch, offset = position.offset, "stamped");
+        Ok(Response::new(StampResponse {
+            position: Some(position),
+        }))
+    }
+
+    async fn head(&self, req: Request<HeadRequest>) -> Result<Response<HeadResponse>, Status> {
+        let req = req.into_inner();
+        check_namespace(&req.namespace)?;
+        let res = self.state.history.head(&req.namespace, &req.room).await?;
+        Ok(Response::new(res))
+    }
+
+    async fn replay(
+        &self,
+        req: Request<ReplayRequest>,
+    ) -> Result<Response<ReplayResponse>, Status> {
+        let req = req.into_inner();
+        check_namespace(&req.namespace)?;
+        let res = self
+            .state
+            .history
+            .replay(
+                &req.namespace,
+                &req.rooms,
+                &req.epoch,
+                req.after_offset,
+                u64::from(req.limit),
+            )
+            .await?;
+        tracing::debug!(namespace = %req.namespace, recovered = res.recovered,
+                        events = res.events.len(), after = req.after_offset, "replay");
+        Ok(Response::new(res))
+    }
+}
+
+fn check_namespace(namespace: &str) -> Result<(), Status> {
+    if namespace.starts_with('/') && namespace.len() <= 256 {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(
+            "namespace must start with `/` and be at most 256 bytes",
+        ))
     }
 }
 
@@ -131,6 +201,18 @@ fn describe_metrics() {
         "switchyard_relay_publish_total",
         "Backend events accepted by Publish"
     );
+    describe_counter!(
+        "switchyard_relay_history_stamped_total",
+        "Room events stamped with an offset and appended to history"
+    );
+    describe_counter!(
+        "switchyard_relay_history_replays_total",
+        "Replays by outcome (recovered, lost)"
+    );
+    describe_histogram!(
+        "switchyard_relay_history_stamp_seconds",
+        "Time to stamp, record and publish one history event"
+    );
 }
 
 /// Serves until SIGTERM or Ctrl-C; returns `Ok` after a clean shutdown.
@@ -176,6 +258,14 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         tracing::warn!("no --publish-token: every Publish call will be refused");
     }
     let max_frame_bytes = config.max_frame_bytes as usize;
+    let history_settings = HistorySettings {
+        max_len: config.history_max_len,
+        ttl: Duration::from_millis(config.history_ttl_ms),
+    };
+    let history = match &redis {
+        Some(redis) => History::redis(history_settings, Arc::clone(redis)),
+        None => History::memory(history_settings, Arc::clone(&hub)),
+    };
     let state = Arc::new(RelayState {
         relay_id,
         incarnation: now_ms(),
@@ -185,6 +275,7 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         link_queue: config.link_queue as usize,
         max_frame_bytes,
         publish_auth: PublishAuth::new(config.publish_token.as_deref())?,
+        history,
     });
 
     // Wait (bounded) for the first subscription, so a gateway linking right after READY is

@@ -14,9 +14,11 @@
 
 pub mod assign;
 pub mod cluster;
+pub mod otlp;
 pub mod ports;
 pub mod process;
 pub mod redis;
+pub mod tools;
 
 /// Re-exported so tests can build a shared [`reqwest::Client`] for [`assign::assign_with`]
 /// without depending on reqwest themselves.

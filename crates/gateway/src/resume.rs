@@ -1,0 +1,318 @@
+//! History on the gateway side: stamped publishes, joins "state first, then every later event",
+//! and exact resume. The relay owns offsets and history (`switchyard_relay::history`); this
+//! module owns the per-socket **gates** that make delivery exact at the seams.
+//!
+//! A room publish is not emitted locally: it goes to the relay's `Stamp`, which gives it the
+//! namespace's next offset and forwards it to every gateway, this one included, in offset
+//! order. The adapter ([`crate::adapter`]) hands each stamped event to [`History::admit`] for
+//! every local member of its room; the member's gate decides:
+//!
+//! - **no gate** (the socket joined through the application's own code): deliver;
+//! - **pending** (a `join` or `resume` is in progress): buffer;
+//! - **open at `(epoch, floor)`**: deliver iff the epoch differs or `offset > floor`, then raise
+//!   the floor. So an event is never delivered twice to a socket (several relay links, or an
+//!   in-flight event at or below a join's head), and events reach a socket in offset order.
+//!
+//! `join(room)`: gate pending → join locally → `Head` → ack `{ok, epoch, offset, retained}` →
+//! open the gate at the head and flush the buffer (events above the head, in order). Why no
+//! event is lost: one stamped after the head was read is delivered to this gateway after the
+//! local join, so it is delivered or buffered; why none is doubled: everything at or below the
+//! head is cut by the floor.
+//!
+//! `resume({epoch, offset, rooms})`: gates pending → join locally → `Replay` after `offset` →
+//! if recovered, emit the replayed events, open the gates at the replay's head and flush the
+//! buffer, all under the gate lock (so no live event overtakes the replay); ack
+//! `{recovered: true, replayed: n}`. Otherwise open the gates at the head, emit nothing, and
+//! ack `{recovered: false, replayed: 0}`: the client must re-sync (e.g. re-`join` for state).
+//!
+//! The gate lock is a `std` mutex: nothing under it awaits (socketioxide emits are
+//! synchronous queue pushes).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use socketioxide_core::Sid;
+use switchyard_proto::relay::v1::{
+    HeadRequest, HeadResponse, ReplayRequest, ReplayResponse, StampRequest,
+    relay_client::RelayClient,
+};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::payload::Payload;
+
+/// How long one history call to the relay may take.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Stamped events between two sweeps of gates of sockets that are gone.
+const SWEEP_EVERY: u64 = 4096;
+
+/// A history call failed (relay unreachable, refused, or answered nonsense).
+#[derive(Debug, thiserror::Error)]
+pub enum HistoryError {
+    #[error("relay url: {0}")]
+    Url(#[from] tonic::transport::Error),
+    #[error("relay: {0}")]
+    Relay(#[from] tonic::Status),
+    #[error("encoding event data: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    #[error("the relay answered without a position")]
+    NoPosition,
+}
+
+/// One stamped event on its way to sockets.
+#[derive(Debug, Clone)]
+pub struct Stamped {
+    pub room: String,
+    pub event: String,
+    pub data: Payload,
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// The second argument of every delivered room event: `{room, epoch, offset}`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Meta<'a> {
+    pub room: &'a str,
+    pub epoch: &'a str,
+    pub offset: u64,
+}
+
+impl Stamped {
+    pub fn meta(&self) -> Meta<'_> {
+        Meta {
+            room: &self.room,
+            epoch: &self.epoch,
+            offset: self.offset,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum RoomGate {
+    Pending(Vec<Stamped>),
+    Open { epoch: String, floor: u64 },
+}
+
+impl RoomGate {
+    /// Whether `ev` passes an open gate; raises the floor if so.
+    fn pass(epoch: &mut String, floor: &mut u64, ev: &Stamped) -> bool {
+        if *epoch != ev.epoch || ev.offset > *floor {
+            epoch.clone_from(&ev.epoch);
+            *floor = ev.offset;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// The history client and the gates of every local socket (all namespaces).
+#[derive(Debug)]
+pub struct History {
+    client: RelayClient<Channel>,
+    gates: Mutex<HashMap<(String, Sid), HashMap<String, RoomGate>>>,
+    stamped: AtomicU64,
+}
+
+impl History {
+    /// A client of the relay at `url` (connected lazily; needs a tokio runtime).
+    pub fn new(url: &str) -> Result<Self, HistoryError> {
+        let channel = Endpoint::from_shared(url.to_owned())?
+            .timeout(CALL_TIMEOUT)
+            .connect_timeout(CALL_TIMEOUT)
+            .connect_lazy();
+        Ok(Self {
+            client: RelayClient::new(channel),
+            gates: Mutex::new(HashMap::new()),
+            stamped: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Sid), HashMap<String, RoomGate>>> {
+        self.gates.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stamps a room publish; returns its offset.
+    pub async fn stamp(
+        &self,
+        ns: &str,
+        room: &str,
+        event: &str,
+        data: &Payload,
+        retain: bool,
+    ) -> Result<u64, HistoryError> {
+        let msgpack = rmp_serde::to_vec(data)?;
+        let res = self
+            .client
+            .clone()
+            .stamp(StampRequest {
+                namespace: ns.to_owned(),
+                room: room.to_owned(),
+                event: event.to_owned(),
+                msgpack: msgpack.into(),
+                retain,
+            })
+            .await?
+            .into_inner();
+        res.position
+            .map(|p| p.offset)
+            .ok_or(HistoryError::NoPosition)
+    }
+
+    /// The namespace's position and the room's retained event.
+    pub async fn head(&self, ns: &str, room: &str) -> Result<HeadResponse, HistoryError> {
+        Ok(self
+            .client
+            .clone()
+            .head(HeadRequest {
+                namespace: ns.to_owned(),
+                room: room.to_owned(),
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Every event of `rooms` after `(epoch, after)`, all or nothing.
+    pub async fn replay(
+        &self,
+        ns: &str,
+        rooms: &[String],
+        epoch: &str,
+        after: u64,
+    ) -> Result<ReplayResponse, HistoryError> {
+        Ok(self
+            .client
+            .clone()
+            .replay(ReplayRequest {
+                namespace: ns.to_owned(),
+                rooms: rooms.to_vec(),
+                epoch: epoch.to_owned(),
+                after_offset: after,
+                limit: 0,
+            })
+            .await?
+            .into_inner())
+    }
+
+    /// Puts the gates of `rooms` of a socket in the pending state (buffering).
+    pub fn hold(&self, ns: &str, sid: Sid, rooms: &[String]) {
+        let mut gates = self.lock();
+        let socket = gates.entry((ns.to_owned(), sid)).or_default();
+        for room in rooms {
+            socket.insert(room.clone(), RoomGate::Pending(Vec::new()));
+        }
+    }
+
+    /// Runs `prefix` (emits of replayed events), then opens the gates of `rooms` at
+    /// `(epoch, floor)` and delivers what they buffered above the floor, in order; all under
+    /// the gate lock so no live event overtakes.
+    pub fn open(
+        &self,
+        ns: &str,
+        sid: Sid,
+        rooms: &[String],
+        (epoch, floor): (&str, u64),
+        prefix: impl FnOnce(),
+        mut emit: impl FnMut(&Stamped),
+    ) {
+        let mut gates = self.lock();
+        prefix();
+        let socket = gates.entry((ns.to_owned(), sid)).or_default();
+        let mut buffered = Vec::new();
+        for room in rooms {
+            let old = socket.insert(
+                room.clone(),
+                RoomGate::Open {
+                    epoch: epoch.to_owned(),
+                    floor,
+                },
+            );
+            if let Some(RoomGate::Pending(b)) = old {
+                buffered.extend(b);
+            }
+        }
+        // Buffers of several rooms interleave: deliver in offset order.
+        buffered.sort_by_key(|e| e.offset);
+        for ev in buffered {
+            if let Some(RoomGate::Open { epoch, floor }) = socket.get_mut(&ev.room)
+                && RoomGate::pass(epoch, floor, &ev)
+            {
+                emit(&ev);
+            }
+        }
+    }
+
+    /// Offers a stamped event to one local member; `deliver` runs (under the gate lock) iff
+    /// the socket should get it now.
+    pub fn admit(&self, ns: &str, sid: Sid, ev: &Stamped, deliver: impl FnOnce()) {
+        let mut gates = self.lock();
+        match gates
+            .get_mut(&(ns.to_owned(), sid))
+            .and_then(|s| s.get_mut(&ev.room))
+        {
+            None => deliver(),
+            Some(RoomGate::Pending(buffer)) => buffer.push(ev.clone()),
+            Some(RoomGate::Open { epoch, floor }) => {
+                if RoomGate::pass(epoch, floor, ev) {
+                    deliver();
+                } else {
+                    metrics::counter!("switchyard_gateway_history_skipped_total").increment(1);
+                }
+            }
+        }
+    }
+
+    /// Forgets a socket's gate of `room` (after `leave`).
+    pub fn forget(&self, ns: &str, sid: Sid, room: &str) {
+        if let Some(s) = self.lock().get_mut(&(ns.to_owned(), sid)) {
+            s.remove(room);
+        }
+    }
+
+    /// Counts a stamped event; every [`SWEEP_EVERY`] drops the gates of `ns`'s sockets that
+    /// are not in `live()` (the namespace's connected sockets): disconnected ones.
+    pub fn tick(&self, ns: &str, live: impl FnOnce() -> HashSet<Sid>) {
+        let n = self.stamped.fetch_add(1, Ordering::Relaxed) + 1;
+        if n.is_multiple_of(SWEEP_EVERY) {
+            let live = live();
+            self.lock()
+                .retain(|(n, sid), _| n != ns || live.contains(sid));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(room: &str, offset: u64) -> Stamped {
+        Stamped {
+            room: room.into(),
+            event: "e".into(),
+            data: Payload::Null,
+            epoch: "E".into(),
+            offset,
+        }
+    }
+
+    #[tokio::test]
+    async fn gates_buffer_then_deliver_each_offset_once_in_order() -> anyhow::Result<()> {
+        let h = History::new("http://127.0.0.1:1")?;
+        let sid = Sid::new();
+        let rooms = vec!["a".to_owned()];
+        let mut got = Vec::new();
+        h.hold("/", sid, &rooms);
+        for o in [4, 5, 6] {
+            h.admit("/", sid, &ev("a", o), || got.push(o));
+        }
+        assert!(got.is_empty());
+        h.open("/", sid, &rooms, ("E", 4), || {}, |e| got.push(e.offset));
+        for o in [5, 6, 7] {
+            h.admit("/", sid, &ev("a", o), || got.push(o));
+        }
+        assert_eq!(got, [5, 6, 7]);
+        Ok(())
+    }
+}
