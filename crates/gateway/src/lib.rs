@@ -290,8 +290,7 @@ impl Switchyard {
                     incarnation: incarnation_now(),
                 });
                 let state = ClusterState::new(link);
-                // History calls go to the first relay (any replica answers the same).
-                match crate::resume::History::new(s.relay_urls.first().map_or("", String::as_str)) {
+                match crate::resume::History::new(&s.relay_urls) {
                     Ok(history) => {
                         let history = Arc::new(history);
                         let _ = self.shared.limits.history.set(Arc::clone(&history));

@@ -30,7 +30,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use socketioxide_core::Sid;
@@ -59,6 +59,8 @@ pub enum HistoryError {
     Encode(#[from] rmp_serde::encode::Error),
     #[error("the relay answered without a position")]
     NoPosition,
+    #[error("no relay configured")]
+    NoRelay,
 }
 
 /// One stamped event on its way to sockets.
@@ -111,23 +113,64 @@ impl RoomGate {
 /// The history client and the gates of every local socket (all namespaces).
 #[derive(Debug)]
 pub struct History {
-    client: RelayClient<Channel>,
+    /// One client per relay URL; calls go to `current` and move on to the next one when a
+    /// relay is unreachable (any replica answers the same).
+    clients: Vec<RelayClient<Channel>>,
+    current: AtomicUsize,
     gates: Mutex<HashMap<(String, Sid), HashMap<String, RoomGate>>>,
     stamped: AtomicU64,
 }
 
 impl History {
-    /// A client of the relay at `url` (connected lazily; needs a tokio runtime).
-    pub fn new(url: &str) -> Result<Self, HistoryError> {
-        let channel = Endpoint::from_shared(url.to_owned())?
-            .timeout(CALL_TIMEOUT)
-            .connect_timeout(CALL_TIMEOUT)
-            .connect_lazy();
+    /// Clients of the relays at `urls` (connected lazily; needs a tokio runtime).
+    pub fn new(urls: &[String]) -> Result<Self, HistoryError> {
+        let mut clients = Vec::new();
+        for url in urls {
+            let channel = Endpoint::from_shared(url.clone())?
+                .timeout(CALL_TIMEOUT)
+                .connect_timeout(CALL_TIMEOUT)
+                .connect_lazy();
+            clients.push(RelayClient::new(channel));
+        }
+        if clients.is_empty() {
+            return Err(HistoryError::NoRelay);
+        }
         Ok(Self {
-            client: RelayClient::new(channel),
+            clients,
+            current: AtomicUsize::new(0),
             gates: Mutex::new(HashMap::new()),
             stamped: AtomicU64::new(0),
         })
+    }
+
+    /// Runs `call` on the current relay, then on the others while they are unreachable
+    /// (`UNAVAILABLE`). A `Stamp` whose answer was lost with its relay may so be stamped twice
+    /// (a different offset each time); other failures are not retried.
+    async fn call<T, F, Fut>(&self, call: F) -> Result<T, HistoryError>
+    where
+        F: Fn(RelayClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let n = self.clients.len();
+        let start = self.current.load(Ordering::Relaxed);
+        let mut last = None;
+        for i in 0..n {
+            let idx = (start + i) % n;
+            let Some(client) = self.clients.get(idx) else {
+                continue;
+            };
+            match call(client.clone()).await {
+                Ok(res) => {
+                    if idx != start {
+                        self.current.store(idx, Ordering::Relaxed);
+                    }
+                    return Ok(res.into_inner());
+                }
+                Err(status) if status.code() == tonic::Code::Unavailable => last = Some(status),
+                Err(status) => return Err(status.into()),
+            }
+        }
+        Err(last.map_or(HistoryError::NoRelay, HistoryError::from))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Sid), HashMap<String, RoomGate>>> {
@@ -143,19 +186,19 @@ impl History {
         data: &Payload,
         retain: bool,
     ) -> Result<u64, HistoryError> {
-        let msgpack = rmp_serde::to_vec(data)?;
+        let msgpack: bytes::Bytes = rmp_serde::to_vec(data)?.into();
         let res = self
-            .client
-            .clone()
-            .stamp(StampRequest {
-                namespace: ns.to_owned(),
-                room: room.to_owned(),
-                event: event.to_owned(),
-                msgpack: msgpack.into(),
-                retain,
+            .call(|mut c| {
+                let req = StampRequest {
+                    namespace: ns.to_owned(),
+                    room: room.to_owned(),
+                    event: event.to_owned(),
+                    msgpack: msgpack.clone(),
+                    retain,
+                };
+                async move { c.stamp(req).await }
             })
-            .await?
-            .into_inner();
+            .await?;
         res.position
             .map(|p| p.offset)
             .ok_or(HistoryError::NoPosition)
@@ -163,15 +206,14 @@ impl History {
 
     /// The namespace's position and the room's retained event.
     pub async fn head(&self, ns: &str, room: &str) -> Result<HeadResponse, HistoryError> {
-        Ok(self
-            .client
-            .clone()
-            .head(HeadRequest {
+        self.call(|mut c| {
+            let req = HeadRequest {
                 namespace: ns.to_owned(),
                 room: room.to_owned(),
-            })
-            .await?
-            .into_inner())
+            };
+            async move { c.head(req).await }
+        })
+        .await
     }
 
     /// Every event of `rooms` after `(epoch, after)`, all or nothing.
@@ -182,18 +224,17 @@ impl History {
         epoch: &str,
         after: u64,
     ) -> Result<ReplayResponse, HistoryError> {
-        Ok(self
-            .client
-            .clone()
-            .replay(ReplayRequest {
+        self.call(|mut c| {
+            let req = ReplayRequest {
                 namespace: ns.to_owned(),
                 rooms: rooms.to_vec(),
                 epoch: epoch.to_owned(),
                 after_offset: after,
                 limit: 0,
-            })
-            .await?
-            .into_inner())
+            };
+            async move { c.replay(req).await }
+        })
+        .await
     }
 
     /// Puts the gates of `rooms` of a socket in the pending state (buffering).
@@ -299,7 +340,7 @@ mod tests {
 
     #[tokio::test]
     async fn gates_buffer_then_deliver_each_offset_once_in_order() -> anyhow::Result<()> {
-        let h = History::new("http://127.0.0.1:1")?;
+        let h = History::new(&["http://127.0.0.1:1".to_owned()])?;
         let sid = Sid::new();
         let rooms = vec!["a".to_owned()];
         let mut got = Vec::new();
