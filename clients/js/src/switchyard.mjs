@@ -7,6 +7,13 @@
  * attempts so the clients of a dead gateway do not come back in one wave. Rooms joined through
  * {@link SwitchyardClient#join} are joined again after every reconnect.
  *
+ * Resume: room events arrive as `event(data, {room, epoch, offset})`; the client keeps the
+ * latest `(epoch, offset)` ({@link SwitchyardClient#position}) and after every reconnect sends
+ * `resume({epoch, offset, rooms})` instead of re-joining: the gateway replays what was missed,
+ * in order, nothing twice. When it cannot (history window passed, history lost), `recovered`
+ * is false and `onResync` / the `resync` event fire: fetch your state again (e.g. `join(room)`
+ * returns the room's retained event).
+ *
  * Works in Node (18+, global `fetch`) and in browsers (map `socket.io-client` to its ESM build
  * with an import map, as `demo/index.html` does).
  *
@@ -147,6 +154,8 @@ class Emitter {
  * - `disconnect` `reason`: the connection ended; a re-assign follows unless `close()` was called.
  * - `connect_error` `{error, reason}`: an attempt failed; `reason` is a refusal reason or null.
  * - `rejoin_error` `{room, ack}`: a room could not be joined again after a reconnect.
+ * - `resumed` `{recovered, replayed, epoch, offset}`: the answer to the automatic resume.
+ * - `resync` `{rooms, ack}`: the resume could not recover; missed events are lost.
  */
 export class SwitchyardClient extends Emitter {
   /**
@@ -154,8 +163,17 @@ export class SwitchyardClient extends Emitter {
    */
   constructor(options) {
     super();
-    const { placementUrl, namespace = "/", transports, io, fetch, backoff, ackTimeoutMs, ...ioOpts } =
-      options;
+    const {
+      placementUrl,
+      namespace = "/",
+      transports,
+      io,
+      fetch,
+      backoff,
+      ackTimeoutMs,
+      onResync,
+      ...ioOpts
+    } = options;
     if (!placementUrl) throw new TypeError("placementUrl is required");
     this.placementUrl = placementUrl;
     this.namespace = namespace;
@@ -165,6 +183,15 @@ export class SwitchyardClient extends Emitter {
     this._backoff = { ...BACKOFF, ...(backoff ?? {}) };
     this._ackTimeoutMs = ackTimeoutMs ?? 10000;
     this._ioOpts = ioOpts;
+    /** Called with `{rooms, ack}` when a resume could not recover. */
+    this._onResync = onResync ?? null;
+    /**
+     * The namespace's latest position this client has seen: from room events and join/resume
+     * acks. Null until the first one. @type {{epoch: string, offset: number} | null}
+     */
+    this.position = null;
+    /** Outcome of the last automatic resume (null before any). @type {boolean | null} */
+    this.recovered = null;
     /** Rooms joined successfully; joined again after every reconnect. @type {Set<string>} */
     this.rooms = new Set();
     /** The current socket.io-client Socket, or null between connections. */
@@ -215,6 +242,16 @@ export class SwitchyardClient extends Emitter {
     });
     this.socket = socket;
     socket.onAny((event, ...args) => {
+      const meta = args[args.length - 1];
+      if (
+        meta &&
+        typeof meta === "object" &&
+        typeof meta.room === "string" &&
+        typeof meta.epoch === "string" &&
+        typeof meta.offset === "number"
+      ) {
+        this._advance(meta.epoch, meta.offset);
+      }
       for (const fn of [...this._any]) fn(event, ...args);
       this._fire(event, ...args);
     });
@@ -242,13 +279,50 @@ export class SwitchyardClient extends Emitter {
     this._attempt = 0;
     this.nodeId = assignment.node_id;
     this.url = assignment.url;
-    for (const room of [...this.rooms]) {
+    if (this.position && this.rooms.size > 0) {
+      const rooms = [...this.rooms];
+      const ack = await this._ack(socket, "resume", {
+        epoch: this.position.epoch,
+        offset: this.position.offset,
+        rooms,
+      }).catch((e) => ({ ok: false, error: String(e) }));
+      if (this.socket !== socket) return;
+      if (ack?.ok === false) {
+        // Not even joined (refused or relay unreachable): drop this connection and retry.
+        this._fire("rejoin_error", { room: null, ack });
+        socket.disconnect();
+        return;
+      }
+      this.recovered = !!ack?.recovered;
+      this._advance(ack?.epoch, ack?.offset);
+      this._fire("resumed", {
+        recovered: this.recovered,
+        replayed: ack?.replayed ?? 0,
+        epoch: ack?.epoch ?? null,
+        offset: ack?.offset ?? null,
+      });
+      if (!this.recovered) {
+        this._fire("resync", { rooms, ack });
+        if (this._onResync) {
+          try {
+            this._onResync({ rooms, ack });
+          } catch (e) {
+            queueMicrotask(() => {
+              throw e;
+            });
+          }
+        }
+      }
+    }
+    for (const room of this.position ? [] : [...this.rooms]) {
       const ack = await this._ack(socket, "join", room).catch((e) => ({ ok: false, error: String(e) }));
       // Lost this connection meanwhile: keep the rooms for the next one.
       if (this.socket !== socket) return;
       if (!ack?.ok) {
         this.rooms.delete(room);
         this._fire("rejoin_error", { room, ack });
+      } else {
+        this._advance(ack.epoch, ack.offset);
       }
     }
     if (this.socket !== socket || !socket.connected) return;
@@ -257,6 +331,13 @@ export class SwitchyardClient extends Emitter {
     const waiters = this._waiters;
     this._waiters = [];
     for (const w of waiters) w();
+  }
+
+  /** Moves {@link position} forward (a new epoch replaces it; offsets never go back). */
+  _advance(epoch, offset) {
+    if (typeof epoch !== "string" || typeof offset !== "number") return;
+    if (!this.position || this.position.epoch !== epoch) this.position = { epoch, offset };
+    else if (offset > this.position.offset) this.position.offset = offset;
   }
 
   _retry() {
@@ -316,7 +397,10 @@ export class SwitchyardClient extends Emitter {
    */
   async join(room) {
     const ack = await this.emitWithAck("join", room);
-    if (ack?.ok) this.rooms.add(room);
+    if (ack?.ok) {
+      this.rooms.add(room);
+      this._advance(ack.epoch, ack.offset);
+    }
     return ack;
   }
 
@@ -365,6 +449,8 @@ export class SwitchyardClient extends Emitter {
  * @param {typeof fetch} [options.fetch] a fetch to use for `/v1/assign`
  * @param {{base?: number, cap?: number}} [options.backoff] backoff policy in ms
  * @param {number} [options.ackTimeoutMs=10000] how long join/leave/publish wait for an ack
+ * @param {(info: {rooms: string[], ack: any}) => void} [options.onResync] called when a resume
+ *   after a reconnect could not recover (missed events are lost: fetch the state again)
  * @returns {SwitchyardClient} any other option goes to socket.io-client's `io()`
  */
 export function connect(options) {

@@ -18,14 +18,14 @@
  *   {"cmd":"publish","id":"c1","room":"r","event":"e","data":..,"retain":false} -> result {ack}
  *   {"cmd":"emit","id":"c1","event":"e","args":[..],"ack":true}             -> result {ack}
  *   {"cmd":"count"}    -> result {clients, connected, by_node:{node:n}, states:{state:n}}
- *   {"cmd":"info","id":"c1"} -> result {state, node_id, url, rooms, connections, last_error}
+ *   {"cmd":"info","id":"c1"} -> result {state, node_id, url, rooms, position, recovered, connections, last_error}
  *   {"cmd":"close","id":"c1"} (or without id: every client) -> result
  *   {"cmd":"exit"}     closes everything and exits 0 (so does end of stdin)
  *
  * stdout events (besides results), each with "type":"event","id","event","t" (ms since the epoch):
  *   assigned {node_id,url} | connected {node_id,url,sid} | reconnected {node_id,url,attempts}
  *   connect_error {message,data,reason} | disconnect {reason} | recv {name,args}
- *   rejoin_error {room,ack}
+ *   rejoin_error {room,ack} | resumed {recovered,replayed,epoch,offset} | resync {rooms}
  *
  * Binary data: a JSON object {"$bin":"<base64>"} is sent as a Buffer, and a received
  * Buffer/ArrayBuffer is reported as {"$bin":"<base64>"}.
@@ -138,6 +138,8 @@ function startHelper(id, c) {
     event(id, "connect_error", entry.lastError);
   });
   client.on("rejoin_error", ({ room, ack }) => event(id, "rejoin_error", { room, ack: encode(ack) }));
+  client.on("resumed", (r) => event(id, "resumed", r));
+  client.on("resync", ({ rooms }) => event(id, "resync", { rooms }));
   client.onAny((name, ...args) => {
     const shown = typeof args[args.length - 1] === "function" ? args.slice(0, -1) : args;
     event(id, "recv", { name, args: encode(shown) });
@@ -255,6 +257,8 @@ async function handle(c) {
         node_id: e.nodeId,
         url: e.url,
         rooms: e.kind === "helper" ? [...e.client.rooms] : [],
+        position: e.kind === "helper" ? e.client.position : null,
+        recovered: e.kind === "helper" ? e.client.recovered : null,
         connections: e.connections,
         last_error: e.lastError,
       };

@@ -28,7 +28,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use serde::Serialize;
 
-use crate::loadgen::{Arrival, Client, Clock, Dialer, Shared, Stamp, connect_many};
+use crate::loadgen::{Arrival, Client, Clock, Dialer, Setup, Shared, Stamp, connect_many};
 use crate::peers::{NodeCluster, SwitchyardCluster, bench_dir, ensure_profile_env};
 use crate::stats::{median, percentile_ms};
 
@@ -39,14 +39,16 @@ pub struct Args {
     /// Members of the room, spread over three servers.
     #[arg(long, default_value_t = 3000)]
     clients: usize,
-    /// Fixed publish rate (messages per second) for the latency phase.
-    #[arg(long, default_value_t = 20)]
+    /// Fixed publish rate (messages per second) for the latency phase; must stay below every
+    /// system's saturation (5 × 3,000 members = 15,000 deliveries/s; on 2 shared cores both
+    /// systems saturate near 50,000).
+    #[arg(long, default_value_t = 5)]
     rate: u64,
     /// Length of the fixed-rate phase, seconds.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
     /// First rate of the saturation search (messages per second); doubles each step.
-    #[arg(long, default_value_t = 25)]
+    #[arg(long, default_value_t = 5)]
     start_rate: u64,
     /// Highest rate the saturation search tries.
     #[arg(long, default_value_t = 12_800)]
@@ -165,7 +167,12 @@ pub fn main(args: Args) -> anyhow::Result<()> {
     }
     ensure!(args.clients > 0 && args.repeats > 0 && args.rate > 0 && args.seconds > 0);
     let mut systems = Vec::new();
-    for s in args.systems.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    for s in args
+        .systems
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
         systems.push(match s {
             "switchyard" => System::Switchyard,
             "node_redis" => System::NodeRedis,
@@ -250,7 +257,13 @@ fn print_table(r: &Report) {
         if let Some(s) = s {
             println!(
                 "{:<12} {:>14.0} {:>9.2} {:>9.2} {:>9.2} {:>12.2} {:>10.4}",
-                name, s.msgs_per_sec, s.p50_ms, s.p99_ms, s.max_ms, s.skew_p99_ms, s.delivered_fraction
+                name,
+                s.msgs_per_sec,
+                s.p50_ms,
+                s.p99_ms,
+                s.max_ms,
+                s.skew_p99_ms,
+                s.delivered_fraction
             );
         }
     }
@@ -271,15 +284,28 @@ struct Running {
 async fn start(system: System) -> anyhow::Result<(Running, Dialer)> {
     match system {
         System::Switchyard => {
-            let cluster = tokio::task::spawn_blocking(|| SwitchyardCluster::start(3, true)).await??;
+            let cluster =
+                tokio::task::spawn_blocking(|| SwitchyardCluster::start(3, true)).await??;
             cluster.wait_all_registered().await?;
             let dialer = cluster.dialer();
-            Ok((Running { _switchyard: Some(cluster), _node: None }, dialer))
+            Ok((
+                Running {
+                    _switchyard: Some(cluster),
+                    _node: None,
+                },
+                dialer,
+            ))
         }
         System::NodeRedis => {
             let cluster = tokio::task::spawn_blocking(|| NodeCluster::start(3)).await??;
             let dialer = cluster.dialer();
-            Ok((Running { _switchyard: None, _node: Some(cluster) }, dialer))
+            Ok((
+                Running {
+                    _switchyard: None,
+                    _node: Some(cluster),
+                },
+                dialer,
+            ))
         }
     }
 }
@@ -294,16 +320,29 @@ async fn run_once(args: &Args, system: System) -> anyhow::Result<FanoutRun> {
         args.clients,
         1,
         Some(ROOM),
-        args.connect_concurrency,
-        args.spread,
-        clock,
+        Setup {
+            concurrency: args.connect_concurrency,
+            spread: args.spread,
+            clock,
+        },
         Arc::clone(&shared),
     )
     .await?;
-    let publisher = connect_many(&dialer, 1, 0, None, 1, args.spread, clock, Arc::new(Shared::default()))
-        .await?
-        .pop()
-        .context("no publisher")?;
+    let publisher = connect_many(
+        &dialer,
+        1,
+        0,
+        None,
+        Setup {
+            concurrency: 1,
+            spread: args.spread,
+            clock,
+        },
+        Arc::new(Shared::default()),
+    )
+    .await?
+    .pop()
+    .context("no publisher")?;
     let setup_secs = setup.elapsed().as_secs_f64();
     eprintln!("  {} members joined in {setup_secs:.1} s", members.len());
     // Let joins settle everywhere (remote adapters, relay links) before measuring.
@@ -313,7 +352,14 @@ async fn run_once(args: &Args, system: System) -> anyhow::Result<FanoutRun> {
     let n = members.len() as u64;
     let messages = args.rate * args.seconds;
     let mut seq = 0u64;
-    publish_at(&publisher, clock, args.rate, Duration::from_secs(args.seconds), &mut seq).await?;
+    publish_at(
+        &publisher,
+        clock,
+        args.rate,
+        Duration::from_secs(args.seconds),
+        &mut seq,
+    )
+    .await?;
     wait_quiet(&shared, messages * n, Duration::from_secs(15)).await;
     let arrivals: Vec<Vec<Arrival>> = members.iter().map(Client::take_arrivals).collect();
     let (p50_ms, p99_ms, max_ms, skew_p99_ms, delivered) = latency_figures(&arrivals);
@@ -383,7 +429,13 @@ async fn publish_at(
         tick.tick().await;
         let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64 + 1).min(total);
         while sent < due {
-            publisher.publish_stamp(ROOM, Stamp { s: *seq, t: clock.now_ns() })?;
+            publisher.publish_stamp(
+                ROOM,
+                Stamp {
+                    s: *seq,
+                    t: clock.now_ns(),
+                },
+            )?;
             *seq += 1;
             sent += 1;
         }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use anyhow::{Context, bail, ensure};
 use serde::Serialize;
 
-use crate::loadgen::{Clock, Dialer, Shared, connect_many};
+use crate::loadgen::{Clock, Dialer, Setup, Shared, connect_many};
 use crate::peers::{NodeCluster, SwitchyardCluster, bench_dir, ensure_profile_env, rss_bytes};
 use crate::stats::median;
 
@@ -134,7 +134,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         node,
         ratio_bytes_per_conn,
     };
-    println!("\nidle: {} idle websocket clients on one server", report.clients);
+    println!(
+        "\nidle: {} idle websocket clients on one server",
+        report.clients
+    );
     println!(
         "{:<12} {:>16} {:>16} {:>16}",
         "system", "rss_before_MiB", "rss_after_MiB", "bytes_per_conn"
@@ -175,7 +178,19 @@ async fn run_once(args: &Args, system: &str) -> anyhow::Result<IdleRun> {
     };
     let clock = Clock::new();
     let shared = Arc::new(Shared::default());
-    let warmup = connect_many(&dialer, 1, 0, None, 1, args.spread, clock, Arc::clone(&shared)).await?;
+    let warmup = connect_many(
+        &dialer,
+        1,
+        0,
+        None,
+        Setup {
+            concurrency: 1,
+            spread: args.spread,
+            clock,
+        },
+        Arc::clone(&shared),
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before_bytes = rss_bytes(pid)?;
     let started = std::time::Instant::now();
@@ -184,9 +199,11 @@ async fn run_once(args: &Args, system: &str) -> anyhow::Result<IdleRun> {
         args.clients,
         1,
         None,
-        args.connect_concurrency,
-        args.spread,
-        clock,
+        Setup {
+            concurrency: args.connect_concurrency,
+            spread: args.spread,
+            clock,
+        },
         Arc::clone(&shared),
     )
     .await?;

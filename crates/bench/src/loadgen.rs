@@ -138,8 +138,12 @@ impl<'de> Deserialize<'de> for EventFrame {
                 mut seq: A,
             ) -> Result<EventFrame, A::Error> {
                 use serde::de::Error;
-                let name: String = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(0, &self))?;
-                let stamp: Stamp = seq.next_element()?.ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                let name: String = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let stamp: Stamp = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
                 Ok(EventFrame(name, stamp))
             }
@@ -399,18 +403,33 @@ impl Dialer {
     }
 }
 
-/// Connects `n` clients (at most `concurrency` handshakes at a time), each joining `room`
-/// when given. Source addresses rotate over `spread` loopback addresses.
+/// How a batch of clients is set up.
+#[derive(Debug, Clone, Copy)]
+pub struct Setup {
+    /// Handshakes in flight at once.
+    pub concurrency: usize,
+    /// Loopback source addresses to rotate over.
+    pub spread: usize,
+    /// The time base arrivals are recorded on.
+    pub clock: Clock,
+}
+
+/// Connects `n` clients numbered from `first_index` (at most `setup.concurrency` handshakes
+/// at a time), each joining `room` when given. Source addresses rotate over `setup.spread`
+/// loopback addresses. Each client is retried a few times before the batch fails.
 pub async fn connect_many(
     dialer: &Dialer,
     n: usize,
     first_index: usize,
     room: Option<&str>,
-    concurrency: usize,
-    spread: usize,
-    clock: Clock,
+    setup: Setup,
     shared: Arc<Shared>,
 ) -> anyhow::Result<Vec<Client>> {
+    let Setup {
+        concurrency,
+        spread,
+        clock,
+    } = setup;
     let http = reqwest::Client::new();
     let results: Vec<anyhow::Result<Client>> = futures::stream::iter(0..n)
         .map(|i| {

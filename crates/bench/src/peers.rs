@@ -17,12 +17,7 @@ use crate::loadgen::Dialer;
 
 /// Gateway flags for benchmarks: lift the admission limits that protect a production node
 /// (connection cap, connect rate) so they are not what is measured. Nothing is tuned for speed.
-const GATEWAY_BENCH_ARGS: [&str; 4] = [
-    "--max-connections",
-    "200000",
-    "--connect-rate",
-    "100000",
-];
+const GATEWAY_BENCH_ARGS: [&str; 4] = ["--max-connections", "200000", "--connect-rate", "100000"];
 
 /// The services' binaries must come from the same profile as this benchmark (release under
 /// `cargo xtask bench`); the testkit finds them through `SWITCHYARD_PROFILE`. Setting the
@@ -172,7 +167,11 @@ pub fn ensure_node_peer_installed() -> anyhow::Result<PathBuf> {
             .current_dir(&dir)
             .status()
             .context("running npm ci (is Node.js installed?)")?;
-        ensure!(status.success(), "npm ci failed in {}: {status}", dir.display());
+        ensure!(
+            status.success(),
+            "npm ci failed in {}: {status}",
+            dir.display()
+        );
     }
     Ok(dir)
 }

@@ -159,7 +159,9 @@ fn render(
                 cell(num(f, &["rate"]), 0),
                 cell(num(f, &["seconds"]), 0),
                 cell(
-                    num(f, &["clients"]).zip(num(f, &["rate"])).map(|(c, r)| c * r),
+                    num(f, &["clients"])
+                        .zip(num(f, &["rate"]))
+                        .map(|(c, r)| c * r),
                     0
                 ),
             );

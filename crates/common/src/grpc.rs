@@ -62,12 +62,16 @@ impl AdminAuth {
     /// A tonic interceptor body: passes the request through or answers `UNAUTHENTICATED`.
     pub fn check<T>(&self, req: Request<T>) -> Result<Request<T>, Status> {
         let Some(expected) = &self.expected else {
-            return Err(Status::unauthenticated("admin calls are disabled: no admin token configured"));
+            return Err(Status::unauthenticated(
+                "admin calls are disabled: no admin token configured",
+            ));
         };
         match req.metadata().get("authorization") {
             Some(got) if constant_time_eq(got.as_bytes(), expected.as_bytes()) => Ok(req),
             Some(_) => Err(Status::unauthenticated("invalid admin token")),
-            None => Err(Status::unauthenticated("missing `authorization: Bearer <token>`")),
+            None => Err(Status::unauthenticated(
+                "missing `authorization: Bearer <token>`",
+            )),
         }
     }
 }
@@ -94,7 +98,12 @@ mod tests {
     fn admin_calls_need_the_right_bearer_token() -> anyhow::Result<()> {
         let auth = AdminAuth::new(Some("s3cret"))?;
         assert!(auth.check(request(Some("Bearer s3cret"))).is_ok());
-        for bad in [None, Some("Bearer nope"), Some("s3cret"), Some("Bearer s3cret ")] {
+        for bad in [
+            None,
+            Some("Bearer nope"),
+            Some("s3cret"),
+            Some("Bearer s3cret "),
+        ] {
             let err = auth.check(request(bad)).err().map(|s| s.code());
             assert_eq!(err, Some(tonic::Code::Unauthenticated), "{bad:?}");
         }

@@ -143,6 +143,9 @@ mod tests {
         let cx = propagate(|p| p.extract(&MetadataExtractor(&md)));
         let mut out = HashMap::new();
         propagate(|p| p.inject_context(&cx, &mut out));
-        assert_eq!(out.get("traceparent").map(String::as_str), Some(traceparent));
+        assert_eq!(
+            out.get("traceparent").map(String::as_str),
+            Some(traceparent)
+        );
     }
 }

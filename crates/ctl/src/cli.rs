@@ -21,7 +21,9 @@ Exit codes:
   5  any other error
   (clap's usual exit code 2 for usage errors is replaced by 1, so 2 always means not found.)
 
-Relay commands (rooms, sockets, publish) are not available yet.";
+`syctl publish` talks to a relay instead: --relay / SWITCHYARD_RELAY_URL and --publish-token /
+SWITCHYARD_PUBLISH_TOKEN, else the relays and publish token of .switchyard/cluster.json.
+Relay commands `rooms` and `sockets` are not available yet.";
 
 /// Operate a Switchyard cluster through placement's admin API.
 #[derive(Debug, Parser)]
@@ -103,6 +105,42 @@ pub enum Command {
     },
     /// Cluster-wide figures: nodes, connections, pending reservations, assignment rate.
     Stats,
+    /// Emit an event to rooms on every gateway, through a relay (like a backend service would).
+    Publish {
+        /// Socket.IO event name.
+        event: String,
+        /// The event's one argument, as JSON (`'{"text":"hi"}'`, `42`, `'"a string"'`).
+        #[arg(default_value = "null", value_parser = parse_json)]
+        data: String,
+        /// Room to emit to (repeat for several); none means every socket of the namespace.
+        #[arg(long = "room", value_name = "ROOM")]
+        rooms: Vec<String>,
+        /// Room whose members must not receive it (repeatable).
+        #[arg(long = "except", value_name = "ROOM")]
+        except: Vec<String>,
+        /// Socket.IO namespace.
+        #[arg(long, default_value = "/")]
+        namespace: String,
+        /// The relay's gRPC endpoint, e.g. http://127.0.0.1:7101.
+        #[arg(long, env = "SWITCHYARD_RELAY_URL", value_name = "URL")]
+        relay: Option<String>,
+        /// Bearer token for Publish (the relay's --publish-token).
+        #[arg(
+            long,
+            env = "SWITCHYARD_PUBLISH_TOKEN",
+            hide_env_values = true,
+            value_name = "TOKEN"
+        )]
+        publish_token: Option<String>,
+    },
+}
+
+/// Accepts one JSON value and returns it unchanged (checked here so a typo is a usage error,
+/// not a relay refusal).
+pub fn parse_json(text: &str) -> Result<String, String> {
+    serde_json::from_str::<serde_json::Value>(text)
+        .map(|_| text.to_owned())
+        .map_err(|e| format!("not JSON: {e}"))
 }
 
 /// Parses `500ms`, `10s`, `2m` or a plain number of seconds. Zero is refused: a zero timeout

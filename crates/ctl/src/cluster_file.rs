@@ -6,7 +6,8 @@
 //!
 //! ```json
 //! {"placement":[{"http":"http://127.0.0.1:7000","grpc":"http://127.0.0.1:7001","pid":1}],
-//!  "relays":[],"gateways":[...],"redis":"redis://...","admin_token":"..."}
+//!  "relays":[{"grpc":"http://127.0.0.1:7101"}],"gateways":[...],"redis":"redis://...",
+//!  "admin_token":"...","publish_token":"..."}
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -25,6 +26,18 @@ pub struct ClusterFile {
     pub placement: Vec<PlacementEntry>,
     #[serde(default)]
     pub admin_token: Option<String>,
+    #[serde(default)]
+    pub relays: Vec<RelayEntry>,
+    #[serde(default)]
+    pub publish_token: Option<String>,
+}
+
+/// One relay replica of the local cluster.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct RelayEntry {
+    /// The relay's gRPC endpoint.
+    #[serde(default)]
+    pub grpc: String,
 }
 
 /// One placement replica of the local cluster.
@@ -52,6 +65,22 @@ impl Found {
             .filter(|g| !g.is_empty())
             .map(normalize_endpoint)
             .collect()
+    }
+
+    /// The relay gRPC endpoints, normalized, in file order; empty entries are skipped.
+    pub fn relay_endpoints(&self) -> Vec<String> {
+        self.file
+            .relays
+            .iter()
+            .map(|r| r.grpc.trim())
+            .filter(|g| !g.is_empty())
+            .map(normalize_endpoint)
+            .collect()
+    }
+
+    /// The relays' publish token, when the file has a non-empty one.
+    pub fn publish_token(&self) -> Option<&str> {
+        self.file.publish_token.as_deref().filter(|t| !t.is_empty())
     }
 
     /// The admin token, when the file has a non-empty one.

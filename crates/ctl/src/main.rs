@@ -1,6 +1,7 @@
 //! `syctl`: the operator's command line for a Switchyard cluster.
 //!
-//! A thin client of placement's `switchyard.admin.v1.Admin` gRPC API: [`cli`] defines the
+//! A thin client of placement's `switchyard.admin.v1.Admin` gRPC API (and, for `publish`, of the
+//! relay's `Publish` through [`publish`]): [`cli`] defines the
 //! command line, [`client`] finds placement (flags, environment, or `.switchyard/cluster.json`
 //! through [`cluster_file`]) and authenticates every call, [`commands`] runs one subcommand and
 //! [`output`] prints tables or JSON. Failures map to the exit codes documented in [`error`] and
@@ -12,13 +13,14 @@ mod cluster_file;
 mod commands;
 mod error;
 mod output;
+mod publish;
 
 use std::process::ExitCode;
 
 use clap::{Parser, error::ErrorKind};
 
 use crate::{
-    cli::Cli,
+    cli::{Cli, Command},
     client::{Admin, Target},
     error::CtlError,
 };
@@ -52,6 +54,27 @@ fn main() -> ExitCode {
 async fn run(cli: &Cli) -> Result<(), CtlError> {
     let cwd = std::env::current_dir()
         .map_err(|e| CtlError::Config(format!("cannot read the current directory: {e}")))?;
+    if let Command::Publish {
+        event,
+        data,
+        rooms,
+        except,
+        namespace,
+        relay,
+        publish_token,
+    } = &cli.command
+    {
+        let target =
+            publish::RelayTarget::resolve(relay.as_deref(), publish_token.as_deref(), &cwd)?;
+        let publication = publish::Publication {
+            namespace: namespace.clone(),
+            rooms: rooms.clone(),
+            except: except.clone(),
+            event: event.clone(),
+            json: data.clone(),
+        };
+        return publish::run(&target, publication, cli.timeout, cli.json).await;
+    }
     let target = Target::resolve(cli.placement.as_deref(), cli.admin_token.as_deref(), &cwd)?;
     let admin = Admin::connect(&target, cli.timeout).await?;
     commands::run(&cli.command, &admin, cli.json).await

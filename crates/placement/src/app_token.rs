@@ -117,8 +117,10 @@ impl AppTokenVerifier {
                     source,
                 })?;
                 Some(
-                    DecodingKey::from_rsa_pem(&pem)
-                        .map_err(|source| AppKeyError::Parse { path: shown, source })?,
+                    DecodingKey::from_rsa_pem(&pem).map_err(|source| AppKeyError::Parse {
+                        path: shown,
+                        source,
+                    })?,
                 )
             }
             None => None,
@@ -211,15 +213,30 @@ mod tests {
     #[test]
     fn bad_expired_or_missing_tokens_are_refused() -> anyhow::Result<()> {
         let v = AppTokenVerifier::new(Some("app-secret"), None, true)?;
-        let wrong = hs256("other", serde_json::json!({"sub": "a", "exp": in_an_hour()}));
-        assert!(matches!(v.verify(Some(&wrong)), Err(AppTokenError::Invalid(_))));
+        let wrong = hs256(
+            "other",
+            serde_json::json!({"sub": "a", "exp": in_an_hour()}),
+        );
+        assert!(matches!(
+            v.verify(Some(&wrong)),
+            Err(AppTokenError::Invalid(_))
+        ));
         let expired = hs256("app-secret", serde_json::json!({"sub": "a", "exp": 1000}));
-        assert!(matches!(v.verify(Some(&expired)), Err(AppTokenError::Invalid(_))));
+        assert!(matches!(
+            v.verify(Some(&expired)),
+            Err(AppTokenError::Invalid(_))
+        ));
         let no_exp = hs256("app-secret", serde_json::json!({"sub": "a"}));
-        assert!(matches!(v.verify(Some(&no_exp)), Err(AppTokenError::Invalid(_))));
+        assert!(matches!(
+            v.verify(Some(&no_exp)),
+            Err(AppTokenError::Invalid(_))
+        ));
         assert_eq!(v.verify(None), Err(AppTokenError::Missing));
         assert_eq!(v.verify(Some("  ")), Err(AppTokenError::Missing));
-        assert!(matches!(v.verify(Some("garbage")), Err(AppTokenError::Invalid(_))));
+        assert!(matches!(
+            v.verify(Some("garbage")),
+            Err(AppTokenError::Invalid(_))
+        ));
         Ok(())
     }
 
@@ -236,8 +253,7 @@ mod tests {
     }
 
     #[test]
-    fn without_keys_tokens_are_ignored_and_requiring_one_is_a_config_error() -> anyhow::Result<()>
-    {
+    fn without_keys_tokens_are_ignored_and_requiring_one_is_a_config_error() -> anyhow::Result<()> {
         let v = AppTokenVerifier::disabled();
         assert_eq!(v.verify(Some("whatever")), Ok(None));
         assert!(matches!(

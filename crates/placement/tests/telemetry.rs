@@ -61,8 +61,8 @@ async fn assignment_trace_continues_the_callers_and_covers_the_ledger() -> anyho
 
     // SIGTERM: placement flushes its batch exporter before it exits.
     placement.terminate()?;
-    let status = tokio::task::spawn_blocking(move || placement.wait_exit(Duration::from_secs(20)))
-        .await??;
+    let status =
+        tokio::task::spawn_blocking(move || placement.wait_exit(Duration::from_secs(20))).await??;
     assert!(status.success(), "placement exited with {status}");
 
     let spans = collector.wait_for(Duration::from_secs(10), |spans| {
@@ -70,16 +70,26 @@ async fn assignment_trace_continues_the_callers_and_covers_the_ledger() -> anyho
             && find(spans, GRPC_TRACE, "ledger_assign").is_some()
     })?;
     for (trace, parent) in [(HTTP_TRACE, HTTP_PARENT), (GRPC_TRACE, GRPC_PARENT)] {
-        let assign = find(&spans, trace, "assign").ok_or_else(|| anyhow::anyhow!("no assign span"))?;
-        assert_eq!(assign.parent_span_id, parent, "assign continues the caller's span");
-        assert_eq!(assign.attributes.get("namespace").map(String::as_str), Some("/"));
+        let assign =
+            find(&spans, trace, "assign").ok_or_else(|| anyhow::anyhow!("no assign span"))?;
+        assert_eq!(
+            assign.parent_span_id, parent,
+            "assign continues the caller's span"
+        );
+        assert_eq!(
+            assign.attributes.get("namespace").map(String::as_str),
+            Some("/")
+        );
         assert_eq!(
             assign.attributes.get("outcome").map(String::as_str),
             Some("no_gateway_available")
         );
         let ledger = find(&spans, trace, "ledger_assign")
             .ok_or_else(|| anyhow::anyhow!("no ledger span"))?;
-        assert_eq!(ledger.parent_span_id, assign.span_id, "ledger is a child of assign");
+        assert_eq!(
+            ledger.parent_span_id, assign.span_id,
+            "ledger is a child of assign"
+        );
     }
     Ok(())
 }

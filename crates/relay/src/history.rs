@@ -275,9 +275,12 @@ impl RedisHistory {
             .key(self.key(namespace, "seq"))
             .key(self.key(namespace, "stream"))
             .key(self.key(namespace, "epoch"))
+            .key(self.key(namespace, "retained"))
             .arg(epoch)
             .arg(after)
             .arg(limit)
+            .arg(new_epoch())
+            .arg(self.settings.ttl.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
         let mut events = Vec::new();

@@ -66,7 +66,12 @@ impl TraceService for Sink {
                     attributes: span
                         .attributes
                         .iter()
-                        .map(|kv| (kv.key.clone(), kv.value.as_ref().map(render).unwrap_or_default()))
+                        .map(|kv| {
+                            (
+                                kv.key.clone(),
+                                kv.value.as_ref().map(render).unwrap_or_default(),
+                            )
+                        })
                         .collect(),
                 });
             }

@@ -1,14 +1,20 @@
 -- Replay: every event after an offset, if the history still holds all of them.
 --
--- KEYS[1] seq  KEYS[2] stream  KEYS[3] epoch
+-- KEYS[1] seq  KEYS[2] stream  KEYS[3] epoch  KEYS[4] retained
 -- ARGV[1] the client's epoch  ARGV[2] the client's offset  ARGV[3] most events to return
+-- ARGV[4] a fresh epoch, used when none exists (history lost)  ARGV[5] TTL in ms
 -- Returns {recovered (1/0), epoch, head, {id, r, e, d, id, r, e, d, ...}}.
 -- Invariant: recovered = 1 only if the epoch matches and the stream holds every offset in
 -- (after, head] (offsets have no gaps, so it suffices that the oldest kept one is <= after+1).
 -- Complexity: O(log n + returned events).
 local epoch = redis.call('GET', KEYS[3])
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[4])
+  redis.call('SET', KEYS[3], epoch, 'PX', ARGV[5])
+end
 local head = tonumber(redis.call('GET', KEYS[1]) or '0')
-if (not epoch) or epoch ~= ARGV[1] then return {0, epoch or '', head, {}} end
+if epoch ~= ARGV[1] then return {0, epoch, head, {}} end
 local after = tonumber(ARGV[2])
 if after > head then return {0, epoch, head, {}} end
 if after == head then return {1, epoch, head, {}} end

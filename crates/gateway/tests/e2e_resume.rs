@@ -1,0 +1,339 @@
+//! History, offsets and resume, end to end: Redis, placement, the relay (history on) and three
+//! gateways, all real processes, with the JS helper (`clients/js/src/switchyard.mjs`).
+//!
+//! - a gateway killed (SIGKILL) mid-stream: every subscriber, wherever it was, ends with every
+//!   numbered event exactly once and in order (its helper resumes on another gateway);
+//! - a client away longer than the history window, and a client whose epoch was lost (Redis
+//!   restarted empty), get `recovered: false` and no replay; a client within the window gets
+//!   exactly what it missed;
+//! - a client joining mid-stream gets the retained state, then every later event, gap-free.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use support::Driver;
+use switchyard_proto::relay::v1::{MembersRequest, relay_client::RelayClient};
+use switchyard_testkit::cluster::{Gateway, GatewayOpts, Placement, PlacementOpts, Relay, RelayOpts};
+use switchyard_testkit::redis::RedisServer;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Redis, placement, one relay and `n` gateways linked to it; stopped on drop.
+struct HistoryCluster {
+    gateways: Vec<Gateway>,
+    relay: Relay,
+    placement: Placement,
+    redis: RedisServer,
+}
+
+impl HistoryCluster {
+    fn start(n: usize, relay_args: &[&str]) -> anyhow::Result<HistoryCluster> {
+        let redis = RedisServer::start()?;
+        let placement = Placement::start(PlacementOpts {
+            redis_url: Some(redis.url()),
+            extra_args: Vec::new(),
+        })?;
+        let relay = Relay::start(RelayOpts {
+            redis_url: Some(redis.url()),
+            extra_args: relay_args.iter().map(|s| (*s).to_owned()).collect(),
+        })?;
+        let mut gateways = Vec::new();
+        for i in 0..n {
+            let mut opts = GatewayOpts::new(&placement, format!("gw-{i}"));
+            opts.relay_urls = vec![relay.grpc_url().to_owned()];
+            opts.extra_args = vec!["--allow-anonymous".to_owned()];
+            gateways.push(Gateway::start(opts)?);
+        }
+        Ok(HistoryCluster {
+            gateways,
+            relay,
+            placement,
+            redis,
+        })
+    }
+
+    /// Waits until the relay lists `n` gateways as linked for `/`.
+    async fn wait_linked(&self, n: usize) -> anyhow::Result<()> {
+        let mut client = RelayClient::connect(self.relay.grpc_url().to_owned()).await?;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let members = client
+                .members(MembersRequest {
+                    namespace: "/".into(),
+                })
+                .await?
+                .into_inner();
+            if members.node_ids.len() == n {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("relay members {:?}, want {n}", members.node_ids);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Connects `id` straight to `gw` with no token (gateways allow anonymous clients).
+async fn connect_raw(driver: &mut Driver, id: &str, gw: &Gateway) -> anyhow::Result<()> {
+    driver
+        .connect_raw(id, gw.url(), None, json!({"transports": ["websocket"]}))
+        .await?;
+    driver.connected(id, WAIT).await.map(drop)
+}
+
+/// The `n` of every `tick` client `id` received, in arrival order.
+fn ticks(driver: &mut Driver, id: &str) -> Vec<u64> {
+    driver
+        .events_of(id, "recv")
+        .iter()
+        .filter(|e| e["name"] == "tick")
+        .filter_map(|e| e["args"][0]["n"].as_u64())
+        .collect()
+}
+
+/// Publishes `tick {n}` for `range` from a raw client `id` of its own driver, one after the
+/// other (each waits for its ack, so the offsets follow `n`), `retain` on each; counts progress.
+fn spawn_publisher(
+    mut driver: Driver,
+    id: &'static str,
+    range: std::ops::Range<u64>,
+    progress: Arc<AtomicU64>,
+    pause: Duration,
+) -> tokio::task::JoinHandle<anyhow::Result<Driver>> {
+    tokio::spawn(async move {
+        for n in range {
+            let res = driver
+                .request(json!({"cmd": "publish", "id": id, "room": "feed", "event": "tick",
+                                "data": {"n": n}, "retain": true}))
+                .await
+                .with_context(|| format!("publishing {n}"))?;
+            if res["ack"]["ok"] != true {
+                bail!("publish {n} refused: {res}");
+            }
+            progress.store(n + 1, Ordering::SeqCst);
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+        Ok(driver)
+    })
+}
+
+async fn wait_progress(progress: &AtomicU64, at_least: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + WAIT;
+    while progress.load(Ordering::SeqCst) < at_least {
+        if Instant::now() > deadline {
+            bail!("publisher stuck at {}", progress.load(Ordering::SeqCst));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_of_a_killed_gateway_miss_nothing_and_get_nothing_twice() -> anyhow::Result<()>
+{
+    const SUBSCRIBERS: usize = 200;
+    const EVENTS: u64 = 5000;
+    let cluster = HistoryCluster::start(3, &[])?;
+    cluster.wait_linked(3).await?;
+
+    let mut subs = Driver::node().await?;
+    subs.connect_many(
+        "s",
+        SUBSCRIBERS,
+        json!({"placement": cluster.placement.http_url(), "transports": ["websocket"],
+               "useHelper": true}),
+    )
+    .await?;
+    subs.wait_counts("every subscriber connected", WAIT, |c| {
+        c.connected == SUBSCRIBERS
+    })
+    .await?;
+    for i in 0..SUBSCRIBERS {
+        let ack = subs.join(&format!("s{i}"), "feed").await?;
+        assert_eq!(ack["ok"], true, "s{i} joins: {ack}");
+        assert!(ack["epoch"].is_string(), "join gives the epoch: {ack}");
+    }
+    let on_dead = subs
+        .count()
+        .await?
+        .on(cluster.gateways[0].node_id());
+    assert!(on_dead > 0, "some subscribers are on the gateway to kill");
+
+    // The publisher sits on a gateway that survives.
+    let mut publisher = Driver::node().await?;
+    connect_raw(&mut publisher, "p", &cluster.gateways[1]).await?;
+    let progress = Arc::new(AtomicU64::new(0));
+    let task = spawn_publisher(
+        publisher,
+        "p",
+        0..EVENTS,
+        progress.clone(),
+        Duration::from_millis(2),
+    );
+    wait_progress(&progress, EVENTS / 3).await?;
+    cluster.gateways[0].kill()?;
+    let publisher = task.await??;
+
+    for i in 0..SUBSCRIBERS {
+        let id = format!("s{i}");
+        subs.wait_event(&format!("{id} to get the last event"), WAIT, |e| {
+            e["id"] == id.as_str()
+                && e["event"] == "recv"
+                && e["name"] == "tick"
+                && e["args"][0]["n"] == EVENTS - 1
+        })
+        .await?;
+    }
+    let want: Vec<u64> = (0..EVENTS).collect();
+    let mut resumed = 0;
+    for i in 0..SUBSCRIBERS {
+        let id = format!("s{i}");
+        let got = ticks(&mut subs, &id);
+        assert_eq!(got.len(), want.len(), "{id}: every event exactly once");
+        assert!(got == want, "{id}: every event once, in order");
+        let resumes = subs.events_of(&id, "resumed");
+        for r in &resumes {
+            assert_eq!(r["recovered"], true, "{id} recovered: {r}");
+        }
+        resumed += resumes.len();
+    }
+    assert_eq!(
+        resumed, on_dead,
+        "each subscriber of the dead gateway resumed once"
+    );
+    eprintln!("{SUBSCRIBERS} subscribers x {EVENTS} events, {on_dead} resumed: exact");
+    publisher.shutdown().await?;
+    subs.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_is_exact_within_the_window_and_refused_outside_it() -> anyhow::Result<()> {
+    let cluster = HistoryCluster::start(2, &["--history-max-len", "10"])?;
+    cluster.wait_linked(2).await?;
+    let mut js = Driver::node().await?;
+    connect_raw(&mut js, "p", &cluster.gateways[0]).await?;
+    connect_raw(&mut js, "a", &cluster.gateways[1]).await?;
+    let ack = js.join("a", "feed").await?;
+    let epoch = ack["epoch"].as_str().context("join epoch")?.to_owned();
+    let start = ack["offset"].as_u64().context("join offset")?;
+
+    for n in 0..5u64 {
+        let ack = js.publish("p", "feed", "tick", json!({"n": n})).await?;
+        assert_eq!(ack["offset"], start + n + 1, "offsets follow: {ack}");
+    }
+
+    // Within the window, on another gateway: exactly the missed events, in order.
+    connect_raw(&mut js, "b", &cluster.gateways[0]).await?;
+    let ack = js
+        .request(json!({"cmd": "emit", "id": "b", "event": "resume", "ack": true,
+                        "args": [{"epoch": epoch, "offset": start + 2, "rooms": ["feed"]}]}))
+        .await?["ack"]
+        .clone();
+    assert_eq!(ack["recovered"], true, "{ack}");
+    assert_eq!(ack["replayed"], 3, "{ack}");
+    let deadline = Instant::now() + WAIT;
+    while ticks(&mut js, "b").len() < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ticks(&mut js, "b"), [2, 3, 4]);
+    // ... then live events.
+    js.publish("p", "feed", "tick", json!({"n": 5})).await?;
+    js.wait_event("b gets the live event", WAIT, |e| {
+        e["id"] == "b" && e["event"] == "recv" && e["args"][0]["n"] == 5
+    })
+    .await?;
+    assert_eq!(ticks(&mut js, "b"), [2, 3, 4, 5]);
+
+    // Away longer than the window (max len 10, trimmed approximately): refused, no replay.
+    for n in 6..600u64 {
+        js.publish("p", "feed", "tick", json!({"n": n})).await?;
+    }
+    connect_raw(&mut js, "c", &cluster.gateways[1]).await?;
+    let ack = js
+        .request(json!({"cmd": "emit", "id": "c", "event": "resume", "ack": true,
+                        "args": [{"epoch": epoch, "offset": start + 1, "rooms": ["feed"]}]}))
+        .await?["ack"]
+        .clone();
+    assert_eq!(ack["recovered"], false, "{ack}");
+    assert_eq!(ack["replayed"], 0, "{ack}");
+
+    // History lost (Redis restarted empty): the epoch changed, refused.
+    cluster.redis.restart_empty()?;
+    connect_raw(&mut js, "d", &cluster.gateways[1]).await?;
+    let deadline = Instant::now() + WAIT;
+    let ack = loop {
+        let res = js
+            .request(json!({"cmd": "emit", "id": "d", "event": "resume", "ack": true,
+                            "args": [{"epoch": epoch, "offset": start + 599, "rooms": ["feed"]}]}))
+            .await?;
+        let ack = res["ack"].clone();
+        if ack["ok"] == true || Instant::now() > deadline {
+            break ack;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(ack["recovered"], false, "{ack}");
+    assert_ne!(ack["epoch"], json!(epoch), "a new epoch: {ack}");
+    assert!(ticks(&mut js, "c").is_empty() && ticks(&mut js, "d").is_empty());
+    js.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_gets_the_retained_state_then_every_later_event() -> anyhow::Result<()> {
+    const EVENTS: u64 = 600;
+    let cluster = HistoryCluster::start(3, &[])?;
+    cluster.wait_linked(3).await?;
+    let mut publisher = Driver::node().await?;
+    connect_raw(&mut publisher, "p", &cluster.gateways[0]).await?;
+    let progress = Arc::new(AtomicU64::new(0));
+    let task = spawn_publisher(publisher, "p", 0..EVENTS, progress.clone(), Duration::ZERO);
+
+    let mut js = Driver::node().await?;
+    for (i, gw) in cluster.gateways.iter().enumerate() {
+        connect_raw(&mut js, &format!("late{i}"), gw).await?;
+    }
+    let mut states = Vec::new();
+    for i in 0..3 {
+        wait_progress(&progress, (i + 1) * EVENTS / 5).await?;
+        let id = format!("late{i}");
+        let ack = js.join(&id, "feed").await?;
+        assert_eq!(ack["ok"], true, "{ack}");
+        let state = ack["retained"]["data"]["n"]
+            .as_u64()
+            .with_context(|| format!("{id} gets the retained state: {ack}"))?;
+        assert!(
+            ack["retained"]["offset"].as_u64() <= ack["offset"].as_u64(),
+            "{ack}"
+        );
+        states.push(state);
+    }
+    let publisher = task.await??;
+    for (i, state) in states.iter().enumerate() {
+        let id = format!("late{i}");
+        js.wait_event(&format!("{id} to get the last event"), WAIT, |e| {
+            e["id"] == id.as_str()
+                && e["event"] == "recv"
+                && e["name"] == "tick"
+                && e["args"][0]["n"] == EVENTS - 1
+        })
+        .await?;
+        let want: Vec<u64> = (state + 1..EVENTS).collect();
+        assert!(
+            ticks(&mut js, &id) == want,
+            "{id}: state {state}, then every later event once, in order"
+        );
+    }
+    publisher.shutdown().await?;
+    js.shutdown().await?;
+    Ok(())
+}
