@@ -126,8 +126,12 @@ fn prereqs() -> anyhow::Result<PathBuf> {
 }
 
 /// `cargo xtask bench <scenario>`: the bench crate in release mode.
+/// Builds every service binary in release mode first: the scenarios spawn them as processes,
+/// and a stale or debug binary would make the figures meaningless.
 fn bench(scenario: &str, args: &[String]) -> anyhow::Result<()> {
+    run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
     run(cargo()
         .args(["run", "--release", "-p", "switchyard-bench", "--", scenario])
-        .args(args))
+        .args(args)
+        .env("SWITCHYARD_PROFILE", "release"))
 }

@@ -72,6 +72,14 @@ pub fn inject_metadata(span: &tracing::Span, metadata: &mut MetadataMap) {
     propagate(|p| p.inject_context(&cx, &mut MetadataInjector(metadata)));
 }
 
+/// A gRPC request carrying the current span's trace context, for outgoing calls:
+/// `client.stamp(trace_context::request(msg))` continues the caller's trace on the server.
+pub fn request<T>(message: T) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    inject_metadata(&tracing::Span::current(), req.metadata_mut());
+    req
+}
+
 /// Makes the trace context found in incoming gRPC metadata the parent of `span` (which must not
 /// have been entered yet). No context in the metadata: `span` stays as it is.
 pub fn set_parent_from_metadata(span: &tracing::Span, metadata: &MetadataMap) {

@@ -140,7 +140,7 @@ async fn wait_progress(progress: &AtomicU64, at_least: u64) -> anyhow::Result<()
 async fn subscribers_of_a_killed_gateway_miss_nothing_and_get_nothing_twice() -> anyhow::Result<()>
 {
     const SUBSCRIBERS: usize = 200;
-    const EVENTS: u64 = 5000;
+    const EVENTS: u64 = 1000;
     let cluster = HistoryCluster::start(3, &[])?;
     cluster.wait_linked(3).await?;
 

@@ -214,14 +214,21 @@ mod tests {
 
     #[test]
     fn defaults_suit_a_laptop_and_secrets_are_redacted() -> anyhow::Result<()> {
-        let c = parse(&["--token-secret", "s3cret", "--admin-token", "adm1n"])?;
+        let c = parse(&[
+            "--token-secret",
+            "s3cret",
+            "--admin-token",
+            "adm1n",
+            "--app-jwt-hs256-secret",
+            "appsecret",
+        ])?;
         c.validate()?;
         assert_eq!(c.http_addr.to_string(), "127.0.0.1:7000");
         assert_eq!(c.grpc_addr.to_string(), "127.0.0.1:7001");
         assert_eq!(c.liveness(), Duration::from_secs(3));
         let shown = format!("{c:?}");
         assert!(
-            !shown.contains("s3cret") && !shown.contains("adm1n"),
+            !shown.contains("s3cret") && !shown.contains("adm1n") && !shown.contains("appsecret"),
             "{shown}"
         );
         Ok(())
