@@ -41,7 +41,8 @@ enum Cmd {
     Up(cluster::UpArgs),
     /// Stop a cluster started by `up` (reads .switchyard/cluster.json).
     Down,
-    /// Run a benchmark scenario in release mode (`cargo xtask bench placement`).
+    /// Run a benchmark scenario in release mode (`cargo xtask bench placement`); `all` runs
+    /// every scenario, then regenerates docs/BENCHMARKS.md.
     Bench {
         /// Scenario name, for example `placement`.
         scenario: String,
@@ -130,8 +131,16 @@ fn prereqs() -> anyhow::Result<PathBuf> {
 /// and a stale or debug binary would make the figures meaningless.
 fn bench(scenario: &str, args: &[String]) -> anyhow::Result<()> {
     run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
-    run(cargo()
-        .args(["run", "--release", "-p", "switchyard-bench", "--", scenario])
-        .args(args)
-        .env("SWITCHYARD_PROFILE", "release"))
+    let scenarios: &[&str] = if scenario == "all" {
+        &["placement", "fanout", "idle", "report"]
+    } else {
+        &[scenario]
+    };
+    for scenario in scenarios {
+        run(cargo()
+            .args(["run", "--release", "-p", "switchyard-bench", "--", scenario])
+            .args(args)
+            .env("SWITCHYARD_PROFILE", "release"))?;
+    }
+    Ok(())
 }

@@ -85,6 +85,14 @@ fn cell(v: Option<f64>, decimals: usize) -> String {
     v.map_or("–".to_owned(), |x| format!("{x:.decimals$}"))
 }
 
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "missed",
+        None => "not measured",
+    }
+}
+
 fn render(
     machine: &str,
     placement: Option<&Value>,
@@ -183,12 +191,16 @@ fn render(
                 let _ = writeln!(
                     md,
                     "| **ratio** | {} | {} | {} | {} | {} | |\n\n\
-                     Targets: throughput ≥ 3×, p99 ≤ 0.33×, skew p99 ≤ 0.33× (ratio column).\n",
+                     Targets (ratio switchyard / node_redis): throughput ≥ 3× ({}), p99 ≤ \
+                     0.33× ({}), skew p99 ≤ 0.33× ({}).\n",
                     cell(num(r, &["msgs_per_sec"]), 2),
                     cell(num(r, &["p50_ms"]), 2),
                     cell(num(r, &["p99_ms"]), 2),
                     cell(num(r, &["max_ms"]), 2),
                     cell(num(r, &["skew_p99_ms"]), 2),
+                    verdict(num(r, &["msgs_per_sec"]).map(|x| x >= 3.0)),
+                    verdict(num(r, &["p99_ms"]).map(|x| x <= 1.0 / 3.0)),
+                    verdict(num(r, &["skew_p99_ms"]).map(|x| x <= 1.0 / 3.0)),
                 );
             } else {
                 md.push('\n');
@@ -230,8 +242,9 @@ fn render(
             }
             let _ = writeln!(
                 md,
-                "| **ratio** | | | {} |\n\nTarget: ≤ 0.5×.\n",
-                cell(num(i, &["ratio_bytes_per_conn"]), 2)
+                "| **ratio** | | | {} |\n\nTarget: ≤ 0.5× ({}).\n",
+                cell(num(i, &["ratio_bytes_per_conn"]), 2),
+                verdict(num(i, &["ratio_bytes_per_conn"]).map(|x| x <= 0.5)),
             );
         }
         None => {

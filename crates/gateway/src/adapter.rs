@@ -327,7 +327,9 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
 fn decode_data(ev: &BackendEvent) -> Option<Payload> {
     let data: Result<Payload, String> = match &ev.data {
         Some(backend_event::Data::Json(s)) => serde_json::from_str(s).map_err(|e| e.to_string()),
-        Some(backend_event::Data::Msgpack(b)) => rmp_serde::from_slice(b).map_err(|e| e.to_string()),
+        Some(backend_event::Data::Msgpack(b)) => {
+            rmp_serde::from_slice(b).map_err(|e| e.to_string())
+        }
         None => Ok(Payload::Null),
     };
     match data {

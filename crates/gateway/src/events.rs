@@ -149,8 +149,8 @@ pub(crate) fn register<A: Adapter>(s: &SocketRef<A>, limits: Arc<EventLimits>) {
                             let _ = ack.send(&json!({"ok": true, "epoch": position.epoch,
                                                       "offset": position.offset, "retained": retained}));
                             let rooms = [room];
-                            history.open(s.ns(), s.id, &rooms, (&position.epoch, position.offset),
-                                         || {}, |ev| emit_stamped(&s, ev));
+                            history.open(s.ns(), s.id, &rooms, (&position.epoch, position.offset, position.offset), &[],
+                                         |ev| emit_stamped(&s, ev));
                         }
                         Err(e) => {
                             let _ = ack.send(&json!({"ok": false, "error": e.code()}));
@@ -175,21 +175,21 @@ pub(crate) fn register<A: Adapter>(s: &SocketRef<A>, limits: Arc<EventLimits>) {
         move |s: SocketRef<A>, TryData(room): TryData<Payload>, ack: AckSender<A>| {
             let limits_leave = limits_leave.clone();
             async move {
-            let result = match room.ok().as_ref().and_then(valid_room) {
-                Some(room) => {
-                    s.leave(room.to_owned());
-                    if let Some(history) = limits_leave.history.get() {
-                        history.forget(s.ns(), s.id, room);
+                let result = match room.ok().as_ref().and_then(valid_room) {
+                    Some(room) => {
+                        s.leave(room.to_owned());
+                        if let Some(history) = limits_leave.history.get() {
+                            history.forget(s.ns(), s.id, room);
+                        }
+                        Ok(())
                     }
-                    Ok(())
-                }
-                None => Err(EventError::BadRequest),
-            };
-            count("leave", result);
-            let _ = match result {
-                Ok(()) => ack.send(&json!({"ok": true})),
-                Err(e) => ack.send(&json!({"ok": false, "error": e.code()})),
-            };
+                    None => Err(EventError::BadRequest),
+                };
+                count("leave", result);
+                let _ = match result {
+                    Ok(()) => ack.send(&json!({"ok": true})),
+                    Err(e) => ack.send(&json!({"ok": false, "error": e.code()})),
+                };
             }
         },
     );
@@ -367,7 +367,10 @@ async fn resume<A: Adapter>(
     rooms.dedup();
     let new_rooms = {
         let current = s.rooms();
-        rooms.iter().filter(|r| !current.iter().any(|c| c == *r)).count()
+        rooms
+            .iter()
+            .filter(|r| !current.iter().any(|c| c == *r))
+            .count()
     };
     for room in &rooms {
         check_room(s, limits, room, new_rooms.saturating_sub(1))?;
@@ -376,7 +379,9 @@ async fn resume<A: Adapter>(
         for room in &rooms {
             s.join(room.clone());
         }
-        return Ok(json!({"ok": true, "recovered": false, "replayed": 0, "epoch": null, "offset": null}));
+        return Ok(
+            json!({"ok": true, "recovered": false, "replayed": 0, "epoch": null, "offset": null}),
+        );
     };
     history.hold(s.ns(), s.id, &rooms);
     for room in &rooms {
@@ -401,7 +406,6 @@ async fn resume<A: Adapter>(
     };
     let head = replay.head.unwrap_or_default();
     let recovered = replay.recovered;
-    let mut replayed = 0u64;
     let events: Vec<Stamped> = if recovered {
         replay
             .events
@@ -417,25 +421,27 @@ async fn resume<A: Adapter>(
     } else {
         Vec::new()
     };
-    history.open(
+    let from = if recovered {
+        req.offset.unwrap_or(head.offset)
+    } else {
+        head.offset
+    };
+    let replayed = history.open(
         s.ns(),
         s.id,
         &rooms,
-        (&head.epoch, head.offset),
-        || {
-            for ev in &events {
-                emit_stamped(s, ev);
-                replayed += 1;
-            }
-        },
+        (&head.epoch, from, head.offset),
+        &events,
         |ev| emit_stamped(s, ev),
     );
     metrics::counter!("switchyard_gateway_resumes_total",
                       "outcome" => if recovered { "recovered" } else { "lost" })
     .increment(1);
     tracing::debug!(sid = %s.id, recovered, replayed, head = head.offset, "resume");
-    Ok(json!({"ok": true, "recovered": recovered, "replayed": replayed,
-              "epoch": head.epoch, "offset": head.offset}))
+    Ok(
+        json!({"ok": true, "recovered": recovered, "replayed": replayed,
+              "epoch": head.epoch, "offset": head.offset}),
+    )
 }
 
 fn check_publish<A: Adapter>(

@@ -237,41 +237,81 @@ impl History {
         .await
     }
 
-    /// Puts the gates of `rooms` of a socket in the pending state (buffering).
+    /// Puts the gates of `rooms` of a socket in the pending state (buffering). A room whose
+    /// gate is already open stays open: the socket is a member already and keeps receiving
+    /// without a seam (re-joining a room must not drop events in flight).
     pub fn hold(&self, ns: &str, sid: Sid, rooms: &[String]) {
         let mut gates = self.lock();
         let socket = gates.entry((ns.to_owned(), sid)).or_default();
         for room in rooms {
-            socket.insert(room.clone(), RoomGate::Pending(Vec::new()));
+            if !matches!(socket.get(room), Some(RoomGate::Open { .. })) {
+                socket.insert(room.clone(), RoomGate::Pending(Vec::new()));
+            }
         }
     }
 
-    /// Runs `prefix` (emits of replayed events), then opens the gates of `rooms` at
-    /// `(epoch, floor)` and delivers what they buffered above the floor, in order; all under
-    /// the gate lock so no live event overtakes.
+    /// Opens the gates of `rooms`, all under the gate lock so no live event overtakes:
+    /// a pending gate opens at `(epoch, from)`; then every `replayed` event (offset order)
+    /// passes its room's gate, and pending gates move up to `head`; then what the pending
+    /// gates buffered passes too, in offset order. `emit` runs for each event let through.
+    /// A join passes `from = head` and no replay; a recovered resume the client's offset and
+    /// the missed events. Returns how many replayed events were emitted.
     pub fn open(
         &self,
         ns: &str,
         sid: Sid,
         rooms: &[String],
-        (epoch, floor): (&str, u64),
-        prefix: impl FnOnce(),
+        (epoch, from, head): (&str, u64, u64),
+        replayed: &[Stamped],
         mut emit: impl FnMut(&Stamped),
-    ) {
+    ) -> u64 {
         let mut gates = self.lock();
-        prefix();
         let socket = gates.entry((ns.to_owned(), sid)).or_default();
         let mut buffered = Vec::new();
+        let mut opened = Vec::new();
         for room in rooms {
-            let old = socket.insert(
-                room.clone(),
-                RoomGate::Open {
-                    epoch: epoch.to_owned(),
-                    floor,
-                },
-            );
-            if let Some(RoomGate::Pending(b)) = old {
-                buffered.extend(b);
+            match socket.get_mut(room) {
+                Some(RoomGate::Open { .. }) => {}
+                Some(gate) => {
+                    let old = std::mem::replace(
+                        gate,
+                        RoomGate::Open {
+                            epoch: epoch.to_owned(),
+                            floor: from,
+                        },
+                    );
+                    if let RoomGate::Pending(b) = old {
+                        buffered.extend(b);
+                    }
+                    opened.push(room);
+                }
+                None => {
+                    socket.insert(
+                        room.clone(),
+                        RoomGate::Open {
+                            epoch: epoch.to_owned(),
+                            floor: from,
+                        },
+                    );
+                    opened.push(room);
+                }
+            }
+        }
+        let mut emitted = 0;
+        for ev in replayed {
+            if let Some(RoomGate::Open { epoch, floor }) = socket.get_mut(&ev.room)
+                && RoomGate::pass(epoch, floor, ev)
+            {
+                emit(ev);
+                emitted += 1;
+            }
+        }
+        for room in opened {
+            if let Some(RoomGate::Open { epoch: e, floor }) = socket.get_mut(room)
+                && e == epoch
+                && *floor < head
+            {
+                *floor = head;
             }
         }
         // Buffers of several rooms interleave: deliver in offset order.
@@ -283,6 +323,7 @@ impl History {
                 emit(&ev);
             }
         }
+        emitted
     }
 
     /// Offers a stamped event to one local member; `deliver` runs (under the gate lock) iff
@@ -349,11 +390,31 @@ mod tests {
             h.admit("/", sid, &ev("a", o), || got.push(o));
         }
         assert!(got.is_empty());
-        h.open("/", sid, &rooms, ("E", 4), || {}, |e| got.push(e.offset));
+        h.open("/", sid, &rooms, ("E", 4, 4), &[], |e| got.push(e.offset));
         for o in [5, 6, 7] {
             h.admit("/", sid, &ev("a", o), || got.push(o));
         }
         assert_eq!(got, [5, 6, 7]);
+
+        // A resume into a fresh room: replayed 2..=4, buffered 4..=6 meanwhile, head 4.
+        let sid = Sid::new();
+        let mut got = Vec::new();
+        h.hold("/", sid, &rooms);
+        for o in [4, 5, 6] {
+            h.admit("/", sid, &ev("a", o), || got.push(o));
+        }
+        let replayed: Vec<Stamped> = [2, 3, 4].iter().map(|o| ev("a", *o)).collect();
+        let n = h.open("/", sid, &rooms, ("E", 1, 4), &replayed, |e| {
+            got.push(e.offset)
+        });
+        assert_eq!(n, 3);
+        // Re-joining an open room keeps it open: nothing in flight is lost or doubled.
+        h.hold("/", sid, &rooms);
+        h.admit("/", sid, &ev("a", 6), || got.push(6));
+        h.admit("/", sid, &ev("a", 7), || got.push(7));
+        h.open("/", sid, &rooms, ("E", 9, 9), &[], |e| got.push(e.offset));
+        h.admit("/", sid, &ev("a", 8), || got.push(8));
+        assert_eq!(got, [2, 3, 4, 5, 6, 7, 8]);
         Ok(())
     }
 }

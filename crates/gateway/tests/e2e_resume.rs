@@ -18,7 +18,9 @@ use anyhow::{Context, bail};
 use serde_json::json;
 use support::Driver;
 use switchyard_proto::relay::v1::{MembersRequest, relay_client::RelayClient};
-use switchyard_testkit::cluster::{Gateway, GatewayOpts, Placement, PlacementOpts, Relay, RelayOpts};
+use switchyard_testkit::cluster::{
+    Gateway, GatewayOpts, Placement, PlacementOpts, Relay, RelayOpts,
+};
 use switchyard_testkit::redis::RedisServer;
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -109,8 +111,10 @@ fn spawn_publisher(
     tokio::spawn(async move {
         for n in range {
             let res = driver
-                .request(json!({"cmd": "publish", "id": id, "room": "feed", "event": "tick",
-                                "data": {"n": n}, "retain": true}))
+                .request(
+                    json!({"cmd": "publish", "id": id, "room": "feed", "event": "tick",
+                                "data": {"n": n}, "retain": true}),
+                )
                 .await
                 .with_context(|| format!("publishing {n}"))?;
             if res["ack"]["ok"] != true {
@@ -161,10 +165,7 @@ async fn subscribers_of_a_killed_gateway_miss_nothing_and_get_nothing_twice() ->
         assert_eq!(ack["ok"], true, "s{i} joins: {ack}");
         assert!(ack["epoch"].is_string(), "join gives the epoch: {ack}");
     }
-    let on_dead = subs
-        .count()
-        .await?
-        .on(cluster.gateways[0].node_id());
+    let on_dead = subs.count().await?.on(cluster.gateways[0].node_id());
     assert!(on_dead > 0, "some subscribers are on the gateway to kill");
 
     // The publisher sits on a gateway that survives.
@@ -234,8 +235,10 @@ async fn resume_is_exact_within_the_window_and_refused_outside_it() -> anyhow::R
     // Within the window, on another gateway: exactly the missed events, in order.
     connect_raw(&mut js, "b", &cluster.gateways[0]).await?;
     let ack = js
-        .request(json!({"cmd": "emit", "id": "b", "event": "resume", "ack": true,
-                        "args": [{"epoch": epoch, "offset": start + 2, "rooms": ["feed"]}]}))
+        .request(
+            json!({"cmd": "emit", "id": "b", "event": "resume", "ack": true,
+                        "args": [{"epoch": epoch, "offset": start + 2, "rooms": ["feed"]}]}),
+        )
         .await?["ack"]
         .clone();
     assert_eq!(ack["recovered"], true, "{ack}");
@@ -259,8 +262,10 @@ async fn resume_is_exact_within_the_window_and_refused_outside_it() -> anyhow::R
     }
     connect_raw(&mut js, "c", &cluster.gateways[1]).await?;
     let ack = js
-        .request(json!({"cmd": "emit", "id": "c", "event": "resume", "ack": true,
-                        "args": [{"epoch": epoch, "offset": start + 1, "rooms": ["feed"]}]}))
+        .request(
+            json!({"cmd": "emit", "id": "c", "event": "resume", "ack": true,
+                        "args": [{"epoch": epoch, "offset": start + 1, "rooms": ["feed"]}]}),
+        )
         .await?["ack"]
         .clone();
     assert_eq!(ack["recovered"], false, "{ack}");
@@ -272,8 +277,10 @@ async fn resume_is_exact_within_the_window_and_refused_outside_it() -> anyhow::R
     let deadline = Instant::now() + WAIT;
     let ack = loop {
         let res = js
-            .request(json!({"cmd": "emit", "id": "d", "event": "resume", "ack": true,
-                            "args": [{"epoch": epoch, "offset": start + 599, "rooms": ["feed"]}]}))
+            .request(
+                json!({"cmd": "emit", "id": "d", "event": "resume", "ack": true,
+                            "args": [{"epoch": epoch, "offset": start + 599, "rooms": ["feed"]}]}),
+            )
             .await?;
         let ack = res["ack"].clone();
         if ack["ok"] == true || Instant::now() > deadline {

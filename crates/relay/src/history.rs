@@ -287,8 +287,7 @@ impl RedisHistory {
         if ok == 1 {
             for entry in flat.chunks_exact(4) {
                 let id = String::from_utf8_lossy(&entry[0]);
-                let Some(offset) = id.split('-').next().and_then(|o| o.parse::<u64>().ok())
-                else {
+                let Some(offset) = id.split('-').next().and_then(|o| o.parse::<u64>().ok()) else {
                     return Err(BusError::Invalid(format!("bad history entry id `{id}`")));
                 };
                 let room = String::from_utf8_lossy(&entry[1]).into_owned();
@@ -478,22 +477,22 @@ mod tests {
         let head = h.head("/", "a");
         assert_eq!(head.retained.map(|r| r.offset), Some(1));
         let rooms = vec!["a".to_owned()];
-        let r = h.replay("/", &rooms, &p1.epoch, 0, 0);
+        let r = h.replay("/", &rooms, &p1.epoch, 0, 100);
         assert!(r.recovered);
         assert_eq!(r.events.len(), 1);
-        assert!(!h.replay("/", &rooms, "other", 0, 0).recovered);
+        assert!(!h.replay("/", &rooms, "other", 0, 100).recovered);
         for _ in 0..3 {
             h.stamp(input("a", false));
         }
         // Offsets 3..5 kept: a client at 1 missed 2, gone.
-        assert!(!h.replay("/", &rooms, &p1.epoch, 1, 0).recovered);
-        let r = h.replay("/", &rooms, &p1.epoch, 2, 0);
+        assert!(!h.replay("/", &rooms, &p1.epoch, 1, 100).recovered);
+        let r = h.replay("/", &rooms, &p1.epoch, 2, 100);
         assert!(r.recovered);
         assert_eq!(
             r.events.iter().map(|e| e.offset).collect::<Vec<_>>(),
             [3, 4, 5]
         );
-        assert!(h.replay("/", &rooms, &p1.epoch, 5, 0).recovered);
-        assert!(!h.replay("/", &rooms, &p1.epoch, 6, 0).recovered);
+        assert!(h.replay("/", &rooms, &p1.epoch, 5, 100).recovered);
+        assert!(!h.replay("/", &rooms, &p1.epoch, 6, 100).recovered);
     }
 }
