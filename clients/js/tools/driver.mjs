@@ -25,6 +25,7 @@
  * stdout events (besides results), each with "type":"event","id","event","t" (ms since the epoch):
  *   assigned {node_id,url} | connected {node_id,url,sid} | reconnected {node_id,url,attempts}
  *   connect_error {message,data,reason} | disconnect {reason} | recv {name,args}
+ *   (a server event that asks for an ack is answered at once with {ok: true, id})
  *   rejoin_error {room,ack} | resumed {recovered,replayed,epoch,offset} | resync {rooms}
  *
  * Binary data: a JSON object {"$bin":"<base64>"} is sent as a Buffer, and a received
@@ -78,7 +79,7 @@ function nsUrl(url, namespace = "/") {
 function wireRaw(entry, socket) {
   entry.socket = socket;
   socket.onAny((name, ...args) => {
-    if (typeof args[args.length - 1] === "function") args.pop();
+    if (typeof args[args.length - 1] === "function") args.pop()({ ok: true, id: entry.id });
     event(entry.id, "recv", { name, args: encode(args) });
   });
   socket.on("connect", () => {
@@ -141,8 +142,9 @@ function startHelper(id, c) {
   client.on("resumed", (r) => event(id, "resumed", r));
   client.on("resync", ({ rooms }) => event(id, "resync", { rooms }));
   client.onAny((name, ...args) => {
-    const shown = typeof args[args.length - 1] === "function" ? args.slice(0, -1) : args;
-    event(id, "recv", { name, args: encode(shown) });
+    const ack = typeof args[args.length - 1] === "function" ? args.pop() : null;
+    if (ack) ack({ ok: true, id });
+    event(id, "recv", { name, args: encode(args) });
   });
 }
 

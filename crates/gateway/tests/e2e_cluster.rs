@@ -293,10 +293,14 @@ async fn cluster_operations_span_gateways_in_an_embedded_app() -> anyhow::Result
         "rooms sees the remote room: {ack}"
     );
 
-    // Broadcast with ack: one reply per client on every gateway (the driver's clients never
-    // answer acks, so each reply is that client's timeout), within the timeout.
-    let ack = cluster_op(&mut js, "c0", json!({"op": "ask_all", "timeout_ms": 1000})).await?;
+    // Broadcast with ack: the driver's clients answer every server ack, so one real ack per
+    // client on every gateway comes back within the timeout.
+    let ack = cluster_op(&mut js, "c0", json!({"op": "ask_all", "timeout_ms": 3000})).await?;
     assert_eq!(ack["replies"], 3, "one reply per client: {ack}");
+    assert_eq!(
+        ack["acked"], 3,
+        "every client's ack arrives, none times out: {ack}"
+    );
     for id in ids {
         wait_recv(&mut js, id, "question", |_| true).await?;
     }

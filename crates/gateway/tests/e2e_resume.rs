@@ -143,7 +143,7 @@ async fn wait_progress(progress: &AtomicU64, at_least: u64) -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscribers_of_a_killed_gateway_miss_nothing_and_get_nothing_twice() -> anyhow::Result<()>
 {
-    const SUBSCRIBERS: usize = 200;
+    const SUBSCRIBERS: usize = 150;
     const EVENTS: u64 = 1000;
     let cluster = HistoryCluster::start(3, &[])?;
     cluster.wait_linked(3).await?;
