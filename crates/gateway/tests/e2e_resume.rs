@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use support::Driver;
+use support::{Driver, REPORT_INTERVAL_MS};
 use switchyard_proto::relay::v1::{MembersRequest, relay_client::RelayClient};
 use switchyard_testkit::cluster::{
     Gateway, GatewayOpts, Placement, PlacementOpts, Relay, RelayOpts,
@@ -36,9 +36,12 @@ struct HistoryCluster {
 impl HistoryCluster {
     fn start(n: usize, relay_args: &[&str]) -> anyhow::Result<HistoryCluster> {
         let redis = RedisServer::start()?;
+        // The services' own report interval: testkit's fast 200 ms leaves a 600 ms liveness
+        // window that a loaded 2-core CI machine can miss with 150 clients connecting at once.
+        let interval = || ["--report-interval-ms".to_owned(), REPORT_INTERVAL_MS.to_owned()];
         let placement = Placement::start(PlacementOpts {
             redis_url: Some(redis.url()),
-            extra_args: Vec::new(),
+            extra_args: interval().to_vec(),
         })?;
         let relay = Relay::start(RelayOpts {
             redis_url: Some(redis.url()),
@@ -49,6 +52,7 @@ impl HistoryCluster {
             let mut opts = GatewayOpts::new(&placement, format!("gw-{i}"));
             opts.relay_urls = vec![relay.grpc_url().to_owned()];
             opts.extra_args = vec!["--allow-anonymous".to_owned()];
+            opts.extra_args.extend(interval());
             gateways.push(Gateway::start(opts)?);
         }
         Ok(HistoryCluster {
