@@ -34,45 +34,79 @@ pub fn reflection() -> anyhow::Result<(
     Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }
 
-/// Checks `authorization: Bearer <token>` against the configured admin token, in constant time.
+/// Checks `authorization: Bearer <token>` against one configured token, in constant time.
 ///
-/// A service with no admin token configured refuses every admin call: security by default.
+/// A service with no token configured for a purpose refuses every call of that purpose:
+/// security by default. Admin calls and the relay's backend `Publish` each have their own
+/// token, so a backend able to publish cannot drain gateways.
 #[derive(Clone)]
-pub struct AdminAuth {
+pub struct BearerAuth {
     expected: Option<MetadataValue<tonic::metadata::Ascii>>,
+    /// What the token guards and which setting provides it, for the refusal messages.
+    purpose: &'static str,
+    setting: &'static str,
 }
 
-impl std::fmt::Debug for AdminAuth {
+/// The admin API's bearer check (`--admin-token`, `SWITCHYARD_ADMIN_TOKEN`).
+pub type AdminAuth = BearerAuth;
+
+impl std::fmt::Debug for BearerAuth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminAuth")
+        f.debug_struct("BearerAuth")
+            .field("purpose", &self.purpose)
             .field("configured", &self.expected.is_some())
             .finish()
     }
 }
 
-impl AdminAuth {
+impl BearerAuth {
+    /// The admin token check.
     pub fn new(token: Option<&str>) -> anyhow::Result<Self> {
+        Self::for_purpose("admin", "--admin-token (SWITCHYARD_ADMIN_TOKEN)", token)
+    }
+
+    /// A token check for `purpose` (`"publish"`…), configured by `setting` (named in errors).
+    pub fn for_purpose(
+        purpose: &'static str,
+        setting: &'static str,
+        token: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let expected = match token {
             Some(t) if !t.is_empty() => Some(format!("Bearer {t}").parse()?),
             _ => None,
         };
-        Ok(Self { expected })
+        Ok(Self {
+            expected,
+            purpose,
+            setting,
+        })
+    }
+
+    /// Checks a request's metadata; `UNAUTHENTICATED` with a clear reason otherwise.
+    pub fn verify(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        let Some(expected) = &self.expected else {
+            return Err(Status::unauthenticated(format!(
+                "{} calls are disabled: no {} configured",
+                self.purpose, self.setting
+            )));
+        };
+        match metadata.get("authorization") {
+            Some(got) if constant_time_eq(got.as_bytes(), expected.as_bytes()) => Ok(()),
+            Some(_) => Err(Status::unauthenticated(format!(
+                "invalid {} token",
+                self.purpose
+            ))),
+            None => Err(Status::unauthenticated(format!(
+                "missing `authorization: Bearer <{} token>`",
+                self.purpose
+            ))),
+        }
     }
 
     /// A tonic interceptor body: passes the request through or answers `UNAUTHENTICATED`.
     pub fn check<T>(&self, req: Request<T>) -> Result<Request<T>, Status> {
-        let Some(expected) = &self.expected else {
-            return Err(Status::unauthenticated(
-                "admin calls are disabled: no admin token configured",
-            ));
-        };
-        match req.metadata().get("authorization") {
-            Some(got) if constant_time_eq(got.as_bytes(), expected.as_bytes()) => Ok(req),
-            Some(_) => Err(Status::unauthenticated("invalid admin token")),
-            None => Err(Status::unauthenticated(
-                "missing `authorization: Bearer <token>`",
-            )),
-        }
+        self.verify(req.metadata())?;
+        Ok(req)
     }
 }
 

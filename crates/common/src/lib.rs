@@ -6,11 +6,13 @@
 //! - [`ops`]: the HTTP endpoints every service exposes (`/healthz`, `/readyz`, `/metrics`).
 //! - [`grpc`]: gRPC health and reflection (v1 and v1alpha), and the bearer check for admin calls.
 //! - [`shutdown`]: one signal future so every service reacts to SIGTERM and Ctrl-C alike.
+//! - [`config`]: helpers for configuration values (redacting secrets in URLs).
 //! - [`backoff`]: the one jittered exponential backoff policy used for every reconnect.
 //! - [`assignment`]: the signed token placement issues and gateways verify.
 
 pub mod assignment;
 pub mod backoff;
+pub mod config;
 pub mod grpc;
 pub mod ops;
 pub mod shutdown;

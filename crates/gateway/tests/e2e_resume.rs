@@ -38,7 +38,12 @@ impl HistoryCluster {
         let redis = RedisServer::start()?;
         // The services' own report interval: testkit's fast 200 ms leaves a 600 ms liveness
         // window that a loaded 2-core CI machine can miss with 150 clients connecting at once.
-        let interval = || ["--report-interval-ms".to_owned(), REPORT_INTERVAL_MS.to_owned()];
+        let interval = || {
+            [
+                "--report-interval-ms".to_owned(),
+                REPORT_INTERVAL_MS.to_owned(),
+            ]
+        };
         let placement = Placement::start(PlacementOpts {
             redis_url: Some(redis.url()),
             extra_args: interval().to_vec(),

@@ -8,6 +8,7 @@
 //! nodes stay in the ledger), releases the lease and waits for both servers to finish.
 
 use std::{io::Write, net::SocketAddr, sync::Arc, time::Duration};
+use switchyard_common::config::redact_url;
 
 use anyhow::Context;
 use axum::{Router, serve::ListenerExt};
@@ -36,7 +37,7 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use crate::{
     admin::AdminService,
     assign::{self, Assigner},
-    config::{Config, redact_url},
+    config::Config,
     lease::{Lease, LocalLease, RedisLease},
     ledger::{Ledger, LedgerSettings, MemoryLedger, RedisLedger},
     reaper::{self, LeaseStatus, ReaperSettings},

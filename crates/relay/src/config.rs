@@ -4,6 +4,7 @@
 //! printed: clap hides their environment values and [`Config`]'s `Debug` redacts them.
 
 use std::{net::SocketAddr, time::Duration};
+use switchyard_common::config::redact_url;
 
 use clap::Parser;
 use switchyard_common::telemetry::TelemetryArgs;
@@ -115,19 +116,5 @@ impl Config {
 
     pub fn membership_interval(&self) -> Duration {
         Duration::from_millis(self.membership_interval_ms)
-    }
-}
-
-/// Redacts the password of a Redis URL (`redis://user:secret@host` → `redis://user:***@host`).
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return "<redacted>".into();
-    };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            format!("{scheme}://{user}:***@{host}")
-        }
-        None => url.to_owned(),
     }
 }

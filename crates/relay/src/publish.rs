@@ -13,54 +13,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use switchyard_proto::relay::v1::{
     BackendEvent, Frame, FrameKind, PublishRequest, PublishResponse, backend_event, publish_request,
 };
-use tonic::{Request, Status, metadata::MetadataValue};
+use tonic::{Request, Status};
 
 use crate::server::RelayState;
 
-/// Checks `authorization: Bearer <token>` against `--publish-token`, in constant time.
-#[derive(Clone)]
-pub struct PublishAuth {
-    expected: Option<MetadataValue<tonic::metadata::Ascii>>,
-}
-
-impl std::fmt::Debug for PublishAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PublishAuth")
-            .field("configured", &self.expected.is_some())
-            .finish()
-    }
-}
-
-impl PublishAuth {
-    pub fn new(token: Option<&str>) -> anyhow::Result<Self> {
-        let expected = match token {
-            Some(t) if !t.is_empty() => Some(format!("Bearer {t}").parse()?),
-            _ => None,
-        };
-        Ok(Self { expected })
-    }
-
-    pub fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let Some(expected) = &self.expected else {
-            return Err(Status::unauthenticated(
-                "Publish is disabled: no --publish-token (SWITCHYARD_PUBLISH_TOKEN) configured",
-            ));
-        };
-        match req.metadata().get("authorization") {
-            Some(got) if constant_time_eq(got.as_bytes(), expected.as_bytes()) => Ok(()),
-            Some(_) => Err(Status::unauthenticated("invalid publish token")),
-            None => Err(Status::unauthenticated(
-                "missing `authorization: Bearer <publish token>`",
-            )),
-        }
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-/// Sequence of backend frames of this replica (origin `relay:<relay_id>`).
 static NEXT_SEQ: AtomicU64 = AtomicU64::new(1);
 
 /// Handles one `Publish` call.
@@ -68,7 +24,7 @@ pub async fn publish(
     state: &RelayState,
     req: Request<PublishRequest>,
 ) -> Result<PublishResponse, Status> {
-    state.publish_auth.check(&req)?;
+    state.publish_auth.verify(req.metadata())?;
     let req = req.into_inner();
     if !req.namespace.starts_with('/') {
         return Err(Status::invalid_argument("namespace must start with `/`"));

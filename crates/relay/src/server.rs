@@ -8,6 +8,8 @@
 //! Open links end with the server; their gateways relink to another replica.
 
 use std::{io::Write, sync::Arc, time::Duration};
+use switchyard_common::config::redact_url;
+use switchyard_common::grpc::BearerAuth;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -26,12 +28,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
     bus::{Bus, RedisBus},
-    config::{Config, redact_url},
+    config::Config,
     history::{History, HistorySettings, StampInput},
     hub::Hub,
     link::{self, LinkStream},
     membership::Membership,
-    publish::{self, PublishAuth},
+    publish,
 };
 
 /// How long shutdown waits for the servers to finish before giving up on them.
@@ -51,7 +53,7 @@ pub struct RelayState {
     pub membership: Arc<Membership>,
     pub link_queue: usize,
     pub max_frame_bytes: usize,
-    pub publish_auth: PublishAuth,
+    pub publish_auth: BearerAuth,
     /// Offsets, the bounded event log, retained state (see [`crate::history`]).
     pub history: History,
 }
@@ -274,7 +276,11 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         membership,
         link_queue: config.link_queue as usize,
         max_frame_bytes,
-        publish_auth: PublishAuth::new(config.publish_token.as_deref())?,
+        publish_auth: BearerAuth::for_purpose(
+            "publish",
+            "--publish-token (SWITCHYARD_PUBLISH_TOKEN)",
+            config.publish_token.as_deref(),
+        )?,
         history,
     });
 
