@@ -83,6 +83,23 @@ pub struct GatewayArgs {
     /// gRPC URLs of the broadcast relays, comma separated; empty runs this gateway alone.
     #[arg(long, env = "SWITCHYARD_RELAY_URLS", value_delimiter = ',')]
     pub relay_urls: Vec<String>,
+    /// Initial websocket read buffer per connection, in bytes. Every connected socket holds one,
+    /// so this is a direct per-connection memory cost; a socket that receives a larger message
+    /// grows its own buffer. Lower it for many mostly-idle clients, raise it for large uploads.
+    #[arg(
+        long,
+        env = "SWITCHYARD_WS_READ_BUFFER_BYTES",
+        default_value_t = crate::DEFAULT_WS_READ_BUFFER_BYTES
+    )]
+    pub ws_read_buffer_bytes: usize,
+    /// Packets queued per socket before emits to it fail (a slow client's backlog bound). A
+    /// bound, not a preallocation: it does not change an idle socket's memory.
+    #[arg(
+        long,
+        env = "SWITCHYARD_MAX_BUFFERED_PACKETS",
+        default_value_t = crate::DEFAULT_MAX_BUFFERED_PACKETS
+    )]
+    pub max_buffered_packets: usize,
 }
 
 /// The binary's whole command line.
@@ -152,6 +169,8 @@ impl GatewayArgs {
                 .map(|u| u.trim().to_owned())
                 .filter(|u| !u.is_empty())
                 .collect(),
+            ws_read_buffer_bytes: self.ws_read_buffer_bytes,
+            max_buffered_packets: self.max_buffered_packets,
         }
     }
 }
@@ -191,6 +210,8 @@ mod tests {
         assert_eq!(s.max_payload_bytes, 1_048_576);
         assert_eq!(s.report_interval, Duration::from_millis(1000));
         assert_eq!(s.drain_deadline, Duration::from_millis(30_000));
+        assert_eq!(s.ws_read_buffer_bytes, 1024);
+        assert_eq!(s.max_buffered_packets, 1024);
         Ok(())
     }
 

@@ -119,11 +119,15 @@ pub struct History {
     current: AtomicUsize,
     gates: Mutex<HashMap<(String, Sid), HashMap<String, RoomGate>>>,
     stamped: AtomicU64,
+    /// `<node_id>:<incarnation>`: with [`Self::publishes`], the publish id of each `Stamp`.
+    publisher: String,
+    publishes: AtomicU64,
 }
 
 impl History {
-    /// Clients of the relays at `urls` (connected lazily; needs a tokio runtime).
-    pub fn new(urls: &[String]) -> Result<Self, HistoryError> {
+    /// Clients of the relays at `urls` (connected lazily; needs a tokio runtime). `publisher`
+    /// (`<node_id>:<incarnation>`) prefixes publish ids, so they are unique cluster-wide.
+    pub fn new(urls: &[String], publisher: String) -> Result<Self, HistoryError> {
         let mut clients = Vec::new();
         for url in urls {
             let channel = Endpoint::from_shared(url.clone())?
@@ -140,12 +144,15 @@ impl History {
             current: AtomicUsize::new(0),
             gates: Mutex::new(HashMap::new()),
             stamped: AtomicU64::new(0),
+            publisher,
+            publishes: AtomicU64::new(0),
         })
     }
 
     /// Runs `call` on the current relay, then on the others while they are unreachable
-    /// (`UNAVAILABLE`). A `Stamp` whose answer was lost with its relay may so be stamped twice
-    /// (a different offset each time); other failures are not retried.
+    /// (`UNAVAILABLE`). A retried `Stamp` carries the same publish id, so the relays stamp it
+    /// once even when the first relay stamped it and died before answering; other failures
+    /// are not retried.
     async fn call<T, F, Fut>(&self, call: F) -> Result<T, HistoryError>
     where
         F: Fn(RelayClient<Channel>) -> Fut,
@@ -177,7 +184,8 @@ impl History {
         self.gates.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Stamps a room publish; returns its offset.
+    /// Stamps a room publish; returns its offset. The publish id
+    /// `<node_id>:<incarnation>:<counter>` is made once here and reused by every retry.
     pub async fn stamp(
         &self,
         ns: &str,
@@ -187,6 +195,8 @@ impl History {
         retain: bool,
     ) -> Result<u64, HistoryError> {
         let msgpack: bytes::Bytes = rmp_serde::to_vec(data)?.into();
+        let n = self.publishes.fetch_add(1, Ordering::Relaxed) + 1;
+        let publish_id = format!("{}:{n}", self.publisher);
         let res = self
             .call(|mut c| {
                 let req = StampRequest {
@@ -195,6 +205,7 @@ impl History {
                     event: event.to_owned(),
                     msgpack: msgpack.clone(),
                     retain,
+                    publish_id: publish_id.clone(),
                 };
                 async move { c.stamp(req).await }
             })
@@ -381,7 +392,7 @@ mod tests {
 
     #[tokio::test]
     async fn gates_buffer_then_deliver_each_offset_once_in_order() -> anyhow::Result<()> {
-        let h = History::new(&["http://127.0.0.1:1".to_owned()])?;
+        let h = History::new(&["http://127.0.0.1:1".to_owned()], "n:1".to_owned())?;
         let sid = Sid::new();
         let rooms = vec!["a".to_owned()];
         let mut got = Vec::new();

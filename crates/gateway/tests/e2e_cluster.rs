@@ -4,7 +4,8 @@
 //! - members of a room on all three gateways get each of 100 published events exactly once and
 //!   in order; non-members get none;
 //! - a 1 MiB binary payload published on one gateway arrives intact on the others;
-//! - a backend `Publish` on the relay's gRPC API reaches the room's members on every gateway,
+//! - a backend `Publish` on the relay's gRPC API reaches the room's members on every gateway
+//!   (to one room without except: through history, with `{room, epoch, offset}`),
 //!   and `except` excludes;
 //! - in an application (`examples/embedded`): `fetch_sockets`, `rooms`, broadcast with ack,
 //!   remote join / leave / disconnect across gateways;
@@ -192,9 +193,17 @@ async fn a_room_spans_three_gateways() -> anyhow::Result<()> {
         .await?
         .into_inner();
     assert_eq!(res.gateways, 3, "published to every linked gateway");
+    // One room, no except: it went through history, so it has a position members see.
+    let position = res
+        .position
+        .ok_or_else(|| anyhow::anyhow!("a one-room backend publish has a position"))?;
+    assert!(position.offset > 0, "{position:?}");
     for id in members {
         let e = wait_recv(&mut js, id, "backend", |_| true).await?;
         assert_eq!(e["args"][0]["text"], "backend", "{id}: {e}");
+        assert_eq!(e["args"][1]["room"], "news", "{id}: {e}");
+        assert_eq!(e["args"][1]["epoch"], position.epoch.as_str(), "{id}: {e}");
+        assert_eq!(e["args"][1]["offset"], position.offset, "{id}: {e}");
     }
     relay
         .publish(publish("backend-except", vec!["vip".into()]))

@@ -10,6 +10,58 @@ use clap::Parser;
 use switchyard_common::telemetry::TelemetryArgs;
 
 use crate::bus::PubSubMode;
+use crate::history::{HistorySettings, NsLimits};
+
+/// One `--history-namespace` entry: limits of one namespace (unset: the global flag's).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryNamespace {
+    pub namespace: String,
+    pub max_len: Option<u64>,
+    pub ttl_ms: Option<u64>,
+}
+
+/// Parses `<namespace>=<key>:<value>[,<key>:<value>]` (keys `max_len` 1..=100000000,
+/// `ttl_ms` 1000..=30 days, like the global flags).
+pub fn parse_history_namespace(s: &str) -> Result<HistoryNamespace, String> {
+    let s = s.trim();
+    let (namespace, spec) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected <namespace>=max_len:<n>,ttl_ms:<ms>"))?;
+    let namespace = namespace.trim();
+    if !namespace.starts_with('/') || namespace.len() > 256 {
+        return Err(format!(
+            "`{namespace}`: a namespace starts with `/` and is at most 256 bytes"
+        ));
+    }
+    let mut out = HistoryNamespace {
+        namespace: namespace.to_owned(),
+        max_len: None,
+        ttl_ms: None,
+    };
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = part
+            .split_once(':')
+            .ok_or_else(|| format!("`{part}`: expected <key>:<value>"))?;
+        let value: u64 = value
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{part}`: the value must be a whole number"))?;
+        match key.trim() {
+            "max_len" if (1..=100_000_000).contains(&value) => out.max_len = Some(value),
+            "ttl_ms" if (1_000..=30 * 24 * 3_600_000).contains(&value) => out.ttl_ms = Some(value),
+            "max_len" | "ttl_ms" => return Err(format!("`{part}`: value out of range")),
+            other => {
+                return Err(format!(
+                    "`{other}`: unknown key (expected max_len or ttl_ms)"
+                ));
+            }
+        }
+    }
+    if out.max_len.is_none() && out.ttl_ms.is_none() {
+        return Err(format!("`{s}`: set max_len and/or ttl_ms"));
+    }
+    Ok(out)
+}
 
 /// Relay: forwards adapter frames between gateways and takes events from backends.
 #[derive(Clone, Parser)]
@@ -60,6 +112,14 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_HISTORY_TTL_MS", default_value_t = 600_000,
           value_parser = clap::value_parser!(u64).range(1_000..=30 * 24 * 3_600_000))]
     pub history_ttl_ms: u64,
+    /// History limits of one namespace, overriding --history-max-len / --history-ttl-ms:
+    /// `<namespace>=<key>:<value>[,<key>:<value>]` with keys `max_len` and `ttl_ms`, e.g.
+    /// `/chat=max_len:5000,ttl_ms:60000`. Repeat the flag for several namespaces; in the
+    /// environment variable separate them with `;` (`/chat=max_len:5000;/feed=ttl_ms:5000`).
+    /// A key left out falls back to the global flag.
+    #[arg(long = "history-namespace", env = "SWITCHYARD_HISTORY_NAMESPACE",
+          value_delimiter = ';', value_parser = parse_history_namespace)]
+    pub history_namespace: Vec<HistoryNamespace>,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
@@ -79,6 +139,7 @@ impl std::fmt::Debug for Config {
             .field("membership_interval_ms", &self.membership_interval_ms)
             .field("history_max_len", &self.history_max_len)
             .field("history_ttl_ms", &self.history_ttl_ms)
+            .field("history_namespace", &self.history_namespace)
             .finish()
     }
 }
@@ -114,7 +175,79 @@ impl Config {
         Ok(())
     }
 
+    /// History settings: the global limits plus the `--history-namespace` overrides (a later
+    /// entry for the same namespace wins).
+    pub fn history_settings(&self) -> HistorySettings {
+        let mut settings = HistorySettings::new(
+            self.history_max_len,
+            Duration::from_millis(self.history_ttl_ms),
+        );
+        for ns in &self.history_namespace {
+            let limits = NsLimits {
+                max_len: ns.max_len.unwrap_or(self.history_max_len),
+                ttl: Duration::from_millis(ns.ttl_ms.unwrap_or(self.history_ttl_ms)),
+            };
+            settings.namespaces.insert(ns.namespace.clone(), limits);
+        }
+        settings
+    }
+
     pub fn membership_interval(&self) -> Duration {
         Duration::from_millis(self.membership_interval_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_namespace_parses_and_falls_back() -> anyhow::Result<()> {
+        let ns = parse_history_namespace("/chat=max_len:5000,ttl_ms:60000")
+            .map_err(anyhow::Error::msg)?;
+        assert_eq!(
+            ns,
+            HistoryNamespace {
+                namespace: "/chat".into(),
+                max_len: Some(5000),
+                ttl_ms: Some(60_000)
+            }
+        );
+        let ns = parse_history_namespace(" /feed = ttl_ms:5000 ").map_err(anyhow::Error::msg)?;
+        assert_eq!((ns.max_len, ns.ttl_ms), (None, Some(5000)));
+        for bad in [
+            "/chat",
+            "chat=max_len:1",
+            "/chat=",
+            "/chat=max_len",
+            "/chat=max_len:x",
+            "/chat=max_len:0",
+            "/chat=ttl_ms:10",
+            "/chat=size:3",
+        ] {
+            assert!(parse_history_namespace(bad).is_err(), "{bad}");
+        }
+
+        let config = Config::try_parse_from([
+            "switchyard-relay",
+            "--history-max-len",
+            "100",
+            "--history-ttl-ms",
+            "9000",
+            "--history-namespace",
+            "/chat=max_len:5000,ttl_ms:60000;/feed=ttl_ms:5000",
+            "--history-namespace",
+            "/x=max_len:7",
+        ])?;
+        let settings = config.history_settings();
+        let limits = |ns: &str| {
+            let l = settings.limits(ns);
+            (l.max_len, l.ttl.as_millis() as u64)
+        };
+        assert_eq!(limits("/chat"), (5000, 60_000));
+        assert_eq!(limits("/feed"), (100, 5000));
+        assert_eq!(limits("/x"), (7, 9000));
+        assert_eq!(limits("/"), (100, 9000));
+        Ok(())
     }
 }

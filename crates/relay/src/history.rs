@@ -17,6 +17,13 @@
 //! - **Bounded.** Redis: a stream per namespace, `XADD MAXLEN ~ --history-max-len`, and every
 //!   key of the namespace expires after `--history-ttl-ms` without a publish (like
 //!   Centrifugo's history TTL). Without Redis: an exact ring buffer with the same rules.
+//! - **Idempotent stamps.** A `Stamp` carrying a `publish_id` the namespace already stamped
+//!   (in the current epoch, among at least its last `max_len` ids, within the TTL) returns the
+//!   first position and appends, retains and forwards nothing. So a gateway that retries a
+//!   Stamp on another relay (the first died after stamping, before answering) with the same
+//!   id gets the event once in history and once per gateway: no client sees it twice.
+//! - **Per-namespace limits.** `--history-namespace` overrides max_len/TTL per namespace
+//!   (see [`HistorySettings`]).
 //! - **Replay is all or nothing.** [`History::replay`] returns events only if it holds every
 //!   offset after the client's one (offsets have no gaps), else `recovered = false`.
 //!
@@ -27,7 +34,7 @@
 //! the client gets "the state at offset N, then every event after N", nothing twice.
 //!
 //! Redis keys (hash tag `{sy:<cluster>}` so they live on one Cluster slot with the channel):
-//! `…:history:<ns>:seq`, `:stream`, `:epoch`, `:retained`. Scripts: `history/*.lua`.
+//! `…:history:<ns>:seq`, `:stream`, `:epoch`, `:retained`, `:ids`, `:ids-old`. Scripts: `history/*.lua`.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -63,11 +70,43 @@ pub const DEFAULT_REPLAY_LIMIT: u64 = 100_000;
 /// Origin of stamped frames. Gateways do not deduplicate them by origin mark but by offset.
 pub const HISTORY_ORIGIN: &str = "relay:history";
 
-/// History settings (`--history-max-len`, `--history-ttl-ms`).
-#[derive(Debug, Clone, Copy)]
+/// Limits of one namespace's history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NsLimits {
+    /// Events kept (approximately with Redis, exactly in memory); also the least number of
+    /// recent publish ids remembered for idempotent stamps.
+    pub max_len: u64,
+    /// Idle time after which the namespace's history (and epoch) is dropped.
+    pub ttl: Duration,
+}
+
+/// History settings: `--history-max-len` / `--history-ttl-ms` for every namespace, and
+/// `--history-namespace` overrides for some.
+#[derive(Debug, Clone)]
 pub struct HistorySettings {
     pub max_len: u64,
     pub ttl: Duration,
+    /// Per-namespace overrides (a field left unset there falls back to the defaults above).
+    pub namespaces: HashMap<String, NsLimits>,
+}
+
+impl HistorySettings {
+    /// The defaults for every namespace, no override.
+    pub fn new(max_len: u64, ttl: Duration) -> Self {
+        Self {
+            max_len,
+            ttl,
+            namespaces: HashMap::new(),
+        }
+    }
+
+    /// The limits that apply to `namespace`.
+    pub fn limits(&self, namespace: &str) -> NsLimits {
+        self.namespaces.get(namespace).copied().unwrap_or(NsLimits {
+            max_len: self.max_len,
+            ttl: self.ttl,
+        })
+    }
 }
 
 /// One event to stamp.
@@ -78,6 +117,8 @@ pub struct StampInput {
     pub event: String,
     pub msgpack: Bytes,
     pub retain: bool,
+    /// Idempotency key (empty: none); see the module docs.
+    pub publish_id: String,
 }
 
 /// The history of every namespace: in Redis, or in this process.
@@ -108,15 +149,21 @@ impl History {
     /// Stamps, records and forwards one event (see the module docs); returns its position.
     pub async fn stamp(&self, input: StampInput) -> Result<Position, BusError> {
         let started = Instant::now();
-        let position = match self {
+        let stamped = match self {
             History::Memory(m) => Ok(m.stamp(input)),
             History::Redis(r) => r.stamp(input).await,
         };
         metrics::histogram!("switchyard_relay_history_stamp_seconds").record(started.elapsed());
-        if position.is_ok() {
-            metrics::counter!("switchyard_relay_history_stamped_total").increment(1);
+        match &stamped {
+            Ok((_, true)) => {
+                metrics::counter!("switchyard_relay_history_stamp_duplicates_total").increment(1)
+            }
+            Ok((_, false)) => {
+                metrics::counter!("switchyard_relay_history_stamped_total").increment(1)
+            }
+            Err(_) => {}
         }
-        position
+        stamped.map(|(position, _)| position)
     }
 
     /// The namespace's position and `room`'s retained event.
@@ -207,20 +254,24 @@ impl RedisHistory {
         format!("{}:history:{namespace}:{what}", self.bus.prefix)
     }
 
-    async fn stamp(&self, input: StampInput) -> Result<Position, BusError> {
+    /// The position, and whether the publish id was already stamped.
+    async fn stamp(&self, input: StampInput) -> Result<(Position, bool), BusError> {
         let frame = stamped_frame(&input).encode_to_vec();
         let command = self.bus.publish_command()?;
         let mut conn = self.bus.pool.get().await?;
         let ns = &input.namespace;
-        let (offset, epoch): (u64, String) = self
+        let limits = self.settings.limits(ns);
+        let (offset, epoch, duplicate): (u64, String, u8) = self
             .stamp
             .key(self.key(ns, "seq"))
             .key(self.key(ns, "stream"))
             .key(self.key(ns, "epoch"))
             .key(self.key(ns, "retained"))
+            .key(self.key(ns, "ids"))
+            .key(self.key(ns, "ids-old"))
             .arg(new_epoch())
-            .arg(self.settings.max_len)
-            .arg(self.settings.ttl.as_millis() as u64)
+            .arg(limits.max_len)
+            .arg(limits.ttl.as_millis() as u64)
             .arg(&input.room)
             .arg(&input.event)
             .arg(input.msgpack.as_ref())
@@ -228,9 +279,10 @@ impl RedisHistory {
             .arg(command)
             .arg(self.bus.channel(ns))
             .arg(frame)
+            .arg(&input.publish_id)
             .invoke_async(&mut conn)
             .await?;
-        Ok(Position { epoch, offset })
+        Ok((Position { epoch, offset }, duplicate == 1))
     }
 
     async fn head(&self, namespace: &str, room: &str) -> Result<HeadResponse, BusError> {
@@ -243,7 +295,7 @@ impl RedisHistory {
             .key(self.key(namespace, "retained"))
             .arg(new_epoch())
             .arg(room)
-            .arg(self.settings.ttl.as_millis() as u64)
+            .arg(self.settings.limits(namespace).ttl.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
         let retained = r_off.parse::<u64>().ok().map(|offset| HistoryEvent {
@@ -280,7 +332,7 @@ impl RedisHistory {
             .arg(after)
             .arg(limit)
             .arg(new_epoch())
-            .arg(self.settings.ttl.as_millis() as u64)
+            .arg(self.settings.limits(namespace).ttl.as_millis() as u64)
             .invoke_async(&mut conn)
             .await?;
         let mut events = Vec::new();
@@ -328,6 +380,9 @@ struct NsHistory {
     head: u64,
     ring: VecDeque<HistoryEvent>,
     retained: HashMap<String, HistoryEvent>,
+    /// Publish ids stamped in this epoch -> offset, two generations (like stamp.lua).
+    ids: HashMap<String, u64>,
+    ids_old: HashMap<String, u64>,
     touched: Instant,
 }
 
@@ -338,6 +393,8 @@ impl NsHistory {
             head: 0,
             ring: VecDeque::new(),
             retained: HashMap::new(),
+            ids: HashMap::new(),
+            ids_old: HashMap::new(),
             touched: Instant::now(),
         }
     }
@@ -347,20 +404,41 @@ impl MemoryHistory {
     /// The namespace's history, replaced by a new epoch if it idled past the TTL.
     fn with_ns<T>(&self, namespace: &str, f: impl FnOnce(&mut NsHistory) -> T) -> T {
         let mut all = self.namespaces.lock().unwrap_or_else(|e| e.into_inner());
+        let ttl = self.settings.limits(namespace).ttl;
         let ns = all
             .entry(namespace.to_owned())
             .or_insert_with(NsHistory::new);
-        if ns.touched.elapsed() > self.settings.ttl {
+        if ns.touched.elapsed() > ttl {
             *ns = NsHistory::new();
         }
         f(ns)
     }
 
-    fn stamp(&self, input: StampInput) -> Position {
-        let max_len = usize::try_from(self.settings.max_len).unwrap_or(usize::MAX);
+    /// The position, and whether the publish id was already stamped.
+    fn stamp(&self, input: StampInput) -> (Position, bool) {
+        let max_len =
+            usize::try_from(self.settings.limits(&input.namespace).max_len).unwrap_or(usize::MAX);
         let mut frame = stamped_frame(&input);
         self.with_ns(&input.namespace, |ns| {
+            if !input.publish_id.is_empty()
+                && let Some(offset) = ns
+                    .ids
+                    .get(&input.publish_id)
+                    .or_else(|| ns.ids_old.get(&input.publish_id))
+            {
+                let position = Position {
+                    epoch: ns.epoch.clone(),
+                    offset: *offset,
+                };
+                return (position, true);
+            }
             ns.head += 1;
+            if !input.publish_id.is_empty() {
+                ns.ids.insert(input.publish_id.clone(), ns.head);
+                if ns.ids.len() > max_len {
+                    ns.ids_old = std::mem::take(&mut ns.ids);
+                }
+            }
             ns.touched = Instant::now();
             let event = HistoryEvent {
                 offset: ns.head,
@@ -382,7 +460,7 @@ impl MemoryHistory {
             frame.position = Some(position.clone());
             // Under the lock: frames leave in offset order.
             self.hub.deliver(&frame);
-            position
+            (position, false)
         })
     }
 
@@ -442,6 +520,7 @@ mod tests {
             event: "e".into(),
             msgpack: Bytes::from_static(&[1]),
             retain,
+            publish_id: String::new(),
         }
     }
 
@@ -464,15 +543,12 @@ mod tests {
     #[test]
     fn memory_history_replays_all_or_nothing() {
         let h = MemoryHistory {
-            settings: HistorySettings {
-                max_len: 3,
-                ttl: Duration::from_secs(60),
-            },
+            settings: HistorySettings::new(3, Duration::from_secs(60)),
             hub: Arc::new(Hub::default()),
             namespaces: Mutex::new(HashMap::new()),
         };
-        let p1 = h.stamp(input("a", true));
-        let p2 = h.stamp(input("b", false));
+        let (p1, _) = h.stamp(input("a", true));
+        let (p2, _) = h.stamp(input("b", false));
         assert_eq!((p1.offset, p2.offset), (1, 2));
         let head = h.head("/", "a");
         assert_eq!(head.retained.map(|r| r.offset), Some(1));
@@ -494,5 +570,42 @@ mod tests {
         );
         assert!(h.replay("/", &rooms, &p1.epoch, 5, 100).recovered);
         assert!(!h.replay("/", &rooms, &p1.epoch, 6, 100).recovered);
+    }
+
+    #[test]
+    fn memory_stamps_are_idempotent_per_publish_id_and_ids_stay_bounded() {
+        let mut ns_limits = HistorySettings::new(100, Duration::from_secs(60));
+        ns_limits.namespaces.insert(
+            "/".into(),
+            NsLimits {
+                max_len: 2,
+                ttl: Duration::from_secs(60),
+            },
+        );
+        let h = MemoryHistory {
+            settings: ns_limits,
+            hub: Arc::new(Hub::default()),
+            namespaces: Mutex::new(HashMap::new()),
+        };
+        let with_id = |id: &str| StampInput {
+            publish_id: id.into(),
+            ..input("a", false)
+        };
+        let (p1, dup) = h.stamp(with_id("n:1:1"));
+        assert!(!dup);
+        assert_eq!(h.stamp(with_id("n:1:1")), (p1.clone(), true));
+        assert_eq!(h.stamp(with_id("n:1:2")).0.offset, 2);
+        // Three ids with max_len 2: the first generation rotates, the last ids are kept.
+        assert_eq!(h.stamp(with_id("n:1:3")).0.offset, 3);
+        assert_eq!(h.stamp(with_id("n:1:2")).0.offset, 2);
+        assert_eq!(h.stamp(with_id("n:1:3")).0.offset, 3);
+        // Without an id every stamp is new; the ring holds max_len (2) events of the namespace.
+        assert_eq!(h.stamp(input("a", false)).0.offset, 4);
+        assert_eq!(h.stamp(input("a", false)).0.offset, 5);
+        let r = h.replay("/", &["a".to_owned()], &p1.epoch, 3, 100);
+        assert_eq!(
+            r.events.iter().map(|e| e.offset).collect::<Vec<_>>(),
+            [4, 5]
+        );
     }
 }

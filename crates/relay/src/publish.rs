@@ -7,6 +7,14 @@
 //! gateway linked for the namespace. The frame's origin is `relay:<relay_id>`, so no gateway
 //! is skipped. The token is separate from the admin token so that a backend able to publish
 //! cannot drain gateways; with no token configured every call is refused.
+//!
+//! **History.** The common backend case, exactly one room and no `except`, goes through
+//! [`History::stamp`](crate::history::History::stamp) like a gateway's room publish: the event
+//! gets the namespace's next offset, enters the history (so `resume` covers it) and members
+//! receive `event(data, {room, epoch, offset})`; the response carries its position. The data
+//! is stored as MessagePack (JSON is converted), the encoding of gateway stamps. Any other
+//! target (the whole namespace, several rooms, an `except`) has no single room to record it
+//! under: it stays a live-only fan-out (position unset, not replayable).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -15,7 +23,7 @@ use switchyard_proto::relay::v1::{
 };
 use tonic::{Request, Status};
 
-use crate::server::RelayState;
+use crate::{history::StampInput, server::RelayState};
 
 static NEXT_SEQ: AtomicU64 = AtomicU64::new(1);
 
@@ -32,15 +40,24 @@ pub async fn publish(
     if req.event.is_empty() {
         return Err(Status::invalid_argument("event must not be empty"));
     }
+    let stamped = stamps(&req);
     let data = match req.data {
         Some(publish_request::Data::Json(json)) => {
             if json.len() > state.max_frame_bytes {
                 return Err(too_large(json.len(), state.max_frame_bytes));
             }
-            serde_json::from_str::<serde_json::Value>(&json).map_err(|e| {
+            let value = serde_json::from_str::<serde_json::Value>(&json).map_err(|e| {
                 Status::invalid_argument(format!("data.json is not valid JSON: {e}"))
             })?;
-            backend_event::Data::Json(json)
+            if stamped {
+                // History stores MessagePack: the encoding of gateway stamps and of replay.
+                let bytes = rmp_serde::to_vec(&value).map_err(|e| {
+                    Status::invalid_argument(format!("data.json cannot be encoded: {e}"))
+                })?;
+                backend_event::Data::Msgpack(bytes.into())
+            } else {
+                backend_event::Data::Json(json)
+            }
         }
         Some(publish_request::Data::Msgpack(bytes)) => {
             if bytes.len() > state.max_frame_bytes {
@@ -55,6 +72,28 @@ pub async fn publish(
         }
     };
     let gateways = state.membership.members(&req.namespace).await?.len();
+    if stamped
+        && let (Some(room), backend_event::Data::Msgpack(msgpack)) = (req.rooms.first(), &data)
+    {
+        let position = state
+            .history
+            .stamp(StampInput {
+                namespace: req.namespace.clone(),
+                room: room.clone(),
+                event: req.event.clone(),
+                msgpack: msgpack.clone(),
+                retain: false,
+                publish_id: String::new(),
+            })
+            .await?;
+        metrics::counter!("switchyard_relay_publish_total", "path" => "history").increment(1);
+        tracing::debug!(namespace = %req.namespace, %room, event = %req.event,
+                        offset = position.offset, gateways, "published through history");
+        return Ok(PublishResponse {
+            position: Some(position),
+            gateways: u32::try_from(gateways).unwrap_or(u32::MAX),
+        });
+    }
     let frame = Frame {
         namespace: req.namespace.clone(),
         origin: format!("relay:{}", state.relay_id),
@@ -70,12 +109,17 @@ pub async fn publish(
         ..Frame::default()
     };
     state.bus.publish(&frame).await?;
-    metrics::counter!("switchyard_relay_publish_total").increment(1);
+    metrics::counter!("switchyard_relay_publish_total", "path" => "live").increment(1);
     tracing::debug!(namespace = %req.namespace, event = %req.event, gateways, "published");
     Ok(PublishResponse {
         position: None,
         gateways: u32::try_from(gateways).unwrap_or(u32::MAX),
     })
+}
+
+/// Whether a publish goes through history: exactly one room, no `except`.
+fn stamps(req: &PublishRequest) -> bool {
+    req.rooms.len() == 1 && req.except.is_empty()
 }
 
 fn too_large(len: usize, max: usize) -> Status {

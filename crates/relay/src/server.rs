@@ -29,7 +29,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::{
     bus::{Bus, RedisBus},
     config::Config,
-    history::{History, HistorySettings, StampInput},
+    history::{History, StampInput},
     hub::Hub,
     link::{self, LinkStream},
     membership::Membership,
@@ -98,6 +98,11 @@ impl Relay for RelayGrpc {
         if req.room.is_empty() || req.event.is_empty() {
             return Err(Status::invalid_argument("room and event must not be empty"));
         }
+        if req.publish_id.len() > 256 {
+            return Err(Status::invalid_argument(
+                "publish_id must be at most 256 bytes",
+            ));
+        }
         if req.msgpack.len() > self.state.max_frame_bytes {
             return Err(Status::out_of_range(format!(
                 "data of {} bytes is larger than the relay's --max-frame-bytes ({})",
@@ -111,6 +116,7 @@ impl Relay for RelayGrpc {
             event: req.event,
             msgpack: req.msgpack,
             retain: req.retain,
+            publish_id: req.publish_id,
         };
         let position = self.state.history.stamp(input).await?;
         tracing::trace!(epoch = %position.epoch, offset = position.offset, "stamped");
@@ -211,6 +217,10 @@ fn describe_metrics() {
         "switchyard_relay_history_replays_total",
         "Replays by outcome (recovered, lost)"
     );
+    describe_counter!(
+        "switchyard_relay_history_stamp_duplicates_total",
+        "Stamps whose publish id was already stamped (a retry): answered, not stamped again"
+    );
     describe_histogram!(
         "switchyard_relay_history_stamp_seconds",
         "Time to stamp, record and publish one history event"
@@ -260,10 +270,7 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         tracing::warn!("no --publish-token: every Publish call will be refused");
     }
     let max_frame_bytes = config.max_frame_bytes as usize;
-    let history_settings = HistorySettings {
-        max_len: config.history_max_len,
-        ttl: Duration::from_millis(config.history_ttl_ms),
-    };
+    let history_settings = config.history_settings();
     let history = match &redis {
         Some(redis) => History::redis(history_settings, Arc::clone(redis)),
         None => History::memory(history_settings, Arc::clone(&hub)),
