@@ -269,6 +269,12 @@ async fn resume_is_exact_within_the_window_and_refused_outside_it() -> anyhow::R
     for n in 6..600u64 {
         js.publish("p", "feed", "tick", json!({"n": n})).await?;
     }
+    // Gateway 1 has delivered every tick (to `a`) before `c` and `d` arrive there: what they
+    // must not get is a replay, and no tick is still in flight to blur that.
+    js.wait_event("a gets the last tick", WAIT, |e| {
+        e["id"] == "a" && e["event"] == "recv" && e["args"][0]["n"] == 599
+    })
+    .await?;
     connect_raw(&mut js, "c", &cluster.gateways[1]).await?;
     let ack = js
         .request(
