@@ -270,8 +270,7 @@ impl Switchyard {
     /// Applies Switchyard's transport limits to a socketioxide builder: payload limits a little
     /// above `max_payload_bytes` (engine.io `max_payload`, websocket message and frame size,
     /// binary attachment buffer), the per-socket send queue bound and websocket read buffer from
-    /// [`Settings`], and the common parser
-    /// (the one every gateway of a cluster must share).
+    /// [`Settings`], and the common parser (the one every gateway of a cluster must share).
     pub fn configure<A: Adapter>(&self, builder: SocketIoBuilder<A>) -> SocketIoBuilder<A> {
         let limit = self
             .shared
