@@ -12,6 +12,20 @@ use std::sync::{
 use axum::{Router, extract::State, http::StatusCode, routing::get};
 use metrics_exporter_prometheus::PrometheusHandle;
 
+/// Prints `SWITCHYARD_READY k=v …` on stdout once a service serves: the one line tests,
+/// `cargo xtask up` and benchmarks wait for, carrying the addresses actually bound (port 0
+/// allowed).
+pub fn announce_ready(fields: &[(&str, &dyn std::fmt::Display)]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    write!(out, "SWITCHYARD_READY")?;
+    for (key, value) in fields {
+        write!(out, " {key}={value}")?;
+    }
+    writeln!(out)?;
+    out.flush()
+}
+
 /// A shared readiness flag; services flip it when they can serve and when they start draining.
 #[derive(Debug, Clone, Default)]
 pub struct Readiness(Arc<AtomicBool>);

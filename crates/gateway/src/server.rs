@@ -52,13 +52,8 @@ pub async fn serve<A: Adapter>(
     drain.set_serving(true);
     let node_id = &gateway.settings().node_id;
     tracing::info!(http = %addr, node_id = %node_id, public_url = %gateway.settings().public_url, "listening");
-    {
-        use std::io::Write;
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "SWITCHYARD_READY http={addr} node={node_id}")
-            .context("writing the readiness line")?;
-        out.flush().context("flushing stdout")?;
-    }
+    switchyard_common::ops::announce_ready(&[("http", &addr), ("node", node_id)])
+        .context("writing the readiness line")?;
 
     let mut signalled = false;
     let end = loop {

@@ -7,8 +7,9 @@
 //! Ctrl-C turns not-ready, closes the report streams (gateways reconnect elsewhere; their
 //! nodes stay in the ledger), releases the lease and waits for both servers to finish.
 
-use std::{io::Write, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc};
 use switchyard_common::config::redact_url;
+use switchyard_common::shutdown::Servers;
 
 use anyhow::Context;
 use axum::{Router, serve::ListenerExt};
@@ -43,9 +44,6 @@ use crate::{
     reaper::{self, LeaseStatus, ReaperSettings},
     report_stream::{ReportStreams, StreamRegistry, StreamSettings},
 };
-
-/// How long shutdown waits for the servers to finish before giving up on them.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// The `switchyard.placement.v1.Placement` service: both calls delegate to their modules.
 pub struct PlacementGrpc {
@@ -241,42 +239,17 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
 
     readiness.set(true);
     tracing::info!(%http_addr, %grpc_addr, "listening");
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "SWITCHYARD_READY http={http_addr} grpc={grpc_addr}")?;
-        out.flush()?;
-    }
+    switchyard_common::ops::announce_ready(&[("http", &http_addr), ("grpc", &grpc_addr)])?;
 
-    let mut http_task = http_task;
-    let mut grpc_task = grpc_task;
-    let early = tokio::select! {
-        () = switchyard_common::shutdown::signal() => None,
-        r = &mut http_task => Some(format!("HTTP server stopped: {r:?}")),
-        r = &mut grpc_task => Some(format!("gRPC server stopped: {r:?}")),
+    let mut servers = Servers {
+        http: http_task,
+        grpc: grpc_task,
     };
+    let early = servers.until_signal().await;
     readiness.set(false);
     health
         .set_not_serving::<PlacementServer<PlacementGrpc>>()
         .await;
     let _ = shutdown_tx.send(true);
-    let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        let _ = reaper_task.await;
-        if !http_task.is_finished() {
-            let _ = http_task.await;
-        }
-        if !grpc_task.is_finished() {
-            let _ = grpc_task.await;
-        }
-    })
-    .await;
-    if finished.is_err() {
-        tracing::warn!("servers did not finish within {SHUTDOWN_GRACE:?}; exiting anyway");
-    }
-    match early {
-        Some(reason) => anyhow::bail!(reason),
-        None => {
-            tracing::info!("placement stopped");
-            Ok(())
-        }
-    }
+    servers.finish("placement", vec![reaper_task], early).await
 }

@@ -7,9 +7,10 @@
 //! turns not-ready, stops the tasks (membership entries are removed), and waits for the servers.
 //! Open links end with the server; their gateways relink to another replica.
 
-use std::{io::Write, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 use switchyard_common::config::redact_url;
 use switchyard_common::grpc::BearerAuth;
+use switchyard_common::shutdown::Servers;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -35,9 +36,6 @@ use crate::{
     membership::Membership,
     publish,
 };
-
-/// How long shutdown waits for the servers to finish before giving up on them.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Room for a frame's envelope (namespace, ids, kind) above `--max-frame-bytes` of payload.
 const ENVELOPE_BYTES: usize = 64 * 1024;
@@ -362,19 +360,13 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         }));
     }
     tracing::info!(%http_addr, %grpc_addr, relay_id = %state.relay_id, "listening");
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "SWITCHYARD_READY http={http_addr} grpc={grpc_addr}")?;
-        out.flush()?;
-    }
+    switchyard_common::ops::announce_ready(&[("http", &http_addr), ("grpc", &grpc_addr)])?;
 
-    let mut http_task = http_task;
-    let mut grpc_task = grpc_task;
-    let early = tokio::select! {
-        () = switchyard_common::shutdown::signal() => None,
-        r = &mut http_task => Some(format!("HTTP server stopped: {r:?}")),
-        r = &mut grpc_task => Some(format!("gRPC server stopped: {r:?}")),
+    let mut servers = Servers {
+        http: http_task,
+        grpc: grpc_task,
     };
+    let early = servers.until_signal().await;
     readiness.set(false);
     health.set_not_serving::<RelayServer<RelayGrpc>>().await;
     let _ = shutdown_tx.send(true);
@@ -383,26 +375,5 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         Status::unavailable("relay shutting down; relink to another replica"),
         "shutdown",
     );
-    let finished = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        for task in tasks {
-            let _ = task.await;
-        }
-        if !http_task.is_finished() {
-            let _ = http_task.await;
-        }
-        if !grpc_task.is_finished() {
-            let _ = grpc_task.await;
-        }
-    })
-    .await;
-    if finished.is_err() {
-        tracing::warn!("servers did not finish within {SHUTDOWN_GRACE:?}; exiting anyway");
-    }
-    match early {
-        Some(reason) => anyhow::bail!(reason),
-        None => {
-            tracing::info!("relay stopped");
-            Ok(())
-        }
-    }
+    servers.finish("relay", tasks, early).await
 }

@@ -32,43 +32,51 @@ pub struct PlacementOpts {
 /// [`TEST_TOKEN_SECRET`] `--admin-token` [`TEST_ADMIN_TOKEN`] `--report-interval-ms 200
 /// --rate-limit 0`. Derefs to its [`Service`] for `pid()`, `terminate()`, `pause()`, ...
 #[derive(Debug)]
-pub struct Placement {
+pub struct Placement(HttpGrpcService);
+
+/// A service process with an HTTP and a gRPC port (placement, relay), both bound on port 0
+/// and read back from its readiness line. Derefs to its [`Service`].
+#[derive(Debug)]
+pub struct HttpGrpcService {
     service: Service,
     http_url: String,
     grpc_url: String,
 }
 
-impl Placement {
-    /// Spawns placement and waits for `SWITCHYARD_READY http=... grpc=...`.
-    pub fn start(opts: PlacementOpts) -> anyhow::Result<Placement> {
-        let mut defaults = vec![
+impl HttpGrpcService {
+    /// Spawns `bin` with `defaults` (plus `--redis-url` when given) overridden by `extra_args`,
+    /// and waits for `SWITCHYARD_READY http=... grpc=...`.
+    fn spawn(
+        bin: &str,
+        mut defaults: Vec<(&str, String)>,
+        redis_url: Option<String>,
+        extra_args: &[String],
+    ) -> anyhow::Result<HttpGrpcService> {
+        defaults.extend([
             ("--http-addr", "127.0.0.1:0".to_owned()),
             ("--grpc-addr", "127.0.0.1:0".to_owned()),
-            ("--token-secret", TEST_TOKEN_SECRET.to_owned()),
-            ("--admin-token", TEST_ADMIN_TOKEN.to_owned()),
-            ("--report-interval-ms", "200".to_owned()),
-            ("--rate-limit", "0".to_owned()),
-        ];
-        if let Some(url) = opts.redis_url {
+        ]);
+        if let Some(url) = redis_url {
             defaults.push(("--redis-url", url));
         }
-        let args = with_defaults(&defaults, &opts.extra_args);
-        let service = Service::spawn("switchyard-placement", &args, &[])?;
+        let args = with_defaults(&defaults, extra_args);
+        let service = Service::spawn(bin, &args, &[])?;
         let http_url = format!("http://{}", service.ready_value("http")?);
         let grpc_url = format!("http://{}", service.ready_value("grpc")?);
-        Ok(Placement {
+        Ok(HttpGrpcService {
             service,
             http_url,
             grpc_url,
         })
     }
 
-    /// `http://127.0.0.1:NNNN`: the HTTP API (`/v1/assign`, `/healthz`, `/metrics`).
+    /// `http://127.0.0.1:NNNN`: the HTTP port (`/healthz`, `/readyz`, `/metrics`, and
+    /// placement's `/v1/assign`).
     pub fn http_url(&self) -> &str {
         &self.http_url
     }
 
-    /// `http://127.0.0.1:MMMM`: the gRPC endpoint (report stream, Assign, Admin).
+    /// `http://127.0.0.1:MMMM`: the gRPC port.
     pub fn grpc_url(&self) -> &str {
         &self.grpc_url
     }
@@ -79,10 +87,36 @@ impl Placement {
     }
 }
 
-impl Deref for Placement {
+impl Deref for HttpGrpcService {
     type Target = Service;
     fn deref(&self) -> &Service {
         &self.service
+    }
+}
+
+impl Placement {
+    /// Spawns placement and waits for `SWITCHYARD_READY http=... grpc=...`.
+    pub fn start(opts: PlacementOpts) -> anyhow::Result<Placement> {
+        let defaults = vec![
+            ("--token-secret", TEST_TOKEN_SECRET.to_owned()),
+            ("--admin-token", TEST_ADMIN_TOKEN.to_owned()),
+            ("--report-interval-ms", "200".to_owned()),
+            ("--rate-limit", "0".to_owned()),
+        ];
+        HttpGrpcService::spawn(
+            "switchyard-placement",
+            defaults,
+            opts.redis_url,
+            &opts.extra_args,
+        )
+        .map(Placement)
+    }
+}
+
+impl Deref for Placement {
+    type Target = HttpGrpcService;
+    fn deref(&self) -> &HttpGrpcService {
+        &self.0
     }
 }
 
@@ -128,55 +162,29 @@ pub struct RelayOpts {
 /// Defaults: `--http-addr 127.0.0.1:0 --grpc-addr 127.0.0.1:0 --publish-token`
 /// [`TEST_PUBLISH_TOKEN`] `--admin-token` [`TEST_ADMIN_TOKEN`]. Derefs to its [`Service`].
 #[derive(Debug)]
-pub struct Relay {
-    service: Service,
-    http_url: String,
-    grpc_url: String,
-}
+pub struct Relay(HttpGrpcService);
 
 impl Relay {
     /// Spawns the relay and waits for `SWITCHYARD_READY http=... grpc=...`.
     pub fn start(opts: RelayOpts) -> anyhow::Result<Relay> {
-        let mut defaults = vec![
-            ("--http-addr", "127.0.0.1:0".to_owned()),
-            ("--grpc-addr", "127.0.0.1:0".to_owned()),
+        let defaults = vec![
             ("--publish-token", TEST_PUBLISH_TOKEN.to_owned()),
             ("--admin-token", TEST_ADMIN_TOKEN.to_owned()),
         ];
-        if let Some(url) = opts.redis_url {
-            defaults.push(("--redis-url", url));
-        }
-        let args = with_defaults(&defaults, &opts.extra_args);
-        let service = Service::spawn("switchyard-relay", &args, &[])?;
-        let http_url = format!("http://{}", service.ready_value("http")?);
-        let grpc_url = format!("http://{}", service.ready_value("grpc")?);
-        Ok(Relay {
-            service,
-            http_url,
-            grpc_url,
-        })
-    }
-
-    /// `http://127.0.0.1:NNNN`: `/healthz`, `/readyz`, `/metrics`.
-    pub fn http_url(&self) -> &str {
-        &self.http_url
-    }
-
-    /// `http://127.0.0.1:MMMM`: the gRPC endpoint (Link, Members, Publish).
-    pub fn grpc_url(&self) -> &str {
-        &self.grpc_url
-    }
-
-    /// The process handle.
-    pub fn service(&self) -> &Service {
-        &self.service
+        HttpGrpcService::spawn(
+            "switchyard-relay",
+            defaults,
+            opts.redis_url,
+            &opts.extra_args,
+        )
+        .map(Relay)
     }
 }
 
 impl Deref for Relay {
-    type Target = Service;
-    fn deref(&self) -> &Service {
-        &self.service
+    type Target = HttpGrpcService;
+    fn deref(&self) -> &HttpGrpcService {
+        &self.0
     }
 }
 
