@@ -164,8 +164,12 @@ fn admit<A: Adapter>(
     let sref = SocketRef::from(s.clone());
     crate::events::register(&sref, shared.limits.clone());
     let disconnect_seat = seat.clone();
+    let (limits, ns, sid) = (shared.limits.clone(), sref.ns().to_owned(), sref.id);
     sref.on_disconnect(move |reason: DisconnectReason| async move {
         disconnect_seat.release();
+        if let Some(history) = limits.history.get() {
+            history.forget_socket(&ns, sid);
+        }
         metrics::counter!("switchyard_gateway_disconnects_total", "reason" => disconnect_label(reason)).increment(1);
     });
     Ok(seat)

@@ -357,6 +357,11 @@ impl History {
         }
     }
 
+    /// Forgets every gate of a socket (at its disconnect).
+    pub fn forget_socket(&self, ns: &str, sid: Sid) {
+        self.lock().remove(&(ns.to_owned(), sid));
+    }
+
     /// Forgets a socket's gate of `room` (after `leave`).
     pub fn forget(&self, ns: &str, sid: Sid, room: &str) {
         if let Some(s) = self.lock().get_mut(&(ns.to_owned(), sid)) {
@@ -365,7 +370,9 @@ impl History {
     }
 
     /// Counts a stamped event; every [`SWEEP_EVERY`] drops the gates of `ns`'s sockets that
-    /// are not in `live()` (the namespace's connected sockets): disconnected ones.
+    /// are not in `live()` (the namespace's connected sockets). Gates are dropped at each
+    /// disconnect ([`History::forget_socket`]); the sweep is the backstop for applications whose
+    /// own `on_disconnect` replaces Switchyard's.
     pub fn tick(&self, ns: &str, live: impl FnOnce() -> HashSet<Sid>) {
         let n = self.stamped.fetch_add(1, Ordering::Relaxed) + 1;
         if n.is_multiple_of(SWEEP_EVERY) {
