@@ -10,6 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         "switchyard/placement/v1/placement.proto",
         "switchyard/admin/v1/admin.proto",
+        "switchyard/admin/v1/relay_admin.proto",
         "switchyard/relay/v1/relay.proto",
     ];
     let fds = protox::compile(files, [&root])?;

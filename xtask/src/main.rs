@@ -3,6 +3,7 @@
 //! - `test`: install what is missing, build everything, run every test, validate the manifests.
 //! - `up` / `down`: a local cluster in the foreground / stop one left running.
 //! - `bench <scenario>`: the benchmarks, in release mode.
+//! - `soak --minutes N`: long moderate load with churn; memory slope, errors, lost events.
 //! - `k8s`: render and validate the Kubernetes manifests offline.
 
 mod cluster;
@@ -50,6 +51,17 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Moderate load with connection churn on a local cluster (release builds) for N minutes:
+    /// resident memory of every service over time (slope), errors and lost events. Writes
+    /// target/soak.json, prints a table, fails on any loss or error.
+    Soak {
+        /// How long the load runs.
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        /// Further arguments for `switchyard-bench soak` (see its --help).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Render every Kubernetes overlay and validate it offline.
     K8s,
 }
@@ -62,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Up(args) => cluster::up(args),
         Cmd::Down => cluster::down(),
         Cmd::Bench { scenario, args } => bench(&scenario, &args),
+        Cmd::Soak { minutes, args } => soak(minutes, &args),
         Cmd::K8s => k8s::run(),
     }
 }
@@ -132,7 +145,7 @@ fn prereqs() -> anyhow::Result<PathBuf> {
 fn bench(scenario: &str, args: &[String]) -> anyhow::Result<()> {
     run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
     let scenarios: &[&str] = if scenario == "all" {
-        &["placement", "fanout", "idle", "report"]
+        &["placement", "fanout", "rooms", "idle", "storm", "report"]
     } else {
         &[scenario]
     };
@@ -143,4 +156,14 @@ fn bench(scenario: &str, args: &[String]) -> anyhow::Result<()> {
             .env("SWITCHYARD_PROFILE", "release"))?;
     }
     Ok(())
+}
+
+/// `cargo xtask soak --minutes N`: the bench crate's `soak` scenario on release builds.
+fn soak(minutes: f64, args: &[String]) -> anyhow::Result<()> {
+    run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
+    run(cargo()
+        .args(["run", "--release", "-p", "switchyard-bench", "--", "soak"])
+        .arg(format!("--minutes={minutes}"))
+        .args(args)
+        .env("SWITCHYARD_PROFILE", "release"))
 }

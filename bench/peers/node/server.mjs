@@ -6,20 +6,36 @@
 //                                     sharing the Redis, receives `event(data, {room})`.
 // Websocket only (no polling), so clients need no sticky sessions.
 //
-// Environment: PORT (0 = any free port), REDIS_URL (unset = a single process, no adapter).
+// Environment: PORT (0 = any free port), REDIS_URL (unset = a single process, no adapter),
+// ADAPTER: `redis` (default, @socket.io/redis-adapter 8.3 over pub/sub) or `redis-streams`
+// (@socket.io/redis-streams-adapter 0.2 with connection state recovery on: the official
+// client's `socket.recovered`, the peer of Switchyard's resume in the `resume` benchmark).
 // Once serving it prints `SWITCHYARD_READY http=127.0.0.1:PORT pid=PID` on stdout.
 import { createServer } from "node:http";
 import { Server } from "socket.io";
 import { createAdapter } from "@socket.io/redis-adapter";
+import { createAdapter as createStreamsAdapter } from "@socket.io/redis-streams-adapter";
 import { createClient } from "redis";
 
 const port = Number.parseInt(process.env.PORT ?? "0", 10);
 const redisUrl = process.env.REDIS_URL;
+const adapter = process.env.ADAPTER ?? "redis";
+if (adapter !== "redis" && adapter !== "redis-streams") {
+  console.error(`ADAPTER must be redis or redis-streams, got ${adapter}`);
+  process.exit(2);
+}
 
 const httpServer = createServer();
 const options = { transports: ["websocket"], serveClient: false };
 
-if (redisUrl) {
+if (redisUrl && adapter === "redis-streams") {
+  const client = createClient({ url: redisUrl });
+  client.on("error", (err) => console.error("redis error", err));
+  await client.connect();
+  options.adapter = createStreamsAdapter(client);
+  // The documented defaults: a session lives 2 minutes after a disconnection.
+  options.connectionStateRecovery = { maxDisconnectionDuration: 2 * 60 * 1000, skipMiddlewares: true };
+} else if (redisUrl) {
   const pubClient = createClient({ url: redisUrl });
   const subClient = pubClient.duplicate();
   pubClient.on("error", (err) => console.error("redis pub error", err));
@@ -31,6 +47,7 @@ if (redisUrl) {
 const io = new Server(httpServer, options);
 
 io.on("connection", (socket) => {
+  // A recovered socket (redis-streams) is back in its rooms and has been sent what it missed.
   socket.on("join", (room, ack) => {
     if (typeof room !== "string" || room.length === 0) {
       if (typeof ack === "function") ack({ ok: false, error: "bad_room" });

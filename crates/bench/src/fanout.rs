@@ -1,22 +1,29 @@
-//! The `fanout` scenario: one room spanning three servers, thousands of members, one publisher.
+//! Room delivery through three servers: the `fanout` scenario (one room, thousands of members)
+//! and, with the same engine, the `rooms` scenario (many small rooms, publishes spread over
+//! them; see [`crate::rooms`]).
 //!
 //! Systems (alternated within a run, `repeats` times each; the summary takes medians):
 //! - `switchyard`: private Redis, placement, one relay, three gateways (release binaries);
 //!   clients are placed with `/v1/assign` and connect with their token.
 //! - `node_redis`: three Node processes of `bench/peers/node/server.mjs` (socket.io 4.8 +
 //!   `@socket.io/redis-adapter` 8.3) on a private Redis; clients round-robin, websocket only.
+//! - `socketioxide_redis`: three `sio-redis-peer` processes (socketioxide 0.18 +
+//!   socketioxide-redis 0.4) on a private Redis; clients round-robin. Rust without the relay.
 //!
-//! Per run, `clients` members join room `fanout` and one more client (not a member) publishes
-//! stamped messages (`{"s": seq, "t": send time}`) with the built-in `publish` event:
+//! Per run, `clients` members join the rooms (contiguous blocks of clients per room, so with
+//! round-robin servers every room spans every server) and one more client (not a member)
+//! publishes stamped messages (`{"s": seq, "t": send time}`) with the built-in `publish`
+//! event, message `seq` to room `seq % rooms`:
 //! 1. fixed rate (`rate` msg/s for `seconds`): `p50_ms` / `p99_ms` / `max_ms` of
 //!    arrival − send over every (member, message) delivery, and `skew_p99_ms`, the p99 over
-//!    messages of (latest arrival − earliest arrival across members);
+//!    messages of (latest arrival − earliest arrival across the room's members);
 //! 2. rising rates (`start_rate`, doubling every `step_secs`) until the deliveries counted
-//!    during a step fall below 90% of what was offered (rate × members): `msgs_per_sec` is the
-//!    highest delivery rate (member deliveries per second) any step reached.
+//!    during a step fall below 90% of what was offered (rate × members per room):
+//!    `msgs_per_sec` is the highest delivery rate (member deliveries per second) any step
+//!    reached.
 //!
 //! The load generator shares the machine with the servers, so at high rates it competes for
-//! the same cores: when both systems show the same `msgs_per_sec`, the load generator is the
+//! the same cores: when the systems show the same `msgs_per_sec`, the load generator is the
 //! limit, not them.
 
 use std::collections::HashMap;
@@ -25,14 +32,13 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use serde::Serialize;
+use serde_json::{Map, Value};
 
-use crate::loadgen::{Arrival, Client, Clock, Dialer, Setup, Shared, Stamp, connect_many};
-use crate::peers::{NodeCluster, SwitchyardCluster, bench_dir, ensure_profile_env};
-use crate::stats::{median, percentile_ms};
-
-const ROOM: &str = "fanout";
+use crate::loadgen::{Arrival, Client, Clock, Setup, Shared, Stamp, connect_many};
+use crate::peers::{System, bench_dir, ensure_profile_env};
+use crate::stats::{median, percentile_ms, ratio};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -40,8 +46,8 @@ pub struct Args {
     #[arg(long, default_value_t = 3000)]
     clients: usize,
     /// Fixed publish rate (messages per second) for the latency phase; must stay below every
-    /// system's saturation (5 × 3,000 members = 15,000 deliveries/s; on 2 shared cores both
-    /// systems saturate near 50,000).
+    /// system's saturation (5 × 3,000 members = 15,000 deliveries/s; on 2 shared cores every
+    /// system saturates well above that).
     #[arg(long, default_value_t = 5)]
     rate: u64,
     /// Length of the fixed-rate phase, seconds.
@@ -56,24 +62,58 @@ pub struct Args {
     /// Length of one saturation step, seconds.
     #[arg(long, default_value_t = 3)]
     step_secs: u64,
+    #[command(flatten)]
+    common: Common,
+}
+
+/// Flags the delivery scenarios share.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Common {
     /// Skip the saturation search (latency phase only).
     #[arg(long)]
-    skip_saturation: bool,
+    pub skip_saturation: bool,
     /// Runs per system; the summary takes medians.
     #[arg(long, default_value_t = 2)]
-    repeats: usize,
-    /// Comma list of systems: switchyard, node_redis.
-    #[arg(long, default_value = "switchyard,node_redis")]
-    systems: String,
+    pub repeats: usize,
+    /// Comma list of systems: switchyard, node_redis, socketioxide_redis.
+    #[arg(long, default_value = "switchyard,node_redis,socketioxide_redis")]
+    pub systems: String,
     /// Loopback source addresses the clients spread over (127.0.0.2 ..).
     #[arg(long, default_value_t = 8)]
-    spread: usize,
+    pub spread: usize,
     /// Concurrent connection handshakes while setting up.
     #[arg(long, default_value_t = 100)]
-    connect_concurrency: usize,
-    /// Where to write the results; default `target/bench/fanout.json`.
+    pub connect_concurrency: usize,
+    /// Where to write the results; default `target/bench/<scenario>.json`.
     #[arg(long)]
-    out: Option<PathBuf>,
+    pub out: Option<PathBuf>,
+}
+
+/// One delivery scenario, fully specified.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// `fanout` or `rooms`: names the JSON file and the table.
+    pub scenario: &'static str,
+    pub clients: usize,
+    /// Room names; members are spread over them in contiguous blocks, publishes cycle.
+    pub rooms: Vec<String>,
+    pub rate: u64,
+    pub seconds: u64,
+    pub start_rate: u64,
+    pub max_rate: u64,
+    pub step_secs: u64,
+    pub common: Common,
+}
+
+/// One step of the saturation search.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    /// Publish rate, messages per second.
+    pub rate: u64,
+    /// Member deliveries per second offered (rate × members per room).
+    pub offered: f64,
+    /// Member deliveries per second counted during the step.
+    pub achieved: f64,
 }
 
 /// What one run of one system measured.
@@ -86,12 +126,14 @@ pub struct FanoutRun {
     pub p99_ms: f64,
     pub max_ms: f64,
     pub skew_p99_ms: f64,
-    /// Deliveries in the fixed-rate phase / (messages × members).
+    /// Deliveries in the fixed-rate phase / (messages × members per room).
     pub delivered_fraction: f64,
     /// Members whose connection ended during the run.
     pub dropped_clients: u64,
     /// Seconds it took to connect and join every member.
     pub setup_secs: f64,
+    /// The saturation search, step by step.
+    pub steps: Vec<Step>,
 }
 
 /// A system's medians over its runs.
@@ -121,22 +163,7 @@ impl FanoutSummary {
     }
 }
 
-#[derive(Debug, Serialize)]
-struct Report {
-    clients: usize,
-    rate: u64,
-    seconds: u64,
-    repeats: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    switchyard: Option<FanoutSummary>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    node_redis: Option<FanoutSummary>,
-    /// switchyard / node_redis for each figure (throughput: higher is better; latencies:
-    /// lower is better).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ratios: Option<Ratios>,
-}
-
+/// `a / b` for each figure (throughput: higher is better; latencies: lower is better).
 #[derive(Debug, Serialize)]
 struct Ratios {
     msgs_per_sec: f64,
@@ -146,93 +173,111 @@ struct Ratios {
     skew_p99_ms: f64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum System {
-    Switchyard,
-    NodeRedis,
-}
-
-impl System {
-    fn name(self) -> &'static str {
-        match self {
-            System::Switchyard => "switchyard",
-            System::NodeRedis => "node_redis",
+impl Ratios {
+    fn of(a: &FanoutSummary, b: &FanoutSummary) -> Ratios {
+        Ratios {
+            msgs_per_sec: ratio(a.msgs_per_sec, b.msgs_per_sec),
+            p50_ms: ratio(a.p50_ms, b.p50_ms),
+            p99_ms: ratio(a.p99_ms, b.p99_ms),
+            max_ms: ratio(a.max_ms, b.max_ms),
+            skew_p99_ms: ratio(a.skew_p99_ms, b.skew_p99_ms),
         }
     }
 }
 
 pub fn main(args: Args) -> anyhow::Result<()> {
+    run_plan(Plan {
+        scenario: "fanout",
+        clients: args.clients,
+        rooms: vec!["fanout".to_owned()],
+        rate: args.rate,
+        seconds: args.seconds,
+        start_rate: args.start_rate,
+        max_rate: args.max_rate,
+        step_secs: args.step_secs,
+        common: args.common,
+    })
+}
+
+/// Runs a delivery scenario: every system `repeats` times, alternating, then writes
+/// `target/bench/<scenario>.json` and prints the table.
+pub fn run_plan(plan: Plan) -> anyhow::Result<()> {
     if let Some(code) = ensure_profile_env()? {
         std::process::exit(code);
     }
-    ensure!(args.clients > 0 && args.repeats > 0 && args.rate > 0 && args.seconds > 0);
-    let mut systems = Vec::new();
-    for s in args
-        .systems
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-    {
-        systems.push(match s {
-            "switchyard" => System::Switchyard,
-            "node_redis" => System::NodeRedis,
-            other => bail!("unknown system {other:?} (switchyard, node_redis)"),
-        });
-    }
+    ensure!(
+        plan.clients > 0
+            && plan.common.repeats > 0
+            && plan.rate > 0
+            && plan.seconds > 0
+            && !plan.rooms.is_empty()
+            && plan.rooms.len() <= plan.clients,
+        "need clients ≥ rooms ≥ 1 and positive repeats, rate, seconds"
+    );
+    let systems = System::parse_list(&plan.common.systems)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(run(args, systems))
+    runtime.block_on(run(plan, systems))
 }
 
-async fn run(args: Args, systems: Vec<System>) -> anyhow::Result<()> {
+async fn run(plan: Plan, systems: Vec<System>) -> anyhow::Result<()> {
     let mut results: HashMap<&'static str, Vec<FanoutRun>> = HashMap::new();
-    for repeat in 0..args.repeats {
-        // Alternate which system goes first, so drift over the run hurts both alike.
+    for repeat in 0..plan.common.repeats {
+        // Rotate which system goes first, so drift over the run hurts all alike.
         let mut order = systems.clone();
-        if repeat % 2 == 1 {
-            order.reverse();
-        }
+        order.rotate_left(repeat % systems.len());
         for system in order {
             eprintln!(
-                "fanout: {} run {}/{}, {} clients",
+                "{}: {} run {}/{}, {} clients in {} rooms",
+                plan.scenario,
                 system.name(),
                 repeat + 1,
-                args.repeats,
-                args.clients
+                plan.common.repeats,
+                plan.clients,
+                plan.rooms.len()
             );
-            let figures = run_once(&args, system)
+            let figures = run_once(&plan, system)
                 .await
                 .with_context(|| format!("{} run {}", system.name(), repeat + 1))?;
             eprintln!("  {figures:?}");
             results.entry(system.name()).or_default().push(figures);
         }
     }
-    let switchyard = results.remove("switchyard").map(FanoutSummary::of);
-    let node_redis = results.remove("node_redis").map(FanoutSummary::of);
-    let ratios = match (&switchyard, &node_redis) {
-        (Some(s), Some(n)) => Some(Ratios {
-            msgs_per_sec: ratio(s.msgs_per_sec, n.msgs_per_sec),
-            p50_ms: ratio(s.p50_ms, n.p50_ms),
-            p99_ms: ratio(s.p99_ms, n.p99_ms),
-            max_ms: ratio(s.max_ms, n.max_ms),
-            skew_p99_ms: ratio(s.skew_p99_ms, n.skew_p99_ms),
-        }),
-        _ => None,
-    };
-    let report = Report {
-        clients: args.clients,
-        rate: args.rate,
-        seconds: args.seconds,
-        repeats: args.repeats,
-        switchyard,
-        node_redis,
-        ratios,
-    };
-    print_table(&report);
-    let out = match &args.out {
+    let summaries: Vec<(&'static str, FanoutSummary)> = System::ALL
+        .iter()
+        .filter_map(|s| Some((s.name(), FanoutSummary::of(results.remove(s.name())?))))
+        .collect();
+    let find = |name: &str| summaries.iter().find(|(n, _)| *n == name).map(|(_, s)| s);
+    let mut report = Map::new();
+    report.insert("clients".into(), plan.clients.into());
+    report.insert("rooms".into(), plan.rooms.len().into());
+    report.insert(
+        "members_per_room".into(),
+        (plan.clients / plan.rooms.len()).into(),
+    );
+    report.insert("rate".into(), plan.rate.into());
+    report.insert("seconds".into(), plan.seconds.into());
+    report.insert("repeats".into(), plan.common.repeats.into());
+    for (name, summary) in &summaries {
+        report.insert((*name).into(), serde_json::to_value(summary)?);
+    }
+    // `ratios`: switchyard / node_redis (the targets); `ratios_vs_socketioxide_redis`:
+    // switchyard / socketioxide_redis (what the relay costs or saves).
+    if let (Some(s), Some(n)) = (find("switchyard"), find("node_redis")) {
+        report.insert("ratios".into(), serde_json::to_value(Ratios::of(s, n))?);
+    }
+    if let (Some(s), Some(x)) = (find("switchyard"), find("socketioxide_redis")) {
+        report.insert(
+            "ratios_vs_socketioxide_redis".into(),
+            serde_json::to_value(Ratios::of(s, x))?,
+        );
+    }
+    let report = Value::Object(report);
+    print_table(&plan, &summaries, &report);
+    let out = match &plan.common.out {
         Some(p) => p.clone(),
-        None => bench_dir()?.join("fanout.json"),
+        None => bench_dir()?.join(format!("{}.json", plan.scenario)),
     };
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", out.display()))?;
@@ -240,91 +285,64 @@ async fn run(args: Args, systems: Vec<System>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn ratio(a: f64, b: f64) -> f64 {
-    if b == 0.0 { 0.0 } else { a / b }
-}
-
-fn print_table(r: &Report) {
+fn print_table(plan: &Plan, summaries: &[(&str, FanoutSummary)], report: &Value) {
     println!(
-        "\nfanout: {} clients in one room over 3 servers, fixed rate {} msg/s for {} s",
-        r.clients, r.rate, r.seconds
+        "\n{}: {} clients in {} room(s) over 3 servers, fixed rate {} msg/s for {} s",
+        plan.scenario,
+        plan.clients,
+        plan.rooms.len(),
+        plan.rate,
+        plan.seconds
     );
     println!(
-        "{:<12} {:>14} {:>9} {:>9} {:>9} {:>12} {:>10}",
+        "{:<30} {:>14} {:>9} {:>9} {:>9} {:>12} {:>10}",
         "system", "msgs_per_sec", "p50_ms", "p99_ms", "max_ms", "skew_p99_ms", "delivered"
     );
-    for (name, s) in [("switchyard", &r.switchyard), ("node_redis", &r.node_redis)] {
-        if let Some(s) = s {
+    for (name, s) in summaries {
+        println!(
+            "{:<30} {:>14.0} {:>9.2} {:>9.2} {:>9.2} {:>12.2} {:>10.4}",
+            name, s.msgs_per_sec, s.p50_ms, s.p99_ms, s.max_ms, s.skew_p99_ms, s.delivered_fraction
+        );
+    }
+    for (key, label) in [
+        ("ratios", "ratio vs node_redis"),
+        (
+            "ratios_vs_socketioxide_redis",
+            "ratio vs socketioxide_redis",
+        ),
+    ] {
+        if let Some(x) = report.get(key) {
+            let f = |k: &str| x.get(k).and_then(Value::as_f64).unwrap_or(0.0);
             println!(
-                "{:<12} {:>14.0} {:>9.2} {:>9.2} {:>9.2} {:>12.2} {:>10.4}",
-                name,
-                s.msgs_per_sec,
-                s.p50_ms,
-                s.p99_ms,
-                s.max_ms,
-                s.skew_p99_ms,
-                s.delivered_fraction
+                "{:<30} {:>14.2} {:>9.2} {:>9.2} {:>9.2} {:>12.2}",
+                label,
+                f("msgs_per_sec"),
+                f("p50_ms"),
+                f("p99_ms"),
+                f("max_ms"),
+                f("skew_p99_ms")
             );
         }
     }
-    if let Some(x) = &r.ratios {
-        println!(
-            "{:<12} {:>14.2} {:>9.2} {:>9.2} {:>9.2} {:>12.2}",
-            "ratio", x.msgs_per_sec, x.p50_ms, x.p99_ms, x.max_ms, x.skew_p99_ms
-        );
-    }
 }
 
-/// Either system's processes, kept alive (and stopped on drop) for the run.
-struct Running {
-    _switchyard: Option<SwitchyardCluster>,
-    _node: Option<NodeCluster>,
-}
-
-async fn start(system: System) -> anyhow::Result<(Running, Dialer)> {
-    match system {
-        System::Switchyard => {
-            let cluster =
-                tokio::task::spawn_blocking(|| SwitchyardCluster::start(3, true)).await??;
-            cluster.wait_all_registered().await?;
-            let dialer = cluster.dialer();
-            Ok((
-                Running {
-                    _switchyard: Some(cluster),
-                    _node: None,
-                },
-                dialer,
-            ))
-        }
-        System::NodeRedis => {
-            let cluster = tokio::task::spawn_blocking(|| NodeCluster::start(3)).await??;
-            let dialer = cluster.dialer();
-            Ok((
-                Running {
-                    _switchyard: None,
-                    _node: Some(cluster),
-                },
-                dialer,
-            ))
-        }
-    }
-}
-
-async fn run_once(args: &Args, system: System) -> anyhow::Result<FanoutRun> {
-    let (running, dialer) = start(system).await?;
+async fn run_once(plan: &Plan, system: System) -> anyhow::Result<FanoutRun> {
+    let running = system.start(3).await?;
+    let dialer = running.dialer();
     let clock = Clock::new();
     let shared = Arc::new(Shared::default());
-    let setup = std::time::Instant::now();
+    let setup = Setup {
+        concurrency: plan.common.connect_concurrency,
+        spread: plan.common.spread,
+        clock,
+    };
+    let started = std::time::Instant::now();
     let members = connect_many(
         &dialer,
-        args.clients,
+        plan.clients,
         1,
-        Some(ROOM),
-        Setup {
-            concurrency: args.connect_concurrency,
-            spread: args.spread,
-            clock,
-        },
+        &plan.rooms,
+        setup,
         Arc::clone(&shared),
     )
     .await?;
@@ -332,53 +350,58 @@ async fn run_once(args: &Args, system: System) -> anyhow::Result<FanoutRun> {
         &dialer,
         1,
         0,
-        None,
+        &[],
         Setup {
             concurrency: 1,
-            spread: args.spread,
-            clock,
+            ..setup
         },
         Arc::new(Shared::default()),
     )
     .await?
     .pop()
     .context("no publisher")?;
-    let setup_secs = setup.elapsed().as_secs_f64();
+    let setup_secs = started.elapsed().as_secs_f64();
     eprintln!("  {} members joined in {setup_secs:.1} s", members.len());
     // Let joins settle everywhere (remote adapters, relay links) before measuring.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // 1. Fixed rate.
-    let n = members.len() as u64;
-    let messages = args.rate * args.seconds;
+    let per_message = (plan.clients / plan.rooms.len()) as u64;
+    let messages = plan.rate * plan.seconds;
     let mut seq = 0u64;
-    publish_at(
-        &publisher,
+    let publish = Publish {
+        client: &publisher,
         clock,
-        args.rate,
-        Duration::from_secs(args.seconds),
-        &mut seq,
-    )
-    .await?;
-    wait_quiet(&shared, messages * n, Duration::from_secs(15)).await;
+        rooms: &plan.rooms,
+    };
+    publish
+        .at(plan.rate, Duration::from_secs(plan.seconds), &mut seq)
+        .await?;
+    wait_quiet(&shared, messages * per_message, Duration::from_secs(15)).await;
     let arrivals: Vec<Vec<Arrival>> = members.iter().map(Client::take_arrivals).collect();
     let (p50_ms, p99_ms, max_ms, skew_p99_ms, delivered) = latency_figures(&arrivals);
-    let delivered_fraction = delivered as f64 / (messages * n).max(1) as f64;
+    let delivered_fraction = delivered as f64 / (messages * per_message).max(1) as f64;
     drop(arrivals);
 
     // 2. Rising rates.
     let mut msgs_per_sec = 0.0f64;
     let mut saturated_at_rate = 0;
-    if !args.skip_saturation {
-        let mut rate = args.start_rate.max(1);
-        let step = Duration::from_secs(args.step_secs.max(1));
-        while rate <= args.max_rate {
+    let mut steps = Vec::new();
+    if !plan.common.skip_saturation {
+        let mut rate = plan.start_rate.max(1);
+        let step = Duration::from_secs(plan.step_secs.max(1));
+        while rate <= plan.max_rate {
             let before = shared.delivered.load(Ordering::Relaxed);
-            publish_at(&publisher, clock, rate, step, &mut seq).await?;
+            publish.at(rate, step, &mut seq).await?;
             let during = shared.delivered.load(Ordering::Relaxed) - before;
             let achieved = during as f64 / step.as_secs_f64();
-            let offered = (rate * n) as f64;
+            let offered = (rate * per_message) as f64;
             eprintln!("  rate {rate}/s: {achieved:.0} deliveries/s of {offered:.0} offered");
+            steps.push(Step {
+                rate,
+                offered,
+                achieved,
+            });
             msgs_per_sec = msgs_per_sec.max(achieved);
             // Drop what was recorded (memory), then let any backlog drain before the next step.
             for m in &members {
@@ -409,38 +432,44 @@ async fn run_once(args: &Args, system: System) -> anyhow::Result<FanoutRun> {
         delivered_fraction,
         dropped_clients,
         setup_secs,
+        steps,
     })
 }
 
-/// Publishes stamped messages at `rate` per second for `length`, paced in 5 ms slices.
-async fn publish_at(
-    publisher: &Client,
+/// The publishing client and where its messages go.
+struct Publish<'a> {
+    client: &'a Client,
     clock: Clock,
-    rate: u64,
-    length: Duration,
-    seq: &mut u64,
-) -> anyhow::Result<()> {
-    let start = tokio::time::Instant::now();
-    let total = (rate as f64 * length.as_secs_f64()).round() as u64;
-    let mut sent = 0u64;
-    let mut tick = tokio::time::interval(Duration::from_millis(5));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    while sent < total {
-        tick.tick().await;
-        let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64 + 1).min(total);
-        while sent < due {
-            publisher.publish_stamp(
-                ROOM,
-                Stamp {
-                    s: *seq,
-                    t: clock.now_ns(),
-                },
-            )?;
-            *seq += 1;
-            sent += 1;
+    rooms: &'a [String],
+}
+
+impl Publish<'_> {
+    /// Publishes stamped messages at `rate` per second for `length`, paced in 5 ms slices;
+    /// message `seq` goes to room `seq % rooms`.
+    async fn at(&self, rate: u64, length: Duration, seq: &mut u64) -> anyhow::Result<()> {
+        let start = tokio::time::Instant::now();
+        let total = (rate as f64 * length.as_secs_f64()).round() as u64;
+        let mut sent = 0u64;
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        while sent < total {
+            tick.tick().await;
+            let due = ((start.elapsed().as_secs_f64() * rate as f64) as u64 + 1).min(total);
+            while sent < due {
+                let room = &self.rooms[(*seq % self.rooms.len() as u64) as usize];
+                self.client.publish_stamp(
+                    room,
+                    Stamp {
+                        s: *seq,
+                        t: self.clock.now_ns(),
+                    },
+                )?;
+                *seq += 1;
+                sent += 1;
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Waits until `expected` deliveries were counted, or the count has not moved for 1 s, or

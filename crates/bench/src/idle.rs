@@ -22,7 +22,7 @@ use anyhow::{Context, bail, ensure};
 use serde::Serialize;
 
 use crate::loadgen::{Clock, Dialer, Setup, Shared, connect_many};
-use crate::peers::{NodeCluster, SwitchyardCluster, bench_dir, ensure_profile_env, rss_bytes};
+use crate::peers::{PeerCluster, SwitchyardCluster, bench_dir, ensure_profile_env, rss_bytes};
 use crate::stats::median;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -171,7 +171,7 @@ async fn run_once(args: &Args, system: &str) -> anyhow::Result<IdleRun> {
         let dialer = cluster.dialer();
         (pid, dialer, Some(cluster), None)
     } else {
-        let cluster = tokio::task::spawn_blocking(|| NodeCluster::start(1)).await??;
+        let cluster = tokio::task::spawn_blocking(|| PeerCluster::node(1)).await??;
         let pid = cluster.processes.first().context("no node process")?.pid();
         let dialer: Dialer = cluster.dialer();
         (pid, dialer, None, Some(cluster))
@@ -182,7 +182,7 @@ async fn run_once(args: &Args, system: &str) -> anyhow::Result<IdleRun> {
         &dialer,
         1,
         0,
-        None,
+        &[],
         Setup {
             concurrency: 1,
             spread: args.spread,
@@ -198,7 +198,7 @@ async fn run_once(args: &Args, system: &str) -> anyhow::Result<IdleRun> {
         &dialer,
         args.clients,
         1,
-        None,
+        &[],
         Setup {
             concurrency: args.connect_concurrency,
             spread: args.spread,

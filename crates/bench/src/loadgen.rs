@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
 use tokio::net::TcpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
 
 /// The event name benchmark publishes use.
@@ -103,6 +103,8 @@ pub struct Client {
     pending: Pending,
     next_ack: AtomicU64,
     arrivals: Arc<Mutex<Vec<Arrival>>>,
+    /// Turns `true` when the reader ends (the connection is gone).
+    closed: watch::Receiver<bool>,
     reader: tokio::task::JoinHandle<()>,
     writer: tokio::task::JoinHandle<()>,
 }
@@ -228,6 +230,7 @@ impl Client {
 
         let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
         let arrivals = Arc::new(Mutex::new(Vec::new()));
+        let (closed_tx, closed) = watch::channel(false);
         let reader = {
             let out = out.clone();
             let pending = Arc::clone(&pending);
@@ -271,6 +274,7 @@ impl Client {
                     }
                 }
                 shared.dropped.fetch_add(1, Ordering::Relaxed);
+                let _ = closed_tx.send(true);
             })
         };
 
@@ -279,6 +283,7 @@ impl Client {
             pending,
             next_ack: AtomicU64::new(1),
             arrivals,
+            closed,
             reader,
             writer,
         })
@@ -339,6 +344,13 @@ impl Client {
     pub fn is_open(&self) -> bool {
         !self.reader.is_finished()
     }
+
+    /// Resolves once the connection is gone (closed by the server, reset, or a protocol close).
+    pub async fn closed(&self) {
+        let mut closed = self.closed.clone();
+        // An error means the reader was dropped (aborted): closed as well.
+        let _ = closed.wait_for(|c| *c).await;
+    }
 }
 
 /// `42[<id>]["event",args...]`.
@@ -381,7 +393,19 @@ pub enum Dialer {
 }
 
 impl Dialer {
-    async fn target(&self, index: usize, http: &reqwest::Client) -> anyhow::Result<Target> {
+    /// The same dialer without `url`: what a load balancer in front of the round-robin
+    /// servers does once its health check saw `url` die. Placement needs no such help.
+    pub fn without(&self, url: &str) -> Dialer {
+        match self {
+            Dialer::RoundRobin(urls) => {
+                Dialer::RoundRobin(urls.iter().filter(|u| *u != url).cloned().collect())
+            }
+            Dialer::Placement { .. } => self.clone(),
+        }
+    }
+
+    /// Where client `index` should connect now (for placement: a fresh assignment).
+    pub async fn target(&self, index: usize, http: &reqwest::Client) -> anyhow::Result<Target> {
         match self {
             Dialer::RoundRobin(urls) => {
                 if urls.is_empty() {
@@ -414,6 +438,41 @@ pub struct Setup {
     pub clock: Clock,
 }
 
+/// Client `index` (counted from 0 within a batch of `n`) joins `rooms[index * len / n]`: rooms
+/// are contiguous blocks of clients, so with round-robin servers each room spans every server.
+/// No room when `rooms` is empty.
+pub fn room_of(rooms: &[String], index: usize, n: usize) -> Option<&str> {
+    if rooms.is_empty() || n == 0 {
+        return None;
+    }
+    let k = (index.min(n - 1) * rooms.len()) / n;
+    rooms.get(k).map(String::as_str)
+}
+
+/// One attempt to bring client `index` up: ask `dialer` where to go, connect from its source
+/// address, join `room`. Returns the client and where it went.
+pub async fn connect_one(
+    dialer: &Dialer,
+    index: usize,
+    room: Option<&str>,
+    setup: Setup,
+    http: &reqwest::Client,
+    shared: Arc<Shared>,
+) -> anyhow::Result<(Client, Target)> {
+    let target = dialer.target(index, http).await?;
+    let client = Client::connect(
+        &target,
+        Some(source_ip(index, setup.spread)),
+        setup.clock,
+        shared,
+    )
+    .await?;
+    if let Some(room) = room {
+        client.join(room).await?;
+    }
+    Ok((client, target))
+}
+
 /// Connects `n` clients numbered from `first_index` (at most `setup.concurrency` handshakes
 /// at a time), each joining `room` when given. Source addresses rotate over `setup.spread`
 /// loopback addresses. Each client is retried a few times before the batch fails.
@@ -421,15 +480,10 @@ pub async fn connect_many(
     dialer: &Dialer,
     n: usize,
     first_index: usize,
-    room: Option<&str>,
+    rooms: &[String],
     setup: Setup,
     shared: Arc<Shared>,
 ) -> anyhow::Result<Vec<Client>> {
-    let Setup {
-        concurrency,
-        spread,
-        clock,
-    } = setup;
     let http = reqwest::Client::new();
     let results: Vec<anyhow::Result<Client>> = futures::stream::iter(0..n)
         .map(|i| {
@@ -437,27 +491,14 @@ pub async fn connect_many(
             let shared = Arc::clone(&shared);
             async move {
                 let index = first_index + i;
+                let room = room_of(rooms, i, n);
                 let mut last_err = None;
                 // A few attempts: a listen backlog overflow under a connect burst is not what
                 // is being measured.
                 for attempt in 0..5u32 {
-                    let result = async {
-                        let target = dialer.target(index, &http).await?;
-                        let client = Client::connect(
-                            &target,
-                            Some(source_ip(index, spread)),
-                            clock,
-                            Arc::clone(&shared),
-                        )
-                        .await?;
-                        if let Some(room) = room {
-                            client.join(room).await?;
-                        }
-                        anyhow::Ok(client)
-                    }
-                    .await;
-                    match result {
-                        Ok(c) => return Ok(c),
+                    match connect_one(dialer, index, room, setup, &http, Arc::clone(&shared)).await
+                    {
+                        Ok((c, _)) => return Ok(c),
                         Err(e) => {
                             last_err = Some(e);
                             tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1)))
@@ -469,7 +510,7 @@ pub async fn connect_many(
                     .with_context(|| format!("client {index}"))
             }
         })
-        .buffer_unordered(concurrency.max(1))
+        .buffer_unordered(setup.concurrency.max(1))
         .collect()
         .await;
     results.into_iter().collect()
@@ -496,6 +537,27 @@ mod tests {
         let EventFrame(_, stamp) = serde_json::from_str(r#"["m",{"s":4,"t":1}]"#)?;
         assert_eq!(stamp.s, 4);
         Ok(())
+    }
+
+    #[test]
+    fn rooms_are_contiguous_blocks_of_clients() {
+        let rooms: Vec<String> = (0..3).map(|r| format!("r{r}")).collect();
+        let got: Vec<_> = (0..9).map(|i| room_of(&rooms, i, 9)).collect();
+        assert_eq!(
+            got,
+            [
+                Some("r0"),
+                Some("r0"),
+                Some("r0"),
+                Some("r1"),
+                Some("r1"),
+                Some("r1"),
+                Some("r2"),
+                Some("r2"),
+                Some("r2")
+            ]
+        );
+        assert_eq!(room_of(&[], 0, 9), None);
     }
 
     #[test]

@@ -3,21 +3,36 @@
 //!
 //! Scenarios (one clap subcommand each):
 //! - `placement`: least-loaded assignment. See [`placement`] for what is measured and how.
-//! - `fanout`: one room over three servers vs the Node + redis-adapter cluster ([`fanout`]).
+//! - `fanout`: one room over three servers vs the Node + redis-adapter cluster and the
+//!   socketioxide + socketioxide-redis cluster ([`fanout`]).
+//! - `rooms`: 300 small rooms over three servers, same systems and figures ([`rooms`]).
 //! - `idle`: memory per idle websocket connection vs one Node process ([`idle`]).
-//! - `report`: `target/bench/*.json` to `docs/BENCHMARKS.md` ([`report`]).
+//! - `storm`: kill -9 one of three servers; time until every client is back ([`storm`]).
+//! - `resume`: a server killed mid-stream, missed / duplicated events per subscriber vs Node
+//!   with the redis-streams adapter and connection state recovery ([`resume`]).
+//! - `soak`: long moderate load with churn: memory slope, errors, lost events ([`soak`]).
+//! - `report`: `target/bench/*.json` to `docs/BENCHMARKS.md` and `docs/bench/*.svg`
+//!   ([`report`], [`charts`]).
+//!
+//! The Rust peer of the delivery scenarios is this crate's second binary, `sio-redis-peer`
+//! (`src/bin/sio_redis_peer.rs`).
 //!
 //! Run through `cargo xtask bench placement`, or `cargo run --release -p switchyard-bench --
 //! placement` after `cargo build --release -p switchyard-placement --bins`. Results go to
 //! `target/bench/<scenario>.json` and a table on stdout.
 
+mod charts;
 mod fanout;
 mod idle;
 mod loadgen;
 mod peers;
 mod placement;
 mod report;
+mod resume;
+mod rooms;
+mod soak;
 mod stats;
+mod storm;
 
 use clap::{Parser, Subcommand};
 
@@ -35,10 +50,23 @@ enum Scenario {
     /// path through a real switchyard-placement.
     Placement(placement::Args),
     /// One room over three servers: latency, skew and saturation throughput, Switchyard vs
-    /// Node socket.io + @socket.io/redis-adapter.
+    /// Node socket.io + @socket.io/redis-adapter vs socketioxide + socketioxide-redis.
     Fanout(fanout::Args),
+    /// 300 rooms of 10 over three servers, publishes spread over the rooms: the same figures
+    /// as fanout.
+    Rooms(rooms::Args),
     /// Resident memory per idle websocket connection: one gateway vs one Node process.
     Idle(idle::Args),
+    /// kill -9 one of three servers holding 1,000 clients each: reconnect times and the
+    /// spread afterwards.
+    Storm(storm::Args),
+    /// A server killed (SIGKILL) mid-stream: events missed, duplicated, out of order per
+    /// subscriber, Switchyard's resume vs Node's redis-streams adapter + connection state
+    /// recovery.
+    Resume(resume::Args),
+    /// Moderate load with connection churn for `--minutes`: resident memory over time,
+    /// errors and lost events (`target/soak.json`; fails on any loss or error).
+    Soak(soak::Args),
     /// Write docs/BENCHMARKS.md from target/bench/*.json.
     Report(report::Args),
 }
@@ -48,7 +76,11 @@ fn main() -> anyhow::Result<()> {
     match cli.scenario {
         Scenario::Placement(args) => placement::main(args),
         Scenario::Fanout(args) => fanout::main(args),
+        Scenario::Rooms(args) => rooms::main(args),
         Scenario::Idle(args) => idle::main(args),
+        Scenario::Storm(args) => storm::main(args),
+        Scenario::Resume(args) => resume::main(args),
+        Scenario::Soak(args) => soak::main(args),
         Scenario::Report(args) => report::main(args),
     }
 }

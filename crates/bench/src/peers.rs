@@ -1,6 +1,7 @@
 //! The systems under test, as real processes: a Switchyard cluster (Redis, placement, relay,
-//! gateways; release binaries) and the Node peer (`bench/peers/node/server.mjs`: socket.io 4.8 +
-//! `@socket.io/redis-adapter` 8.3, installed with `npm ci` from the committed lockfile).
+//! gateways; release binaries), the Node peer (`bench/peers/node/server.mjs`: socket.io 4.8 +
+//! `@socket.io/redis-adapter` 8.3, installed with `npm ci` from the committed lockfile) and the
+//! Rust peer (`sio-redis-peer`: socketioxide 0.18 + socketioxide-redis 0.4, no relay).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -109,6 +110,24 @@ impl SwitchyardCluster {
         })
     }
 
+    /// Every process of the cluster as `(name, pid)`: placement, relay, gateways (by node id),
+    /// redis-server. For resident-memory sampling.
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        let mut all = vec![("placement".to_owned(), self.placement.pid())];
+        if let Some(relay) = &self._relay {
+            all.push(("relay".to_owned(), relay.pid()));
+        }
+        all.extend(
+            self.gateways
+                .iter()
+                .map(|g| (g.node_id().to_owned(), g.pid())),
+        );
+        if let Some(pid) = self._redis.as_ref().and_then(RedisServer::pid) {
+            all.push(("redis-server".to_owned(), pid));
+        }
+        all
+    }
+
     /// Clients are placed by `/v1/assign`, as real ones would be.
     pub fn dialer(&self) -> Dialer {
         Dialer::Placement {
@@ -151,20 +170,30 @@ pub fn node_peer_dir() -> anyhow::Result<PathBuf> {
     Ok(workspace_root()?.join("bench").join("peers").join("node"))
 }
 
-/// Runs `npm ci` in the Node peer's directory when `node_modules` is missing, so the peer is
-/// exactly what the committed lockfile says.
+/// Runs `npm ci` in the Node peer's directory when `node_modules` is missing or older than the
+/// lockfile, so the peer is exactly what the committed lockfile says.
 pub fn ensure_node_peer_installed() -> anyhow::Result<PathBuf> {
     let dir = node_peer_dir()?;
+    ensure_npm_installed(&dir)?;
+    Ok(dir)
+}
+
+/// Runs `npm ci` in `dir` when its `node_modules` is missing or older than its
+/// `package-lock.json` (npm writes `node_modules/.package-lock.json` at every install).
+pub fn ensure_npm_installed(dir: &Path) -> anyhow::Result<()> {
+    let lockfile = dir.join("package-lock.json");
     ensure!(
-        dir.join("package-lock.json").is_file(),
+        lockfile.is_file(),
         "{} has no package-lock.json",
         dir.display()
     );
-    if !dir.join("node_modules").is_dir() {
-        eprintln!("installing the Node peer: npm ci in {}", dir.display());
+    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    let installed = modified(&dir.join("node_modules").join(".package-lock.json"));
+    if installed.is_none() || installed < modified(&lockfile) {
+        eprintln!("installing Node packages: npm ci in {}", dir.display());
         let status = Command::new("npm")
             .args(["ci", "--no-audit", "--no-fund"])
-            .current_dir(&dir)
+            .current_dir(dir)
             .status()
             .context("running npm ci (is Node.js installed?)")?;
         ensure!(
@@ -173,52 +202,191 @@ pub fn ensure_node_peer_installed() -> anyhow::Result<PathBuf> {
             dir.display()
         );
     }
-    Ok(dir)
+    Ok(())
 }
 
-/// The Node peer: `n` processes of `server.mjs`, with the Redis adapter on a private Redis when
-/// `n > 1` (a single process runs without an adapter).
-pub struct NodeCluster {
+/// A peer cluster: `n` server processes sharing a private Redis through their adapter (a single
+/// process runs without Redis or adapter where the peer allows), clients round-robin.
+pub struct PeerCluster {
     pub processes: Vec<Service>,
     urls: Vec<String>,
     _redis: Option<RedisServer>,
 }
 
-impl NodeCluster {
-    pub fn start(n: usize) -> anyhow::Result<NodeCluster> {
+impl PeerCluster {
+    /// `n` processes of `bench/peers/node/server.mjs` (socket.io 4.8 + redis-adapter 8.3);
+    /// without an adapter when `n == 1`.
+    pub fn node(n: usize) -> anyhow::Result<PeerCluster> {
         let dir = ensure_node_peer_installed()?;
-        let redis = if n > 1 {
-            Some(RedisServer::start()?)
-        } else {
-            None
-        };
         let script = dir.join("server.mjs");
-        let mut processes = Vec::new();
-        let mut urls = Vec::new();
-        for _ in 0..n {
-            let redis_url = redis.as_ref().map(|r| r.url()).unwrap_or_default();
-            let mut env = vec![("PORT", "0")];
-            if !redis_url.is_empty() {
-                env.push(("REDIS_URL", redis_url.as_str()));
-            }
-            let service = Service::spawn_program(
+        Self::start(n, n > 1, |env| {
+            Service::spawn_program(
+                Path::new("node"),
+                &[script.as_os_str()],
+                env,
+                Duration::from_secs(30),
+            )
+        })
+    }
+
+    /// `n` processes of `server.mjs` with `ADAPTER=redis-streams`: socket.io 4.8 +
+    /// `@socket.io/redis-streams-adapter` 0.2 and connection state recovery.
+    pub fn node_redis_streams(n: usize) -> anyhow::Result<PeerCluster> {
+        let dir = ensure_node_peer_installed()?;
+        let script = dir.join("server.mjs");
+        Self::start(n, true, |env| {
+            let mut env = env.to_vec();
+            env.push(("ADAPTER", "redis-streams"));
+            Service::spawn_program(
                 Path::new("node"),
                 &[script.as_os_str()],
                 &env,
                 Duration::from_secs(30),
-            )?;
+            )
+        })
+    }
+
+    /// `n` processes of `sio-redis-peer` (socketioxide 0.18 + socketioxide-redis), built with
+    /// the benchmark's profile. Always with Redis: the peer has no adapter-less mode.
+    pub fn socketioxide_redis(n: usize) -> anyhow::Result<PeerCluster> {
+        Self::start(n, true, |env| {
+            Service::spawn_with_timeout::<&str>("sio-redis-peer", &[], env, Duration::from_secs(30))
+        })
+    }
+
+    fn start(
+        n: usize,
+        with_redis: bool,
+        spawn: impl Fn(&[(&str, &str)]) -> anyhow::Result<Service>,
+    ) -> anyhow::Result<PeerCluster> {
+        let redis = if with_redis {
+            Some(RedisServer::start()?)
+        } else {
+            None
+        };
+        let redis_url = redis.as_ref().map(|r| r.url());
+        let mut processes = Vec::new();
+        let mut urls = Vec::new();
+        for _ in 0..n {
+            let mut env = vec![("PORT", "0")];
+            if let Some(url) = &redis_url {
+                env.push(("REDIS_URL", url.as_str()));
+            }
+            let service = spawn(&env)?;
             urls.push(format!("http://{}", service.ready_value("http")?));
             processes.push(service);
         }
-        Ok(NodeCluster {
+        Ok(PeerCluster {
             processes,
             urls,
             _redis: redis,
         })
     }
 
+    /// The processes' `http://host:port`, in start order.
+    pub fn urls(&self) -> &[String] {
+        &self.urls
+    }
+
     /// Clients round-robin over the processes (websocket only: no stickiness needed).
     pub fn dialer(&self) -> Dialer {
         Dialer::RoundRobin(self.urls.clone())
+    }
+}
+
+/// The systems the delivery and storm scenarios compare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum System {
+    /// Placement, one relay, gateways; clients placed with `/v1/assign`.
+    Switchyard,
+    /// Node socket.io + `@socket.io/redis-adapter`; clients round-robin.
+    NodeRedis,
+    /// socketioxide + `socketioxide-redis` (no relay); clients round-robin.
+    SocketioxideRedis,
+}
+
+impl System {
+    /// Every system, in report order.
+    pub const ALL: [System; 3] = [
+        System::Switchyard,
+        System::NodeRedis,
+        System::SocketioxideRedis,
+    ];
+
+    /// The JSON key and table label.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Switchyard => "switchyard",
+            System::NodeRedis => "node_redis",
+            System::SocketioxideRedis => "socketioxide_redis",
+        }
+    }
+
+    /// A comma list of system names (`switchyard,node_redis,...`).
+    pub fn parse_list(list: &str) -> anyhow::Result<Vec<System>> {
+        let mut systems = Vec::new();
+        for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let Some(system) = System::ALL.into_iter().find(|s| s.name() == name) else {
+                bail!("unknown system {name:?} (switchyard, node_redis, socketioxide_redis)");
+            };
+            systems.push(system);
+        }
+        ensure!(!systems.is_empty(), "no systems given");
+        Ok(systems)
+    }
+
+    /// Starts this system with `n` servers (Switchyard: with relay and Redis) and waits until
+    /// clients can be spread over all of them.
+    pub async fn start(self, n: usize) -> anyhow::Result<Running> {
+        match self {
+            System::Switchyard => {
+                let cluster =
+                    tokio::task::spawn_blocking(move || SwitchyardCluster::start(n, true))
+                        .await??;
+                cluster.wait_all_registered().await?;
+                Ok(Running::Switchyard(cluster))
+            }
+            System::NodeRedis => Ok(Running::Peer(
+                tokio::task::spawn_blocking(move || PeerCluster::node(n)).await??,
+            )),
+            System::SocketioxideRedis => Ok(Running::Peer(
+                tokio::task::spawn_blocking(move || PeerCluster::socketioxide_redis(n)).await??,
+            )),
+        }
+    }
+}
+
+/// A started system; its processes stop when it is dropped.
+pub enum Running {
+    Switchyard(SwitchyardCluster),
+    Peer(PeerCluster),
+}
+
+impl Running {
+    /// How clients reach it.
+    pub fn dialer(&self) -> Dialer {
+        match self {
+            Running::Switchyard(c) => c.dialer(),
+            Running::Peer(c) => c.dialer(),
+        }
+    }
+
+    /// The client-facing URL of each server, in start order.
+    pub fn server_urls(&self) -> Vec<String> {
+        match self {
+            Running::Switchyard(c) => c.gateways.iter().map(|g| g.url().to_owned()).collect(),
+            Running::Peer(c) => c.urls.clone(),
+        }
+    }
+
+    /// SIGKILLs server `k` (no goodbye to anyone) and returns its URL.
+    pub fn kill_server(&self, k: usize) -> anyhow::Result<String> {
+        let urls = self.server_urls();
+        let url = urls.get(k).context("no such server")?.clone();
+        match self {
+            Running::Switchyard(c) => c.gateways[k].service().kill()?,
+            Running::Peer(c) => c.processes[k].kill()?,
+        }
+        Ok(url)
     }
 }

@@ -3,12 +3,13 @@
 //! measured yet). Scenarios whose JSON is missing are listed as not run.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use serde_json::Value;
 use switchyard_testkit::process::workspace_root;
 
+use crate::charts;
 use crate::peers::bench_dir;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -18,27 +19,123 @@ pub struct Args {
     out: Option<PathBuf>,
 }
 
+/// Every scenario's JSON, where it was run.
+#[derive(Debug, Default)]
+pub struct Results {
+    pub placement: Option<Value>,
+    pub fanout: Option<Value>,
+    pub rooms: Option<Value>,
+    pub idle: Option<Value>,
+    pub storm: Option<Value>,
+}
+
+/// The systems of the delivery and storm scenarios, in table order.
+const SYSTEMS: [&str; 3] = ["switchyard", "node_redis", "socketioxide_redis"];
+
 pub fn main(args: Args) -> anyhow::Result<()> {
     let dir = bench_dir()?;
     let read = |name: &str| -> Option<Value> {
         let text = std::fs::read_to_string(dir.join(format!("{name}.json"))).ok()?;
         serde_json::from_str(&text).ok()
     };
-    let markdown = render(
-        &machine(),
-        read("placement").as_ref(),
-        read("fanout").as_ref(),
-        read("idle").as_ref(),
-    );
+    let results = Results {
+        placement: read("placement"),
+        fanout: read("fanout"),
+        rooms: read("rooms"),
+        idle: read("idle"),
+        storm: read("storm"),
+    };
     let out = match args.out {
         Some(p) => p,
         None => workspace_root()?.join("docs").join("BENCHMARKS.md"),
     };
-    if let Some(parent) = out.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
+    let docs = out.parent().map(Path::to_path_buf).unwrap_or_default();
+    let charts_dir = docs.join("bench");
+    std::fs::create_dir_all(&charts_dir)
+        .with_context(|| format!("creating {}", charts_dir.display()))?;
+    draw_charts(&charts_dir, &results)?;
+    let markdown = render(&machine(), &results);
     std::fs::write(&out, markdown).with_context(|| format!("writing {}", out.display()))?;
-    println!("wrote {}", out.display());
+    println!(
+        "wrote {} and charts in {}",
+        out.display(),
+        charts_dir.display()
+    );
+    Ok(())
+}
+
+/// The figures of `system` in `v` at `keys`, 0 where missing.
+fn figures(v: &Value, system: &str, keys: &[&str]) -> Vec<f64> {
+    keys.iter()
+        .map(|k| num(v, &[system, k]).unwrap_or(0.0))
+        .collect()
+}
+
+/// `docs/bench/<scenario>_*.svg` for every scenario that has results; the markdown links the
+/// same names.
+fn draw_charts(dir: &Path, r: &Results) -> anyhow::Result<()> {
+    for (name, v) in [("fanout", &r.fanout), ("rooms", &r.rooms)] {
+        let Some(v) = v else { continue };
+        let present: Vec<&str> = SYSTEMS.into_iter().filter(|s| v.get(s).is_some()).collect();
+        let keys = ["p50_ms", "p99_ms", "max_ms", "skew_p99_ms"];
+        let series: Vec<(&str, Vec<f64>)> =
+            present.iter().map(|s| (*s, figures(v, s, &keys))).collect();
+        charts::grouped_bars(
+            &dir.join(format!("{name}_latency.svg")),
+            &format!("{name}: latency and skew at a fixed rate (medians)"),
+            "milliseconds",
+            &["p50", "p99", "max", "skew p99"],
+            &series,
+        )?;
+        // The saturation search of each system's first run.
+        let curves: Vec<(&str, Vec<(f64, f64)>)> = present
+            .iter()
+            .map(|s| {
+                let steps = v
+                    .pointer(&format!("/{s}/runs/0/steps"))
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                let points = steps
+                    .iter()
+                    .filter_map(|st| Some((num(st, &["offered"])?, num(st, &["achieved"])?)))
+                    .collect();
+                (*s, points)
+            })
+            .collect();
+        charts::saturation_curves(
+            &dir.join(format!("{name}_saturation.svg")),
+            &format!("{name}: delivered vs offered (first run)"),
+            &curves,
+        )?;
+    }
+    if let Some(v) = &r.storm {
+        let present: Vec<&str> = SYSTEMS.into_iter().filter(|s| v.get(s).is_some()).collect();
+        let keys = ["p50_ms", "p99_ms", "max_ms", "all_connected_ms"];
+        let series: Vec<(&str, Vec<f64>)> =
+            present.iter().map(|s| (*s, figures(v, s, &keys))).collect();
+        charts::grouped_bars(
+            &dir.join("storm.svg"),
+            "storm: from kill -9 to reconnected (medians)",
+            "milliseconds",
+            &["p50", "p99", "max", "all connected"],
+            &series,
+        )?;
+    }
+    if let Some(v) = &r.idle {
+        let series: Vec<(&str, Vec<f64>)> = ["switchyard", "node"]
+            .into_iter()
+            .filter(|s| v.get(s).is_some())
+            .map(|s| (s, figures(v, s, &["bytes_per_conn"])))
+            .collect();
+        charts::grouped_bars(
+            &dir.join("idle.svg"),
+            "idle: resident bytes per websocket connection",
+            "bytes",
+            &["bytes per connection"],
+            &series,
+        )?;
+    }
     Ok(())
 }
 
@@ -93,34 +190,39 @@ fn verdict(met: Option<bool>) -> &'static str {
     }
 }
 
-fn render(
-    machine: &str,
-    placement: Option<&Value>,
-    fanout: Option<&Value>,
-    idle: Option<&Value>,
-) -> String {
+fn render(machine: &str, r: &Results) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "# Benchmarks\n\n_Generated by `cargo run --release -p switchyard-bench -- report` from \
-         `target/bench/*.json`; do not edit by hand._\n"
+        "# Benchmarks\n\n_Generated by `cargo xtask bench all` (the `report` step: \
+         `cargo run --release -p switchyard-bench -- report`) from `target/bench/*.json`, with \
+         the charts in `docs/bench/`; do not edit by hand._\n"
     );
     let _ = writeln!(md, "## Machine\n\n{machine}");
     let _ = writeln!(
         md,
         "## Method\n\n\
-         Every system runs as real processes started by the benchmark (release builds of the \
-         Switchyard binaries; `bench/peers/node` installed with `npm ci` from its lockfile), each \
-         with its own private `redis-server`. Systems are alternated within one run and each is \
-         run several times; tables show medians. Ratios are Switchyard / peer from the same run. \
-         Clients come from one Rust load generator (`crates/bench/src/loadgen.rs`) that speaks \
-         Engine.IO v4 / Socket.IO v5 over websocket directly, spreads its source addresses over \
+         Every system runs as real processes started by the benchmark, each with its own \
+         private `redis-server`:\n\n\
+         - `switchyard`: release builds of placement, one relay and three gateways; clients \
+         are placed with `GET /v1/assign` and connect with their token.\n\
+         - `node_redis`: three Node processes of `bench/peers/node/server.mjs` (socket.io \
+         4.8 + `@socket.io/redis-adapter` 8.3, installed with `npm ci` from its lockfile); \
+         clients round-robin, websocket only.\n\
+         - `socketioxide_redis`: three processes of `sio-redis-peer` (socketioxide 0.18 + \
+         socketioxide-redis 0.4, default settings, `crates/bench/src/bin/sio_redis_peer.rs`); \
+         clients round-robin. Rust without the relay: what the relay costs or saves.\n\n\
+         All three serve the same `join` / `publish` events. Systems are alternated within \
+         one run (the first system rotates each repeat) and each is run several times; tables \
+         show medians. Ratios are Switchyard / peer from the same run. Clients come from one \
+         Rust load generator (`crates/bench/src/loadgen.rs`) that speaks Engine.IO v4 / \
+         Socket.IO v5 over websocket directly, spreads its source addresses over \
          `127.0.0.x`, stamps every published message with its send time and records each \
          arrival per client on the same monotonic clock.\n"
     );
 
     let _ = writeln!(md, "## placement\n");
-    match placement {
+    match &r.placement {
         Some(p) => {
             let _ = writeln!(
                 md,
@@ -150,75 +252,22 @@ fn render(
         }
     }
 
-    let _ = writeln!(md, "## fanout\n");
-    match fanout {
-        Some(f) => {
-            let _ = writeln!(
-                md,
-                "{} clients in one room over three servers, one publisher. Latency figures at a \
-                 fixed {} msg/s for {} s ({} deliveries/s offered); `msgs_per_sec` = member \
-                 deliveries per second at saturation (publish rate doubled every step until \
-                 deliveries fell below 90% of the offered rate); skew = per message, latest \
-                 arrival − earliest across members. Switchyard: placement, one relay, three \
-                 gateways; node_redis: three socket.io processes with `@socket.io/redis-adapter`.\n\n\
-                 | system | msgs_per_sec | p50 ms | p99 ms | max ms | skew p99 ms | delivered |\n\
-                 |---|---:|---:|---:|---:|---:|---:|",
-                cell(num(f, &["clients"]), 0),
-                cell(num(f, &["rate"]), 0),
-                cell(num(f, &["seconds"]), 0),
-                cell(
-                    num(f, &["clients"])
-                        .zip(num(f, &["rate"]))
-                        .map(|(c, r)| c * r),
-                    0
-                ),
-            );
-            for sys in ["switchyard", "node_redis"] {
-                if let Some(s) = f.get(sys) {
-                    let _ = writeln!(
-                        md,
-                        "| {sys} | {} | {} | {} | {} | {} | {} |",
-                        cell(num(s, &["msgs_per_sec"]), 0),
-                        cell(num(s, &["p50_ms"]), 2),
-                        cell(num(s, &["p99_ms"]), 2),
-                        cell(num(s, &["max_ms"]), 2),
-                        cell(num(s, &["skew_p99_ms"]), 2),
-                        cell(num(s, &["delivered_fraction"]), 4),
-                    );
-                }
-            }
-            if let Some(r) = f.get("ratios") {
-                let _ = writeln!(
-                    md,
-                    "| **ratio** | {} | {} | {} | {} | {} | |\n\n\
-                     Targets (ratio switchyard / node_redis): throughput ≥ 3× ({}), p99 ≤ \
-                     0.33× ({}), skew p99 ≤ 0.33× ({}).\n",
-                    cell(num(r, &["msgs_per_sec"]), 2),
-                    cell(num(r, &["p50_ms"]), 2),
-                    cell(num(r, &["p99_ms"]), 2),
-                    cell(num(r, &["max_ms"]), 2),
-                    cell(num(r, &["skew_p99_ms"]), 2),
-                    verdict(num(r, &["msgs_per_sec"]).map(|x| x >= 3.0)),
-                    verdict(num(r, &["p99_ms"]).map(|x| x <= 1.0 / 3.0)),
-                    verdict(num(r, &["skew_p99_ms"]).map(|x| x <= 1.0 / 3.0)),
-                );
-            } else {
-                md.push('\n');
-            }
-            let _ = writeln!(
-                md,
-                "The load generator shares the cores with the servers: where both systems reach \
-                 about the same `msgs_per_sec`, the generator's receive path is the limit and \
-                 the ratio understates the difference.\n"
-            );
-        }
-        None => {
-            let _ = writeln!(md, "Not run (`target/bench/fanout.json` missing).\n");
-        }
-    }
+    delivery_section(
+        &mut md,
+        "fanout",
+        r.fanout.as_ref(),
+        "one room over three servers, one publisher (not a member)",
+    );
+    delivery_section(
+        &mut md,
+        "rooms",
+        r.rooms.as_ref(),
+        "rooms of equal size (contiguous blocks of clients, so every room spans the three \
+         servers), one publisher cycling over the rooms",
+    );
 
     let _ = writeln!(md, "## idle\n");
-    match idle {
+    match &r.idle {
         Some(i) => {
             let _ = writeln!(
                 md,
@@ -242,7 +291,7 @@ fn render(
             }
             let _ = writeln!(
                 md,
-                "| **ratio** | | | {} |\n\nTarget: ≤ 0.5× ({}).\n",
+                "| **ratio** | | | {} |\n\nTarget: ≤ 0.5× ({}).\n\n![idle](bench/idle.svg)\n",
                 cell(num(i, &["ratio_bytes_per_conn"]), 2),
                 verdict(num(i, &["ratio_bytes_per_conn"]).map(|x| x <= 0.5)),
             );
@@ -252,20 +301,149 @@ fn render(
         }
     }
 
+    let _ = writeln!(md, "## storm\n");
+    match &r.storm {
+        Some(v) => {
+            let _ = writeln!(
+                md,
+                "{} servers holding {} clients each (in {} rooms); the first server is killed \
+                 with SIGKILL. Every client acts like the JS client: when its connection ends \
+                 it waits a full-jitter backoff (uniform in [0, 100 ms), doubling per failed \
+                 attempt up to 5 s), dials again and re-joins its room. Switchyard clients \
+                 re-assign through `/v1/assign` (placement has to notice the death itself); the \
+                 peers' clients round-robin over the survivors (a load balancer that noticed \
+                 at once: the most favourable case for them). Times are from the kill to \
+                 connected and joined again, over the killed server's clients; `all connected` \
+                 is until every client of the run was up; spread = max − min clients over the \
+                 survivors afterwards (worst run).\n\n\
+                 | system | p50 ms | p99 ms | max ms | all connected ms | spread after | failed dials |\n\
+                 |---|---:|---:|---:|---:|---:|---:|",
+                cell(num(v, &["servers"]), 0),
+                cell(num(v, &["clients_per_server"]), 0),
+                cell(num(v, &["rooms"]), 0),
+            );
+            for sys in SYSTEMS {
+                if let Some(s) = v.get(sys) {
+                    let _ = writeln!(
+                        md,
+                        "| {sys} | {} | {} | {} | {} | {} | {} |",
+                        cell(num(s, &["p50_ms"]), 1),
+                        cell(num(s, &["p99_ms"]), 1),
+                        cell(num(s, &["max_ms"]), 1),
+                        cell(num(s, &["all_connected_ms"]), 1),
+                        cell(num(s, &["spread_after"]), 0),
+                        cell(num(s, &["failed_attempts"]), 0),
+                    );
+                }
+            }
+            if let Some(x) = v.get("ratios") {
+                let _ = writeln!(
+                    md,
+                    "| **ratio vs node_redis** | {} | {} | {} | {} | | |",
+                    cell(num(x, &["p50_ms"]), 2),
+                    cell(num(x, &["p99_ms"]), 2),
+                    cell(num(x, &["max_ms"]), 2),
+                    cell(num(x, &["all_connected_ms"]), 2),
+                );
+            }
+            let _ = writeln!(md, "\n![storm](bench/storm.svg)\n");
+        }
+        None => {
+            let _ = writeln!(md, "Not run (`target/bench/storm.json` missing).\n");
+        }
+    }
+
+    let _ = writeln!(md, "## Not measured yet\n\n{NOT_MEASURED}");
+    md
+}
+
+/// What the report cannot show yet, and why.
+const NOT_MEASURED: &str = "\
+- History-on (resume) figures.\n\
+- 20,000 idle clients from one load generator (one file descriptor per client against a \
+20,000 open-files limit); the default is 10,000.\n";
+
+/// The `fanout` and `rooms` sections: the same engine, the same table.
+fn delivery_section(md: &mut String, name: &str, v: Option<&Value>, layout: &str) {
+    let _ = writeln!(md, "## {name}\n");
+    let Some(f) = v else {
+        let _ = writeln!(md, "Not run (`target/bench/{name}.json` missing).\n");
+        return;
+    };
+    let members = num(f, &["members_per_room"]).or_else(|| num(f, &["clients"]));
     let _ = writeln!(
         md,
-        "## Not measured yet\n\n\
-         - `rooms` (3,000 clients in 300 rooms, publishes spread over the rooms).\n\
-         - `storm` (kill one of three gateways holding 1,000 clients each; time to reconnect \
-         all, spread after).\n\
-         - The `socketioxide_redis` peer (socketioxide + socketioxide-redis, three processes), \
-         which would isolate what the relay costs or saves.\n\
-         - History-on (resume) figures.\n\
-         - 20,000 idle clients from one load generator (one file descriptor per client against a \
-         20,000 open-files limit); the default is 10,000.\n\
-         - SVG charts.\n"
+        "{} clients in {} room(s): {layout}. Latency figures at a fixed {} msg/s for {} s \
+         ({} deliveries/s offered); `msgs_per_sec` = member deliveries per second at saturation \
+         (publish rate doubled every step until deliveries fell below 90% of the offered \
+         rate); skew = per message, latest arrival − earliest across the room's members.\n\n\
+         | system | msgs_per_sec | p50 ms | p99 ms | max ms | skew p99 ms | delivered |\n\
+         |---|---:|---:|---:|---:|---:|---:|",
+        cell(num(f, &["clients"]), 0),
+        cell(num(f, &["rooms"]).or(Some(1.0)), 0),
+        cell(num(f, &["rate"]), 0),
+        cell(num(f, &["seconds"]), 0),
+        cell(members.zip(num(f, &["rate"])).map(|(c, r)| c * r), 0),
     );
-    md
+    for sys in SYSTEMS {
+        if let Some(s) = f.get(sys) {
+            let _ = writeln!(
+                md,
+                "| {sys} | {} | {} | {} | {} | {} | {} |",
+                cell(num(s, &["msgs_per_sec"]), 0),
+                cell(num(s, &["p50_ms"]), 2),
+                cell(num(s, &["p99_ms"]), 2),
+                cell(num(s, &["max_ms"]), 2),
+                cell(num(s, &["skew_p99_ms"]), 2),
+                cell(num(s, &["delivered_fraction"]), 4),
+            );
+        }
+    }
+    for (key, label) in [
+        ("ratios", "ratio vs node_redis"),
+        (
+            "ratios_vs_socketioxide_redis",
+            "ratio vs socketioxide_redis",
+        ),
+    ] {
+        if let Some(r) = f.get(key) {
+            let _ = writeln!(
+                md,
+                "| **{label}** | {} | {} | {} | {} | {} | |",
+                cell(num(r, &["msgs_per_sec"]), 2),
+                cell(num(r, &["p50_ms"]), 2),
+                cell(num(r, &["p99_ms"]), 2),
+                cell(num(r, &["max_ms"]), 2),
+                cell(num(r, &["skew_p99_ms"]), 2),
+            );
+        }
+    }
+    md.push('\n');
+    if let Some(r) = f.get("ratios") {
+        let _ = writeln!(
+            md,
+            "Targets (switchyard / node_redis): throughput ≥ 3× ({}), p99 ≤ 0.33× ({}), skew \
+             p99 ≤ 0.33× ({}).",
+            verdict(num(r, &["msgs_per_sec"]).map(|x| x >= 3.0)),
+            verdict(num(r, &["p99_ms"]).map(|x| x <= 1.0 / 3.0)),
+            verdict(num(r, &["skew_p99_ms"]).map(|x| x <= 1.0 / 3.0)),
+        );
+    }
+    if let Some(r) = f.get("ratios_vs_socketioxide_redis") {
+        let _ = writeln!(
+            md,
+            "Relay path within 20% of the direct socketioxide-redis throughput ({}).",
+            verdict(num(r, &["msgs_per_sec"]).map(|x| x >= 0.8)),
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n![{name} latency](bench/{name}_latency.svg)\n\n\
+         ![{name} saturation](bench/{name}_saturation.svg)\n\n\
+         The load generator shares the cores with the servers: where the systems reach about \
+         the same `msgs_per_sec`, the generator's receive path is the limit and the ratio \
+         understates the difference.\n"
+    );
 }
 
 #[cfg(test)]
@@ -274,7 +452,7 @@ mod tests {
 
     #[test]
     fn renders_missing_scenarios_as_not_run() {
-        let md = render("- CPU: x\n", None, None, None);
+        let md = render("- CPU: x\n", &Results::default());
         assert!(md.contains("fanout.json` missing"));
         assert!(md.contains("idle.json` missing"));
     }
@@ -288,8 +466,15 @@ mod tests {
             "ratios": {"msgs_per_sec": 3.5, "p50_ms": 0.5, "p99_ms": 0.25, "max_ms": 0.3,
                        "skew_p99_ms": 0.2}
         });
-        let md = render("", None, Some(&fanout), None);
-        assert!(md.contains("| **ratio** | 3.50 |"));
+        let md = render(
+            "",
+            &Results {
+                fanout: Some(fanout),
+                ..Results::default()
+            },
+        );
+        assert!(md.contains("| **ratio vs node_redis** | 3.50 |"));
+        assert!(md.contains("(bench/fanout_latency.svg)"));
         assert!(md.contains("| switchyard | 100 |"));
     }
 }

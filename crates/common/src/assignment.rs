@@ -141,4 +141,89 @@ mod tests {
         assert_eq!(other.verify_at("", 0), Err(TokenError::Bad));
         Ok(())
     }
+
+    /// Properties over arbitrary input: a gateway verifies whatever a client sends as `token`.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const SECRET: &[u8] = b"property-secret-0123456789abcdef";
+
+        fn any_claims() -> impl Strategy<Value = AssignmentClaims> {
+            (
+                ".{0,40}",
+                ".{0,40}",
+                ".{0,40}",
+                1u64..(1 << 53),
+                proptest::option::of(".{0,20}"),
+                proptest::option::of(proptest::collection::vec(".{0,12}", 0..4)),
+            )
+                .prop_map(|(sub, ns, rid, exp_ms, uid, rooms)| AssignmentClaims {
+                    sub,
+                    ns,
+                    rid,
+                    exp: exp_ms.div_ceil(1000),
+                    exp_ms,
+                    uid,
+                    rooms,
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_strings_are_refused_without_panicking(token in ".*") {
+                prop_assert!(TokenKey::new(SECRET).verify_at(&token, 0).is_err());
+            }
+
+            #[test]
+            fn arbitrary_bytes_are_refused_without_panicking(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let token = String::from_utf8_lossy(&bytes);
+                prop_assert!(TokenKey::new(SECRET).verify_at(&token, 0).is_err());
+            }
+
+            #[test]
+            fn jwt_shaped_garbage_is_a_bad_token(
+                parts in proptest::collection::vec("[A-Za-z0-9_-]{0,60}", 3),
+            ) {
+                let token = parts.join(".");
+                prop_assert_eq!(TokenKey::new(SECRET).verify_at(&token, 0), Err(TokenError::Bad));
+            }
+
+            #[test]
+            fn signed_claims_round_trip(claims in any_claims()) {
+                let key = TokenKey::new(SECRET);
+                let token = key.sign(&claims).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(key.verify_at(&token, claims.exp_ms - 1), Ok(claims.clone()));
+                prop_assert_eq!(key.verify_at(&token, claims.exp_ms), Err(TokenError::Expired));
+            }
+
+            /// Changing any one character of a valid token (header, claims or signature) is
+            /// always caught: the token is refused, never accepted with other claims.
+            #[test]
+            fn a_tampered_token_is_always_refused(
+                claims in any_claims(),
+                at in any::<proptest::sample::Index>(),
+                replacement in proptest::char::range('!', '~'),
+            ) {
+                let key = TokenKey::new(SECRET);
+                let token = key.sign(&claims).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let i = at.index(token.len());
+                prop_assume!(token.as_bytes()[i] != replacement as u8);
+                let mut tampered = token.into_bytes();
+                tampered[i] = replacement as u8;
+                let tampered = String::from_utf8(tampered).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert!(key.verify_at(&tampered, 0).is_err(), "accepted {}", tampered);
+            }
+
+            #[test]
+            fn a_token_signed_with_another_secret_is_refused(
+                claims in any_claims(),
+                other in proptest::collection::vec(any::<u8>(), 1..64),
+            ) {
+                prop_assume!(other != SECRET);
+                let token = TokenKey::new(&other).sign(&claims).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(TokenKey::new(SECRET).verify_at(&token, 0), Err(TokenError::Bad));
+            }
+        }
+    }
 }

@@ -1,7 +1,20 @@
-//! gRPC pieces every service mounts: health, reflection and the admin bearer check.
+//! gRPC pieces every service mounts: the server builder (TLS when configured), health,
+//! reflection and the admin bearer check.
 
 use tonic::{Request, Status, metadata::MetadataValue};
 use tonic_health::server::HealthReporter;
+
+/// The gRPC server builder every service starts from: TLS with `tls` (requiring client
+/// certificates when it is mutual), plain HTTP/2 without.
+pub fn server(
+    tls: Option<&crate::tls::ServerTls>,
+) -> Result<tonic::transport::Server, tonic::transport::Error> {
+    let builder = tonic::transport::Server::builder();
+    match tls {
+        Some(tls) => builder.tls_config(tls.grpc()),
+        None => Ok(builder),
+    }
+}
 
 /// The standard `grpc.health.v1.Health` service and its reporter. The overall status (service
 /// name `""`) starts `SERVING`; services add their own names.

@@ -8,6 +8,8 @@
 //! - [`shutdown`]: one signal future so every service reacts to SIGTERM and Ctrl-C alike.
 //! - [`config`]: helpers for configuration values (redacting secrets in URLs).
 //! - [`backoff`]: the one jittered exponential backoff policy used for every reconnect.
+//! - [`tls`]: TLS (rustls) for the HTTP and gRPC listeners, mutual TLS between services, and
+//!   the trust and client certificate of outgoing gRPC connections.
 //! - [`assignment`]: the signed token placement issues and gateways verify.
 
 pub mod assignment;
@@ -17,4 +19,5 @@ pub mod grpc;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;
+pub mod tls;
 pub mod trace_context;

@@ -23,7 +23,11 @@ Exit codes:
 
 `syctl publish` talks to a relay instead: --relay / SWITCHYARD_RELAY_URL and --publish-token /
 SWITCHYARD_PUBLISH_TOKEN, else the relays and publish token of .switchyard/cluster.json.
-Relay commands `rooms` and `sockets` are not available yet.";
+`rooms`, `sockets`, `disconnect`, `links` and `history` talk to a relay too, with the admin
+token: --relay, else the relays of .switchyard/cluster.json. `rooms`, `sockets` and
+`disconnect` ask every gateway; when some did not answer in time the answer is partial: a
+warning on stderr (`missing` in --json), exit code 0. `disconnect` exits 2 when no gateway holds
+the socket.";
 
 /// Operate a Switchyard cluster through placement's admin API.
 #[derive(Debug, Parser)]
@@ -62,6 +66,11 @@ pub struct Cli {
         value_name = "DURATION"
     )]
     pub timeout: Duration,
+
+    /// `--tls-ca` (trust for `https://` URLs), `--tls-client-cert` / `--tls-client-key` (for a
+    /// cluster that requires client certificates).
+    #[command(flatten)]
+    pub tls: switchyard_common::tls::ClientTlsArgs,
 
     #[command(subcommand)]
     pub command: Command,
@@ -105,6 +114,50 @@ pub enum Command {
     },
     /// Cluster-wide figures: nodes, connections, pending reservations, assignment rate.
     Stats,
+    /// Rooms of a namespace with their member counts, across every gateway (through a relay).
+    Rooms {
+        /// Socket.IO namespace.
+        #[arg(long, default_value = "/")]
+        namespace: String,
+        #[command(flatten)]
+        relay: RelayArg,
+    },
+    /// The sockets of a room across every gateway: socket id, gateway node, rooms.
+    Sockets {
+        room: String,
+        /// Socket.IO namespace.
+        #[arg(long, default_value = "/")]
+        namespace: String,
+        #[command(flatten)]
+        relay: RelayArg,
+    },
+    /// Disconnect a socket (or with --room every socket of a room) wherever it is connected.
+    Disconnect {
+        /// Socket id, as listed by `syctl sockets`.
+        #[arg(required_unless_present = "room", conflicts_with = "room")]
+        socket_id: Option<String>,
+        /// Disconnect every socket of this room instead.
+        #[arg(long)]
+        room: Option<String>,
+        /// Socket.IO namespace.
+        #[arg(long, default_value = "/")]
+        namespace: String,
+        #[command(flatten)]
+        relay: RelayArg,
+    },
+    /// The gateways linked to a relay: namespaces, queue, unacknowledged frames, traffic, uptime.
+    Links {
+        #[command(flatten)]
+        relay: RelayArg,
+    },
+    /// History per namespace: epoch, length, oldest and head offsets, limits.
+    History {
+        /// Namespace to describe (repeatable); none means every namespace with a history.
+        #[arg(long = "namespace", value_name = "NAMESPACE")]
+        namespaces: Vec<String>,
+        #[command(flatten)]
+        relay: RelayArg,
+    },
     /// Emit an event to rooms on every gateway, through a relay (like a backend service would).
     Publish {
         /// Socket.IO event name.
@@ -133,6 +186,14 @@ pub enum Command {
         )]
         publish_token: Option<String>,
     },
+}
+
+/// Which relay a relay admin command talks to.
+#[derive(Debug, Clone, clap::Args)]
+pub struct RelayArg {
+    /// The relay's gRPC endpoint, e.g. http://127.0.0.1:7101.
+    #[arg(long, env = "SWITCHYARD_RELAY_URL", value_name = "URL")]
+    pub relay: Option<String>,
 }
 
 /// Accepts one JSON value and returns it unchanged (checked here so a typo is a usage error,

@@ -14,6 +14,7 @@ use std::{
     time::Duration,
 };
 
+use switchyard_common::tls::ClientTls;
 use switchyard_proto::admin::v1::{
     ClusterStatsRequest, ClusterStatsResponse, DrainNodeRequest, ListNodesRequest, Node,
     RebalanceRequest, RebalanceResponse, SetWeightRequest, UndrainNodeRequest,
@@ -23,7 +24,7 @@ use tonic::{
     Request, Response, Status,
     metadata::{Ascii, MetadataValue},
     service::{Interceptor, interceptor::InterceptedService},
-    transport::{Channel, Endpoint},
+    transport::Channel,
 };
 
 use crate::{
@@ -143,16 +144,18 @@ pub struct Admin {
 
 impl Admin {
     /// Connects to the first endpoint of `target` that accepts a connection within `timeout`.
-    pub async fn connect(target: &Target, timeout: Duration) -> Result<Admin, CtlError> {
+    /// `https://` endpoints use `tls` (trust, client certificate).
+    pub async fn connect(
+        target: &Target,
+        timeout: Duration,
+        tls: &ClientTls,
+    ) -> Result<Admin, CtlError> {
         let bearer = Bearer::new(target.token.as_deref())?;
         let mut failures = Vec::new();
         for endpoint in &target.endpoints {
-            let ep = Endpoint::from_shared(endpoint.clone()).map_err(|e| {
-                CtlError::Config(format!(
-                    "`{endpoint}` is not a valid gRPC URL: {}",
-                    error_chain(&e)
-                ))
-            })?;
+            let ep = tls
+                .endpoint(endpoint)
+                .map_err(|e| CtlError::Config(e.to_string()))?;
             let ep = ep.connect_timeout(timeout);
             match tokio::time::timeout(timeout, ep.connect()).await {
                 Ok(Ok(channel)) => {

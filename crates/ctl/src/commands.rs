@@ -21,9 +21,14 @@ pub async fn run(command: &Command, admin: &Admin, json: bool) -> Result<(), Ctl
             rate,
         } => rebalance(admin, *target_spread, *rate, json).await,
         Command::Stats => stats(admin, json).await,
-        // Handled in `main` before placement is dialled: it talks to a relay.
-        Command::Publish { .. } => Err(CtlError::Other(
-            "publish goes to a relay, not placement".to_owned(),
+        // Handled in `main` before placement is dialled: they talk to a relay.
+        Command::Publish { .. }
+        | Command::Rooms { .. }
+        | Command::Sockets { .. }
+        | Command::Disconnect { .. }
+        | Command::Links { .. }
+        | Command::History { .. } => Err(CtlError::Other(
+            "this command goes to a relay, not placement".to_owned(),
         )),
     }
 }

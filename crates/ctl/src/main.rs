@@ -14,6 +14,7 @@ mod commands;
 mod error;
 mod output;
 mod publish;
+mod relay_admin;
 
 use std::process::ExitCode;
 
@@ -52,6 +53,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: &Cli) -> Result<(), CtlError> {
+    let tls = cli
+        .tls
+        .load()
+        .map_err(|e| CtlError::Config(e.to_string()))?;
     let cwd = std::env::current_dir()
         .map_err(|e| CtlError::Config(format!("cannot read the current directory: {e}")))?;
     if let Command::Publish {
@@ -65,7 +70,12 @@ async fn run(cli: &Cli) -> Result<(), CtlError> {
     } = &cli.command
     {
         let target =
-            publish::RelayTarget::resolve(relay.as_deref(), publish_token.as_deref(), &cwd)?;
+            publish::RelayTarget::resolve(
+                relay.as_deref(),
+                publish_token.as_deref(),
+                &cwd,
+                cluster_file::Found::publish_token,
+            )?;
         let publication = publish::Publication {
             namespace: namespace.clone(),
             rooms: rooms.clone(),
@@ -73,9 +83,64 @@ async fn run(cli: &Cli) -> Result<(), CtlError> {
             event: event.clone(),
             json: data.clone(),
         };
-        return publish::run(&target, publication, cli.timeout, cli.json).await;
+        return publish::run(&target, publication, cli.timeout, &tls, cli.json).await;
+    }
+    if let Some((op, relay)) = relay_admin_op(&cli.command) {
+        let target = publish::RelayTarget::resolve(
+            relay,
+            cli.admin_token.as_deref(),
+            &cwd,
+            cluster_file::Found::admin_token,
+        )?;
+        return relay_admin::run(&op, &target, cli.timeout, &tls, cli.json).await;
     }
     let target = Target::resolve(cli.placement.as_deref(), cli.admin_token.as_deref(), &cwd)?;
-    let admin = Admin::connect(&target, cli.timeout).await?;
+    let admin = Admin::connect(&target, cli.timeout, &tls).await?;
     commands::run(&cli.command, &admin, cli.json).await
+}
+
+/// The relay admin operation of `command` and its `--relay`, if it is one.
+fn relay_admin_op(command: &Command) -> Option<(relay_admin::Op, Option<&str>)> {
+    use relay_admin::Op;
+    let (op, relay) = match command {
+        Command::Rooms { namespace, relay } => (
+            Op::Rooms {
+                namespace: namespace.clone(),
+            },
+            relay,
+        ),
+        Command::Sockets {
+            room,
+            namespace,
+            relay,
+        } => (
+            Op::Sockets {
+                namespace: namespace.clone(),
+                room: room.clone(),
+            },
+            relay,
+        ),
+        Command::Disconnect {
+            socket_id,
+            room,
+            namespace,
+            relay,
+        } => (
+            Op::Disconnect {
+                namespace: namespace.clone(),
+                socket_id: socket_id.clone().unwrap_or_default(),
+                room: room.clone().unwrap_or_default(),
+            },
+            relay,
+        ),
+        Command::Links { relay } => (Op::Links, relay),
+        Command::History { namespaces, relay } => (
+            Op::History {
+                namespaces: namespaces.clone(),
+            },
+            relay,
+        ),
+        _ => return None,
+    };
+    Some((op, relay.relay.as_deref()))
 }

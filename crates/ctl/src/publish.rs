@@ -10,7 +10,8 @@
 use std::{path::Path, time::Duration};
 
 use switchyard_proto::relay::v1::{PublishRequest, publish_request, relay_client::RelayClient};
-use tonic::{Code, Request, transport::Endpoint};
+use switchyard_common::tls::ClientTls;
+use tonic::{Code, Request};
 
 use crate::{
     cluster_file,
@@ -37,11 +38,13 @@ pub struct RelayTarget {
 }
 
 impl RelayTarget {
-    /// Resolves the relay from the flags, falling back to the cluster file found from `cwd`.
+    /// Resolves the relay from the flags, falling back to the cluster file found from `cwd`;
+    /// `file_token` picks the file's token for the call (publish or admin).
     pub fn resolve(
         relay: Option<&str>,
         token: Option<&str>,
         cwd: &Path,
+        file_token: fn(&cluster_file::Found) -> Option<&str>,
     ) -> Result<RelayTarget, CtlError> {
         let flag_token = token.filter(|t| !t.is_empty()).map(str::to_owned);
         let found = cluster_file::discover(cwd);
@@ -52,7 +55,7 @@ impl RelayTarget {
                     .ok()
                     .flatten()
                     .filter(|f| f.relay_endpoints().contains(&endpoint))
-                    .and_then(|f| f.publish_token().map(str::to_owned))
+                    .and_then(|f| file_token(&f).map(str::to_owned))
             });
             return Ok(RelayTarget {
                 endpoints: vec![endpoint],
@@ -76,7 +79,7 @@ impl RelayTarget {
         }
         Ok(RelayTarget {
             endpoints,
-            token: flag_token.or_else(|| found.publish_token().map(str::to_owned)),
+            token: flag_token.or_else(|| file_token(&found).map(str::to_owned)),
         })
     }
 }
@@ -86,6 +89,7 @@ pub async fn run(
     target: &RelayTarget,
     publication: Publication,
     timeout: Duration,
+    tls: &ClientTls,
     json: bool,
 ) -> Result<(), CtlError> {
     let bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> = match &target.token
@@ -100,13 +104,9 @@ pub async fn run(
     };
     let mut failures = Vec::new();
     for endpoint in &target.endpoints {
-        let ep = Endpoint::from_shared(endpoint.clone())
-            .map_err(|e| {
-                CtlError::Config(format!(
-                    "`{endpoint}` is not a valid gRPC URL: {}",
-                    error_chain(&e)
-                ))
-            })?
+        let ep = tls
+            .endpoint(endpoint)
+            .map_err(|e| CtlError::Config(e.to_string()))?
             .connect_timeout(timeout);
         let channel = match tokio::time::timeout(timeout, ep.connect()).await {
             Ok(Ok(channel)) => channel,

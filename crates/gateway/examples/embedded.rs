@@ -29,7 +29,7 @@ use socketioxide::{
     extract::{AckSender, Data, SocketRef},
 };
 use socketioxide_core::adapter::DefinedAdapter;
-use switchyard_common::telemetry::TelemetryArgs;
+use switchyard_common::{telemetry::TelemetryArgs, tls::HttpListener};
 use switchyard_gateway::{
     ClusterAdapter, Switchyard, config::GatewayArgs, payload::Payload, server,
 };
@@ -114,8 +114,9 @@ async fn cluster_op<A: Adapter>(io: &SocketIo<A>, ns: &str, req: &Value) -> Resu
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let telemetry = switchyard_common::telemetry::init("switchyard-embedded", &args.telemetry)?;
-    let listener = tokio::net::TcpListener::bind(args.gateway.listen).await?;
-    let gateway = Switchyard::new(args.gateway.settings(listener.local_addr()?))?;
+    let tls = args.gateway.tls.server.load()?;
+    let listener = HttpListener::bind(args.gateway.listen, tls.as_ref(), "gateway").await?;
+    let gateway = Switchyard::new(args.gateway.settings(listener.local_addr()?)?)?;
     let metrics = telemetry.metrics.clone();
     // With --relay-urls the cluster adapter (rooms span every gateway), else the local one.
     match gateway.cluster_state()? {
@@ -128,7 +129,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run<A: Adapter + DefinedAdapter>(
-    listener: tokio::net::TcpListener,
+    listener: HttpListener,
     gateway: Switchyard,
     builder: SocketIoBuilder<A>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,

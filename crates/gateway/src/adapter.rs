@@ -188,6 +188,14 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
     /// Handles one frame the relay forwarded.
     fn on_frame(self: &Arc<Self>, frame: Incoming) {
         if let Some(ev) = frame.event {
+            // Continues the publisher's trace, which the relay carried in the frame.
+            let span = tracing::info_span!("deliver", node = %self.link.node_id(),
+                                           namespace = %self.ns, room = %ev.rooms.join(","),
+                                           event = %ev.event,
+                                           offset = frame.position.as_ref().map(|p| p.offset),
+                                           sockets = tracing::field::Empty);
+            switchyard_common::trace_context::set_parent_from_map(&span, &frame.trace_context);
+            let _entered = span.enter();
             match frame.position {
                 Some(position) => self.emit_stamped(ev, position.epoch, position.offset),
                 None => self.emit_backend(ev),
@@ -270,7 +278,9 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
             let _ = self.local.broadcast(packet, opts);
             return;
         };
-        for sid in self.local.sockets(opts) {
+        let members = self.local.sockets(opts);
+        tracing::Span::current().record("sockets", members.len());
+        for sid in members {
             history.admit(&self.ns, sid, &stamped, || {
                 let mut one = BroadcastOptions::default();
                 one.sid = Some(sid);
@@ -617,5 +627,59 @@ mod tests {
         assert_eq!(back, res);
         assert!(split_response(Bytes::from_static(&[200, b'x'])).is_none());
         Ok(())
+    }
+
+    /// Properties over arbitrary frame payloads: whatever another gateway (or a corrupted
+    /// frame) sends, decoding answers an error or a value and never panics.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn any_bytes() -> impl Strategy<Value = Vec<u8>> {
+            proptest::collection::vec(any::<u8>(), 0..512)
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_response_envelopes_never_panic(bytes in any_bytes()) {
+                if let Some((_, body)) = split_response(Bytes::from(bytes)) {
+                    let _ = decode_response::<RemoteSocketData>(body.clone());
+                    let _ = decode_response::<()>(body.clone());
+                    let _ = decode_ack::<serde_json::Value>(body);
+                }
+            }
+
+            #[test]
+            fn arbitrary_request_payloads_never_panic(bytes in any_bytes()) {
+                let _ = rmp_serde::from_slice::<RequestIn>(&bytes);
+            }
+
+            #[test]
+            fn arbitrary_event_data_never_panics(bytes in any_bytes(), text in ".{0,256}") {
+                let mut ev = BackendEvent {
+                    rooms: vec!["r".into()],
+                    except: Vec::new(),
+                    event: "e".into(),
+                    data: Some(backend_event::Data::Msgpack(bytes.into())),
+                };
+                let _ = decode_data(&ev);
+                ev.data = Some(backend_event::Data::Json(text));
+                let _ = decode_data(&ev);
+            }
+
+            #[test]
+            fn response_envelopes_round_trip(count in any::<u32>()) {
+                let id = Sid::new();
+                let res = Response::<()> {
+                    node_id: Uid::new(),
+                    r#type: ResponseType::BroadcastAckCount(count),
+                };
+                let bytes = join_response(id, &res).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let (got, body) = split_response(Bytes::from(bytes))
+                    .ok_or_else(|| TestCaseError::fail("split"))?;
+                prop_assert_eq!(got, id);
+                prop_assert_eq!(decode_response::<()>(body), Some(res));
+            }
+        }
     }
 }

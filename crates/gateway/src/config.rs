@@ -17,7 +17,8 @@ pub struct GatewayArgs {
     /// HTTP listen address: `/socket.io`, `/healthz`, `/readyz`, `/metrics`. Port 0 picks one.
     #[arg(long, env = "SWITCHYARD_LISTEN", default_value = "127.0.0.1:4000")]
     pub listen: SocketAddr,
-    /// Base URL placement hands to clients; default `http://<bound listen address>`.
+    /// Base URL placement hands to clients; default `http://<bound listen address>`
+    /// (`https://` when `--tls-cert` is set).
     #[arg(long, env = "SWITCHYARD_PUBLIC_URL")]
     pub public_url: Option<String>,
     /// Node id; default `$POD_NAME`, else `<hostname>-<port>`.
@@ -83,6 +84,9 @@ pub struct GatewayArgs {
     /// gRPC URLs of the broadcast relays, comma separated; empty runs this gateway alone.
     #[arg(long, env = "SWITCHYARD_RELAY_URLS", value_delimiter = ',')]
     pub relay_urls: Vec<String>,
+    /// Bearer token sent when linking to a relay; must match the relays' --link-token.
+    #[arg(long, env = "SWITCHYARD_LINK_TOKEN", hide_env_values = true)]
+    pub link_token: Option<String>,
     /// Initial websocket read buffer per connection, in bytes. Every connected socket holds one,
     /// so this is a direct per-connection memory cost; a socket that receives a larger message
     /// grows its own buffer. Lower it for many mostly-idle clients, raise it for large uploads.
@@ -100,6 +104,11 @@ pub struct GatewayArgs {
         default_value_t = crate::DEFAULT_MAX_BUFFERED_PACKETS
     )]
     pub max_buffered_packets: usize,
+    /// TLS for the listener (`--tls-cert`, `--tls-key`) and for the `https://` placement and
+    /// relay URLs (`--tls-ca`, `--tls-client-cert`, `--tls-client-key`). The gateway has no
+    /// gRPC listener, so `--tls-client-ca` does not apply to it.
+    #[command(flatten)]
+    pub tls: switchyard_common::tls::TlsArgs,
 }
 
 /// The binary's whole command line.
@@ -118,7 +127,11 @@ pub struct Cli {
 
 impl GatewayArgs {
     /// Library [`Settings`] once the listener is bound (node id and public URL default to it).
-    pub fn settings(&self, bound: SocketAddr) -> Settings {
+    /// Reads the client TLS files, so a missing or invalid one is an error now.
+    pub fn settings(
+        &self,
+        bound: SocketAddr,
+    ) -> Result<Settings, switchyard_common::tls::TlsError> {
         let node_id = self
             .node_id
             .clone()
@@ -133,7 +146,14 @@ impl GatewayArgs {
             .public_url
             .clone()
             .filter(|s| !s.trim().is_empty())
-            .unwrap_or_else(|| format!("http://{bound}"));
+            .unwrap_or_else(|| {
+                let scheme = if self.tls.server.tls_cert.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
+                format!("{scheme}://{bound}")
+            });
         let placement_url = Some(self.placement_url.trim().to_owned()).filter(|s| !s.is_empty());
         let namespaces = self
             .namespaces
@@ -147,7 +167,7 @@ impl GatewayArgs {
             .map(|r| r.trim().to_owned())
             .filter(|r| !r.is_empty())
             .collect();
-        Settings {
+        Ok(Settings {
             node_id,
             public_url,
             placement_url,
@@ -169,9 +189,11 @@ impl GatewayArgs {
                 .map(|u| u.trim().to_owned())
                 .filter(|u| !u.is_empty())
                 .collect(),
+            tls: self.tls.client.load()?,
+            link_token: self.link_token.clone().filter(|t| !t.is_empty()),
             ws_read_buffer_bytes: self.ws_read_buffer_bytes,
             max_buffered_packets: self.max_buffered_packets,
-        }
+        })
     }
 }
 
@@ -200,7 +222,7 @@ mod tests {
             "--rooms",
             "a:*,b",
         ])?;
-        let s = cli.gateway.settings("127.0.0.1:4123".parse()?);
+        let s = cli.gateway.settings("127.0.0.1:4123".parse()?)?;
         assert_eq!(s.node_id, "gw-7");
         assert_eq!(s.public_url, "http://127.0.0.1:4123");
         assert_eq!(s.placement_url.as_deref(), Some("http://127.0.0.1:7001"));
@@ -220,7 +242,7 @@ mod tests {
         let cli = Cli::try_parse_from(["switchyard-gateway"])?;
         assert!(
             cli.gateway
-                .settings("127.0.0.1:1".parse()?)
+                .settings("127.0.0.1:1".parse()?)?
                 .relay_urls
                 .is_empty()
         );
@@ -230,7 +252,7 @@ mod tests {
             "http://r1:7101, http://r2:7101,",
         ])?;
         assert_eq!(
-            cli.gateway.settings("127.0.0.1:1".parse()?).relay_urls,
+            cli.gateway.settings("127.0.0.1:1".parse()?)?.relay_urls,
             ["http://r1:7101", "http://r2:7101"]
         );
         Ok(())
@@ -240,7 +262,7 @@ mod tests {
     fn node_id_defaults_to_host_and_port() -> anyhow::Result<()> {
         let cli =
             Cli::try_parse_from(["switchyard-gateway", "--public-url", "http://gw.example:80"])?;
-        let s = cli.gateway.settings("127.0.0.1:4555".parse()?);
+        let s = cli.gateway.settings("127.0.0.1:4555".parse()?)?;
         if std::env::var("POD_NAME").is_err() && std::env::var("SWITCHYARD_NODE_ID").is_err() {
             assert!(s.node_id.ends_with("-4555"), "{}", s.node_id);
         }

@@ -50,7 +50,7 @@ use socketioxide::{
 
 use crate::admission::Admitted;
 use crate::payload::Payload;
-use crate::resume::{History, Stamped};
+use crate::resume::{History, Opening, Stamped};
 use crate::rooms::MAX_ROOM_LEN;
 
 /// Limits the built-in events enforce, and the history client when a relay is configured.
@@ -149,8 +149,9 @@ pub(crate) fn register<A: Adapter>(s: &SocketRef<A>, limits: Arc<EventLimits>) {
                             let _ = ack.send(&json!({"ok": true, "epoch": position.epoch,
                                                       "offset": position.offset, "retained": retained}));
                             let rooms = [room];
-                            history.open(s.ns(), s.id, &rooms, (&position.epoch, position.offset, position.offset), &[],
-                                         |ev| emit_stamped(&s, ev));
+                            let at = Opening { epoch: &position.epoch, from: position.offset,
+                                               head: position.offset, stale: None };
+                            history.open(s.ns(), s.id, &rooms, at, &[], |ev| emit_stamped(&s, ev));
                         }
                         Err(e) => {
                             let _ = ack.send(&json!({"ok": false, "error": e.code()}));
@@ -426,11 +427,19 @@ async fn resume<A: Adapter>(
     } else {
         head.offset
     };
+    // The client's epoch is over when the relay is in another one: drop its stragglers.
+    let stale = (!epoch.is_empty() && epoch != head.epoch).then_some(epoch.as_str());
+    let at = Opening {
+        epoch: &head.epoch,
+        from,
+        head: head.offset,
+        stale,
+    };
     let replayed = history.open(
         s.ns(),
         s.id,
         &rooms,
-        (&head.epoch, from, head.offset),
+        at,
         &events,
         |ev| emit_stamped(s, ev),
     );

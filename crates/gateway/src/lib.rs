@@ -137,6 +137,10 @@ pub struct Settings {
     pub drain_deadline: Duration,
     /// gRPC URLs of the broadcast relays; empty runs alone (socketioxide's local adapter).
     pub relay_urls: Vec<String>,
+    /// Bearer token sent when linking to a relay (the relays' `--link-token`).
+    pub link_token: Option<String>,
+    /// Trust (CA bundle) and client certificate for `https://` placement and relay URLs.
+    pub tls: switchyard_common::tls::ClientTls,
     /// Initial websocket read buffer per connection, in bytes (engine.io `ws_read_buffer_size`).
     /// Allocated up front for every socket, so it is a direct per-connection memory cost. A
     /// larger message grows that socket's buffer as needed, but each read from the socket is
@@ -168,6 +172,8 @@ impl Settings {
             drain_rate: 50,
             drain_deadline: Duration::from_millis(30_000),
             relay_urls: Vec::new(),
+            link_token: None,
+            tls: switchyard_common::tls::ClientTls::default(),
             ws_read_buffer_bytes: DEFAULT_WS_READ_BUFFER_BYTES,
             max_buffered_packets: DEFAULT_MAX_BUFFERED_PACKETS,
         }
@@ -312,10 +318,12 @@ impl Switchyard {
                     node_id: s.node_id.clone(),
                     namespaces: s.namespaces.clone(),
                     incarnation,
+                    tls: s.tls.clone(),
+                    token: s.link_token.clone(),
                 });
                 let state = ClusterState::new(link);
                 let publisher = format!("{}:{incarnation}", s.node_id);
-                match crate::resume::History::new(&s.relay_urls, publisher) {
+                match crate::resume::History::new(&s.relay_urls, publisher, &s.tls) {
                     Ok(history) => {
                         let history = Arc::new(history);
                         let _ = self.shared.limits.history.set(Arc::clone(&history));

@@ -49,6 +49,11 @@ pub struct LinkConfig {
     pub namespaces: Vec<String>,
     /// Process start time in Unix ms ([`incarnation_now`]).
     pub incarnation: u64,
+    /// Trust and client certificate for `https://` relay URLs.
+    pub tls: switchyard_common::tls::ClientTls,
+    /// Sent as `authorization: Bearer <token>` when opening a link (the relay's
+    /// `--link-token`); a relay with a token refuses links without it.
+    pub token: Option<String>,
 }
 
 /// The process start time in Unix milliseconds, the `incarnation` every link announces.
@@ -310,9 +315,12 @@ async fn link_once(
     backoff: &mut Backoff,
 ) -> LinkEnd {
     let connect = async {
-        let mut client = RelayClient::connect(url.to_owned())
+        let endpoint = cfg.tls.endpoint(url).map_err(|e| e.to_string())?;
+        let channel = endpoint
+            .connect()
             .await
-            .map_err(|e| format!("connect: {e}"))?
+            .map_err(|e| format!("connect: {e}"))?;
+        let mut client = RelayClient::new(channel)
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024);
         let (tx, rx) = mpsc::channel::<LinkMessage>(1024);
@@ -325,8 +333,15 @@ async fn link_once(
         })
         .await
         .map_err(|_| "hello not sent".to_owned())?;
+        let mut request = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(token) = &cfg.token {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| "the link token is not a valid header value".to_owned())?;
+            request.metadata_mut().insert("authorization", value);
+        }
         let mut inbound = client
-            .link(ReceiverStream::new(rx))
+            .link(request)
             .await
             .map_err(|s| format!("link: {s}"))?
             .into_inner();

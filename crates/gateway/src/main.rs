@@ -8,17 +8,18 @@ use clap::Parser;
 use socketioxide::{SocketIo, SocketIoBuilder, adapter::Adapter};
 use socketioxide_core::adapter::DefinedAdapter;
 use switchyard_gateway::{ClusterAdapter, Switchyard, config::Cli, server};
-use tokio::net::TcpListener;
+use switchyard_common::tls::HttpListener;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let telemetry = switchyard_common::telemetry::init("switchyard-gateway", &cli.telemetry)?;
-    let listener = tokio::net::TcpListener::bind(cli.gateway.listen)
+    let tls = cli.gateway.tls.server.load()?;
+    let listener = HttpListener::bind(cli.gateway.listen, tls.as_ref(), "gateway")
         .await
         .with_context(|| format!("binding {}", cli.gateway.listen))?;
     let bound = listener.local_addr()?;
-    let gateway = Switchyard::new(cli.gateway.settings(bound))?;
+    let gateway = Switchyard::new(cli.gateway.settings(bound)?)?;
     let metrics = telemetry.metrics.clone();
     match gateway.cluster_state()? {
         Some(state) => {
@@ -30,7 +31,7 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn run<A: Adapter + DefinedAdapter>(
-    listener: TcpListener,
+    listener: HttpListener,
     gateway: Switchyard,
     builder: SocketIoBuilder<A>,
     metrics: metrics_exporter_prometheus::PrometheusHandle,

@@ -25,7 +25,6 @@ use switchyard_proto::placement::v1::{
 };
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 
 use crate::Settings;
 use crate::drain::{DrainCause, DrainState};
@@ -41,6 +40,8 @@ pub struct ReporterConfig {
     pub capacity: u64,
     pub namespaces: Vec<String>,
     pub interval: Duration,
+    /// Trust and client certificate for an `https://` placement URL.
+    pub tls: switchyard_common::tls::ClientTls,
 }
 
 impl ReporterConfig {
@@ -53,6 +54,7 @@ impl ReporterConfig {
             capacity: s.max_connections,
             namespaces: s.namespaces.clone(),
             interval: s.report_interval,
+            tls: s.tls.clone(),
         }
     }
 }
@@ -151,7 +153,9 @@ async fn session(
     unconfirmed: &mut Unconfirmed,
     backoff: &mut Backoff,
 ) -> Result<SessionEnd, SessionError> {
-    let endpoint = Endpoint::from_shared(config.placement_url.clone())
+    let endpoint = config
+        .tls
+        .endpoint(&config.placement_url)
         .map_err(|e| SessionError::Url(e.to_string()))?
         .connect_timeout(Duration::from_secs(3))
         .tcp_nodelay(true)

@@ -12,6 +12,8 @@
 //! - **open at `(epoch, floor)`**: deliver iff the epoch differs or `offset > floor`, then raise
 //!   the floor. So an event is never delivered twice to a socket (several relay links, or an
 //!   in-flight event at or below a join's head), and events reach a socket in offset order.
+//!   A gate opened by a resume that could not recover (the client's epoch is gone) also drops
+//!   every event of that old epoch still in flight.
 //!
 //! `join(room)`: gate pending → join locally → `Head` → ack `{ok, epoch, offset, retained}` →
 //! open the gate at the head and flush the buffer (events above the head, in order). Why no
@@ -38,7 +40,9 @@ use switchyard_proto::relay::v1::{
     HeadRequest, HeadResponse, ReplayRequest, ReplayResponse, StampRequest,
     relay_client::RelayClient,
 };
-use tonic::transport::{Channel, Endpoint};
+use switchyard_common::tls::ClientTls;
+use tonic::transport::Channel;
+use tracing::Instrument;
 
 use crate::payload::Payload;
 
@@ -52,7 +56,7 @@ const SWEEP_EVERY: u64 = 4096;
 #[derive(Debug, thiserror::Error)]
 pub enum HistoryError {
     #[error("relay url: {0}")]
-    Url(#[from] tonic::transport::Error),
+    Url(#[from] switchyard_common::tls::TlsError),
     #[error("relay: {0}")]
     Relay(#[from] tonic::Status),
     #[error("encoding event data: {0}")]
@@ -94,18 +98,55 @@ impl Stamped {
 #[derive(Debug)]
 enum RoomGate {
     Pending(Vec<Stamped>),
-    Open { epoch: String, floor: u64 },
+    Open(Floor),
 }
 
-impl RoomGate {
-    /// Whether `ev` passes an open gate; raises the floor if so.
-    fn pass(epoch: &mut String, floor: &mut u64, ev: &Stamped) -> bool {
-        if *epoch != ev.epoch || ev.offset > *floor {
-            epoch.clone_from(&ev.epoch);
-            *floor = ev.offset;
+/// An open gate: the epoch it is in and the highest offset delivered in it.
+#[derive(Debug)]
+struct Floor {
+    epoch: String,
+    offset: u64,
+    /// An epoch known to be over for this socket (the one a resume that could not recover came
+    /// from): its events still in flight are dropped. Epochs are random ids, so an unknown
+    /// epoch cannot be told older or newer; this is the one the relay said is not current.
+    stale: Option<String>,
+}
+
+impl Floor {
+    /// Whether `ev` passes; raises the floor if so. An event of another epoch (not the stale
+    /// one) passes and moves the gate to that epoch: the history was lost while the socket was
+    /// subscribed, and live events go on.
+    fn pass(&mut self, ev: &Stamped) -> bool {
+        if self.stale.as_deref() == Some(ev.epoch.as_str()) {
+            return false;
+        }
+        if self.epoch != ev.epoch || ev.offset > self.offset {
+            self.epoch.clone_from(&ev.epoch);
+            self.offset = ev.offset;
             true
         } else {
             false
+        }
+    }
+}
+
+/// Where [`History::open`] opens gates: in `epoch`, at offset `from`; pending gates then move
+/// up to `head` (once the replay, if any, is through). `stale` is the epoch a resume came from
+/// when the relay's current epoch is another one: events of it are dropped from then on.
+#[derive(Debug, Clone, Copy)]
+pub struct Opening<'a> {
+    pub epoch: &'a str,
+    pub from: u64,
+    pub head: u64,
+    pub stale: Option<&'a str>,
+}
+
+impl Opening<'_> {
+    fn floor(&self) -> Floor {
+        Floor {
+            epoch: self.epoch.to_owned(),
+            offset: self.from,
+            stale: self.stale.map(str::to_owned),
         }
     }
 }
@@ -127,10 +168,15 @@ pub struct History {
 impl History {
     /// Clients of the relays at `urls` (connected lazily; needs a tokio runtime). `publisher`
     /// (`<node_id>:<incarnation>`) prefixes publish ids, so they are unique cluster-wide.
-    pub fn new(urls: &[String], publisher: String) -> Result<Self, HistoryError> {
+    pub fn new(
+        urls: &[String],
+        publisher: String,
+        tls: &ClientTls,
+    ) -> Result<Self, HistoryError> {
         let mut clients = Vec::new();
         for url in urls {
-            let channel = Endpoint::from_shared(url.clone())?
+            let channel = tls
+                .endpoint(url)?
                 .timeout(CALL_TIMEOUT)
                 .connect_timeout(CALL_TIMEOUT)
                 .connect_lazy();
@@ -186,6 +232,9 @@ impl History {
 
     /// Stamps a room publish; returns its offset. The publish id
     /// `<node_id>:<incarnation>:<counter>` is made once here and reused by every retry.
+    ///
+    /// Runs in a `publish` span whose trace context goes to the relay in the call's metadata:
+    /// the relay's `stamp` span and every gateway's `deliver` span continue its trace.
     pub async fn stamp(
         &self,
         ns: &str,
@@ -197,22 +246,28 @@ impl History {
         let msgpack: bytes::Bytes = rmp_serde::to_vec(data)?.into();
         let n = self.publishes.fetch_add(1, Ordering::Relaxed) + 1;
         let publish_id = format!("{}:{n}", self.publisher);
+        let span = tracing::info_span!("publish", namespace = %ns, room = %room,
+                                       publish_id = %publish_id, offset = tracing::field::Empty);
         let res = self
             .call(|mut c| {
-                let req = StampRequest {
+                let mut req = tonic::Request::new(StampRequest {
                     namespace: ns.to_owned(),
                     room: room.to_owned(),
                     event: event.to_owned(),
                     msgpack: msgpack.clone(),
                     retain,
                     publish_id: publish_id.clone(),
-                };
+                });
+                switchyard_common::trace_context::inject_metadata(&span, req.metadata_mut());
                 async move { c.stamp(req).await }
             })
+            .instrument(span.clone())
             .await?;
-        res.position
-            .map(|p| p.offset)
-            .ok_or(HistoryError::NoPosition)
+        let offset = res.position.map(|p| p.offset);
+        if let Some(offset) = offset {
+            span.record("offset", offset);
+        }
+        offset.ok_or(HistoryError::NoPosition)
     }
 
     /// The namespace's position and the room's retained event.
@@ -255,14 +310,14 @@ impl History {
         let mut gates = self.lock();
         let socket = gates.entry((ns.to_owned(), sid)).or_default();
         for room in rooms {
-            if !matches!(socket.get(room), Some(RoomGate::Open { .. })) {
+            if !matches!(socket.get(room), Some(RoomGate::Open(_))) {
                 socket.insert(room.clone(), RoomGate::Pending(Vec::new()));
             }
         }
     }
 
     /// Opens the gates of `rooms`, all under the gate lock so no live event overtakes:
-    /// a pending gate opens at `(epoch, from)`; then every `replayed` event (offset order)
+    /// a pending gate opens at `(at.epoch, at.from)`; then every `replayed` event (offset order)
     /// passes its room's gate, and pending gates move up to `head`; then what the pending
     /// gates buffered passes too, in offset order. `emit` runs for each event let through.
     /// A join passes `from = head` and no replay; a recovered resume the client's offset and
@@ -272,7 +327,7 @@ impl History {
         ns: &str,
         sid: Sid,
         rooms: &[String],
-        (epoch, from, head): (&str, u64, u64),
+        at: Opening<'_>,
         replayed: &[Stamped],
         mut emit: impl FnMut(&Stamped),
     ) -> u64 {
@@ -282,54 +337,42 @@ impl History {
         let mut opened = Vec::new();
         for room in rooms {
             match socket.get_mut(room) {
-                Some(RoomGate::Open { .. }) => {}
+                Some(RoomGate::Open(_)) => {}
                 Some(gate) => {
-                    let old = std::mem::replace(
-                        gate,
-                        RoomGate::Open {
-                            epoch: epoch.to_owned(),
-                            floor: from,
-                        },
-                    );
+                    let old = std::mem::replace(gate, RoomGate::Open(at.floor()));
                     if let RoomGate::Pending(b) = old {
                         buffered.extend(b);
                     }
                     opened.push(room);
                 }
                 None => {
-                    socket.insert(
-                        room.clone(),
-                        RoomGate::Open {
-                            epoch: epoch.to_owned(),
-                            floor: from,
-                        },
-                    );
+                    socket.insert(room.clone(), RoomGate::Open(at.floor()));
                     opened.push(room);
                 }
             }
         }
         let mut emitted = 0;
         for ev in replayed {
-            if let Some(RoomGate::Open { epoch, floor }) = socket.get_mut(&ev.room)
-                && RoomGate::pass(epoch, floor, ev)
+            if let Some(RoomGate::Open(floor)) = socket.get_mut(&ev.room)
+                && floor.pass(ev)
             {
                 emit(ev);
                 emitted += 1;
             }
         }
         for room in opened {
-            if let Some(RoomGate::Open { epoch: e, floor }) = socket.get_mut(room)
-                && e == epoch
-                && *floor < head
+            if let Some(RoomGate::Open(floor)) = socket.get_mut(room)
+                && floor.epoch == at.epoch
+                && floor.offset < at.head
             {
-                *floor = head;
+                floor.offset = at.head;
             }
         }
         // Buffers of several rooms interleave: deliver in offset order.
         buffered.sort_by_key(|e| e.offset);
         for ev in buffered {
-            if let Some(RoomGate::Open { epoch, floor }) = socket.get_mut(&ev.room)
-                && RoomGate::pass(epoch, floor, &ev)
+            if let Some(RoomGate::Open(floor)) = socket.get_mut(&ev.room)
+                && floor.pass(&ev)
             {
                 emit(&ev);
             }
@@ -347,8 +390,8 @@ impl History {
         {
             None => deliver(),
             Some(RoomGate::Pending(buffer)) => buffer.push(ev.clone()),
-            Some(RoomGate::Open { epoch, floor }) => {
-                if RoomGate::pass(epoch, floor, ev) {
+            Some(RoomGate::Open(floor)) => {
+                if floor.pass(ev) {
                     deliver();
                 } else {
                     metrics::counter!("switchyard_gateway_history_skipped_total").increment(1);
@@ -388,18 +431,35 @@ mod tests {
     use super::*;
 
     fn ev(room: &str, offset: u64) -> Stamped {
+        ev_in("E", room, offset)
+    }
+
+    fn ev_in(epoch: &str, room: &str, offset: u64) -> Stamped {
         Stamped {
             room: room.into(),
             event: "e".into(),
             data: Payload::Null,
-            epoch: "E".into(),
+            epoch: epoch.into(),
             offset,
+        }
+    }
+
+    fn at(from: u64, head: u64) -> Opening<'static> {
+        Opening {
+            epoch: "E",
+            from,
+            head,
+            stale: None,
         }
     }
 
     #[tokio::test]
     async fn gates_buffer_then_deliver_each_offset_once_in_order() -> anyhow::Result<()> {
-        let h = History::new(&["http://127.0.0.1:1".to_owned()], "n:1".to_owned())?;
+        let h = History::new(
+            &["http://127.0.0.1:1".to_owned()],
+            "n:1".to_owned(),
+            &ClientTls::default(),
+        )?;
         let sid = Sid::new();
         let rooms = vec!["a".to_owned()];
         let mut got = Vec::new();
@@ -408,7 +468,7 @@ mod tests {
             h.admit("/", sid, &ev("a", o), || got.push(o));
         }
         assert!(got.is_empty());
-        h.open("/", sid, &rooms, ("E", 4, 4), &[], |e| got.push(e.offset));
+        h.open("/", sid, &rooms, at(4, 4), &[], |e| got.push(e.offset));
         for o in [5, 6, 7] {
             h.admit("/", sid, &ev("a", o), || got.push(o));
         }
@@ -422,7 +482,7 @@ mod tests {
             h.admit("/", sid, &ev("a", o), || got.push(o));
         }
         let replayed: Vec<Stamped> = [2, 3, 4].iter().map(|o| ev("a", *o)).collect();
-        let n = h.open("/", sid, &rooms, ("E", 1, 4), &replayed, |e| {
+        let n = h.open("/", sid, &rooms, at(1, 4), &replayed, |e| {
             got.push(e.offset)
         });
         assert_eq!(n, 3);
@@ -430,9 +490,42 @@ mod tests {
         h.hold("/", sid, &rooms);
         h.admit("/", sid, &ev("a", 6), || got.push(6));
         h.admit("/", sid, &ev("a", 7), || got.push(7));
-        h.open("/", sid, &rooms, ("E", 9, 9), &[], |e| got.push(e.offset));
+        h.open("/", sid, &rooms, at(9, 9), &[], |e| got.push(e.offset));
         h.admit("/", sid, &ev("a", 8), || got.push(8));
         assert_eq!(got, [2, 3, 4, 5, 6, 7, 8]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_resume_that_could_not_recover_drops_its_old_epoch_in_flight() -> anyhow::Result<()>
+    {
+        let h = History::new(
+            &["http://127.0.0.1:1".to_owned()],
+            "n:1".to_owned(),
+            &ClientTls::default(),
+        )?;
+        let sid = Sid::new();
+        let rooms = vec!["a".to_owned()];
+        let mut got = Vec::new();
+        h.hold("/", sid, &rooms);
+        // In flight while the resume asked the relay: one event of the client's old epoch,
+        // one of the current epoch.
+        h.admit("/", sid, &ev_in("OLD", "a", 900), || got.push(900));
+        h.admit("/", sid, &ev_in("NEW", "a", 3), || got.push(3));
+        let opening = Opening {
+            epoch: "NEW",
+            from: 2,
+            head: 2,
+            stale: Some("OLD"),
+        };
+        h.open("/", sid, &rooms, opening, &[], |e| got.push(e.offset));
+        // Late stragglers of the old epoch are dropped; the current epoch goes on, and so
+        // does a later epoch (history lost again while subscribed).
+        h.admit("/", sid, &ev_in("OLD", "a", 901), || got.push(901));
+        h.admit("/", sid, &ev_in("NEW", "a", 4), || got.push(4));
+        h.admit("/", sid, &ev_in("NEWER", "a", 1), || got.push(1));
+        h.admit("/", sid, &ev_in("NEWER", "a", 2), || got.push(2));
+        assert_eq!(got, [3, 4, 1, 2]);
         Ok(())
     }
 }

@@ -17,7 +17,8 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use socketioxide::{SocketIo, adapter::Adapter};
-use tokio::net::TcpListener;
+use axum::serve::Listener;
+use std::net::SocketAddr;
 use tokio::sync::watch;
 use tower_http::cors::CorsLayer;
 
@@ -27,13 +28,20 @@ use crate::{Running, Switchyard};
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves `app` until a drain that ends the process has finished. See the module docs.
-pub async fn serve<A: Adapter>(
-    listener: TcpListener,
+///
+/// `listener` is a `tokio::net::TcpListener`, or a
+/// [`switchyard_common::tls::HttpListener`] to serve TLS.
+pub async fn serve<L, A>(
+    listener: L,
     app: Router,
     gateway: &Switchyard,
     io: SocketIo<A>,
     mut running: Running,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<()>
+where
+    L: Listener<Addr = SocketAddr>,
+    A: Adapter,
+{
     let addr = listener.local_addr().context("reading the bound address")?;
     let app = app.layer(CorsLayer::very_permissive());
     let (stop_http, mut stop_http_rx) = watch::channel(false);

@@ -414,6 +414,87 @@ mod tests {
         assert!(s.message().contains("ledger_unavailable"));
     }
 
+    /// Properties of `GET /v1/assign` over arbitrary query strings and headers: the answer is
+    /// always one of the documented statuses with a JSON body, never a panic or a 500.
+    mod properties {
+        use super::*;
+        use crate::ledger::{LedgerSettings, MemoryLedger, NodeRegistration};
+        use axum::body::Body;
+        use proptest::prelude::*;
+        use std::time::Duration;
+        use tower::ServiceExt;
+
+        /// An assigner over a memory ledger with one live gateway, and a low rate limit so
+        /// that 429 is reachable too.
+        fn app(rt: &tokio::runtime::Runtime) -> Result<Router, TestCaseError> {
+            let ledger = MemoryLedger::new(LedgerSettings {
+                cluster: "prop".into(),
+                reservation_ttl: Duration::from_millis(50),
+                liveness: Duration::from_secs(600),
+            });
+            rt.block_on(ledger.register(&NodeRegistration {
+                node_id: "gw-1".into(),
+                url: "http://127.0.0.1:1".into(),
+                weight: 1,
+                capacity: 0,
+                namespaces: vec!["/".into(), "/chat".into()],
+            }))
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
+            let assigner = Assigner::new(Arc::new(ledger), TokenKey::new(b"s"), 5);
+            Ok(router(Arc::new(assigner)))
+        }
+
+        fn any_query() -> impl Strategy<Value = String> {
+            prop_oneof![
+                // Anything URI-safe, percent escapes (valid or not) included.
+                "[A-Za-z0-9=&%/._~+;:@!$'()*,?-]{0,300}",
+                "namespace=[A-Za-z0-9%/._~+-]{0,300}",
+                "namespace=%2F[a-z]{0,8}&token=[A-Za-z0-9._%-]{0,64}",
+                ("namespace=", proptest::collection::vec(any::<u8>(), 0..64)).prop_map(
+                    |(k, v)| format!("{k}{}", v.iter().map(|b| format!("%{b:02X}")).collect::<String>())
+                ),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+            #[test]
+            fn any_query_gets_a_documented_status_with_a_json_error(
+                queries in proptest::collection::vec(any_query(), 1..8),
+                auth in proptest::option::of("[ -~]{0,80}"),
+            ) {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let app = app(&rt)?;
+                for query in queries {
+                    let mut req = http::Request::get(format!("/v1/assign?{query}"));
+                    if let Some(auth) = &auth {
+                        req = req.header(http::header::AUTHORIZATION, auth.as_str());
+                    }
+                    let mut req = req.body(Body::empty()).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    req.extensions_mut().insert(ConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 9))));
+                    let res = rt
+                        .block_on(app.clone().oneshot(req))
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    let status = res.status().as_u16();
+                    let body = rt
+                        .block_on(axum::body::to_bytes(res.into_body(), 1 << 20))
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    let json: serde_json::Value = serde_json::from_slice(&body)
+                        .map_err(|e| TestCaseError::fail(format!("{query}: not JSON: {e}")))?;
+                    prop_assert!([200, 400, 429, 503].contains(&status), "{query}: {status} {json}");
+                    if status == 200 {
+                        prop_assert!(json["token"].is_string(), "{json}");
+                    } else {
+                        prop_assert!(json["error"].is_string(), "{query}: {json}");
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn the_rate_counts_recent_assignments() {
         let r = AssignmentRate::new();

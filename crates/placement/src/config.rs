@@ -20,8 +20,9 @@ pub struct Config {
     /// gRPC listen address (report stream, `Assign`, admin, health, reflection); port 0 picks one.
     #[arg(long, env = "SWITCHYARD_GRPC_ADDR", default_value = "127.0.0.1:7001")]
     pub grpc_addr: SocketAddr,
-    /// Redis URL for the shared ledger and lease (`redis://127.0.0.1:6379`). Unset: an
-    /// in-memory ledger, correct only with a single placement replica.
+    /// Redis URL for the shared ledger and lease (`redis://127.0.0.1:6379`; a Redis Cluster:
+    /// `redis+cluster://host1:port1,host2:port2`). Unset: an in-memory ledger, correct only
+    /// with a single placement replica.
     #[arg(long, env = "SWITCHYARD_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
     /// Cluster name; every Redis key lives under the hash tag `{sy:<cluster>}`.
@@ -66,6 +67,8 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_REQUIRE_APP_TOKEN")]
     pub require_app_token: bool,
     #[command(flatten)]
+    pub tls: switchyard_common::tls::TlsArgs,
+    #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
 
@@ -78,7 +81,7 @@ pub enum ConfigError {
     BadCluster(String),
     #[error("--cors-origins: `{0}` is not a valid origin")]
     BadCorsOrigin(String),
-    #[error("--redis-url must start with redis:// or rediss://")]
+    #[error("--redis-url must start with redis://, rediss://, redis+unix://, unix:// or redis+cluster://")]
     BadRedisUrl,
     #[error(transparent)]
     AppKey(#[from] crate::app_token::AppKeyError),
@@ -100,10 +103,7 @@ impl Config {
             return Err(ConfigError::BadCluster(self.cluster.clone()));
         }
         if let Some(url) = &self.redis_url
-            && !(url.starts_with("redis://")
-                || url.starts_with("rediss://")
-                || url.starts_with("redis+unix://")
-                || url.starts_with("unix://"))
+            && !switchyard_redis::is_supported_url(url)
         {
             return Err(ConfigError::BadRedisUrl);
         }
@@ -186,6 +186,7 @@ impl std::fmt::Debug for Config {
                 &self.app_jwt_rs256_public_key_file,
             )
             .field("require_app_token", &self.require_app_token)
+            .field("tls", &self.tls)
             .field("telemetry", &self.telemetry)
             .finish()
     }

@@ -14,8 +14,8 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use deadpool_redis::Pool;
 use redis::Script;
+use switchyard_redis::{Connection, Pool};
 
 use crate::ledger::{FencingToken, LedgerError, build_pool, key_prefix, unavailable};
 
@@ -34,6 +34,9 @@ pub trait Lease: Send + Sync + 'static {
 /// The lease in Redis: key `{sy:<cluster>}:lease` holds `"<holder>|<fence>"` with a ttl, and
 /// `{sy:<cluster>}:fence` is the counter the fencing tokens come from (the one
 /// `reap.lua` checks). Scripts and their invariants: `lease/*.lua`.
+///
+/// On a Redis Cluster both keys share the hash tag, so each script runs on the one master that
+/// owns the slot.
 ///
 /// Tokens are large numbers (the counter starts at Redis `TIME` in ms, so that tokens stay
 /// increasing even across a Redis that lost its data); only their order means anything.
@@ -110,7 +113,7 @@ impl RedisLease {
         format!("{}|{}", self.holder_id, token.0)
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, LedgerError> {
+    async fn conn(&self) -> Result<Connection, LedgerError> {
         self.pool.get().await.map_err(unavailable)
     }
 }

@@ -19,6 +19,7 @@ use switchyard_common::{
     assignment::TokenKey,
     grpc::AdminAuth,
     ops::{self, Readiness},
+    tls::HttpListener,
 };
 use switchyard_proto::{
     admin::v1::admin_server::AdminServer,
@@ -167,7 +168,8 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         liveness: config.liveness(),
     };
 
-    let http_listener = TcpListener::bind(config.http_addr)
+    let tls = config.tls.server.load()?;
+    let http_listener = HttpListener::bind(config.http_addr, tls.as_ref(), "placement")
         .await
         .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
     let grpc_listener = TcpListener::bind(config.grpc_addr)
@@ -184,8 +186,8 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     };
 
     // Small request/response exchanges: never let Nagle's algorithm hold an answer back.
-    let http_listener = http_listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
+    let http_listener = http_listener.tap_io(|io| {
+        if let Err(e) = io.tcp().set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY refused");
         }
     });
@@ -215,7 +217,8 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     if config.admin_token.is_none() {
         tracing::warn!("no --admin-token: every admin call will be refused");
     }
-    let grpc = tonic::transport::Server::builder()
+    let grpc = switchyard_common::grpc::server(tls.as_ref())
+        .context("configuring gRPC TLS")?
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

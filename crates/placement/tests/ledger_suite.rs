@@ -1,7 +1,8 @@
-//! The ledger's behavioural suite: every case in `behaviour!` runs against both the in-memory
-//! ledger and the Redis ledger (on a real `redis-server` of its own, started by the testkit),
-//! so the two implementations keep the same guarantees. Redis-only behaviour (outages, the
-//! fenced lease shared by replicas) follows at the end.
+//! The ledger's behavioural suite: every case in `behaviour!` runs against the in-memory
+//! ledger, the Redis ledger on a real `redis-server` of its own and the Redis ledger on a real
+//! three-master Redis Cluster of its own (both started by the testkit), so the implementations
+//! keep the same guarantees on every backend. Redis-only behaviour (outages, the fenced lease
+//! shared by replicas) follows at the end, in `redis_only!`, on a server and on a cluster.
 //!
 //! Timing: some cases need time to pass (liveness, reservation expiry); they use short windows
 //! and generous margins, and never assert on how fast anything is.
@@ -17,14 +18,15 @@ use switchyard_placement::ledger::{
     NodeView, RedisLedger,
 };
 use switchyard_testkit::redis::RedisServer;
+use switchyard_testkit::redis_cluster::{RedisCluster, RedisDeployment};
 
 type Result<T = ()> = anyhow::Result<T>;
 
-/// A ledger under test, its lease, and the redis-server behind both (for the Redis backend).
+/// A ledger under test, its lease, and the Redis behind both (kept alive for the test).
 struct Fixture {
     ledger: Arc<dyn Ledger>,
     lease: Arc<dyn Lease>,
-    redis: Option<RedisServer>,
+    _redis: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Fixture {
@@ -41,32 +43,39 @@ trait Backend {
 }
 
 struct Memory;
-struct Redis;
 
 impl Backend for Memory {
     async fn start(settings: LedgerSettings) -> Result<Fixture> {
         Ok(Fixture {
             ledger: Arc::new(MemoryLedger::new(settings)),
             lease: Arc::new(LocalLease),
-            redis: None,
+            _redis: None,
         })
     }
 }
 
-impl Backend for Redis {
+/// A fresh Redis (server or cluster), a ledger on it and a lease sharing the ledger's pool.
+async fn redis_fixture<R: RedisDeployment>(
+    settings: LedgerSettings,
+) -> Result<(R, RedisLedger, RedisLease)> {
+    let redis = R::start()?;
+    let ledger = RedisLedger::connect(&redis.url(), settings.clone()).await?;
+    let lease = RedisLease::with_pool(
+        ledger.pool().clone(),
+        &settings.cluster,
+        "suite-holder".to_owned(),
+        Duration::from_secs(30),
+    );
+    Ok((redis, ledger, lease))
+}
+
+impl<R: RedisDeployment> Backend for R {
     async fn start(settings: LedgerSettings) -> Result<Fixture> {
-        let redis = RedisServer::start()?;
-        let ledger = RedisLedger::connect(&redis.url(), settings.clone()).await?;
-        let lease = RedisLease::with_pool(
-            ledger.pool().clone(),
-            &settings.cluster,
-            "suite-holder".to_owned(),
-            Duration::from_secs(30),
-        );
+        let (redis, ledger, lease) = redis_fixture::<R>(settings).await?;
         Ok(Fixture {
             ledger: Arc::new(ledger),
             lease: Arc::new(lease),
-            redis: Some(redis),
+            _redis: Some(Box::new(redis)),
         })
     }
 }
@@ -505,7 +514,15 @@ macro_rules! behaviour {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
                 async fn $case() -> super::Result {
-                    super::$case::<super::Redis>().await
+                    super::$case::<super::RedisServer>().await
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $case() -> super::Result {
+                    super::$case::<super::RedisCluster>().await
                 }
             )*
         }
@@ -550,11 +567,9 @@ where
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redis_outage_is_unavailable_and_reports_rebuild_the_ledger_after_it() -> Result {
-    let fx = Redis::start(long_settings()).await?;
-    let l = &*fx.ledger;
-    let redis = fx.redis.as_ref().context("redis fixture")?;
+async fn redis_outage_is_unavailable_and_reports_rebuild_the_ledger_after_it<R: RedisDeployment>() -> Result {
+    let (redis, ledger, _lease) = redis_fixture::<R>(long_settings()).await?;
+    let l: &dyn Ledger = &ledger;
     register_nodes(l, &[1, 1]).await?;
     ensure!(l.assign("/").await?.is_some());
 
@@ -590,9 +605,8 @@ async fn redis_outage_is_unavailable_and_reports_rebuild_the_ledger_after_it() -
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn redis_ledger_connects_while_redis_is_down_and_works_once_it_is_up() -> Result {
-    let redis = RedisServer::start()?;
+async fn redis_ledger_connects_while_redis_is_down_and_works_once_it_is_up<R: RedisDeployment>() -> Result {
+    let redis = R::start()?;
     redis.kill()?;
     let ledger = RedisLedger::connect(&redis.url(), long_settings()).await?;
     ensure!(matches!(
@@ -607,9 +621,8 @@ async fn redis_ledger_connects_while_redis_is_down_and_works_once_it_is_up() -> 
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_replicas_on_one_redis_share_one_ledger() -> Result {
-    let redis = RedisServer::start()?;
+async fn two_replicas_on_one_redis_share_one_ledger<R: RedisDeployment>() -> Result {
+    let redis = R::start()?;
     let a: Arc<dyn Ledger> = Arc::new(RedisLedger::connect(&redis.url(), long_settings()).await?);
     let b: Arc<dyn Ledger> = Arc::new(RedisLedger::connect(&redis.url(), long_settings()).await?);
     register_nodes(&*a, &[1; 16]).await?;
@@ -628,9 +641,8 @@ async fn two_replicas_on_one_redis_share_one_ledger() -> Result {
 }
 
 /// A holder paused past its lease cannot write after the next holder took over.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn paused_lease_holder_is_fenced_after_the_next_holder_takes_over() -> Result {
-    let redis = RedisServer::start()?;
+async fn paused_lease_holder_is_fenced_after_the_next_holder_takes_over<R: RedisDeployment>() -> Result {
+    let redis = R::start()?;
     let ttl = Duration::from_millis(300);
     let settings = settings(60_000, 60_000);
     let ledger = RedisLedger::connect(&redis.url(), settings.clone()).await?;
@@ -685,9 +697,8 @@ async fn paused_lease_holder_is_fenced_after_the_next_holder_takes_over() -> Res
 }
 
 /// A Redis that lost its data must not hand out a token an ex-holder still has.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fencing_tokens_keep_increasing_across_a_redis_restart() -> Result {
-    let redis = RedisServer::start()?;
+async fn fencing_tokens_keep_increasing_across_a_redis_restart<R: RedisDeployment>() -> Result {
+    let redis = R::start()?;
     let settings = settings(60_000, 60_000);
     let ledger = RedisLedger::connect(&redis.url(), settings.clone()).await?;
     let ttl = Duration::from_secs(30);
@@ -712,6 +723,37 @@ async fn fencing_tokens_keep_increasing_across_a_redis_restart() -> Result {
     ledger.reap(fence_b).await?;
     Ok(())
 }
+
+macro_rules! redis_only {
+    ($($case:ident),* $(,)?) => {
+        mod redis_only {
+            mod redis {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn $case() -> crate::Result {
+                        crate::$case::<crate::RedisServer>().await
+                    }
+                )*
+            }
+            mod cluster {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                    async fn $case() -> crate::Result {
+                        crate::$case::<crate::RedisCluster>().await
+                    }
+                )*
+            }
+        }
+    };
+}
+
+redis_only!(
+    redis_outage_is_unavailable_and_reports_rebuild_the_ledger_after_it,
+    redis_ledger_connects_while_redis_is_down_and_works_once_it_is_up,
+    two_replicas_on_one_redis_share_one_ledger,
+    paused_lease_holder_is_fenced_after_the_next_holder_takes_over,
+    fencing_tokens_keep_increasing_across_a_redis_restart,
+);
 
 /// The in-memory ledger has no lease store; it refuses tokens older than the newest it saw.
 #[tokio::test]

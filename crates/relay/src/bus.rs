@@ -15,10 +15,17 @@
 //! with `INFO server` under `--pubsub auto`), classic PUBLISH/SUBSCRIBE otherwise. Every channel
 //! carries the cluster's hash tag, so on Redis Cluster all of a cluster's channels live on one
 //! shard and a sharded message is not broadcast to every node. redis-rs 1.x has SSUBSCRIBE
-//! only on cluster connections, so the sharded subscriber is a RESP3 multiplexed connection
-//! whose pushes (`smessage`) arrive on a channel; SSUBSCRIBE is sent without waiting for a
-//! reply (its confirmation is a push) and followed by a PING, whose answer proves the
-//! subscription is in place, since Redis handles one connection's commands in order.
+//! only on cluster connections, so on a single server the sharded subscriber is a RESP3
+//! multiplexed connection whose pushes (`smessage`) arrive on a channel; SSUBSCRIBE is sent
+//! without waiting for a reply (its confirmation is a push) and followed by a PING, whose answer
+//! proves the subscription is in place, since Redis handles one connection's commands in order.
+//!
+//! On a Redis Cluster (`redis+cluster://…`) the subscriber is a RESP3 cluster connection with a
+//! push channel, in both modes: its `ssubscribe` goes to the master that owns the channels' slot
+//! and waits for the confirmation; classic `subscribe` works too (a classic PUBLISH reaches
+//! every node). The publishing scripts run on that same master (their keys share the hash tag).
+//! A dropped socket to ANY node counts as a lost subscription (conservative: links are cut and
+//! resync, never a silent gap).
 //!
 //! Pub/sub is fire-and-forget: a replica whose subscription drops misses what was published
 //! meanwhile. So when it drops, the replica cuts every link (`UNAVAILABLE`) before resubscribing;
@@ -33,7 +40,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use deadpool_redis::{Manager, Pool, Runtime};
+use switchyard_redis::{Connection, Pool};
 use futures::StreamExt;
 use prost::Message;
 use redis::Script;
@@ -57,8 +64,9 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 pub enum BusError {
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
-    #[error("redis pool: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
+    /// No connection (pool exhausted, Redis or the cluster unreachable).
+    #[error("{0}")]
+    Pool(#[from] switchyard_redis::Error),
     #[error("not subscribed to Redis pub/sub (reconnecting)")]
     NotSubscribed,
     #[error("invalid redis configuration: {0}")]
@@ -139,30 +147,16 @@ impl Bus {
     }
 }
 
-/// The connection info for `url` with `TCP_NODELAY` on: every frame is one small round trip,
-/// and Nagle plus delayed ACKs would add tens of milliseconds to each.
-fn connection_info(url: &str) -> Result<redis::ConnectionInfo, BusError> {
-    use redis::IntoConnectionInfo;
-    Ok(url
-        .into_connection_info()?
-        .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true)))
-}
-
-/// Builds a deadpool-redis pool. Never connects: connections are opened on first use.
+/// Builds the connections (a pool for one server, or one cluster connection; `TCP_NODELAY`
+/// on). Never connects: connections are opened on first use.
 pub fn build_pool(url: &str) -> Result<Pool, BusError> {
-    let connection = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT));
-    let manager = Manager::new_with_config(connection_info(url)?, connection)
-        .map_err(|e| BusError::Invalid(format!("redis url: {e}")))?;
-    Pool::builder(manager)
-        .max_size(POOL_SIZE)
-        .wait_timeout(Some(POOL_WAIT))
-        .create_timeout(Some(CONNECT_TIMEOUT + RESPONSE_TIMEOUT))
-        .recycle_timeout(Some(RESPONSE_TIMEOUT))
-        .runtime(Runtime::Tokio1)
-        .build()
-        .map_err(|e| BusError::Invalid(format!("redis pool: {e}")))
+    let settings = switchyard_redis::Settings {
+        pool_size: POOL_SIZE,
+        pool_wait: POOL_WAIT,
+        connect_timeout: CONNECT_TIMEOUT,
+        response_timeout: RESPONSE_TIMEOUT,
+    };
+    Pool::new(url, settings).map_err(|e| BusError::Invalid(e.to_string()))
 }
 
 /// `{sy:<cluster>}`: the prefix and hash tag of every key and channel of one cluster.
@@ -183,15 +177,28 @@ pub enum PubSubMode {
 
 /// The subscribing half of the subscriber connection.
 enum SubSink {
+    /// Classic pub/sub on a single server.
     Classic(redis::aio::PubSubSink),
-    Sharded(redis::aio::MultiplexedConnection),
+    /// A RESP3 connection whose pushes feed [`SubStream::Push`]: sharded on a single server,
+    /// either mode on a cluster.
+    Push { conn: Connection, sharded: bool },
 }
 
 impl SubSink {
     async fn subscribe(&mut self, channels: &[String]) -> Result<(), BusError> {
         match self {
             SubSink::Classic(sink) => sink.subscribe(channels).await?,
-            SubSink::Sharded(conn) => {
+            SubSink::Push {
+                conn: Connection::Cluster(conn),
+                sharded,
+            } => {
+                if *sharded {
+                    conn.ssubscribe(channels).await?;
+                } else {
+                    conn.subscribe(channels).await?;
+                }
+            }
+            SubSink::Push { conn, .. } => {
                 use redis::aio::ConnectionLike;
                 for channel in channels {
                     let mut cmd = redis::cmd("SSUBSCRIBE");
@@ -208,7 +215,7 @@ impl SubSink {
 /// The receiving half of the subscriber connection.
 enum SubStream {
     Classic(redis::aio::PubSubStream),
-    Sharded(mpsc::UnboundedReceiver<redis::PushInfo>),
+    Push(mpsc::UnboundedReceiver<redis::PushInfo>),
 }
 
 impl SubStream {
@@ -222,10 +229,10 @@ impl SubStream {
                     msg.get_payload_bytes().to_vec(),
                 ))
             }
-            SubStream::Sharded(rx) => loop {
+            SubStream::Push(rx) => loop {
                 let push = rx.recv().await?;
                 match push.kind {
-                    redis::PushKind::SMessage => {
+                    redis::PushKind::SMessage | redis::PushKind::Message => {
                         let mut data = push.data.into_iter();
                         if let (
                             Some(redis::Value::BulkString(channel)),
@@ -257,7 +264,6 @@ const MODE_SHARDED: u8 = 2;
 pub struct RedisBus {
     pub pool: Pool,
     pub prefix: String,
-    url: String,
     mode: PubSubMode,
     /// What this replica publishes with, once the subscriber has chosen (`MODE_*`).
     resolved: AtomicU8,
@@ -282,7 +288,6 @@ impl RedisBus {
         let membership = format!("{prefix}:relay:membership");
         Ok(Arc::new(RedisBus {
             pool: build_pool(url)?,
-            url: url.to_owned(),
             mode,
             resolved: AtomicU8::new(MODE_UNKNOWN),
             hub,
@@ -314,43 +319,18 @@ impl RedisBus {
             PubSubMode::Classic => return Ok(false),
             PubSubMode::Auto => {}
         }
-        let mut conn = self.pool.get().await?;
-        let info: String = redis::cmd("INFO")
-            .arg("server")
-            .query_async(&mut conn)
-            .await?;
-        let major = info
-            .lines()
-            .find_map(|l| l.strip_prefix("redis_version:"))
-            .and_then(|v| v.trim().split('.').next())
-            .and_then(|m| m.parse::<u32>().ok())
-            .unwrap_or(0);
-        Ok(major >= 7)
+        Ok(self.pool.server_major_version().await? >= 7)
     }
 
-    /// Opens the subscriber connection in the chosen mode.
+    /// Opens the subscriber connection in the chosen mode (see the module docs).
     async fn connect(&self, sharded: bool) -> Result<(SubSink, SubStream), BusError> {
-        if sharded {
-            let info = connection_info(&self.url)?;
-            let resp3 = info
-                .redis_settings()
-                .clone()
-                .set_protocol(redis::ProtocolVersion::RESP3);
-            let client = redis::Client::open(info.set_redis_settings(resp3))?;
-            let (tx, rx) = mpsc::unbounded_channel();
-            let config = redis::AsyncConnectionConfig::new()
-                .set_connection_timeout(Some(CONNECT_TIMEOUT))
-                .set_response_timeout(Some(RESPONSE_TIMEOUT))
-                .set_push_sender(tx);
-            let conn = client
-                .get_multiplexed_async_connection_with_config(&config)
-                .await?;
-            Ok((SubSink::Sharded(conn), SubStream::Sharded(rx)))
-        } else {
-            let client = redis::Client::open(connection_info(&self.url)?)?;
-            let (sink, stream) = client.get_async_pubsub().await?.split();
-            Ok((SubSink::Classic(sink), SubStream::Classic(stream)))
+        if let Some(pubsub) = self.pool.classic_pubsub().filter(|_| !sharded) {
+            let (sink, stream) = pubsub.await?.split();
+            return Ok((SubSink::Classic(sink), SubStream::Classic(stream)));
         }
+        let (tx, rx) = mpsc::unbounded_channel();
+        let conn = self.pool.push_connection(tx).await?;
+        Ok((SubSink::Push { conn, sharded }, SubStream::Push(rx)))
     }
 
     pub(crate) fn channel(&self, namespace: &str) -> String {

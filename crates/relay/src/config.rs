@@ -73,7 +73,8 @@ pub struct Config {
     /// gRPC listen address (`Relay`, health, reflection); port 0 picks one.
     #[arg(long, env = "SWITCHYARD_GRPC_ADDR", default_value = "127.0.0.1:7101")]
     pub grpc_addr: SocketAddr,
-    /// Redis URL shared by every relay replica. Unset: a single replica with in-process
+    /// Redis URL shared by every relay replica (a Redis Cluster:
+    /// `redis+cluster://host1:port1,host2:port2`). Unset: a single replica with in-process
     /// fan-out (replicas would not see each other's gateways).
     #[arg(long, env = "SWITCHYARD_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
@@ -93,9 +94,14 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_MAX_FRAME_BYTES", default_value_t = 4 * 1024 * 1024,
           value_parser = clap::value_parser!(u32).range(1024..=256 * 1024 * 1024))]
     pub max_frame_bytes: u32,
-    /// Bearer token for admin calls (reserved; the relay has none yet).
+    /// Bearer token for `switchyard.admin.v1.RelayAdmin` calls. Unset: every admin call is
+    /// refused.
     #[arg(long, env = "SWITCHYARD_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Bearer token gateways must send when they open a `Link`. Unset: any gateway may link
+    /// (fine on a private network; set it, and the gateways' --link-token, elsewhere).
+    #[arg(long, env = "SWITCHYARD_LINK_TOKEN", hide_env_values = true)]
+    pub link_token: Option<String>,
     /// Bearer token backends must send with `Publish`. Unset: every Publish is refused.
     #[arg(long, env = "SWITCHYARD_PUBLISH_TOKEN", hide_env_values = true)]
     pub publish_token: Option<String>,
@@ -120,6 +126,15 @@ pub struct Config {
     #[arg(long = "history-namespace", env = "SWITCHYARD_HISTORY_NAMESPACE",
           value_delimiter = ';', value_parser = parse_history_namespace)]
     pub history_namespace: Vec<HistoryNamespace>,
+    /// History (Redis): most events of one namespace stamped in one Redis round trip. Stamps
+    /// that arrive while a namespace's previous round trip is in flight wait for it and then
+    /// go together, up to this many; no delay is ever added to gather them. 1 turns batching
+    /// off (one round trip per event).
+    #[arg(long, env = "SWITCHYARD_HISTORY_BATCH_MAX", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub history_batch_max: u64,
+    #[command(flatten)]
+    pub tls: switchyard_common::tls::TlsArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
@@ -136,10 +151,13 @@ impl std::fmt::Debug for Config {
             .field("max_frame_bytes", &self.max_frame_bytes)
             .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
             .field("publish_token", &self.publish_token.as_ref().map(|_| "***"))
+            .field("link_token", &self.link_token.as_ref().map(|_| "***"))
             .field("membership_interval_ms", &self.membership_interval_ms)
             .field("history_max_len", &self.history_max_len)
             .field("history_ttl_ms", &self.history_ttl_ms)
             .field("history_namespace", &self.history_namespace)
+            .field("history_batch_max", &self.history_batch_max)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -149,7 +167,7 @@ impl std::fmt::Debug for Config {
 pub enum ConfigError {
     #[error("--cluster must be 1..=64 characters of [A-Za-z0-9_.-], got `{0}`")]
     BadCluster(String),
-    #[error("--redis-url must start with redis://, rediss://, redis+unix:// or unix://")]
+    #[error("--redis-url must start with redis://, rediss://, redis+unix://, unix:// or redis+cluster://")]
     BadRedisUrl,
 }
 
@@ -166,9 +184,7 @@ impl Config {
             return Err(ConfigError::BadCluster(self.cluster.clone()));
         }
         if let Some(url) = &self.redis_url
-            && !["redis://", "rediss://", "redis+unix://", "unix://"]
-                .iter()
-                .any(|p| url.starts_with(p))
+            && !switchyard_redis::is_supported_url(url)
         {
             return Err(ConfigError::BadRedisUrl);
         }
@@ -182,6 +198,7 @@ impl Config {
             self.history_max_len,
             Duration::from_millis(self.history_ttl_ms),
         );
+        settings.batch_max = usize::try_from(self.history_batch_max).unwrap_or(usize::MAX);
         for ns in &self.history_namespace {
             let limits = NsLimits {
                 max_len: ns.max_len.unwrap_or(self.history_max_len),

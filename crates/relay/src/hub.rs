@@ -13,7 +13,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc, Mutex, MutexGuard, OnceLock,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -29,6 +29,8 @@ pub struct LinkHandle {
     pub link_id: u64,
     pub node_id: String,
     pub namespaces: Vec<String>,
+    /// Counters for the admin API ([`crate::admin`]); the link's reader holds a clone.
+    pub stats: Arc<LinkStats>,
     queue: mpsc::Sender<LinkMessage>,
     cut: Mutex<Option<oneshot::Sender<Status>>>,
     /// Turns `true` on the cut, so the link's reader stops reading too (dropping the request
@@ -36,7 +38,33 @@ pub struct LinkHandle {
     cut_flag: watch::Sender<bool>,
 }
 
+/// Takes response frames addressed to this replica (see [`Hub::set_inbox`]).
+pub type Inbox = Box<dyn Fn(&Frame) + Send + Sync>;
+
+/// What the admin API reports about one link. Relaxed atomics: figures, not synchronisation.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    pub incarnation: u64,
+    /// Unix ms when the link was registered.
+    pub connected_since_ms: u64,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    /// Highest seq received from the gateway.
+    pub last_seq: AtomicU64,
+    /// Highest seq accepted (what the gateway's `Ack`s say).
+    pub accepted_seq: AtomicU64,
+}
+
 impl LinkHandle {
+    /// Messages queued towards the gateway, not yet taken by its stream.
+    pub fn queue_depth(&self) -> usize {
+        self.queue.max_capacity() - self.queue.capacity()
+    }
+
+    pub fn queue_capacity(&self) -> usize {
+        self.queue.max_capacity()
+    }
+
     /// Ends the link's stream with `status`. Only the first cut counts.
     pub fn cut(&self, status: Status, reason: &'static str) {
         let sender = self.cut.lock().unwrap_or_else(|e| e.into_inner()).take();
@@ -86,6 +114,9 @@ pub struct Hub {
     next_id: AtomicU64,
     /// Woken whenever a link joins or leaves, so membership is published at once.
     pub changed: Notify,
+    /// Where response frames addressed to this replica itself go (its admin requests, see
+    /// [`crate::admin`]) instead of to a link: `(target node id, handler)`.
+    inbox: OnceLock<(String, Inbox)>,
 }
 
 impl Hub {
@@ -102,12 +133,18 @@ impl Hub {
         queue: mpsc::Sender<LinkMessage>,
         cut: oneshot::Sender<Status>,
         cut_flag: watch::Sender<bool>,
+        incarnation: u64,
     ) -> Arc<LinkHandle> {
         let link_id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let handle = Arc::new(LinkHandle {
             link_id,
             node_id: node_id.to_owned(),
             namespaces,
+            stats: Arc::new(LinkStats {
+                incarnation,
+                connected_since_ms: switchyard_common::assignment::now_ms(),
+                ..LinkStats::default()
+            }),
             queue,
             cut: Mutex::new(Some(cut)),
             cut_flag,
@@ -157,6 +194,13 @@ impl Hub {
     /// but its origin, or only its target for a response. Links whose queue is full are cut.
     pub fn deliver(&self, frame: &Frame) {
         let response = frame.kind == FrameKind::Response as i32;
+        if response
+            && let Some((target, inbox)) = self.inbox.get()
+            && frame.target == *target
+        {
+            inbox(frame);
+            return;
+        }
         let msg = LinkMessage {
             kind: Some(Kind::Frame(frame.clone())),
         };
@@ -175,6 +219,7 @@ impl Hub {
                 };
                 match link.offer(msg.clone()) {
                     Offer::Queued => {
+                        link.stats.frames_out.fetch_add(1, Ordering::Relaxed);
                         metrics::counter!("switchyard_relay_frames_out_total").increment(1);
                     }
                     Offer::Full => overflowed.push(*link_id),
@@ -250,6 +295,17 @@ impl Hub {
             .filter(|(_, m)| !m.is_empty())
             .map(|(ns, m)| (ns.clone(), m.keys().cloned().collect()))
             .collect()
+    }
+
+    /// Hands response frames whose target is `target` to `inbox` instead of a link (set once,
+    /// at startup). `inbox` runs under no lock and must not block.
+    pub fn set_inbox(&self, target: String, inbox: Inbox) {
+        let _ = self.inbox.set((target, inbox));
+    }
+
+    /// Every link on this replica.
+    pub fn links(&self) -> Vec<Arc<LinkHandle>> {
+        self.state().links.values().cloned().collect()
     }
 
     /// Number of links on this replica.

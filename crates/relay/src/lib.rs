@@ -56,6 +56,7 @@
 //!    `OUT_OF_RANGE` means a frame exceeded `--max-frame-bytes`: drop that frame, do not resend.
 //! 7. Keep frames below `--max-frame-bytes` (4 MiB by default).
 
+pub mod admin;
 pub mod bus;
 pub mod config;
 pub mod dedup;

@@ -8,7 +8,11 @@
 //! link's bounded queue, interleaves coalesced `Ack`s, and ends with the cut status when the
 //! hub or the reader cuts the link.
 
-use std::{pin::Pin, sync::Arc, time::Duration};
+use std::{
+    pin::Pin,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use futures::Stream;
 use switchyard_proto::relay::v1::{
@@ -89,7 +93,8 @@ pub async fn open(
     let (cut_flag, cut_seen) = watch::channel(false);
     let handle = state
         .hub
-        .register(&node_id, namespaces.clone(), queue_tx, cut_tx, cut_flag);
+        .register(&node_id, namespaces.clone(), queue_tx, cut_tx, cut_flag, incarnation);
+    handle.stats.accepted_seq.store(accepted_seq, Ordering::Relaxed);
     let (ack_tx, ack_rx) = watch::channel(accepted_seq);
     let span = tracing::info_span!("link", node_id = %node_id, link_id = handle.link_id,
                                    incarnation, relay_id = %state.relay_id);
@@ -195,6 +200,7 @@ async fn read_frames(
 ) {
     let link_id = handle.link_id;
     let node_id = handle.node_id.clone();
+    let stats = Arc::clone(&handle.stats);
     // Only the hub's copy of the handle keeps the queue open; ours must not outlive the link.
     drop(handle);
     let cut = |status: Status, reason: &'static str| {
@@ -239,6 +245,7 @@ async fn read_frames(
             }
         };
         metrics::counter!("switchyard_relay_frames_in_total").increment(1);
+        stats.frames_in.fetch_add(1, Ordering::Relaxed);
         let frame = match admit(frame, &node_id, incarnation, state.max_frame_bytes) {
             Ok(f) => f,
             Err(status) => {
@@ -252,14 +259,17 @@ async fn read_frames(
             }
         };
         let seq = frame.seq;
+        stats.last_seq.fetch_max(seq, Ordering::Relaxed);
         match state.bus.submit(&frame).await {
             Ok(Verdict::Accepted) => {
                 acks.send_if_modified(|a| raise(a, seq));
+                stats.accepted_seq.fetch_max(seq, Ordering::Relaxed);
             }
             Ok(Verdict::Duplicate) => {
                 metrics::counter!("switchyard_relay_frames_duplicate_total").increment(1);
                 tracing::debug!(seq, "duplicate frame dropped");
                 acks.send_if_modified(|a| raise(a, seq));
+                stats.accepted_seq.fetch_max(seq, Ordering::Relaxed);
             }
             Ok(Verdict::Stale) => {
                 cut(
@@ -371,4 +381,79 @@ fn outbound(
             }
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+    use proptest::prelude::*;
+
+    const MAX: usize = 1024;
+
+    fn any_frame() -> impl Strategy<Value = Frame> {
+        (
+            ".{0,40}",
+            any::<i32>(),
+            ".{0,20}",
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..2 * MAX),
+        )
+            .prop_map(|(namespace, kind, target, seq, payload)| Frame {
+                namespace,
+                kind,
+                target,
+                seq,
+                payload: payload.into(),
+                ..Frame::default()
+            })
+    }
+
+    proptest! {
+        /// Whatever bytes reach the link, decoding gives a message or an error, never a panic.
+        #[test]
+        fn arbitrary_link_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1024)) {
+            let _ = LinkMessage::decode(bytes.as_slice());
+            let _ = Frame::decode(bytes.as_slice());
+        }
+
+        /// A frame is admitted only when every field is in range, and then carries the link's
+        /// identity, never the one the gateway wrote.
+        #[test]
+        fn admit_checks_every_field(frame in any_frame()) {
+            let expect_ok = frame.payload.len() <= MAX
+                && (1..MAX_COUNTER).contains(&frame.seq)
+                && frame.namespace.starts_with('/')
+                && match FrameKind::try_from(frame.kind) {
+                    Ok(FrameKind::Broadcast | FrameKind::Request) => true,
+                    Ok(FrameKind::Response) => !frame.target.is_empty(),
+                    _ => false,
+                };
+            match admit(frame, "gw-1", 7, MAX) {
+                Ok(f) => {
+                    prop_assert!(expect_ok);
+                    prop_assert_eq!(f.origin, "gw-1");
+                    prop_assert_eq!(f.incarnation, 7);
+                    prop_assert!(f.position.is_none());
+                }
+                Err(status) => {
+                    prop_assert!(!expect_ok);
+                    let code = status.code();
+                    prop_assert!(code == tonic::Code::InvalidArgument || code == tonic::Code::OutOfRange);
+                }
+            }
+        }
+
+        #[test]
+        fn hello_names_are_checked(node_id in ".{0,300}", namespaces in proptest::collection::vec(".{0,300}", 0..4)) {
+            match validate_hello(&node_id, namespaces.clone()) {
+                Ok(ns) => {
+                    prop_assert!(!node_id.is_empty() && node_id.len() <= MAX_NAME);
+                    prop_assert!(!ns.is_empty());
+                    prop_assert!(ns.iter().all(|n| n.starts_with('/') && n.len() <= MAX_NAME));
+                }
+                Err(status) => prop_assert_eq!(status.code(), tonic::Code::InvalidArgument),
+            }
+        }
+    }
 }

@@ -16,7 +16,11 @@
 //! target (the whole namespace, several rooms, an `except`) has no single room to record it
 //! under: it stays a live-only fan-out (position unset, not replayable).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use switchyard_common::trace_context;
+use tracing::Instrument;
 
 use switchyard_proto::relay::v1::{
     BackendEvent, Frame, FrameKind, PublishRequest, PublishResponse, backend_event, publish_request,
@@ -27,13 +31,27 @@ use crate::{history::StampInput, server::RelayState};
 
 static NEXT_SEQ: AtomicU64 = AtomicU64::new(1);
 
-/// Handles one `Publish` call.
+/// Handles one `Publish` call, in a `publish` span that continues the backend's trace (from
+/// its gRPC metadata); the frame carries it on to every gateway's delivery.
 pub async fn publish(
     state: &RelayState,
     req: Request<PublishRequest>,
 ) -> Result<PublishResponse, Status> {
     state.publish_auth.verify(req.metadata())?;
-    let req = req.into_inner();
+    let span = tracing::info_span!("publish", namespace = %req.get_ref().namespace,
+                                   event = %req.get_ref().event);
+    trace_context::set_parent_from_metadata(&span, req.metadata());
+    let trace = trace_context::to_map(&span);
+    publish_traced(state, req.into_inner(), trace)
+        .instrument(span)
+        .await
+}
+
+async fn publish_traced(
+    state: &RelayState,
+    req: PublishRequest,
+    trace: HashMap<String, String>,
+) -> Result<PublishResponse, Status> {
     if !req.namespace.starts_with('/') {
         return Err(Status::invalid_argument("namespace must start with `/`"));
     }
@@ -84,6 +102,7 @@ pub async fn publish(
                 msgpack: msgpack.clone(),
                 retain: false,
                 publish_id: String::new(),
+                trace_context: trace,
             })
             .await?;
         metrics::counter!("switchyard_relay_publish_total", "path" => "history").increment(1);
@@ -106,6 +125,7 @@ pub async fn publish(
             event: req.event.clone(),
             data: Some(data),
         }),
+        trace_context: trace,
         ..Frame::default()
     };
     state.bus.publish(&frame).await?;

@@ -9,8 +9,12 @@
 
 use std::{sync::Arc, time::Duration};
 use switchyard_common::config::redact_url;
-use switchyard_common::grpc::BearerAuth;
+use switchyard_common::grpc::{AdminAuth, BearerAuth};
+use switchyard_proto::admin::v1::relay_admin_server::RelayAdminServer;
 use switchyard_common::shutdown::Servers;
+use switchyard_common::tls::HttpListener;
+use switchyard_common::trace_context;
+use tracing::Instrument;
 
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -28,6 +32,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
+    admin::RelayAdminGrpc,
     bus::{Bus, RedisBus},
     config::Config,
     history::{History, StampInput},
@@ -52,6 +57,8 @@ pub struct RelayState {
     pub link_queue: usize,
     pub max_frame_bytes: usize,
     pub publish_auth: BearerAuth,
+    /// `--link-token`: when set, a `Link` without it is refused `UNAUTHENTICATED`.
+    pub link_auth: Option<BearerAuth>,
     /// Offsets, the bounded event log, retained state (see [`crate::history`]).
     pub history: History,
 }
@@ -69,6 +76,12 @@ impl Relay for RelayGrpc {
         &self,
         req: Request<Streaming<LinkMessage>>,
     ) -> Result<Response<Self::LinkStream>, Status> {
+        if let Some(auth) = &self.state.link_auth {
+            auth.verify(req.metadata()).inspect_err(|_| {
+                metrics::counter!("switchyard_relay_links_refused_total", "reason" => "token")
+                    .increment(1);
+            })?;
+        }
         link::open(Arc::clone(&self.state), req.into_inner())
             .await
             .map(Response::new)
@@ -91,36 +104,12 @@ impl Relay for RelayGrpc {
     }
 
     async fn stamp(&self, req: Request<StampRequest>) -> Result<Response<StampResponse>, Status> {
-        let req = req.into_inner();
-        check_namespace(&req.namespace)?;
-        if req.room.is_empty() || req.event.is_empty() {
-            return Err(Status::invalid_argument("room and event must not be empty"));
-        }
-        if req.publish_id.len() > 256 {
-            return Err(Status::invalid_argument(
-                "publish_id must be at most 256 bytes",
-            ));
-        }
-        if req.msgpack.len() > self.state.max_frame_bytes {
-            return Err(Status::out_of_range(format!(
-                "data of {} bytes is larger than the relay's --max-frame-bytes ({})",
-                req.msgpack.len(),
-                self.state.max_frame_bytes
-            )));
-        }
-        let input = StampInput {
-            namespace: req.namespace,
-            room: req.room,
-            event: req.event,
-            msgpack: req.msgpack,
-            retain: req.retain,
-            publish_id: req.publish_id,
-        };
-        let position = self.state.history.stamp(input).await?;
-        tracing::trace!(epoch = %position.epoch, offset = position.offset, "stamped");
-        Ok(Response::new(StampResponse {
-            position: Some(position),
-        }))
+        let (metadata, _, req) = req.into_parts();
+        // Continues the publishing gateway's trace; the frame carries it on to every gateway.
+        let span = tracing::info_span!("stamp", namespace = %req.namespace, room = %req.room,
+                                       offset = tracing::field::Empty);
+        trace_context::set_parent_from_metadata(&span, &metadata);
+        self.stamp_in(req, &span).instrument(span.clone()).await
     }
 
     async fn head(&self, req: Request<HeadRequest>) -> Result<Response<HeadResponse>, Status> {
@@ -153,6 +142,47 @@ impl Relay for RelayGrpc {
     }
 }
 
+impl RelayGrpc {
+    /// `Stamp`, inside its span (whose trace context the stamped frame carries).
+    async fn stamp_in(
+        &self,
+        req: StampRequest,
+        span: &tracing::Span,
+    ) -> Result<Response<StampResponse>, Status> {
+        check_namespace(&req.namespace)?;
+        if req.room.is_empty() || req.event.is_empty() {
+            return Err(Status::invalid_argument("room and event must not be empty"));
+        }
+        if req.publish_id.len() > 256 {
+            return Err(Status::invalid_argument(
+                "publish_id must be at most 256 bytes",
+            ));
+        }
+        if req.msgpack.len() > self.state.max_frame_bytes {
+            return Err(Status::out_of_range(format!(
+                "data of {} bytes is larger than the relay's --max-frame-bytes ({})",
+                req.msgpack.len(),
+                self.state.max_frame_bytes
+            )));
+        }
+        let input = StampInput {
+            namespace: req.namespace,
+            room: req.room,
+            event: req.event,
+            msgpack: req.msgpack,
+            retain: req.retain,
+            publish_id: req.publish_id,
+            trace_context: trace_context::to_map(span),
+        };
+        let position = self.state.history.stamp(input).await?;
+        span.record("offset", position.offset);
+        tracing::trace!(epoch = %position.epoch, offset = position.offset, "stamped");
+        Ok(Response::new(StampResponse {
+            position: Some(position),
+        }))
+    }
+}
+
 fn check_namespace(namespace: &str) -> Result<(), Status> {
     if namespace.starts_with('/') && namespace.len() <= 256 {
         Ok(())
@@ -181,6 +211,10 @@ fn describe_metrics() {
     describe_counter!(
         "switchyard_relay_links_cut_total",
         "Links cut by the relay, by reason (queue_full, superseded, frame_too_large, ...)"
+    );
+    describe_counter!(
+        "switchyard_relay_links_refused_total",
+        "Links refused before Hello, by reason (token: missing or wrong --link-token)"
     );
     describe_gauge!("switchyard_relay_links", "Gateways linked to this replica");
     describe_gauge!(
@@ -221,7 +255,11 @@ fn describe_metrics() {
     );
     describe_histogram!(
         "switchyard_relay_history_stamp_seconds",
-        "Time to stamp, record and publish one history event"
+        "Time to stamp, record and publish one history event (waiting for its batch included)"
+    );
+    describe_histogram!(
+        "switchyard_relay_history_stamp_batch_events",
+        "Events stamped by one Redis round trip (stamp.lua run) of one namespace"
     );
 }
 
@@ -229,6 +267,7 @@ fn describe_metrics() {
 pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()> {
     config.validate()?;
     describe_metrics();
+    crate::admin::describe_metrics();
     tracing::info!(config = ?config, "starting relay");
     let relay_id = uuid::Uuid::new_v4().to_string();
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -287,6 +326,17 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
             config.publish_token.as_deref(),
         )?,
         history,
+        link_auth: match config.link_token.as_deref() {
+            Some(token) if !token.is_empty() => Some(BearerAuth::for_purpose(
+                "link",
+                "--link-token (SWITCHYARD_LINK_TOKEN)",
+                Some(token),
+            )?),
+            _ => {
+                tracing::warn!("no --link-token: any gateway that reaches the gRPC port may link");
+                None
+            }
+        },
     });
 
     // Wait (bounded) for the first subscription, so a gateway linking right after READY is
@@ -299,7 +349,8 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         }
     }
 
-    let http_listener = TcpListener::bind(config.http_addr)
+    let tls = config.tls.server.load()?;
+    let http_listener = HttpListener::bind(config.http_addr, tls.as_ref(), "relay")
         .await
         .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
     let grpc_listener = TcpListener::bind(config.grpc_addr)
@@ -324,6 +375,17 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     let (health, health_service) = switchyard_common::grpc::health().await;
     health.set_serving::<RelayServer<RelayGrpc>>().await;
     let (reflection_v1, reflection_v1alpha) = switchyard_common::grpc::reflection()?;
+    if config.admin_token.is_none() {
+        tracing::warn!("no --admin-token: every RelayAdmin call will be refused");
+    }
+    let admin_auth = AdminAuth::new(config.admin_token.as_deref())?;
+    health
+        .set_serving::<RelayAdminServer<RelayAdminGrpc>>()
+        .await;
+    let admin = RelayAdminServer::with_interceptor(
+        RelayAdminGrpc::new(Arc::clone(&state)),
+        move |req| admin_auth.check(req),
+    );
     let relay = RelayServer::new(RelayGrpc {
         state: Arc::clone(&state),
     })
@@ -331,13 +393,15 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     .max_encoding_message_size(max_frame_bytes + ENVELOPE_BYTES);
     // HTTP/2 pings find a gateway that vanished without closing its connection, so it leaves
     // the membership (and stops holding up acks) within about 20 s.
-    let grpc = tonic::transport::Server::builder()
+    let grpc = switchyard_common::grpc::server(tls.as_ref())
+        .context("configuring gRPC TLS")?
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(relay);
+        .add_service(relay)
+        .add_service(admin);
     let grpc_task = tokio::spawn(grpc.serve_with_incoming_shutdown(
         TcpListenerStream::new(grpc_listener),
         stopped(&shutdown_rx),

@@ -8,6 +8,7 @@ use switchyard_proto::relay::v1::{
     Frame, PublishRequest, ReplayRequest, StampRequest, backend_event, publish_request,
 };
 use switchyard_testkit::redis::RedisServer;
+use switchyard_testkit::redis_cluster::{RedisCluster, RedisDeployment};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_stamp_twice_is_stamped_once_in_memory() -> anyhow::Result<()> {
@@ -17,7 +18,16 @@ async fn same_stamp_twice_is_stamped_once_in_memory() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_stamp_twice_is_stamped_once_with_redis() -> anyhow::Result<()> {
-    let redis = RedisServer::start()?;
+    same_stamp_twice_is_stamped_once_on::<RedisServer>().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_stamp_twice_is_stamped_once_on_a_redis_cluster() -> anyhow::Result<()> {
+    same_stamp_twice_is_stamped_once_on::<RedisCluster>().await
+}
+
+async fn same_stamp_twice_is_stamped_once_on<R: RedisDeployment>() -> anyhow::Result<()> {
+    let redis = R::start()?;
     let relay = start_relay(Some(&redis.url()), &[])?;
     stamp_twice(&relay).await?;
     // Another replica of the same Redis (the failover target) knows the id too.
@@ -144,7 +154,16 @@ async fn stamp_twice(relay: &switchyard_testkit::process::Service) -> anyhow::Re
 /// its history after 1 s idle; `/` keeps the global limits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_namespace_limits_apply_in_redis() -> anyhow::Result<()> {
-    let redis = RedisServer::start()?;
+    per_namespace_limits_apply_on::<RedisServer>().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_namespace_limits_apply_on_a_redis_cluster() -> anyhow::Result<()> {
+    per_namespace_limits_apply_on::<RedisCluster>().await
+}
+
+async fn per_namespace_limits_apply_on<R: RedisDeployment>() -> anyhow::Result<()> {
+    let redis = R::start()?;
     let relay = start_relay(
         Some(&redis.url()),
         &[
@@ -194,5 +213,108 @@ async fn per_namespace_limits_apply_in_redis() -> anyhow::Result<()> {
         root.map(|p| (p.epoch, p.offset)),
         Some((epochs["/"].clone(), 300))
     );
+    Ok(())
+}
+
+/// A burst of concurrent publishes from several gateways, on two replicas of one Redis (so
+/// stamps of one namespace are batched on each replica and race between them): every publish
+/// gets a unique offset, the offsets are exactly 1..=N, each publisher's events keep their
+/// order, a retried publish id keeps its first offset, the history holds every event exactly
+/// once, and a linked gateway receives every offset once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_stamps_from_several_gateways_get_contiguous_offsets_once_each()
+-> anyhow::Result<()> {
+    const GATEWAYS: usize = 4;
+    const SOCKETS: usize = 8;
+    const EVENTS: usize = 25;
+    const TOTAL: u64 = (GATEWAYS * SOCKETS * EVENTS) as u64;
+    let redis = RedisServer::start()?;
+    let replicas = [
+        start_relay(Some(&redis.url()), &[])?,
+        start_relay(Some(&redis.url()), &[])?,
+    ];
+    let mut watcher = Gw::link(&replicas[0], "watcher", &["/"]).await?;
+    watcher.wait_members("/", 1).await?;
+
+    // Each (gateway, socket) publishes its events one after the other (waiting for each
+    // answer, like a client waiting for its ack); every fifth one is sent twice at once, to
+    // both replicas (a gateway retrying on another relay), with the same publish id.
+    let mut tasks = tokio::task::JoinSet::new();
+    for g in 0..GATEWAYS {
+        let own = client(&replicas[g % 2]).await?;
+        let other = client(&replicas[(g + 1) % 2]).await?;
+        for s in 0..SOCKETS {
+            let (mut own, mut other) = (own.clone(), other.clone());
+            tasks.spawn(async move {
+                let mut offsets = Vec::new();
+                for i in 0..EVENTS {
+                    let id = format!("gw{g}:1:{s}:{i}");
+                    let req = stamp_req(&id, &id);
+                    let position = if i % 5 == 0 {
+                        let (a, b) = tokio::join!(own.stamp(req.clone()), other.stamp(req));
+                        let (a, b) = (a?.into_inner().position, b?.into_inner().position);
+                        anyhow::ensure!(a == b, "{id}: a retry got another position: {a:?} {b:?}");
+                        a
+                    } else {
+                        own.stamp(req).await?.into_inner().position
+                    };
+                    let position = position.ok_or_else(|| anyhow::anyhow!("{id}: no position"))?;
+                    offsets.push((id, position));
+                }
+                anyhow::Ok(offsets)
+            });
+        }
+    }
+    let mut by_offset = std::collections::BTreeMap::new();
+    let mut epochs = std::collections::HashSet::new();
+    while let Some(done) = tasks.join_next().await {
+        let offsets = done??;
+        assert!(
+            offsets.windows(2).all(|w| w[0].1.offset < w[1].1.offset),
+            "one publisher's events keep their order: {offsets:?}"
+        );
+        for (id, position) in offsets {
+            epochs.insert(position.epoch.clone());
+            if let Some(first) = by_offset.insert(position.offset, id.clone()) {
+                anyhow::bail!("offset {} given to both {first} and {id}", position.offset);
+            }
+        }
+    }
+    assert_eq!(epochs.len(), 1, "one epoch: {epochs:?}");
+    assert_eq!(
+        by_offset.keys().copied().collect::<Vec<_>>(),
+        (1..=TOTAL).collect::<Vec<_>>(),
+        "offsets are exactly 1..=N"
+    );
+
+    // The history holds every event once, at the offset its publisher was given.
+    let epoch = epochs.into_iter().next().unwrap_or_default();
+    let replay = client(&replicas[1])
+        .await?
+        .replay(ReplayRequest {
+            namespace: "/".into(),
+            rooms: vec!["r".into()],
+            epoch,
+            after_offset: 0,
+            limit: 0,
+        })
+        .await?
+        .into_inner();
+    assert!(replay.recovered);
+    let history: Vec<(u64, String)> = replay
+        .events
+        .into_iter()
+        .map(|e| (e.offset, e.event))
+        .collect();
+    let published: Vec<(u64, String)> = by_offset.into_iter().collect();
+    assert_eq!(history, published);
+
+    // A gateway receives every offset once, in order.
+    let mut received = Vec::new();
+    while received.len() < published.len() {
+        let f = watcher.next_frame().await?;
+        received.push((offset(&f).unwrap_or(0), f.event.map(|e| e.event).unwrap_or_default()));
+    }
+    assert_eq!(received, published);
     Ok(())
 }

@@ -1,24 +1,58 @@
-//! Two relay replicas sharing one redis-server.
+//! Two relay replicas sharing one Redis: every case runs on a single `redis-server` and on a
+//! three-master Redis Cluster (`redis+cluster://…`), each started by the testkit.
 
 mod support;
 
 use support::*;
 use switchyard_proto::relay::v1::FrameKind;
 use switchyard_testkit::redis::RedisServer;
+use switchyard_testkit::redis_cluster::{RedisCluster, RedisDeployment};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gateways_on_different_replicas_exchange_frames_exactly_once() -> anyhow::Result<()> {
+/// Runs each case once per kind of Redis: `redis::<case>` and `cluster::<case>`.
+macro_rules! on_every_redis {
+    ($($case:ident),* $(,)?) => {
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() -> anyhow::Result<()> {
+                    super::$case::<super::RedisServer>().await
+                }
+            )*
+        }
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() -> anyhow::Result<()> {
+                    super::$case::<super::RedisCluster>().await
+                }
+            )*
+        }
+    };
+}
+
+on_every_redis!(
+    gateways_on_different_replicas_exchange_frames_exactly_once,
+    classic_pubsub_exchanges_frames_exactly_once_too,
+    membership_spans_replicas_and_follows_links,
+    a_gateway_relinking_to_another_replica_resends_without_doubles,
+    publish_reaches_gateways_on_every_replica,
+    losing_redis_cuts_links_and_they_can_relink_once_it_is_back,
+    a_relay_killed_mid_stream_loses_and_doubles_nothing,
+);
+
+async fn gateways_on_different_replicas_exchange_frames_exactly_once<R: RedisDeployment>()
+-> anyhow::Result<()> {
     // This redis-server is 7.x: `auto` picks sharded pub/sub.
-    exchange_exactly_once(&[]).await
+    exchange_exactly_once::<R>(&[]).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn classic_pubsub_exchanges_frames_exactly_once_too() -> anyhow::Result<()> {
-    exchange_exactly_once(&["--pubsub", "classic"]).await
+async fn classic_pubsub_exchanges_frames_exactly_once_too<R: RedisDeployment>()
+-> anyhow::Result<()> {
+    exchange_exactly_once::<R>(&["--pubsub", "classic"]).await
 }
 
-async fn exchange_exactly_once(extra: &[&str]) -> anyhow::Result<()> {
-    let redis = RedisServer::start()?;
+async fn exchange_exactly_once<R: RedisDeployment>(extra: &[&str]) -> anyhow::Result<()> {
+    let redis = R::start()?;
     let r1 = start_relay(Some(&redis.url()), extra)?;
     let r2 = start_relay(Some(&redis.url()), extra)?;
     let mode = if extra.is_empty() {
@@ -84,9 +118,8 @@ async fn exchange_exactly_once(extra: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn membership_spans_replicas_and_follows_links() -> anyhow::Result<()> {
-    let redis = RedisServer::start()?;
+async fn membership_spans_replicas_and_follows_links<R: RedisDeployment>() -> anyhow::Result<()> {
+    let redis = R::start()?;
     let r1 = start_relay(Some(&redis.url()), &[])?;
     let r2 = start_relay(Some(&redis.url()), &[])?;
     let mut a = Gw::link(&r1, "a", &["/", "/chat"]).await?;
@@ -106,9 +139,8 @@ async fn membership_spans_replicas_and_follows_links() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_gateway_relinking_to_another_replica_resends_without_doubles() -> anyhow::Result<()> {
-    let redis = RedisServer::start()?;
+async fn a_gateway_relinking_to_another_replica_resends_without_doubles<R: RedisDeployment>() -> anyhow::Result<()> {
+    let redis = R::start()?;
     let r1 = start_relay(Some(&redis.url()), &[])?;
     let r2 = start_relay(Some(&redis.url()), &[])?;
     let mut b = Gw::link(&r2, "b", &["/"]).await?;
@@ -145,10 +177,9 @@ async fn a_gateway_relinking_to_another_replica_resends_without_doubles() -> any
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publish_reaches_gateways_on_every_replica() -> anyhow::Result<()> {
+async fn publish_reaches_gateways_on_every_replica<R: RedisDeployment>() -> anyhow::Result<()> {
     use switchyard_proto::relay::v1::{PublishRequest, publish_request};
-    let redis = RedisServer::start()?;
+    let redis = R::start()?;
     let r1 = start_relay(Some(&redis.url()), &[])?;
     let r2 = start_relay(Some(&redis.url()), &[])?;
     let mut a = Gw::link(&r1, "a", &["/"]).await?;
@@ -172,9 +203,8 @@ async fn publish_reaches_gateways_on_every_replica() -> anyhow::Result<()> {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn losing_redis_cuts_links_and_they_can_relink_once_it_is_back() -> anyhow::Result<()> {
-    let redis = RedisServer::start()?;
+async fn losing_redis_cuts_links_and_they_can_relink_once_it_is_back<R: RedisDeployment>() -> anyhow::Result<()> {
+    let redis = R::start()?;
     let r1 = start_relay(Some(&redis.url()), &[])?;
     let mut a = Gw::link(&r1, "a", &["/"]).await?;
     a.wait_members("/", 1).await?;
@@ -234,9 +264,8 @@ async fn tracing_free_sleep() {
 /// streams; the sender relinks to the other replica and resends what `Welcome` says is
 /// missing; a receiver linked to both replicas (deduplicating by origin + seq, as a gateway
 /// adapter does) and a receiver on the surviving replica both end with every frame once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_relay_killed_mid_stream_loses_and_doubles_nothing() -> anyhow::Result<()> {
-    let redis = RedisServer::start()?;
+async fn a_relay_killed_mid_stream_loses_and_doubles_nothing<R: RedisDeployment>() -> anyhow::Result<()> {
+    let redis = R::start()?;
     let r1 = start_relay(Some(&redis.url()), &[])?;
     let r2 = start_relay(Some(&redis.url()), &[])?;
     let mut c = Gw::link(&r2, "c", &["/"]).await?;

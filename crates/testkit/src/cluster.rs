@@ -61,8 +61,9 @@ impl HttpGrpcService {
         }
         let args = with_defaults(&defaults, extra_args);
         let service = Service::spawn(bin, &args, &[])?;
-        let http_url = format!("http://{}", service.ready_value("http")?);
-        let grpc_url = format!("http://{}", service.ready_value("grpc")?);
+        let scheme = scheme(&args);
+        let http_url = format!("{scheme}://{}", service.ready_value("http")?);
+        let grpc_url = format!("{scheme}://{}", service.ready_value("grpc")?);
         Ok(HttpGrpcService {
             service,
             http_url,
@@ -70,13 +71,13 @@ impl HttpGrpcService {
         })
     }
 
-    /// `http://127.0.0.1:NNNN`: the HTTP port (`/healthz`, `/readyz`, `/metrics`, and
-    /// placement's `/v1/assign`).
+    /// `http://127.0.0.1:NNNN` (`https://` with `--tls-cert`): the HTTP port (`/healthz`,
+    /// `/readyz`, `/metrics`, and placement's `/v1/assign`).
     pub fn http_url(&self) -> &str {
         &self.http_url
     }
 
-    /// `http://127.0.0.1:MMMM`: the gRPC port.
+    /// `http://127.0.0.1:MMMM` (`https://` with `--tls-cert`): the gRPC port.
     pub fn grpc_url(&self) -> &str {
         &self.grpc_url
     }
@@ -216,7 +217,7 @@ impl Gateway {
         }
         let args = with_defaults(&defaults, &opts.extra_args);
         let service = Service::spawn("switchyard-gateway", &args, &[])?;
-        let url = format!("http://{}", service.ready_value("http")?);
+        let url = format!("{}://{}", scheme(&args), service.ready_value("http")?);
         let node_id = service.ready_value("node")?.to_owned();
         Ok(Gateway {
             service,
@@ -225,7 +226,8 @@ impl Gateway {
         })
     }
 
-    /// `http://127.0.0.1:NNNN`: where Socket.IO clients connect (`/socket.io`).
+    /// `http://127.0.0.1:NNNN` (`https://` with `--tls-cert`): where Socket.IO clients connect
+    /// (`/socket.io`).
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -245,6 +247,18 @@ impl Deref for Gateway {
     type Target = Service;
     fn deref(&self) -> &Service {
         &self.service
+    }
+}
+
+/// `https` when the service serves TLS (`--tls-cert` among its flags), else `http`.
+fn scheme(args: &[String]) -> &'static str {
+    if args
+        .iter()
+        .any(|a| a == "--tls-cert" || a.starts_with("--tls-cert="))
+    {
+        "https"
+    } else {
+        "http"
     }
 }
 

@@ -1,13 +1,14 @@
 //! Test and benchmark support for Switchyard.
 //!
 //! Everything here runs the real thing: [`redis::RedisServer`] starts its own `redis-server` on a
-//! free port, [`process::Service`] spawns the service binaries that `cargo build` produced, and
+//! free port ([`redis_cluster::RedisCluster`]: a three-master Redis Cluster), [`process::Service`] spawns the service binaries that `cargo build` produced, and
 //! [`cluster`] wraps the two services with settings suited to fast tests. Nothing is mocked.
 //!
 //! The process API is synchronous on purpose: spawning, waiting for readiness and killing all
 //! work from plain `#[test]`s, from `#[tokio::test]`s and from `Drop`. Waiting for readiness
 //! blocks the calling thread for at most the ready timeout; a process never depends on the test's
 //! own runtime to get ready, so this does not deadlock. Only [`assign`] is async (it is HTTP).
+//! [`tls::TestPki`] writes throwaway certificates for the TLS tests.
 //!
 //! Every child process is killed when its handle is dropped, so a failing test leaves nothing
 //! running. Logs of every process go to `target/testkit-logs/`.
@@ -17,7 +18,10 @@ pub mod cluster;
 pub mod otlp;
 pub mod ports;
 pub mod process;
+pub mod raw;
 pub mod redis;
+pub mod redis_cluster;
+pub mod tls;
 pub mod tools;
 
 /// Re-exported so tests can build a shared [`reqwest::Client`] for [`assign::assign_with`]

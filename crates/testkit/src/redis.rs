@@ -42,7 +42,7 @@ impl RedisServer {
         let mut last_error = None;
         for _ in 0..5 {
             let port = free_port();
-            match spawn_ready(&program, port) {
+            match spawn_ready(&program, port, &[]) {
                 Ok((child, log_path)) => {
                     return Ok(RedisServer {
                         port,
@@ -102,7 +102,7 @@ impl RedisServer {
         // still reported busy.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match spawn_ready(&self.program, self.port) {
+            match spawn_ready(&self.program, self.port, &[]) {
                 Ok((child, log_path)) => {
                     *self.child() = Some(child);
                     *self.log_path.lock().unwrap_or_else(|e| e.into_inner()) = log_path;
@@ -142,8 +142,13 @@ pub fn find_on_path(name: &str) -> Option<PathBuf> {
         .find(|candidate| candidate.is_file())
 }
 
-/// Spawns redis-server on `port` and waits for PING; kills it again on failure.
-fn spawn_ready(program: &Path, port: u16) -> anyhow::Result<(Child, PathBuf)> {
+/// Spawns redis-server on `port` (with `extra` arguments after the defaults, which they
+/// override) and waits for PING; kills it again on failure.
+pub(crate) fn spawn_ready(
+    program: &Path,
+    port: u16,
+    extra: &[String],
+) -> anyhow::Result<(Child, PathBuf)> {
     let log_path = log_dir()?.join(format!("redis-server-{port}-{}.log", unique_suffix()));
     let log = open_log(&log_path)?;
     let mut child = Command::new(program)
@@ -156,6 +161,7 @@ fn spawn_ready(program: &Path, port: u16) -> anyhow::Result<(Child, PathBuf)> {
         .args(["--logfile", ""])
         .arg("--dir")
         .arg(std::env::temp_dir())
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))
         .stderr(Stdio::from(log))
@@ -189,7 +195,7 @@ fn spawn_ready(program: &Path, port: u16) -> anyhow::Result<(Child, PathBuf)> {
 }
 
 /// A process-unique counter for log names (a port can be reused within one test run).
-fn unique_suffix() -> String {
+pub(crate) fn unique_suffix() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!(
@@ -201,7 +207,7 @@ fn unique_suffix() -> String {
 
 /// One RESP command over a new connection; returns the reply bytes as text. Reads until the
 /// reply looks complete for simple replies (status, error, integer, bulk string).
-fn raw_command(port: u16, args: &[&str]) -> anyhow::Result<String> {
+pub(crate) fn raw_command(port: u16, args: &[&str]) -> anyhow::Result<String> {
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
     stream.set_read_timeout(Some(Duration::from_secs(2)))?;

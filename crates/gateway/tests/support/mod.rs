@@ -547,6 +547,15 @@ impl Admin {
             .collect())
     }
 
+    /// `ClusterStats`: totals over the ledger, and whether the answering replica holds the lease.
+    pub async fn stats(&mut self) -> anyhow::Result<admin::ClusterStatsResponse> {
+        Ok(self
+            .client
+            .cluster_stats(Self::authed(admin::ClusterStatsRequest {})?)
+            .await?
+            .into_inner())
+    }
+
     /// Asks placement to drain `node_id` at `rate_per_sec` disconnects per second.
     pub async fn drain(&mut self, node_id: &str, rate_per_sec: u32) -> anyhow::Result<()> {
         self.client

@@ -12,15 +12,18 @@
 //! Redis being down is not fatal: [`RedisLedger::connect`] only builds a pool, and each call
 //! fails with [`LedgerError::Unavailable`] until Redis is back, after which the next reports
 //! rebuild the ledger (see [`LedgerError::UnknownNode`]).
+//!
+//! The URL names one server or a Redis Cluster (`redis+cluster://h1:p1,h2:p2`; see
+//! `switchyard_redis`): every script's keys share the cluster's hash tag, so each call is
+//! routed by its first key to the one master that owns the slot.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use deadpool_redis::{Manager, Pool, Runtime};
-use redis::aio::MultiplexedConnection;
 use redis::{FromRedisValue, RedisError, Script, ScriptInvocation};
+use switchyard_redis::{Connection, Pool};
 
 use super::observe::observe;
 use super::{
@@ -51,22 +54,17 @@ pub(crate) fn key_prefix(cluster: &str) -> String {
     format!("{{sy:{cluster}}}")
 }
 
-/// Builds a deadpool-redis pool. Never connects: connections are opened on first use, so this
-/// succeeds while Redis is down; only a malformed URL is refused.
+/// Builds the connection pool (a single server's or a cluster's). Never connects: connections
+/// are opened on first use, so this succeeds while Redis is down; only a malformed URL is
+/// refused.
 pub(crate) fn build_pool(url: &str) -> Result<Pool, LedgerError> {
-    let connection = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(CONNECT_TIMEOUT))
-        .set_response_timeout(Some(RESPONSE_TIMEOUT));
-    let manager = Manager::new_with_config(url, connection)
-        .map_err(|e| LedgerError::Invalid(format!("redis url: {e}")))?;
-    Pool::builder(manager)
-        .max_size(POOL_SIZE)
-        .wait_timeout(Some(POOL_WAIT))
-        .create_timeout(Some(CONNECT_TIMEOUT + RESPONSE_TIMEOUT))
-        .recycle_timeout(Some(RESPONSE_TIMEOUT))
-        .runtime(Runtime::Tokio1)
-        .build()
-        .map_err(|e| LedgerError::Invalid(format!("redis pool: {e}")))
+    let settings = switchyard_redis::Settings {
+        pool_size: POOL_SIZE,
+        pool_wait: POOL_WAIT,
+        connect_timeout: CONNECT_TIMEOUT,
+        response_timeout: RESPONSE_TIMEOUT,
+    };
+    Pool::new(url, settings).map_err(|e| LedgerError::Invalid(e.to_string()))
 }
 
 /// Maps any Redis or pool failure to `Unavailable`, keeping the cause for the log.
@@ -92,14 +90,16 @@ impl From<CallError> for LedgerError {
 
 /// Multiplexed connections taken from the pool and shared by all calls.
 ///
-/// A redis-rs `MultiplexedConnection` pipelines concurrent requests on one socket, so a few of
+/// A redis-rs multiplexed connection pipelines concurrent requests on one socket, so a few of
 /// them serve any number of concurrent callers. Checking a connection out of deadpool for every
 /// call would cost a health-check round trip (`PING`) each time, doubling the round trips of
 /// an assignment; instead each slot keeps a clone of a pooled connection and goes back to the
 /// pool (which health-checks and reconnects) only after a connection-level error. So the pool
-/// still owns connecting, health checks and reconnection after an outage.
+/// still owns connecting, health checks and reconnection after an outage. On a Redis Cluster
+/// every slot holds a clone of the one cluster connection, which multiplexes per node and
+/// reconnects by itself.
 struct SharedConnections {
-    slots: Box<[Mutex<Option<MultiplexedConnection>>]>,
+    slots: Box<[Mutex<Option<Connection>>]>,
     next: AtomicUsize,
 }
 
@@ -111,7 +111,7 @@ impl SharedConnections {
         }
     }
 
-    fn slot(&self, i: usize) -> MutexGuard<'_, Option<MultiplexedConnection>> {
+    fn slot(&self, i: usize) -> MutexGuard<'_, Option<Connection>> {
         // The guarded section is a clone or an assignment; nothing can leave it half done.
         self.slots[i]
             .lock()
@@ -125,7 +125,7 @@ impl SharedConnections {
 
     /// The slot's connection, or a checked one from the pool when the slot is empty. The flag
     /// says whether it came from the slot (and so may have died since its last use).
-    async fn get(&self, i: usize, pool: &Pool) -> Result<(MultiplexedConnection, bool), CallError> {
+    async fn get(&self, i: usize, pool: &Pool) -> Result<(Connection, bool), CallError> {
         if let Some(conn) = self.slot(i).clone() {
             return Ok((conn, true));
         }
@@ -133,7 +133,8 @@ impl SharedConnections {
             .get()
             .await
             .map_err(|e| CallError::Pool(unavailable(e)))?;
-        let conn = MultiplexedConnection::clone(&pooled);
+        // A clone shares the socket without holding the pool slot (see `Connection`).
+        let conn = pooled.clone();
         *self.slot(i) = Some(conn.clone());
         Ok((conn, false))
     }

@@ -1,0 +1,788 @@
+//! Faults with clients connected and events flowing, on a full cluster of real processes: Redis,
+//! two placement replicas behind one address (a TCP front, as a Kubernetes Service is), two relay
+//! replicas (every gateway linked to both), three gateways, 60 subscribers through the JS helper
+//! (`clients/js/src/switchyard.mjs`: assign, connect, resume) and a publisher of numbered events.
+//!
+//! For each fault (kill -9 of a gateway, of one relay replica, of the placement replica holding
+//! the lease, of Redis restarted empty; a gateway frozen past the liveness window then thawed):
+//! - no client waits more than 5 s for a new placement: from its `disconnect` to its
+//!   `reconnected` as the driver saw them, or from asking to `connected` for new clients;
+//! - every subscriber ends with exactly the acknowledged events, in order, none twice; when
+//!   history is lost (Redis empty) a resuming client is told `recovered: false` with a new
+//!   epoch, and nothing acknowledged is missing anywhere;
+//! - the ledger is right again within 3 report intervals: placement's `ListNodes` connections
+//!   per node and `ClusterStats` total equal the clients really connected.
+//!
+//! Earlier suites cover the single faults in isolation: `e2e_failover` (gateway kill, drains),
+//! `e2e_cluster` (one relay of two killed, a stalled gateway cut off), `e2e_resume` (resume after
+//! a gateway kill, Redis restarted empty), `e2e_placement` (Redis loss, a paused lease holder
+//! fenced). Here they happen to the whole system at once.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use serde_json::{Value, json};
+use support::{Admin, Driver, REPORT_INTERVAL_MS};
+use switchyard_common::assignment::now_ms;
+use switchyard_proto::relay::v1::{MembersRequest, relay_client::RelayClient};
+use switchyard_testkit::cluster::{
+    Gateway, GatewayOpts, Placement, PlacementOpts, Relay, RelayOpts,
+};
+use switchyard_testkit::redis::RedisServer;
+use tokio::net::{TcpListener, TcpStream};
+
+/// The issue's bound on how long a client waits for a new placement.
+const PLACEMENT_DEADLINE_MS: u64 = 5_000;
+/// A guard against hanging, not a measurement.
+const WAIT: Duration = Duration::from_secs(60);
+const SUBSCRIBERS: usize = 60;
+const ROOM: &str = "feed";
+/// The gateways' node ids.
+const ALL: [&str; 3] = ["gw-0", "gw-1", "gw-2"];
+
+/// The report interval of every service here.
+fn interval() -> Duration {
+    Duration::from_millis(REPORT_INTERVAL_MS.parse().unwrap_or(1000))
+}
+
+/// The issue's bound for the ledger to be right again: 3 report intervals.
+fn ledger_deadline() -> Duration {
+    3 * interval()
+}
+
+/// One address in front of several replicas, as a Kubernetes Service is: each new connection
+/// goes to the next replica that accepts; a connection whose replica dies ends with it.
+struct Front {
+    addr: SocketAddr,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Front {
+    async fn start(backend_urls: &[&str]) -> anyhow::Result<Front> {
+        let backends = backend_urls
+            .iter()
+            .map(|u| {
+                u.trim_start_matches("http://")
+                    .parse::<SocketAddr>()
+                    .with_context(|| format!("backend {u}"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let accept = tokio::spawn(async move {
+            let mut next = 0usize;
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let first = next;
+                next += 1;
+                let backends = backends.clone();
+                tokio::spawn(async move {
+                    for i in 0..backends.len() {
+                        let backend = backends[(first + i) % backends.len()];
+                        if let Ok(mut outbound) = TcpStream::connect(backend).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Ok(Front { addr, accept })
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Drop for Front {
+    fn drop(&mut self) {
+        self.accept.abort();
+    }
+}
+
+/// Every service of a production cluster, twice where it can be, as processes; stopped on drop
+/// (gateways first).
+struct FaultCluster {
+    gateways: Vec<Gateway>,
+    relays: Vec<Relay>,
+    placement_http: Front,
+    placement_grpc: Front,
+    placements: Vec<Placement>,
+    redis: RedisServer,
+}
+
+impl FaultCluster {
+    async fn start() -> anyhow::Result<FaultCluster> {
+        let redis = RedisServer::start()?;
+        let every_interval = || {
+            vec![
+                "--report-interval-ms".to_owned(),
+                REPORT_INTERVAL_MS.to_owned(),
+            ]
+        };
+        let placements = (0..2)
+            .map(|_| {
+                Placement::start(PlacementOpts {
+                    redis_url: Some(redis.url()),
+                    extra_args: every_interval(),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let http: Vec<&str> = placements.iter().map(|p| p.http_url()).collect();
+        let grpc: Vec<&str> = placements.iter().map(|p| p.grpc_url()).collect();
+        let placement_http = Front::start(&http).await?;
+        let placement_grpc = Front::start(&grpc).await?;
+        let relays = (0..2)
+            .map(|_| {
+                Relay::start(RelayOpts {
+                    redis_url: Some(redis.url()),
+                    extra_args: Vec::new(),
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut gateways = Vec::new();
+        for i in 0..3 {
+            let opts = GatewayOpts {
+                placement_grpc: placement_grpc.url(),
+                node_id: format!("gw-{i}"),
+                relay_urls: relays.iter().map(|r| r.grpc_url().to_owned()).collect(),
+                // The publisher connects straight to a chosen gateway, without a token.
+                extra_args: [vec!["--allow-anonymous".to_owned()], every_interval()].concat(),
+            };
+            gateways.push(tokio::task::block_in_place(|| Gateway::start(opts))?);
+        }
+        let cluster = FaultCluster {
+            gateways,
+            relays,
+            placement_http,
+            placement_grpc,
+            placements,
+            redis,
+        };
+        for relay in &cluster.relays {
+            wait_linked(relay, 3).await?;
+        }
+        cluster.wait_listed(&ALL).await?;
+        Ok(cluster)
+    }
+
+    /// Admin through the front, as an operator would reach it.
+    async fn admin(&self) -> anyhow::Result<Admin> {
+        Admin::connect(&self.placement_grpc.url()).await
+    }
+
+    /// Placement's node ids, in order.
+    async fn listed(&self) -> anyhow::Result<Vec<String>> {
+        Ok(self.admin().await?.nodes().await?.into_keys().collect())
+    }
+
+    /// Waits until placement lists exactly `want` (a guard, not a measurement).
+    async fn wait_listed(&self, want: &[&str]) -> anyhow::Result<Duration> {
+        let start = Instant::now();
+        let mut last = Err(anyhow::anyhow!("never asked"));
+        while start.elapsed() < WAIT {
+            last = self.listed().await;
+            if last.as_ref().is_ok_and(|l| l == want) {
+                return Ok(start.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("placement never listed {want:?}: {last:?}")
+    }
+
+    /// Subscribers through placement (the JS helper), all connected and in [`ROOM`].
+    async fn subscribers(&self) -> anyhow::Result<Driver> {
+        let mut subs = Driver::node().await?;
+        subs.connect_many(
+            "s",
+            SUBSCRIBERS,
+            json!({"placement": self.placement_http.url(), "transports": ["websocket"],
+                   "useHelper": true}),
+        )
+        .await?;
+        subs.wait_counts("every subscriber connected", WAIT, |c| {
+            c.connected == SUBSCRIBERS
+        })
+        .await?;
+        for i in 0..SUBSCRIBERS {
+            let ack = subs.join(&format!("s{i}"), ROOM).await?;
+            ensure!(ack["ok"] == true, "s{i} joins: {ack}");
+        }
+        Ok(subs)
+    }
+
+    /// A publisher connected straight to gateway `gw`, in its own driver.
+    async fn publisher(&self, gw: usize) -> anyhow::Result<Driver> {
+        let mut publisher = Driver::node().await?;
+        publisher
+            .connect_raw(
+                "p",
+                self.gateways[gw].url(),
+                None,
+                json!({"transports": ["websocket"]}),
+            )
+            .await?;
+        publisher.connected("p", WAIT).await?;
+        Ok(publisher)
+    }
+
+    /// Waits until placement's view equals the clients really connected: it lists exactly
+    /// the `live` nodes, each with `subs`' clients there plus the publisher's connection on
+    /// `publisher_on`, and the same total. Returns how long after `since` it first did; fails
+    /// when that takes longer than [`ledger_deadline`].
+    async fn ledger_settles(
+        &self,
+        subs: &mut Driver,
+        live: &[&str],
+        publisher_on: &Gateway,
+        since: Instant,
+    ) -> anyhow::Result<Duration> {
+        loop {
+            let counts = subs.count().await?;
+            let mut real: BTreeMap<String, usize> =
+                live.iter().map(|n| ((*n).to_owned(), 0)).collect();
+            for (node, n) in &counts.by_node {
+                *real.entry(node.clone()).or_default() += n;
+            }
+            *real.entry(publisher_on.node_id().to_owned()).or_default() += 1;
+            let view = async {
+                let mut admin = self.admin().await?;
+                let nodes = admin.nodes().await?;
+                let stats = admin.stats().await?;
+                anyhow::Ok((nodes, stats))
+            }
+            .await;
+            let last = match view {
+                Ok((nodes, stats)) => {
+                    let ledger: BTreeMap<String, usize> = nodes
+                        .iter()
+                        .map(|(id, n)| (id.clone(), n.connections as usize))
+                        .collect();
+                    let total: usize = real.values().sum();
+                    let settled = counts.connected == counts.clients
+                        && ledger == real
+                        && stats.connections as usize == total;
+                    if settled {
+                        return Ok(since.elapsed());
+                    }
+                    format!(
+                        "clients {real:?} ({} of {} connected), ListNodes {ledger:?}, \
+                         ClusterStats connections {}",
+                        counts.connected, counts.clients, stats.connections
+                    )
+                }
+                Err(e) => format!("placement unreachable: {e:#}"),
+            };
+            if since.elapsed() > ledger_deadline() {
+                bail!(
+                    "the ledger was not right within {:?}: {last}",
+                    ledger_deadline()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Waits until `relay` lists `n` gateways linked for `/`.
+async fn wait_linked(relay: &Relay, n: usize) -> anyhow::Result<()> {
+    let mut client = RelayClient::connect(relay.grpc_url().to_owned()).await?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let members = client
+            .members(MembersRequest {
+                namespace: "/".into(),
+            })
+            .await?
+            .into_inner();
+        if members.node_ids.len() == n {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("relay members {:?}, want {n}", members.node_ids);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One publish attempt and what the publisher was told.
+#[derive(Debug, Clone)]
+struct Published {
+    n: u64,
+    /// The ack said `ok: true` (the event has an offset and must reach every member).
+    acked: bool,
+    /// The driver's result: the ack, or why there was none.
+    answer: Value,
+}
+
+/// Fails unless every publish was acknowledged, quoting the first that was not.
+fn all_acked(published: &[Published]) -> anyhow::Result<()> {
+    match published.iter().find(|p| !p.acked) {
+        Some(p) => bail!("publish {} failed: {}", p.n, p.answer),
+        None => Ok(()),
+    }
+}
+
+/// Publishes `tick {n}` from `next` on, one after the other (each waits for its answer, so
+/// offsets follow `n`), every 20 ms, until `stop`; a refused or failed publish is recorded,
+/// not fatal. Counts attempts in `progress`.
+fn spawn_publisher(
+    mut driver: Driver,
+    next: u64,
+    stop: Arc<AtomicBool>,
+    progress: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<anyhow::Result<(Driver, Vec<Published>)>> {
+    tokio::spawn(async move {
+        let mut log = Vec::new();
+        let mut n = next;
+        while !stop.load(Ordering::SeqCst) {
+            let res = driver
+                .try_request(json!({"cmd": "publish", "id": "p", "room": ROOM,
+                                    "event": "tick", "data": {"n": n}}))
+                .await
+                .with_context(|| format!("publishing {n}"))?;
+            log.push(Published {
+                n,
+                acked: res["ok"] == true && res["ack"]["ok"] == true,
+                answer: res,
+            });
+            n += 1;
+            progress.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok((driver, log))
+    })
+}
+
+/// A publisher running until [`Publishing::stop`].
+struct Publishing {
+    stop: Arc<AtomicBool>,
+    progress: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<anyhow::Result<(Driver, Vec<Published>)>>,
+}
+
+impl Publishing {
+    fn start(driver: Driver, next: u64) -> Publishing {
+        let stop = Arc::new(AtomicBool::new(false));
+        let progress = Arc::new(AtomicU64::new(0));
+        let task = spawn_publisher(driver, next, stop.clone(), progress.clone());
+        Publishing {
+            stop,
+            progress,
+            task,
+        }
+    }
+
+    /// Waits until `more` further publishes were attempted.
+    async fn advance(&self, more: u64) -> anyhow::Result<()> {
+        let target = self.progress.load(Ordering::SeqCst) + more;
+        let deadline = Instant::now() + WAIT;
+        while self.progress.load(Ordering::SeqCst) < target {
+            ensure!(
+                Instant::now() < deadline && !self.task.is_finished(),
+                "publisher stuck at {}",
+                self.progress.load(Ordering::SeqCst)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        Ok(())
+    }
+
+    async fn stop(self) -> anyhow::Result<(Driver, Vec<Published>)> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await?
+    }
+}
+
+/// `(n, epoch)` of every `tick` client `id` received, in arrival order.
+fn ticks(driver: &mut Driver, id: &str) -> Vec<(u64, String)> {
+    driver
+        .events_of(id, "recv")
+        .iter()
+        .filter(|e| e["name"] == "tick")
+        .filter_map(|e| {
+            let n = e["args"][0]["n"].as_u64()?;
+            let epoch = e["args"][1]["epoch"].as_str().unwrap_or_default().to_owned();
+            Some((n, epoch))
+        })
+        .collect()
+}
+
+/// Waits until every subscriber received the last acknowledged event, then checks that each
+/// got exactly the acknowledged ones, in order, none twice.
+async fn every_subscriber_got_exactly(
+    subs: &mut Driver,
+    published: &[Published],
+) -> anyhow::Result<()> {
+    let acked: Vec<u64> = published.iter().filter(|p| p.acked).map(|p| p.n).collect();
+    let Some(&last) = acked.last() else {
+        bail!("nothing was published");
+    };
+    for i in 0..SUBSCRIBERS {
+        let id = format!("s{i}");
+        subs.wait_event(&format!("{id} to get event {last}"), WAIT, |e| {
+            e["id"] == id.as_str()
+                && e["event"] == "recv"
+                && e["name"] == "tick"
+                && e["args"][0]["n"] == last
+        })
+        .await?;
+    }
+    // Whatever was in flight for a non-acknowledged publish has landed by now too.
+    tokio::time::sleep(interval()).await;
+    for i in 0..SUBSCRIBERS {
+        let id = format!("s{i}");
+        let got: Vec<u64> = ticks(subs, &id).into_iter().map(|(n, _)| n).collect();
+        if got != acked {
+            let missing: Vec<u64> = acked
+                .iter()
+                .copied()
+                .filter(|n| !got.contains(n))
+                .collect();
+            bail!(
+                "{id} got {} events for {} acknowledged; missing {missing:?}; got {got:?}",
+                got.len(),
+                acked.len()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// For every client that lost its connection: how long from its `disconnect` until it was
+/// `reconnected` (ms, as the driver saw them). A client still away counts from its disconnect
+/// until now.
+fn placement_waits(subs: &mut Driver) -> Vec<(String, u64)> {
+    let events = subs.events().to_vec();
+    let mut waits = Vec::new();
+    for d in events.iter().filter(|e| e["event"] == "disconnect") {
+        let (Some(id), Some(t)) = (d["id"].as_str(), d["t"].as_u64()) else {
+            continue;
+        };
+        let back = events
+            .iter()
+            .filter(|e| e["id"] == id && e["event"] == "reconnected")
+            .filter_map(|e| e["t"].as_u64())
+            .find(|&r| r >= t)
+            .unwrap_or_else(now_ms);
+        waits.push((id.to_owned(), back - t));
+    }
+    waits
+}
+
+fn assert_waits_within_deadline(waits: &[(String, u64)]) -> anyhow::Result<()> {
+    let worst = waits.iter().max_by_key(|(_, ms)| *ms);
+    eprintln!(
+        "{} clients re-placed, longest wait {worst:?} ms",
+        waits.len()
+    );
+    if let Some((id, ms)) = worst {
+        ensure!(
+            *ms <= PLACEMENT_DEADLINE_MS,
+            "{id} waited {ms} ms for a new placement (bound {PLACEMENT_DEADLINE_MS} ms)"
+        );
+    }
+    Ok(())
+}
+
+/// Waits for newcomer `id`'s first `connected` (a refused attempt may come before it) and
+/// returns how long after `asked` (ms since the epoch) it came, and on which node.
+async fn newcomer_connected(
+    subs: &mut Driver,
+    id: &str,
+    asked: u64,
+) -> anyhow::Result<(u64, String)> {
+    let e = subs
+        .wait_event(&format!("{id} to connect"), WAIT, |e| {
+            e["id"] == id && e["event"] == "connected"
+        })
+        .await?;
+    let t = e["t"].as_u64().context("connected at")?;
+    let node = e["node_id"].as_str().unwrap_or_default().to_owned();
+    Ok((t.saturating_sub(asked), node))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_gateways_clients_are_placed_within_5s_and_miss_nothing() -> anyhow::Result<()> {
+    let cluster = FaultCluster::start().await?;
+    let mut subs = cluster.subscribers().await?;
+    let on_dead = subs.count().await?.on("gw-0");
+    ensure!(on_dead > 0, "some subscribers are on the gateway to kill");
+    let publishing = Publishing::start(cluster.publisher(1).await?, 0);
+    publishing.advance(30).await?;
+
+    cluster.gateways[0].kill()?;
+    publishing.advance(30).await?;
+    subs.wait_counts("every subscriber back on gw-1 or gw-2", WAIT, |c| {
+        c.connected == SUBSCRIBERS && c.on("gw-0") == 0
+    })
+    .await?;
+    let settled = Instant::now();
+    let waits = placement_waits(&mut subs);
+    ensure!(
+        waits.len() == on_dead,
+        "only gw-0's {on_dead} clients moved: {waits:?}"
+    );
+    assert_waits_within_deadline(&waits)?;
+    let took = cluster
+        .ledger_settles(&mut subs, &["gw-1", "gw-2"], &cluster.gateways[1], settled)
+        .await?;
+    eprintln!("ledger right {took:?} after the clients settled");
+
+    publishing.advance(30).await?;
+    let (publisher, published) = publishing.stop().await?;
+    all_acked(&published)?;
+    every_subscriber_got_exactly(&mut subs, &published).await?;
+    for r in subs.events().iter().filter(|e| e["event"] == "resumed") {
+        ensure!(r["recovered"] == true, "a resume did not recover: {r}");
+    }
+    publisher.shutdown().await?;
+    subs.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_relay_replica_moves_no_client_and_loses_no_event() -> anyhow::Result<()> {
+    let cluster = FaultCluster::start().await?;
+    let mut subs = cluster.subscribers().await?;
+    let publishing = Publishing::start(cluster.publisher(1).await?, 0);
+    publishing.advance(30).await?;
+
+    cluster.relays[0].kill()?;
+    let killed = Instant::now();
+    publishing.advance(60).await?;
+    let took = cluster
+        .ledger_settles(&mut subs, &ALL, &cluster.gateways[1], killed)
+        .await?;
+    eprintln!("ledger right {took:?} after the kill");
+    let (publisher, published) = publishing.stop().await?;
+    all_acked(&published)?;
+    every_subscriber_got_exactly(&mut subs, &published).await?;
+    let waits = placement_waits(&mut subs);
+    ensure!(
+        waits.is_empty(),
+        "no client loses its gateway: {waits:?}"
+    );
+    publisher.shutdown().await?;
+    subs.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_placement_replica_goes_unnoticed_by_clients() -> anyhow::Result<()> {
+    const NEWCOMERS: usize = 15;
+    let cluster = FaultCluster::start().await?;
+    let mut subs = cluster.subscribers().await?;
+    let publishing = Publishing::start(cluster.publisher(1).await?, 0);
+    publishing.advance(30).await?;
+
+    // Kill the replica holding the lease, so the other must take the singleton duties over.
+    let deadline = Instant::now() + WAIT;
+    let holder = 'found: loop {
+        for (i, p) in cluster.placements.iter().enumerate() {
+            if Admin::connect(p.grpc_url()).await?.stats().await?.lease_holder {
+                break 'found i;
+            }
+        }
+        ensure!(Instant::now() < deadline, "no replica took the lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let survivor = &cluster.placements[1 - holder];
+    cluster.placements[holder].kill()?;
+
+    // New clients arrive at once: each is placed and connected within the bound.
+    let asked = now_ms();
+    subs.connect_many(
+        "n",
+        NEWCOMERS,
+        json!({"placement": cluster.placement_http.url(), "transports": ["websocket"],
+               "useHelper": true}),
+    )
+    .await?;
+    subs.wait_counts("the newcomers connected", WAIT, |c| {
+        c.connected == SUBSCRIBERS + NEWCOMERS
+    })
+    .await?;
+    let settled = Instant::now();
+    let mut waits = Vec::new();
+    for i in 0..NEWCOMERS {
+        let id = format!("n{i}");
+        let (ms, _) = newcomer_connected(&mut subs, &id, asked).await?;
+        waits.push((id, ms));
+    }
+    assert_waits_within_deadline(&waits)?;
+    let took = cluster
+        .ledger_settles(&mut subs, &ALL, &cluster.gateways[1], settled)
+        .await?;
+    eprintln!("ledger right {took:?} after the newcomers connected");
+
+    let deadline = Instant::now() + WAIT;
+    while !Admin::connect(survivor.grpc_url())
+        .await?
+        .stats()
+        .await?
+        .lease_holder
+    {
+        ensure!(Instant::now() < deadline, "the survivor never took the lease");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    publishing.advance(30).await?;
+    let (publisher, published) = publishing.stop().await?;
+    all_acked(&published)?;
+    every_subscriber_got_exactly(&mut subs, &published).await?;
+    let waits = placement_waits(&mut subs);
+    ensure!(
+        waits.is_empty(),
+        "no client loses its gateway: {waits:?}"
+    );
+    publisher.shutdown().await?;
+    subs.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_empty_shows_a_new_epoch_and_loses_nothing_silently() -> anyhow::Result<()>
+{
+    let cluster = FaultCluster::start().await?;
+    let mut subs = cluster.subscribers().await?;
+    let on_dead = subs.count().await?.on("gw-0");
+    ensure!(on_dead > 0, "some subscribers are on gw-0");
+    let publishing = Publishing::start(cluster.publisher(1).await?, 0);
+    publishing.advance(30).await?;
+    let (publisher, mut published) = publishing.stop().await?;
+    every_subscriber_got_exactly(&mut subs, &published).await?;
+    let old_epoch = ticks(&mut subs, "s0")
+        .last()
+        .map(|(_, e)| e.clone())
+        .context("s0 has events")?;
+
+    // Redis dies while events are being published: those publishes are refused, not lost.
+    let publishing = Publishing::start(publisher, published.len() as u64);
+    cluster.redis.kill()?;
+    publishing.advance(5).await?;
+    tokio::task::block_in_place(|| cluster.redis.restart_empty())?;
+    let restarted = Instant::now();
+    let (publisher, during) = publishing.stop().await?;
+    published.extend(during);
+    let took = cluster
+        .ledger_settles(&mut subs, &ALL, &cluster.gateways[1], restarted)
+        .await?;
+    eprintln!("ledger rebuilt {took:?} after Redis came back empty");
+
+    // gw-0 dies: its clients resume elsewhere from a position in the lost history, so they are
+    // told `recovered: false`, with the new epoch.
+    cluster.gateways[0].kill()?;
+    subs.wait_counts("gw-0's subscribers back elsewhere", WAIT, |c| {
+        c.connected == SUBSCRIBERS && c.on("gw-0") == 0
+    })
+    .await?;
+    let settled = Instant::now();
+    let waits = placement_waits(&mut subs);
+    ensure!(waits.len() == on_dead, "gw-0's clients moved: {waits:?}");
+    assert_waits_within_deadline(&waits)?;
+    let resumed: Vec<Value> = subs
+        .events()
+        .iter()
+        .filter(|e| e["event"] == "resumed")
+        .cloned()
+        .collect();
+    ensure!(resumed.len() == on_dead, "each moved client resumed: {resumed:?}");
+    for r in &resumed {
+        ensure!(r["recovered"] == false, "history was lost: {r}");
+        ensure!(
+            r["epoch"].is_string() && r["epoch"] != old_epoch.as_str(),
+            "the epoch changed: {r}"
+        );
+    }
+    cluster
+        .ledger_settles(&mut subs, &["gw-1", "gw-2"], &cluster.gateways[1], settled)
+        .await?;
+
+    // Life goes on in the new epoch: every subscriber gets every acknowledged event.
+    for relay in &cluster.relays {
+        wait_linked(relay, 2).await?;
+    }
+    let publishing = Publishing::start(publisher, published.len() as u64);
+    publishing.advance(30).await?;
+    let (publisher, after) = publishing.stop().await?;
+    all_acked(&after)?;
+    published.extend(after);
+    every_subscriber_got_exactly(&mut subs, &published).await?;
+    let refused = published.iter().filter(|p| !p.acked).count();
+    eprintln!("{refused} publishes refused while Redis was down");
+    for i in 0..SUBSCRIBERS {
+        let last = ticks(&mut subs, &format!("s{i}"))
+            .last()
+            .map(|(_, e)| e.clone())
+            .unwrap_or_default();
+        ensure!(last != old_epoch, "s{i}'s latest event is of the new epoch");
+    }
+    publisher.shutdown().await?;
+    subs.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_gateway_is_evicted_then_rejoins_counted_once() -> anyhow::Result<()> {
+    const NEWCOMERS: usize = 10;
+    let cluster = FaultCluster::start().await?;
+    let mut subs = cluster.subscribers().await?;
+    let on_frozen = subs.count().await?.on("gw-2");
+    ensure!(on_frozen > 0, "some subscribers are on gw-2");
+    let publishing = Publishing::start(cluster.publisher(1).await?, 0);
+    publishing.advance(30).await?;
+
+    cluster.gateways[2].pause()?;
+    let frozen = Instant::now();
+    let evicted = cluster.wait_listed(&["gw-0", "gw-1"]).await?;
+    eprintln!("gw-2 evicted {evicted:?} after SIGSTOP");
+    ensure!(
+        evicted >= 2 * interval(),
+        "a node is evicted only after missing reports ({evicted:?})"
+    );
+    // Nobody is sent to the frozen gateway meanwhile.
+    let asked = now_ms();
+    subs.connect_many(
+        "n",
+        NEWCOMERS,
+        json!({"placement": cluster.placement_http.url(), "transports": ["websocket"],
+               "useHelper": true}),
+    )
+    .await?;
+    let mut waits = Vec::new();
+    for i in 0..NEWCOMERS {
+        let id = format!("n{i}");
+        let (ms, node) = newcomer_connected(&mut subs, &id, asked).await?;
+        ensure!(node != "gw-2", "{id} was sent to the frozen gateway");
+        waits.push((id, ms));
+    }
+    assert_waits_within_deadline(&waits)?;
+
+    cluster.gateways[2].resume()?;
+    eprintln!("gw-2 frozen for {:?}", frozen.elapsed());
+    let back = cluster.wait_listed(&ALL).await?;
+    eprintln!("gw-2 listed again {back:?} after SIGCONT");
+    let relisted = Instant::now();
+    // Its clients are served or moved; either way each is counted once, where it is.
+    let took = cluster
+        .ledger_settles(&mut subs, &ALL, &cluster.gateways[1], relisted)
+        .await?;
+    let counts = subs.count().await?;
+    eprintln!(
+        "ledger right {took:?} after gw-2 was listed again; {} of its {on_frozen} clients \
+         stayed, {} moved",
+        counts.on("gw-2"),
+        placement_waits(&mut subs).len()
+    );
+    assert_waits_within_deadline(&placement_waits(&mut subs))?;
+
+    publishing.advance(30).await?;
+    let (publisher, published) = publishing.stop().await?;
+    all_acked(&published)?;
+    every_subscriber_got_exactly(&mut subs, &published).await?;
+    publisher.shutdown().await?;
+    subs.shutdown().await
+}
