@@ -110,6 +110,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     let token_secret = secret_from_env_or_random("SWITCHYARD_TOKEN_SECRET")?;
     let admin_token = secret_from_env_or_random("SWITCHYARD_ADMIN_TOKEN")?;
     let publish_token = secret_from_env_or_random("SWITCHYARD_PUBLISH_TOKEN")?;
+    // Only the relay and the gateways need it; it stays out of cluster.json.
+    let link_token = secret_from_env_or_random("SWITCHYARD_LINK_TOKEN")?;
 
     // Redis: --redis URL, or our own redis-server, or (said loudly) none.
     let mut own_redis = None;
@@ -164,6 +166,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         publish_token.clone(),
         "--admin-token".to_owned(),
         admin_token.clone(),
+        "--link-token".to_owned(),
+        link_token.clone(),
     ];
     if let Some(url) = &redis_url {
         relay_args.extend(["--redis-url".to_owned(), url.clone()]);
@@ -188,6 +192,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             token_secret.clone(),
             "--relay-urls".to_owned(),
             relay_grpc.clone(),
+            "--link-token".to_owned(),
+            link_token.clone(),
             // A development cluster should stop promptly on Ctrl-C.
             "--drain-deadline-ms".to_owned(),
             "5000".to_owned(),
@@ -312,7 +318,7 @@ fn print_summary(state: &ClusterFile, demo: Option<&Service>) {
     );
     for r in &state.relays {
         println!(
-            "  relay       gRPC {}  (Link, Members, Publish)   (pid {})",
+            "  relay       gRPC {}  (Link, Members, Publish, RelayAdmin)   (pid {})",
             r.grpc, r.pid
         );
     }

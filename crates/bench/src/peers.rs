@@ -344,7 +344,7 @@ impl System {
                     tokio::task::spawn_blocking(move || SwitchyardCluster::start(n, true))
                         .await??;
                 cluster.wait_all_registered().await?;
-                Ok(Running::Switchyard(cluster))
+                Ok(Running::Switchyard(Box::new(cluster)))
             }
             System::NodeRedis => Ok(Running::Peer(
                 tokio::task::spawn_blocking(move || PeerCluster::node(n)).await??,
@@ -358,7 +358,7 @@ impl System {
 
 /// A started system; its processes stop when it is dropped.
 pub enum Running {
-    Switchyard(SwitchyardCluster),
+    Switchyard(Box<SwitchyardCluster>),
     Peer(PeerCluster),
 }
 

@@ -21,7 +21,7 @@
 //! subscriber: `missed` (numbers never received), `duplicated` (receptions of a number already
 //! received) and `out_of_order` (first receptions of a number below one received earlier).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -122,6 +122,27 @@ impl Tally {
     }
 }
 
+/// The runs of consecutive numbers of `0..events` missing from `seqs`, as `first..=last`.
+fn missing_ranges(seqs: &[u64], events: u64) -> Vec<(u64, u64)> {
+    let mut seen = vec![false; usize::try_from(events).unwrap_or(usize::MAX)];
+    for &s in seqs {
+        if let Some(slot) = usize::try_from(s).ok().and_then(|i| seen.get_mut(i)) {
+            *slot = true;
+        }
+    }
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for (n, _) in (0u64..).zip(&seen).filter(|(_, seen)| !**seen) {
+        match ranges.last_mut() {
+            Some((_, last)) if *last + 1 == n => *last = n,
+            _ => ranges.push((n, n)),
+        }
+    }
+    ranges
+}
+
+/// At most this many distinct gaps are kept in the report.
+const MAX_GAPS: usize = 20;
+
 /// What one system's run measured.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Outcome {
@@ -145,6 +166,9 @@ pub struct Outcome {
     pub not_recovered: u64,
     /// Seconds the publisher took for every event (the target is `events / rate`).
     pub publish_secs: f64,
+    /// Where events went missing: `"first..=last"` → subscribers with exactly that gap (the
+    /// first [`MAX_GAPS`] distinct gaps). Shows whether losses sit at the kill or elsewhere.
+    pub gaps: BTreeMap<String, usize>,
 }
 
 #[derive(Debug, Serialize)]
@@ -371,13 +395,6 @@ async fn exercise(
     };
     for r in &records {
         let t = Tally::of(&r.seqs, args.events);
-        if t.missed > 0 && std::env::var_os("DEBUG_RESUME").is_some() {
-            let mut seen = vec![false; args.events as usize];
-            for &s in &r.seqs { if (s as usize) < seen.len() { seen[s as usize] = true; } }
-            let missing: Vec<usize> = (0..seen.len()).filter(|&i| !seen[i]).collect();
-            eprintln!("DEBUG missing {:?}..{:?} n={} arrivals_around={:?}", missing.first(), missing.last(), missing.len(),
-                r.seqs.iter().position(|&x| x as usize == missing[0].saturating_sub(1)).map(|p| &r.seqs[p.saturating_sub(2)..(p+5).min(r.seqs.len())]));
-        }
         outcome.exact += usize::from(t.exact());
         outcome.missed += t.missed;
         outcome.duplicated += t.duplicated;
@@ -387,6 +404,12 @@ async fn exercise(
         outcome.max_missed = outcome.max_missed.max(t.missed);
         outcome.recovered += r.recovered;
         outcome.not_recovered += r.lost;
+        for (first, last) in missing_ranges(&r.seqs, args.events) {
+            let key = format!("{first}..={last}");
+            if outcome.gaps.len() < MAX_GAPS || outcome.gaps.contains_key(&key) {
+                *outcome.gaps.entry(key).or_default() += 1;
+            }
+        }
     }
     Ok(outcome)
 }
@@ -530,5 +553,15 @@ mod tests {
             }
         );
         assert_eq!(Tally::of(&[9], 2).missed, 2);
+    }
+
+    #[test]
+    fn missing_ranges_are_runs_of_consecutive_numbers() {
+        assert_eq!(missing_ranges(&[0, 1, 2], 3), []);
+        assert_eq!(
+            missing_ranges(&[0, 3, 4, 7, 3], 10),
+            [(1, 2), (5, 6), (8, 9)]
+        );
+        assert_eq!(missing_ranges(&[], 2), [(0, 1)]);
     }
 }

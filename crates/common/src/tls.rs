@@ -50,10 +50,20 @@ const MAX_PENDING_HANDSHAKES: usize = 1024;
 pub struct ServerTlsArgs {
     /// PEM certificate chain served on every listener (leaf first). Setting it (with
     /// `--tls-key`) turns TLS on for HTTP and gRPC; unset, the listeners speak plain TCP.
-    #[arg(long, env = "SWITCHYARD_TLS_CERT", requires = "tls_key", value_name = "PEM")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_TLS_CERT",
+        requires = "tls_key",
+        value_name = "PEM"
+    )]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of `--tls-cert`.
-    #[arg(long, env = "SWITCHYARD_TLS_KEY", requires = "tls_cert", value_name = "PEM")]
+    #[arg(
+        long,
+        env = "SWITCHYARD_TLS_KEY",
+        requires = "tls_cert",
+        value_name = "PEM"
+    )]
     pub tls_key: Option<PathBuf>,
     /// PEM CA bundle that gRPC clients' certificates must chain to: setting it requires a client
     /// certificate on every gRPC connection (mutual TLS between services). HTTP listeners never
@@ -239,7 +249,11 @@ impl ClientTlsArgs {
         let identity = match (&self.tls_client_cert, &self.tls_client_key) {
             (Some(cert_path), Some(key_path)) => {
                 let cert_pem = read(cert_path, "client certificate (--tls-client-cert)")?;
-                certificates(&cert_pem, cert_path, "client certificate (--tls-client-cert)")?;
+                certificates(
+                    &cert_pem,
+                    cert_path,
+                    "client certificate (--tls-client-cert)",
+                )?;
                 let key_pem = read(key_path, "client key (--tls-client-key)")?;
                 PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem {
                     what: "client key (--tls-client-key)",

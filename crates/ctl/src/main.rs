@@ -69,13 +69,12 @@ async fn run(cli: &Cli) -> Result<(), CtlError> {
         publish_token,
     } = &cli.command
     {
-        let target =
-            publish::RelayTarget::resolve(
-                relay.as_deref(),
-                publish_token.as_deref(),
-                &cwd,
-                cluster_file::Found::publish_token,
-            )?;
+        let target = publish::RelayTarget::resolve(
+            relay.as_deref(),
+            publish_token.as_deref(),
+            &cwd,
+            cluster_file::Found::publish_token,
+        )?;
         let publication = publish::Publication {
             namespace: namespace.clone(),
             rooms: rooms.clone(),

@@ -9,8 +9,8 @@
 
 use std::{path::Path, time::Duration};
 
-use switchyard_proto::relay::v1::{PublishRequest, publish_request, relay_client::RelayClient};
 use switchyard_common::tls::ClientTls;
+use switchyard_proto::relay::v1::{PublishRequest, publish_request, relay_client::RelayClient};
 use tonic::{Code, Request};
 
 use crate::{

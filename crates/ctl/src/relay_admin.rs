@@ -23,9 +23,7 @@ use switchyard_proto::admin::v1::{
     Coverage, DisconnectSocketsRequest, ListHistoryRequest, ListLinksRequest, ListRoomsRequest,
     ListSocketsRequest, relay_admin_client::RelayAdminClient,
 };
-use tonic::{
-    Code, Request, Status, service::interceptor::InterceptedService, transport::Channel,
-};
+use tonic::{Code, Request, Status, service::interceptor::InterceptedService, transport::Channel};
 
 use crate::{
     client::Bearer,
@@ -37,11 +35,22 @@ use crate::{
 /// One relay admin operation (the arguments of its subcommand).
 #[derive(Debug, Clone)]
 pub enum Op {
-    Rooms { namespace: String },
-    Sockets { namespace: String, room: String },
-    Disconnect { namespace: String, socket_id: String, room: String },
+    Rooms {
+        namespace: String,
+    },
+    Sockets {
+        namespace: String,
+        room: String,
+    },
+    Disconnect {
+        namespace: String,
+        socket_id: String,
+        room: String,
+    },
     Links,
-    History { namespaces: Vec<String> },
+    History {
+        namespaces: Vec<String>,
+    },
 }
 
 /// An authenticated client of one relay's `RelayAdmin`.
@@ -124,7 +133,9 @@ fn from_status(status: &Status, endpoint: &str) -> CtlError {
              --admin-token (`cargo xtask up` writes it to .switchyard/cluster.json)"
         )),
         Code::NotFound => CtlError::NotFound(detail.to_owned()),
-        Code::InvalidArgument => CtlError::Config(format!("the relay rejected the request: {detail}")),
+        Code::InvalidArgument => {
+            CtlError::Config(format!("the relay rejected the request: {detail}"))
+        }
         Code::Unavailable | Code::DeadlineExceeded => {
             CtlError::Unavailable(format!("relay at {endpoint} is unavailable: {detail}"))
         }
@@ -132,7 +143,9 @@ fn from_status(status: &Status, endpoint: &str) -> CtlError {
             "{endpoint} does not serve switchyard.admin.v1.RelayAdmin ({detail}); is it the \
              relay's gRPC address?"
         )),
-        code => CtlError::Other(format!("relay admin call to {endpoint} failed ({code:?}): {detail}")),
+        code => CtlError::Other(format!(
+            "relay admin call to {endpoint} failed ({code:?}): {detail}"
+        )),
     }
 }
 
@@ -176,7 +189,14 @@ pub async fn run(
                 .iter()
                 .map(|r| vec![r.room.clone(), r.members.to_string(), r.gateways.join(",")])
                 .collect();
-            print!("{}", table(&["ROOM", "MEMBERS", "GATEWAYS"], &rows, &[false, true, false]));
+            print!(
+                "{}",
+                table(
+                    &["ROOM", "MEMBERS", "GATEWAYS"],
+                    &rows,
+                    &[false, true, false]
+                )
+            );
         }
         Op::Sockets { namespace, room } => {
             let req = relay.request(ListSocketsRequest {
@@ -208,7 +228,10 @@ pub async fn run(
                 .iter()
                 .map(|s| vec![s.socket_id.clone(), s.node_id.clone(), s.rooms.join(",")])
                 .collect();
-            print!("{}", table(&["SOCKET", "GATEWAY", "ROOMS"], &rows, &[false; 3]));
+            print!(
+                "{}",
+                table(&["SOCKET", "GATEWAY", "ROOMS"], &rows, &[false; 3])
+            );
         }
         Op::Disconnect {
             namespace,
@@ -244,7 +267,9 @@ pub async fn run(
             print!("{}", table(&["SOCKET", "GATEWAY"], &rows, &[false, false]));
         }
         Op::Links => {
-            let res = relay.finish(client.list_links(relay.request(ListLinksRequest {}))).await?;
+            let res = relay
+                .finish(client.list_links(relay.request(ListLinksRequest {})))
+                .await?;
             if json {
                 let links: Vec<_> = res
                     .links
@@ -286,7 +311,15 @@ pub async fn run(
             print!(
                 "{}",
                 table(
-                    &["GATEWAY", "NAMESPACES", "QUEUE", "UNACKED", "IN", "OUT", "UP"],
+                    &[
+                        "GATEWAY",
+                        "NAMESPACES",
+                        "QUEUE",
+                        "UNACKED",
+                        "IN",
+                        "OUT",
+                        "UP"
+                    ],
                     &rows,
                     &[false, false, true, true, true, true, true],
                 )
@@ -321,7 +354,11 @@ pub async fn run(
                 .map(|h| {
                     vec![
                         h.namespace.clone(),
-                        if h.epoch.is_empty() { "-".to_owned() } else { h.epoch.clone() },
+                        if h.epoch.is_empty() {
+                            "-".to_owned()
+                        } else {
+                            h.epoch.clone()
+                        },
                         h.length.to_string(),
                         h.oldest_offset.to_string(),
                         h.head_offset.to_string(),
@@ -333,7 +370,15 @@ pub async fn run(
             print!(
                 "{}",
                 table(
-                    &["NAMESPACE", "EPOCH", "LENGTH", "OLDEST", "HEAD", "MAX_LEN", "TTL"],
+                    &[
+                        "NAMESPACE",
+                        "EPOCH",
+                        "LENGTH",
+                        "OLDEST",
+                        "HEAD",
+                        "MAX_LEN",
+                        "TTL"
+                    ],
                     &rows,
                     &[false, false, true, true, true, true, true],
                 )

@@ -18,9 +18,7 @@ use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 use support::{Driver, metric_value};
 use switchyard_testkit::{
-    cluster::{
-        Gateway, GatewayOpts, Placement, PlacementOpts, Relay, RelayOpts, TEST_ADMIN_TOKEN,
-    },
+    cluster::{Gateway, GatewayOpts, Placement, PlacementOpts, Relay, RelayOpts, TEST_ADMIN_TOKEN},
     redis::RedisServer,
 };
 
@@ -75,11 +73,13 @@ fn empty_dir() -> anyhow::Result<PathBuf> {
 /// Runs syctl against `relay` with `token` (none: no `--admin-token`).
 async fn syctl(relay: &Relay, token: Option<&str>, args: &[&str]) -> anyhow::Result<Run> {
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_syctl"));
-    cmd.args(["--relay", relay.grpc_url()]).kill_on_drop(true);
+    cmd.args(args)
+        .args(["--relay", relay.grpc_url()])
+        .kill_on_drop(true);
     if let Some(t) = token {
         cmd.args(["--admin-token", t]);
     }
-    cmd.args(args).current_dir(empty_dir()?);
+    cmd.current_dir(empty_dir()?);
     for var in SYCTL_ENV {
         cmd.env_remove(var);
     }
@@ -104,7 +104,10 @@ async fn until(
     let mut all = args.to_vec();
     all.push("--json");
     loop {
-        let json = syctl(relay, Some(TEST_ADMIN_TOKEN), &all).await?.ok()?.json()?;
+        let json = syctl(relay, Some(TEST_ADMIN_TOKEN), &all)
+            .await?
+            .ok()?
+            .json()?;
         if check(&json) {
             return Ok(json);
         }
@@ -183,7 +186,10 @@ async fn syctl_sees_and_disconnects_sockets_across_gateways() -> anyhow::Result<
         .await?;
         let e = js.connected(id, WAIT).await?;
         let sid = e["sid"].as_str().context("connected has a sid")?.to_owned();
-        let node = e["node_id"].as_str().context("connected has a node")?.to_owned();
+        let node = e["node_id"]
+            .as_str()
+            .context("connected has a node")?
+            .to_owned();
         socket.insert(id, (sid, node));
     }
     for id in ids {
@@ -218,15 +224,24 @@ async fn syctl_sees_and_disconnects_sockets_across_gateways() -> anyhow::Result<
         ("beta".to_owned(), 2),
         ("solo".to_owned(), 1),
     ]);
-    let rooms = until(&relay, &["rooms"], "room member counts", |j| members(j) == want).await?;
+    let rooms = until(&relay, &["rooms"], "room member counts", |j| {
+        members(j) == want
+    })
+    .await?;
     assert_eq!(rooms["missing"], json!([]), "{rooms}");
-    assert_eq!(rooms["gateways"], json!(["gw-0", "gw-1", "gw-2"]), "{rooms}");
+    assert_eq!(
+        rooms["gateways"],
+        json!(["gw-0", "gw-1", "gw-2"]),
+        "{rooms}"
+    );
     let all = rooms["rooms"]
         .as_array()
         .and_then(|r| r.iter().find(|r| r["room"] == "all"))
         .context("room all")?;
     assert_eq!(all["gateways"], json!(nodes_of("")), "{rooms}");
-    let table = syctl(&relay, Some(TEST_ADMIN_TOKEN), &["rooms"]).await?.ok()?;
+    let table = syctl(&relay, Some(TEST_ADMIN_TOKEN), &["rooms"])
+        .await?
+        .ok()?;
     let alpha_line = table
         .stdout
         .lines()
@@ -239,11 +254,15 @@ async fn syctl_sees_and_disconnects_sockets_across_gateways() -> anyhow::Result<
     );
 
     // sockets: ids, gateways and rooms of alpha's members.
-    let listed = syctl(&relay, Some(TEST_ADMIN_TOKEN), &["sockets", "alpha", "--json"])
-        .await?
-        .ok()?
-        .json()?;
-    let mut got: Vec<(String, String, Value)> = listed["sockets"]
+    let listed = syctl(
+        &relay,
+        Some(TEST_ADMIN_TOKEN),
+        &["sockets", "alpha", "--json"],
+    )
+    .await?
+    .ok()?
+    .json()?;
+    let mut got: Vec<(String, String, String)> = listed["sockets"]
         .as_array()
         .into_iter()
         .flatten()
@@ -251,16 +270,20 @@ async fn syctl_sees_and_disconnects_sockets_across_gateways() -> anyhow::Result<
             (
                 s["socket_id"].as_str().unwrap_or_default().to_owned(),
                 s["node_id"].as_str().unwrap_or_default().to_owned(),
-                s["rooms"].clone(),
+                s["rooms"].to_string(),
             )
         })
         .collect();
     got.sort();
-    let mut expected: Vec<(String, String, Value)> = ["a0", "a1", "a2"]
+    let mut expected: Vec<(String, String, String)> = ["a0", "a1", "a2"]
         .iter()
         .map(|id| {
             let (sid, node) = &socket[id];
-            (sid.clone(), node.clone(), json!(["all", "alpha"]))
+            (
+                sid.clone(),
+                node.clone(),
+                json!(["all", "alpha"]).to_string(),
+            )
         })
         .collect();
     expected.sort();
@@ -268,11 +291,19 @@ async fn syctl_sees_and_disconnects_sockets_across_gateways() -> anyhow::Result<
 
     // disconnect one socket: that client observes it, the room shrinks.
     let (a0_sid, _) = socket["a0"].clone();
-    let done = syctl(&relay, Some(TEST_ADMIN_TOKEN), &["disconnect", &a0_sid, "--json"])
-        .await?
-        .ok()?
-        .json()?;
-    assert_eq!(done["disconnected"][0]["socket_id"], a0_sid.as_str(), "{done}");
+    let done = syctl(
+        &relay,
+        Some(TEST_ADMIN_TOKEN),
+        &["disconnect", &a0_sid, "--json"],
+    )
+    .await?
+    .ok()?
+    .json()?;
+    assert_eq!(
+        done["disconnected"][0]["socket_id"],
+        a0_sid.as_str(),
+        "{done}"
+    );
     js.wait_event("a0 disconnected by the operator", WAIT, |e| {
         e["id"] == "a0" && e["event"] == "disconnect"
     })
@@ -283,9 +314,13 @@ async fn syctl_sees_and_disconnects_sockets_across_gateways() -> anyhow::Result<
     .await?;
 
     // disconnect a whole room.
-    syctl(&relay, Some(TEST_ADMIN_TOKEN), &["disconnect", "--room", "beta"])
-        .await?
-        .ok()?;
+    syctl(
+        &relay,
+        Some(TEST_ADMIN_TOKEN),
+        &["disconnect", "--room", "beta"],
+    )
+    .await?
+    .ok()?;
     for id in ["b0", "b1"] {
         js.wait_event(&format!("{id} disconnected with its room"), WAIT, |e| {
             e["id"] == id && e["event"] == "disconnect"
@@ -320,7 +355,10 @@ async fn syctl_sees_and_disconnects_sockets_across_gateways() -> anyhow::Result<
         .as_array()
         .and_then(|n| n.iter().find(|h| h["namespace"] == "/"))
         .context("/")?;
-    ensure!(root["epoch"].as_str().is_some_and(|e| !e.is_empty()), "{root}");
+    ensure!(
+        root["epoch"].as_str().is_some_and(|e| !e.is_empty()),
+        "{root}"
+    );
     ensure!(root["length"].as_u64() >= Some(1), "{root}");
 
     // links: the gateways answered admin requests, so frames came in from each.
@@ -332,8 +370,14 @@ async fn syctl_sees_and_disconnects_sockets_across_gateways() -> anyhow::Result<
         ensure!(l["frames_in"].as_u64() >= Some(1), "{l}");
         ensure!(l["queue_capacity"].as_u64() >= Some(1), "{l}");
     }
-    let human = syctl(&relay, Some(TEST_ADMIN_TOKEN), &["links"]).await?.ok()?;
-    ensure!(human.stdout.contains("GATEWAY") && human.stdout.contains("gw-2"), "{}", human.stdout);
+    let human = syctl(&relay, Some(TEST_ADMIN_TOKEN), &["links"])
+        .await?
+        .ok()?;
+    ensure!(
+        human.stdout.contains("GATEWAY") && human.stdout.contains("gw-2"),
+        "{}",
+        human.stdout
+    );
 
     // The intruder kept trying and was refused every time.
     let metrics = switchyard_testkit::reqwest::get(format!("{}/metrics", relay.http_url()))

@@ -435,14 +435,7 @@ async fn resume<A: Adapter>(
         head: head.offset,
         stale,
     };
-    let replayed = history.open(
-        s.ns(),
-        s.id,
-        &rooms,
-        at,
-        &events,
-        |ev| emit_stamped(s, ev),
-    );
+    let replayed = history.open(s.ns(), s.id, &rooms, at, &events, |ev| emit_stamped(s, ev));
     metrics::counter!("switchyard_gateway_resumes_total",
                       "outcome" => if recovered { "recovered" } else { "lost" })
     .increment(1);

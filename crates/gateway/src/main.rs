@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::Parser;
 use socketioxide::{SocketIo, SocketIoBuilder, adapter::Adapter};
 use socketioxide_core::adapter::DefinedAdapter;
-use switchyard_gateway::{ClusterAdapter, Switchyard, config::Cli, server};
 use switchyard_common::tls::HttpListener;
+use switchyard_gateway::{ClusterAdapter, Switchyard, config::Cli, server};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {

@@ -36,11 +36,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use socketioxide_core::Sid;
+use switchyard_common::tls::ClientTls;
 use switchyard_proto::relay::v1::{
     HeadRequest, HeadResponse, ReplayRequest, ReplayResponse, StampRequest,
     relay_client::RelayClient,
 };
-use switchyard_common::tls::ClientTls;
 use tonic::transport::Channel;
 use tracing::Instrument;
 
@@ -168,11 +168,7 @@ pub struct History {
 impl History {
     /// Clients of the relays at `urls` (connected lazily; needs a tokio runtime). `publisher`
     /// (`<node_id>:<incarnation>`) prefixes publish ids, so they are unique cluster-wide.
-    pub fn new(
-        urls: &[String],
-        publisher: String,
-        tls: &ClientTls,
-    ) -> Result<Self, HistoryError> {
+    pub fn new(urls: &[String], publisher: String, tls: &ClientTls) -> Result<Self, HistoryError> {
         let mut clients = Vec::new();
         for url in urls {
             let channel = tls
@@ -497,8 +493,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_resume_that_could_not_recover_drops_its_old_epoch_in_flight() -> anyhow::Result<()>
-    {
+    async fn a_resume_that_could_not_recover_drops_its_old_epoch_in_flight() -> anyhow::Result<()> {
         let h = History::new(
             &["http://127.0.0.1:1".to_owned()],
             "n:1".to_owned(),

@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use socketioxide::{SocketIo, adapter::Adapter};
 use axum::serve::Listener;
+use socketioxide::{SocketIo, adapter::Adapter};
 use std::net::SocketAddr;
 use tokio::sync::watch;
 use tower_http::cors::CorsLayer;

@@ -46,7 +46,12 @@ async fn stop(service: &Service) -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_on_one_gateway_and_delivery_on_another_share_one_trace() -> anyhow::Result<()> {
     let collector = Collector::start()?;
-    let otlp = || vec!["--otlp-endpoint".to_owned(), collector.endpoint().to_owned()];
+    let otlp = || {
+        vec![
+            "--otlp-endpoint".to_owned(),
+            collector.endpoint().to_owned(),
+        ]
+    };
     let redis = RedisServer::start()?;
     let placement = Placement::start(PlacementOpts {
         redis_url: Some(redis.url()),
@@ -79,7 +84,9 @@ async fn publish_on_one_gateway_and_delivery_on_another_share_one_trace() -> any
         .publish("publisher", "traced", "note", json!({"n": 1}))
         .await?;
     assert_eq!(ack["ok"], true, "publish: {ack}");
-    let offset = ack["offset"].as_u64().context("publish ack without an offset")?;
+    let offset = ack["offset"]
+        .as_u64()
+        .context("publish ack without an offset")?;
     driver
         .wait_event("the member to receive the note", WAIT, |e| {
             e["id"] == "member" && e["event"] == "recv" && e["name"] == "note"
@@ -116,16 +123,29 @@ async fn publish_on_one_gateway_and_delivery_on_another_share_one_trace() -> any
         s.trace_id == publish.trace_id
     })
     .context("no relay stamp span in the publish's trace")?;
-    assert_eq!(stamp.parent_span_id, publish.span_id, "relay stamp is a child of A's publish");
+    assert_eq!(
+        stamp.parent_span_id, publish.span_id,
+        "relay stamp is a child of A's publish"
+    );
     assert_eq!(attr(stamp, "room"), Some("traced"));
     assert_eq!(attr(stamp, "offset"), Some(offset.as_str()));
 
     let deliver = find(&spans, "switchyard-gateway", "deliver", delivered_on_b)
         .context("no deliver span on gateway B")?;
-    assert_eq!(deliver.trace_id, publish.trace_id, "B's delivery is in A's trace");
-    assert_eq!(deliver.parent_span_id, stamp.span_id, "B's delivery is a child of the stamp");
+    assert_eq!(
+        deliver.trace_id, publish.trace_id,
+        "B's delivery is in A's trace"
+    );
+    assert_eq!(
+        deliver.parent_span_id, stamp.span_id,
+        "B's delivery is a child of the stamp"
+    );
     assert_eq!(attr(deliver, "room"), Some("traced"));
     assert_eq!(attr(deliver, "namespace"), Some("/"));
-    assert_eq!(attr(deliver, "sockets"), Some("1"), "B holds the one member");
+    assert_eq!(
+        attr(deliver, "sockets"),
+        Some("1"),
+        "B holds the one member"
+    );
     Ok(())
 }

@@ -451,7 +451,10 @@ mod tests {
                 "namespace=[A-Za-z0-9%/._~+-]{0,300}",
                 "namespace=%2F[a-z]{0,8}&token=[A-Za-z0-9._%-]{0,64}",
                 ("namespace=", proptest::collection::vec(any::<u8>(), 0..64)).prop_map(
-                    |(k, v)| format!("{k}{}", v.iter().map(|b| format!("%{b:02X}")).collect::<String>())
+                    |(k, v)| format!(
+                        "{k}{}",
+                        v.iter().map(|b| format!("%{b:02X}")).collect::<String>()
+                    )
                 ),
             ]
         }

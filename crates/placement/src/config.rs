@@ -81,7 +81,9 @@ pub enum ConfigError {
     BadCluster(String),
     #[error("--cors-origins: `{0}` is not a valid origin")]
     BadCorsOrigin(String),
-    #[error("--redis-url must start with redis://, rediss://, redis+unix://, unix:// or redis+cluster://")]
+    #[error(
+        "--redis-url must start with redis://, rediss://, redis+unix://, unix:// or redis+cluster://"
+    )]
     BadRedisUrl,
     #[error(transparent)]
     AppKey(#[from] crate::app_token::AppKeyError),

@@ -78,29 +78,38 @@ async fn malformed_and_huge_assign_requests_get_a_4xx_and_placement_keeps_servin
         "namespace=chat".into(),
         "namespace=".into(),
         "namespace=%ZZ".into(),
-        "namespace=%2F%FF%FE".into(),
         "namespace=%2Fa%00b".into(),
         "namespace=%2Fa%0Ab".into(),
         "namespace=/a&namespace=/b".into(),
         format!("namespace={long_ns}"),
         format!("namespace={huge_ns}"),
-        "namespace[]=x&&&==&%".into(),
+        "namespace[]=x&&&==&%&namespace=nope".into(),
     ];
     for q in &bad_queries {
         let res = http_exchange(&addr, &get(&format!("/v1/assign?{q}"), ""), WAIT).await?;
         let shown = &q[..q.len().min(60)];
         ensure!(res.status == Some(400), "{shown}: {}", res.head);
-        let body = res.json().with_context(|| format!("{shown}: body is not JSON"))?;
+        let body = res
+            .json()
+            .with_context(|| format!("{shown}: body is not JSON"))?;
         ensure!(body["error"] == "bad_request", "{shown}: {body}");
         ensure!(body["detail"].is_string(), "{shown}: {body}");
     }
+
+    // Invalid UTF-8 is decoded lossily (U+FFFD): a well-formed namespace no gateway serves.
+    let res = http_exchange(&addr, &get("/v1/assign?namespace=%2F%FF%FE", ""), WAIT).await?;
+    let body = res.json().context("invalid UTF-8: body is not JSON")?;
+    ensure!(
+        res.status == Some(503) && body["error"] == "no_gateway_available",
+        "invalid UTF-8: {} {body}",
+        res.head
+    );
 
     // Garbage or huge headers next to a good query: a header placement does not use changes
     // nothing; an unreadable Authorization is no token (app tokens are off here).
     let big = "b".repeat(100_000);
     for headers in [
         format!("Authorization: Bearer {big}\r\n"),
-        "Authorization: \u{1}\u{2}garbage\r\n".to_owned(),
         "traceparent: 00-zzzz-yyyy-01\r\n".to_owned(),
         format!("X-Filler: {big}\r\n"),
     ] {
@@ -112,6 +121,18 @@ async fn malformed_and_huge_assign_requests_get_a_4xx_and_placement_keeps_servin
             res.head
         );
     }
+    let mut not_utf8 = get("/v1/assign?namespace=/", "");
+    let at = not_utf8.len() - 2;
+    not_utf8.splice(
+        at..at,
+        b"Authorization: Bearer \xff\xfe\x80\r\n".iter().copied(),
+    );
+    let res = http_exchange(&addr, &not_utf8, WAIT).await?;
+    ensure!(
+        res.status == Some(200),
+        "a non-UTF-8 Authorization: {}",
+        res.head
+    );
 
     // Requests the HTTP layer refuses before any handler: a 4xx status line (or a closed
     // connection for bytes that are not HTTP at all), never a hang or a crash.
@@ -133,6 +154,10 @@ async fn malformed_and_huge_assign_requests_get_a_4xx_and_placement_keeps_servin
         ),
         ("a header without a colon", get("/v1/assign", "broken\r\n")),
         (
+            "control characters in a header",
+            get("/v1/assign", "Authorization: \u{1}\u{2}garbage\r\n"),
+        ),
+        (
             "POST",
             b"POST /v1/assign HTTP/1.1\r\nHost: p\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc"
                 .to_vec(),
@@ -147,7 +172,10 @@ async fn malformed_and_huge_assign_requests_get_a_4xx_and_placement_keeps_servin
             res.head
         );
     }
-    for garbage in [&b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..], &[0u8; 4096][..]] {
+    for garbage in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"[..],
+        &[0u8; 4096][..],
+    ] {
         let res = http_exchange(&addr, garbage, WAIT).await?;
         ensure!(
             res.status.is_none_or(|s| (400..500).contains(&s)),
@@ -171,12 +199,20 @@ fn with_token<T>(msg: T, token: Option<&str>) -> anyhow::Result<Request<T>> {
 }
 
 /// Every admin method with `token`, as codes.
-async fn admin_codes(admin: &mut Admin, token: Option<&str>) -> anyhow::Result<Vec<(&'static str, Code)>> {
+async fn admin_codes(
+    admin: &mut Admin,
+    token: Option<&str>,
+) -> anyhow::Result<Vec<(&'static str, Code)>> {
     let code = |r: Result<(), tonic::Status>| r.err().map_or(Code::Ok, |s| s.code());
     Ok(vec![
         (
             "ListNodes",
-            code(admin.list_nodes(with_token(ListNodesRequest {}, token)?).await.map(drop)),
+            code(
+                admin
+                    .list_nodes(with_token(ListNodesRequest {}, token)?)
+                    .await
+                    .map(drop),
+            ),
         ),
         (
             "DrainNode",
@@ -323,14 +359,21 @@ async fn invalid_arguments_and_unknown_node_ids_get_their_status() -> anyhow::Re
             .await
             .err()
             .map(|s| s.code());
-        for (method, code) in [("DrainNode", drain), ("UndrainNode", undrain), ("SetWeight", weight)] {
+        for (method, code) in [
+            ("DrainNode", drain),
+            ("UndrainNode", undrain),
+            ("SetWeight", weight),
+        ] {
             ensure!(
                 matches!(code, Some(Code::NotFound | Code::InvalidArgument)),
                 "{method} {shown:?}: {code:?}"
             );
         }
         if node_id == "nope" {
-            ensure!(drain == Some(Code::NotFound), "DrainNode of an unknown node: {drain:?}");
+            ensure!(
+                drain == Some(Code::NotFound),
+                "DrainNode of an unknown node: {drain:?}"
+            );
         }
     }
     for weight in [0, u32::MAX] {
@@ -345,7 +388,10 @@ async fn invalid_arguments_and_unknown_node_ids_get_their_status() -> anyhow::Re
             .await
             .err()
             .map(|s| s.code());
-        ensure!(code == Some(Code::InvalidArgument), "weight {weight}: {code:?}");
+        ensure!(
+            code == Some(Code::InvalidArgument),
+            "weight {weight}: {code:?}"
+        );
     }
     let code = admin
         .drain_node(with_token(
@@ -383,7 +429,10 @@ async fn invalid_arguments_and_unknown_node_ids_get_their_status() -> anyhow::Re
             .await
             .err()
             .map(|s| s.code());
-        ensure!(code == Some(Code::InvalidArgument), "Assign {ns:?}: {code:?}");
+        ensure!(
+            code == Some(Code::InvalidArgument),
+            "Assign {ns:?}: {code:?}"
+        );
     }
     still_serving(&p).await
 }
@@ -395,7 +444,10 @@ async fn garbage_on_the_report_stream_and_undecodable_calls_are_refused() -> any
     let report = |kind| GatewayReport { kind: Some(kind) };
     let wrong_first: Vec<(&str, GatewayReport)> = vec![
         ("an empty message", GatewayReport { kind: None }),
-        ("Load first", report(gateway_report::Kind::Load(Load::default()))),
+        (
+            "Load first",
+            report(gateway_report::Kind::Load(Load::default())),
+        ),
         (
             "Register with garbage fields",
             report(gateway_report::Kind::Register(Register {
@@ -418,7 +470,10 @@ async fn garbage_on_the_report_stream_and_undecodable_calls_are_refused() -> any
     // Bytes that are not a protobuf message at all. The gRPC spec makes a parse failure
     // INTERNAL; what matters is that the call ends with that status and nothing else changes.
     let garbage = Bytes::from_static(b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01garbage");
-    ensure!(GatewayReport::decode(garbage.clone()).is_err(), "the bytes must not decode");
+    ensure!(
+        GatewayReport::decode(garbage.clone()).is_err(),
+        "the bytes must not decode"
+    );
     let mut grpc = raw::client(p.grpc_url()).await?;
     let status = match raw::streaming(
         &mut grpc,

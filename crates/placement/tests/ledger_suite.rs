@@ -567,7 +567,8 @@ where
     }
 }
 
-async fn redis_outage_is_unavailable_and_reports_rebuild_the_ledger_after_it<R: RedisDeployment>() -> Result {
+async fn redis_outage_is_unavailable_and_reports_rebuild_the_ledger_after_it<R: RedisDeployment>()
+-> Result {
     let (redis, ledger, _lease) = redis_fixture::<R>(long_settings()).await?;
     let l: &dyn Ledger = &ledger;
     register_nodes(l, &[1, 1]).await?;
@@ -605,7 +606,8 @@ async fn redis_outage_is_unavailable_and_reports_rebuild_the_ledger_after_it<R: 
     Ok(())
 }
 
-async fn redis_ledger_connects_while_redis_is_down_and_works_once_it_is_up<R: RedisDeployment>() -> Result {
+async fn redis_ledger_connects_while_redis_is_down_and_works_once_it_is_up<R: RedisDeployment>()
+-> Result {
     let redis = R::start()?;
     redis.kill()?;
     let ledger = RedisLedger::connect(&redis.url(), long_settings()).await?;
@@ -641,7 +643,8 @@ async fn two_replicas_on_one_redis_share_one_ledger<R: RedisDeployment>() -> Res
 }
 
 /// A holder paused past its lease cannot write after the next holder took over.
-async fn paused_lease_holder_is_fenced_after_the_next_holder_takes_over<R: RedisDeployment>() -> Result {
+async fn paused_lease_holder_is_fenced_after_the_next_holder_takes_over<R: RedisDeployment>()
+-> Result {
     let redis = R::start()?;
     let ttl = Duration::from_millis(300);
     let settings = settings(60_000, 60_000);

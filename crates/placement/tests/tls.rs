@@ -54,8 +54,10 @@ async fn list_nodes(tls: &ClientTls, grpc_url: &str) -> anyhow::Result<Vec<Node>
     let call = async {
         let channel = tls.endpoint(grpc_url)?.connect().await?;
         let mut req = Request::new(ListNodesRequest {});
-        req.metadata_mut()
-            .insert("authorization", format!("Bearer {TEST_ADMIN_TOKEN}").parse()?);
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {TEST_ADMIN_TOKEN}").parse()?,
+        );
         let nodes = AdminClient::new(channel).list_nodes(req).await?;
         Ok::<_, anyhow::Error>(nodes.into_inner().nodes)
     };
@@ -148,7 +150,10 @@ async fn placement_serves_https_and_grpc_over_tls_to_clients_trusting_its_ca() -
         .get(format!("{}/readyz", p.http_url()))
         .send()
         .await;
-    ensure!(untrusting.is_err(), "unverified server accepted: {untrusting:?}");
+    ensure!(
+        untrusting.is_err(),
+        "unverified server accepted: {untrusting:?}"
+    );
     // The same for gRPC: the system roots do not know the test CA, and plaintext fails.
     let system_roots = list_nodes(&ClientTls::default(), p.grpc_url()).await;
     ensure!(system_roots.is_err(), "{system_roots:?}");
@@ -166,7 +171,10 @@ async fn mutual_tls_refuses_grpc_clients_without_a_certificate_from_its_ca() -> 
     let without = list_nodes(&tls_client(&pki, None)?, p.grpc_url()).await;
     ensure!(without.is_err(), "no client certificate: {without:?}");
     let stranger = list_nodes(&tls_client(&pki, Some("stranger"))?, p.grpc_url()).await;
-    ensure!(stranger.is_err(), "certificate from another CA: {stranger:?}");
+    ensure!(
+        stranger.is_err(),
+        "certificate from another CA: {stranger:?}"
+    );
     let with = list_nodes(&tls_client(&pki, Some("client"))?, p.grpc_url()).await;
     ensure!(with.is_ok(), "client certificate from the CA: {with:?}");
 

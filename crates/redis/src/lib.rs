@@ -133,7 +133,10 @@ fn cluster_nodes(url: &str) -> Result<Vec<redis::ConnectionInfo>, Error> {
     let nodes = hosts
         .split(',')
         .map(|host| {
-            if host.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.is_empty()) {
+            if host
+                .rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.is_empty())
+            {
                 return Err(Error::InvalidUrl(format!(
                     "cluster node `{host}` is not host:port"
                 )));
@@ -220,10 +223,7 @@ impl Pool {
         let text: String = match self.get().await? {
             Connection::Cluster(mut conn) => {
                 let reply = conn
-                    .route_command(
-                        info,
-                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-                    )
+                    .route_command(info, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
                     .await?;
                 redis::from_redis_value(reply).map_err(redis::RedisError::from)?
             }

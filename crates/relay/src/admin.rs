@@ -98,7 +98,9 @@ impl Requests {
         requests
     }
 
-    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<Sid, mpsc::UnboundedSender<(String, Bytes)>>> {
+    fn pending(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<Sid, mpsc::UnboundedSender<(String, Bytes)>>> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -150,8 +152,12 @@ impl Requests {
         opts: &BroadcastOptions,
         timeout: Duration,
     ) -> Result<Gathered<D>, Status> {
-        let gateways: BTreeSet<String> =
-            state.membership.members(namespace).await?.into_iter().collect();
+        let gateways: BTreeSet<String> = state
+            .membership
+            .members(namespace)
+            .await?
+            .into_iter()
+            .collect();
         let mut gathered = Gathered {
             gateways: gateways.clone(),
             missing: gateways.clone(),
@@ -167,7 +173,8 @@ impl Requests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         self.pending().insert(req.id, tx);
         let _forget = Forget(self, req.id);
-        self.send(state, namespace, &req, FrameKind::Request).await?;
+        self.send(state, namespace, &req, FrameKind::Request)
+            .await?;
         let deadline = tokio::time::Instant::now() + timeout;
         while !gathered.missing.is_empty() {
             let Ok(Some((node, body))) = tokio::time::timeout_at(deadline, rx.recv()).await else {
@@ -400,7 +407,13 @@ impl RelayAdmin for RelayAdminGrpc {
             all.add_flag(BroadcastFlags::Broadcast);
             let rooms = self
                 .requests
-                .gather::<()>(&self.state, &namespace, RequestTypeOut::AllRooms, &all, timeout)
+                .gather::<()>(
+                    &self.state,
+                    &namespace,
+                    RequestTypeOut::AllRooms,
+                    &all,
+                    timeout,
+                )
                 .await?;
             let mut covered = Covered::default();
             covered.add(&rooms);
@@ -527,11 +540,8 @@ impl RelayAdmin for RelayAdminGrpc {
                 )));
             }
             let opts = target_opts(&req.room, &req.socket_id)?;
-            let disconnect = RequestOut::new(
-                self.requests.uid,
-                RequestTypeOut::DisconnectSockets,
-                &opts,
-            );
+            let disconnect =
+                RequestOut::new(self.requests.uid, RequestTypeOut::DisconnectSockets, &opts);
             self.requests
                 .send(&self.state, &namespace, &disconnect, FrameKind::Broadcast)
                 .await?;

@@ -40,12 +40,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use switchyard_redis::{Connection, Pool};
 use futures::StreamExt;
 use prost::Message;
 use redis::Script;
 use switchyard_common::backoff::Backoff;
 use switchyard_proto::relay::v1::Frame;
+use switchyard_redis::{Connection, Pool};
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 use tonic::Status;
 

@@ -167,7 +167,9 @@ impl std::fmt::Debug for Config {
 pub enum ConfigError {
     #[error("--cluster must be 1..=64 characters of [A-Za-z0-9_.-], got `{0}`")]
     BadCluster(String),
-    #[error("--redis-url must start with redis://, rediss://, redis+unix://, unix:// or redis+cluster://")]
+    #[error(
+        "--redis-url must start with redis://, rediss://, redis+unix://, unix:// or redis+cluster://"
+    )]
     BadRedisUrl,
 }
 

@@ -91,10 +91,18 @@ pub async fn open(
         })
         .map_err(|_| Status::internal("a new link's queue refused Welcome"))?;
     let (cut_flag, cut_seen) = watch::channel(false);
-    let handle = state
-        .hub
-        .register(&node_id, namespaces.clone(), queue_tx, cut_tx, cut_flag, incarnation);
-    handle.stats.accepted_seq.store(accepted_seq, Ordering::Relaxed);
+    let handle = state.hub.register(
+        &node_id,
+        namespaces.clone(),
+        queue_tx,
+        cut_tx,
+        cut_flag,
+        incarnation,
+    );
+    handle
+        .stats
+        .accepted_seq
+        .store(accepted_seq, Ordering::Relaxed);
     let (ack_tx, ack_rx) = watch::channel(accepted_seq);
     let span = tracing::info_span!("link", node_id = %node_id, link_id = handle.link_id,
                                    incarnation, relay_id = %state.relay_id);
@@ -386,14 +394,14 @@ fn outbound(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message;
     use proptest::prelude::*;
+    use prost::Message;
 
     const MAX: usize = 1024;
 
     fn any_frame() -> impl Strategy<Value = Frame> {
         (
-            ".{0,40}",
+            prop_oneof![Just("/".to_owned()), ".{0,40}"],
             any::<i32>(),
             ".{0,20}",
             any::<u64>(),

@@ -81,6 +81,10 @@ async fn publish_traced(
             if bytes.len() > state.max_frame_bytes {
                 return Err(too_large(bytes.len(), state.max_frame_bytes));
             }
+            // Refused here, not dropped by every gateway that could not decode it.
+            rmp_serde::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
+                Status::invalid_argument(format!("data.msgpack is not valid MessagePack: {e}"))
+            })?;
             backend_event::Data::Msgpack(bytes)
         }
         None => {

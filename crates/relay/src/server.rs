@@ -10,10 +10,10 @@
 use std::{sync::Arc, time::Duration};
 use switchyard_common::config::redact_url;
 use switchyard_common::grpc::{AdminAuth, BearerAuth};
-use switchyard_proto::admin::v1::relay_admin_server::RelayAdminServer;
 use switchyard_common::shutdown::Servers;
 use switchyard_common::tls::HttpListener;
 use switchyard_common::trace_context;
+use switchyard_proto::admin::v1::relay_admin_server::RelayAdminServer;
 use tracing::Instrument;
 
 use anyhow::Context;
@@ -382,10 +382,10 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     health
         .set_serving::<RelayAdminServer<RelayAdminGrpc>>()
         .await;
-    let admin = RelayAdminServer::with_interceptor(
-        RelayAdminGrpc::new(Arc::clone(&state)),
-        move |req| admin_auth.check(req),
-    );
+    let admin =
+        RelayAdminServer::with_interceptor(RelayAdminGrpc::new(Arc::clone(&state)), move |req| {
+            admin_auth.check(req)
+        });
     let relay = RelayServer::new(RelayGrpc {
         state: Arc::clone(&state),
     })

@@ -17,13 +17,14 @@ use socketioxide_core::{
     },
 };
 use support::{Gw, WAIT, client, grpc_url, start_relay};
+use switchyard_common::assignment::now_ms;
 use switchyard_proto::{
     admin::v1::{
-        ListHistoryRequest, ListLinksRequest, ListRoomsRequest, relay_admin_client::RelayAdminClient,
+        ListHistoryRequest, ListLinksRequest, ListRoomsRequest,
+        relay_admin_client::RelayAdminClient,
     },
     relay::v1::{Frame, FrameKind, StampRequest},
 };
-use switchyard_common::assignment::now_ms;
 use switchyard_testkit::{process::Service, redis::RedisServer};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, transport::Channel};
@@ -127,8 +128,7 @@ async fn links_report_frames_acks_and_queue_of_each_gateway() -> anyhow::Result<
 }
 
 #[tokio::test]
-async fn history_reports_length_epoch_and_offsets_in_memory_and_in_redis() -> anyhow::Result<()>
-{
+async fn history_reports_length_epoch_and_offsets_in_memory_and_in_redis() -> anyhow::Result<()> {
     let redis = RedisServer::start()?;
     for redis_url in [None, Some(redis.url())] {
         let relay = start_relay(
@@ -269,7 +269,10 @@ async fn a_gateway_that_does_not_answer_makes_the_answer_partial() -> anyhow::Re
         bail!("expected FetchSockets, got {:?}", req.r#type);
     }
     let opts = req.opts.clone().context("FetchSockets has options")?;
-    assert_eq!(opts.rooms.iter().map(|r| r.as_ref()).collect::<Vec<_>>(), ["lobby"]);
+    assert_eq!(
+        opts.rooms.iter().map(|r| r.as_ref()).collect::<Vec<_>>(),
+        ["lobby"]
+    );
     let sockets = (0..2)
         .map(|_| RemoteSocketData {
             id: Sid::new(),
@@ -277,7 +280,13 @@ async fn a_gateway_that_does_not_answer_makes_the_answer_partial() -> anyhow::Re
             ns: Str::from("/"),
         })
         .collect();
-    answer(&mut talker, &frame, &req, ResponseType::FetchSockets(sockets)).await?;
+    answer(
+        &mut talker,
+        &frame,
+        &req,
+        ResponseType::FetchSockets(sockets),
+    )
+    .await?;
     // The silent gateway received both requests too; it never answers.
     next_request(&mut silent).await?;
 

@@ -313,7 +313,10 @@ async fn concurrent_stamps_from_several_gateways_get_contiguous_offsets_once_eac
     let mut received = Vec::new();
     while received.len() < published.len() {
         let f = watcher.next_frame().await?;
-        received.push((offset(&f).unwrap_or(0), f.event.map(|e| e.event).unwrap_or_default()));
+        received.push((
+            offset(&f).unwrap_or(0),
+            f.event.map(|e| e.event).unwrap_or_default(),
+        ));
     }
     assert_eq!(received, published);
     Ok(())

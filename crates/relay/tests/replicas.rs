@@ -46,8 +46,8 @@ async fn gateways_on_different_replicas_exchange_frames_exactly_once<R: RedisDep
     exchange_exactly_once::<R>(&[]).await
 }
 
-async fn classic_pubsub_exchanges_frames_exactly_once_too<R: RedisDeployment>()
--> anyhow::Result<()> {
+async fn classic_pubsub_exchanges_frames_exactly_once_too<R: RedisDeployment>() -> anyhow::Result<()>
+{
     exchange_exactly_once::<R>(&["--pubsub", "classic"]).await
 }
 
@@ -139,7 +139,8 @@ async fn membership_spans_replicas_and_follows_links<R: RedisDeployment>() -> an
     Ok(())
 }
 
-async fn a_gateway_relinking_to_another_replica_resends_without_doubles<R: RedisDeployment>() -> anyhow::Result<()> {
+async fn a_gateway_relinking_to_another_replica_resends_without_doubles<R: RedisDeployment>()
+-> anyhow::Result<()> {
     let redis = R::start()?;
     let r1 = start_relay(Some(&redis.url()), &[])?;
     let r2 = start_relay(Some(&redis.url()), &[])?;
@@ -203,7 +204,8 @@ async fn publish_reaches_gateways_on_every_replica<R: RedisDeployment>() -> anyh
     Ok(())
 }
 
-async fn losing_redis_cuts_links_and_they_can_relink_once_it_is_back<R: RedisDeployment>() -> anyhow::Result<()> {
+async fn losing_redis_cuts_links_and_they_can_relink_once_it_is_back<R: RedisDeployment>()
+-> anyhow::Result<()> {
     let redis = R::start()?;
     let r1 = start_relay(Some(&redis.url()), &[])?;
     let mut a = Gw::link(&r1, "a", &["/"]).await?;
@@ -264,7 +266,8 @@ async fn tracing_free_sleep() {
 /// streams; the sender relinks to the other replica and resends what `Welcome` says is
 /// missing; a receiver linked to both replicas (deduplicating by origin + seq, as a gateway
 /// adapter does) and a receiver on the surviving replica both end with every frame once.
-async fn a_relay_killed_mid_stream_loses_and_doubles_nothing<R: RedisDeployment>() -> anyhow::Result<()> {
+async fn a_relay_killed_mid_stream_loses_and_doubles_nothing<R: RedisDeployment>()
+-> anyhow::Result<()> {
     let redis = R::start()?;
     let r1 = start_relay(Some(&redis.url()), &[])?;
     let r2 = start_relay(Some(&redis.url()), &[])?;

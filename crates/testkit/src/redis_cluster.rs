@@ -127,7 +127,8 @@ impl RedisCluster {
     pub fn start() -> anyhow::Result<RedisCluster> {
         let program = find_on_path("redis-server").context(MISSING_REDIS)?;
         let cli = find_on_path("redis-cli").context(MISSING_REDIS_CLI)?;
-        let dir = std::env::temp_dir().join(format!("switchyard-redis-cluster-{}", unique_suffix()));
+        let dir =
+            std::env::temp_dir().join(format!("switchyard-redis-cluster-{}", unique_suffix()));
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut cluster = RedisCluster {
             program,
@@ -333,13 +334,20 @@ mod tests {
         assert_eq!((owners, moved), (1, 2), "{answers:?}");
 
         cluster.kill()?;
-        assert!(cluster.command(0, &["PING"]).is_err(), "a killed node refuses");
+        assert!(
+            cluster.command(0, &["PING"]).is_err(),
+            "a killed node refuses"
+        );
         cluster.restart_empty()?;
         let after: Vec<String> = (0..MASTERS)
             .map(|i| cluster.command(i, &["GET", "{sy:t}:k"]))
             .collect::<anyhow::Result<_>>()?;
         assert!(after.iter().any(|a| a == "$-1\r\n"), "{after:?}");
-        assert!(after.iter().all(|a| a == "$-1\r\n" || a.starts_with("-MOVED")));
+        assert!(
+            after
+                .iter()
+                .all(|a| a == "$-1\r\n" || a.starts_with("-MOVED"))
+        );
         Ok(())
     }
 }

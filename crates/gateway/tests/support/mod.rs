@@ -90,6 +90,11 @@ pub struct Driver {
 impl Driver {
     /// `node clients/js/tools/driver.mjs` (needs `npm ci --prefix clients/js`).
     pub async fn node() -> anyhow::Result<Driver> {
+        Self::node_with_env(&[]).await
+    }
+
+    /// [`Driver::node`] with extra environment variables (`NODE_EXTRA_CA_CERTS` to trust a CA).
+    pub async fn node_with_env(env: &[(&str, &std::ffi::OsStr)]) -> anyhow::Result<Driver> {
         let js = repo_root().join("clients/js");
         if !js.join("node_modules/socket.io-client").is_dir() {
             bail!(
@@ -99,6 +104,7 @@ impl Driver {
         }
         let mut cmd = Command::new("node");
         cmd.arg(js.join("tools/driver.mjs"));
+        cmd.envs(env.iter().copied());
         Self::spawn("node", cmd).await
     }
 

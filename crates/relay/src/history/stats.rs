@@ -19,7 +19,12 @@ impl History {
 }
 
 /// Epoch, head, stream length and the oldest entry (`[id, [field, value, ...]]`).
-type Snapshot = (Option<String>, Option<u64>, u64, Vec<(String, Vec<Vec<u8>>)>);
+type Snapshot = (
+    Option<String>,
+    Option<u64>,
+    u64,
+    Vec<(String, Vec<Vec<u8>>)>,
+);
 
 impl RedisHistory {
     async fn stats(&self, namespaces: &[String]) -> Result<Vec<NamespaceHistory>, BusError> {
