@@ -353,9 +353,44 @@ fn render(machine: &str, r: &Results) -> String {
         }
     }
 
+    let _ = writeln!(md, "## Where Switchyard falls short, and why\n\n{FINDINGS}");
     let _ = writeln!(md, "## Not measured yet\n\n{NOT_MEASURED}");
     md
 }
+
+/// The profiles behind the shortfalls (valgrind: `perf` has no hardware counters on this
+/// machine). Measured on the code this report was generated with; rerun the profiles when the
+/// gateway's publish path or server stack changes.
+const FINDINGS: &str = "\
+- **Per-publish cost (the `rooms` scenario, and p99 there).** With a relay configured, every \
+`publish` first makes a unary gRPC `Stamp` call to the relay (history is on), and only the \
+stamped event is fanned out. callgrind on one gateway during `rooms` \
+(`valgrind --tool=callgrind`, dumps taken with `callgrind_control -d`): \
+`resume::History::stamp` 15% of the gateway's instructions (inclusive), hyper/h2 client \
+frames for those calls 18%, the cluster adapter's `on_frame` → `apply_incoming` 13%. \
+Tracing adds about 6%: an INFO `deliver` span per relayed frame and a `publish` span per \
+publish, whose fields the fmt layer formats into a string when the span is created \
+(`Span::new` → `DefaultVisitor::record_debug`), whether or not anything inside logs. The \
+socketioxide-redis peer does one Redis `PUBLISH` per publish and no round trip before \
+emitting, which is why it leads this scenario. Candidates: stamp without waiting when the \
+room has no history subscribers, batch stamps per relay stream, DEBUG-level per-message \
+spans.\n\
+- **Idle memory per connection.** massif on one gateway with 1,500 idle clients \
+(`valgrind --tool=massif --vgdb=yes`, `vgdb detailed_snapshot`): about 36 KB of heap per \
+connection, of which ~16 KB is hyper's HTTP/1 read buffer (`BytesMut` grown in \
+`poll_read_from_io` while reading the upgrade request) that stays alive for the whole \
+websocket (most likely through the `Bytes` of unread input hyper hands to the upgraded \
+stream, which shares the whole buffer), ~8 KB is three tokio task cells per \
+socket spawned by engineioxide (`new_req`, `forward_to_socket`, heartbeat), ~5.4 KB is the \
+first block of engineioxide's per-socket `mpsc` channel (32 packet slots allocated up \
+front). None of these is in Switchyard's own code; the first is the largest and is fixed \
+where the gateway accepts connections (copy the unread bytes out and drop the read buffer \
+before handing the upgraded stream to engineioxide).\n\
+- **What the load generator can show.** It runs on the same two cores as the servers and \
+every other process on the machine: at the saturation steps the generator's receive path \
+is part of what is measured, and the peers can be saturated already at the fixed latency \
+rate (their first saturation step then shows less than 90% delivered), which makes their \
+latencies queueing times.\n";
 
 /// What the report cannot show yet, and why.
 const NOT_MEASURED: &str = "\
@@ -455,6 +490,7 @@ mod tests {
         let md = render("- CPU: x\n", &Results::default());
         assert!(md.contains("fanout.json` missing"));
         assert!(md.contains("idle.json` missing"));
+        assert!(md.contains("storm.json` missing"));
     }
 
     #[test]

@@ -103,8 +103,7 @@ pub struct ClientTlsArgs {
     pub tls_client_key: Option<PathBuf>,
 }
 
-/// Both sides, for a service that serves and connects (the gateway; placement and the relay
-/// use the client side for `rediss://`).
+/// Both sides, for a service that serves and connects (the gateway).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct TlsArgs {
     #[command(flatten)]

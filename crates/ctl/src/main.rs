@@ -1,7 +1,8 @@
 //! `syctl`: the operator's command line for a Switchyard cluster.
 //!
 //! A thin client of placement's `switchyard.admin.v1.Admin` gRPC API (and, for `publish`, of the
-//! relay's `Publish` through [`publish`]): [`cli`] defines the
+//! relay's `Publish` through [`publish`]; for `rooms`, `sockets`, `disconnect`, `links` and
+//! `history`, of the relay's `RelayAdmin` through [`relay_admin`]): [`cli`] defines the
 //! command line, [`client`] finds placement (flags, environment, or `.switchyard/cluster.json`
 //! through [`cluster_file`]) and authenticates every call, [`commands`] runs one subcommand and
 //! [`output`] prints tables or JSON. Failures map to the exit codes documented in [`error`] and

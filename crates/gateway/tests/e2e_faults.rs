@@ -555,11 +555,11 @@ async fn a_killed_relay_replica_moves_no_client_and_loses_no_event() -> anyhow::
 
     cluster.relays[0].kill()?;
     let killed = Instant::now();
-    publishing.advance(60).await?;
     let took = cluster
         .ledger_settles(&mut subs, &ALL, &cluster.gateways[1], killed)
         .await?;
     eprintln!("ledger right {took:?} after the kill");
+    publishing.advance(60).await?;
     let (publisher, published) = publishing.stop().await?;
     all_acked(&published)?;
     every_subscriber_got_exactly(&mut subs, &published).await?;

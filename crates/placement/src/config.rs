@@ -67,7 +67,7 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_REQUIRE_APP_TOKEN")]
     pub require_app_token: bool,
     #[command(flatten)]
-    pub tls: switchyard_common::tls::TlsArgs,
+    pub tls: switchyard_common::tls::ServerTlsArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }

@@ -3,7 +3,8 @@
 //! [`run`] picks the ledger and lease (Redis when `--redis-url` is set, else in memory with a
 //! WARN), binds HTTP (`/v1/assign` with CORS, `/healthz`, `/readyz`, `/metrics`) and gRPC
 //! (`Placement`, `Admin` behind [`AdminAuth`], health, reflection v1 + v1alpha), prints
-//! `SWITCHYARD_READY http=<addr> grpc=<addr>` on stdout once both are bound, and on SIGTERM or
+//! `SWITCHYARD_READY http=<addr> grpc=<addr>` on stdout once both are bound (both serve TLS
+//! with `--tls-cert`, see `switchyard_common::tls`), and on SIGTERM or
 //! Ctrl-C turns not-ready, closes the report streams (gateways reconnect elsewhere; their
 //! nodes stay in the ledger), releases the lease and waits for both servers to finish.
 
@@ -168,7 +169,7 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         liveness: config.liveness(),
     };
 
-    let tls = config.tls.server.load()?;
+    let tls = config.tls.load()?;
     let http_listener = HttpListener::bind(config.http_addr, tls.as_ref(), "placement")
         .await
         .with_context(|| format!("binding HTTP on {}", config.http_addr))?;

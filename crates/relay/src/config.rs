@@ -134,7 +134,7 @@ pub struct Config {
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub history_batch_max: u64,
     #[command(flatten)]
-    pub tls: switchyard_common::tls::TlsArgs,
+    pub tls: switchyard_common::tls::ServerTlsArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }

@@ -3,7 +3,8 @@
 //! Reading order: `config` → `server` (wiring) → `link` (one gateway's stream) → `hub` (the
 //! local fan-out and its backpressure policy) → `bus` (frames between replicas through Redis
 //! pub/sub) → `dedup` (the per-origin high-water mark) → `membership` → `publish` → `history`
-//! (offsets, epochs, the bounded event log, retained state, replay).
+//! (offsets, epochs, the bounded event log, retained state, replay) → `admin` (the operator
+//! API; its socket operations are adapter requests the relay sends the gateways itself).
 //!
 //! # Guarantees (the contract the gateway adapter builds on)
 //!

@@ -349,7 +349,7 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         }
     }
 
-    let tls = config.tls.server.load()?;
+    let tls = config.tls.load()?;
     let http_listener = HttpListener::bind(config.http_addr, tls.as_ref(), "relay")
         .await
         .with_context(|| format!("binding HTTP on {}", config.http_addr))?;

@@ -7,8 +7,19 @@
 //! - `publish({room, event, data})` → ack `{ok: true}`; every member of `room`, on every
 //!   process sharing the Redis, receives `event(data, {room})`.
 //!
-//! Nothing is tuned: socketioxide's defaults, as a user would start. Once serving it prints
-//! `SWITCHYARD_READY http=127.0.0.1:PORT pid=PID` on stdout (the testkit's readiness line).
+//! Nothing is tuned: socketioxide's defaults, as a user would start. The one departure from the
+//! usual `async fn on_connect` is that the event handlers are registered synchronously in
+//! [`ConnectHandler::call`]: socketioxide sends the CONNECT packet and then spawns an async
+//! connect handler, so an event the client emits right after CONNECT can arrive before its
+//! handler exists and is dropped (under load, a few percent of the benchmark's joins were lost
+//! that way and waited out their 30 s ack timeout). The Switchyard gateway registers its
+//! handlers the same synchronous way.
+//!
+//! Once serving it prints `SWITCHYARD_READY http=127.0.0.1:PORT pid=PID` on stdout (the
+//! testkit's readiness line).
+
+use std::sync::Arc;
+
 
 use anyhow::Context;
 use clap::Parser;
@@ -17,6 +28,8 @@ use serde_json::{Value, json};
 use socketioxide::SocketIo;
 use socketioxide::adapter::Adapter;
 use socketioxide::extract::{AckSender, SocketRef, TryData};
+use socketioxide::handler::ConnectHandler;
+use socketioxide::socket::Socket;
 use socketioxide_redis::drivers::redis::redis_client as redis;
 use socketioxide_redis::{RedisAdapter, RedisAdapterCtr};
 
@@ -47,7 +60,17 @@ struct Delivery<'a> {
     room: &'a str,
 }
 
-async fn on_connect<A: Adapter>(s: SocketRef<A>) {
+/// Registers `join` and `publish` on every new socket before any of its packets is read.
+#[derive(Debug, Clone, Copy)]
+struct Events;
+
+impl<A: Adapter> ConnectHandler<A, ()> for Events {
+    fn call(&self, s: Arc<Socket<A>>, _auth: Option<socketioxide_core::Value>) {
+        register(SocketRef::from(s));
+    }
+}
+
+fn register<A: Adapter>(s: SocketRef<A>) {
     s.on(
         "join",
         async |s: SocketRef<A>, TryData(room): TryData<String>, ack: AckSender<A>| {
@@ -97,7 +120,7 @@ async fn main() -> anyhow::Result<()> {
     let (layer, io) = SocketIo::builder()
         .with_adapter::<RedisAdapter<_>>(adapter)
         .build_layer();
-    io.ns("/", on_connect)
+    io.ns("/", Events)
         .await
         .context("registering the / namespace")?;
     let app = axum::Router::new().layer(layer);
