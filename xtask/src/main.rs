@@ -4,9 +4,11 @@
 //! - `up` / `down`: a local cluster in the foreground / stop one left running.
 //! - `bench <scenario>`: the benchmarks, in release mode.
 //! - `soak --minutes N`: long moderate load with churn; memory slope, errors, lost events.
+//! - `fuzz <target> [--seconds N]`: one cargo-fuzz target of `fuzz/`, longer than `test` runs it.
 //! - `k8s`: render and validate the Kubernetes manifests offline.
 
 mod cluster;
+mod fuzz;
 mod k8s;
 mod prereqs;
 
@@ -31,8 +33,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Install missing prerequisites (redis-server, Node and Python test clients, chromium),
-    /// build every binary and example, run every test, then `k8s`. What CI runs.
+    /// Install missing prerequisites (redis-server, cargo-fuzz, Node and Python test clients,
+    /// chromium), build every binary and example, run every test, fuzz each target briefly,
+    /// then `k8s`. What CI runs.
     Test,
     /// Only install or check the prerequisites of `test` (redis-server, Node and Python test
     /// clients, chromium).
@@ -64,6 +67,14 @@ enum Cmd {
     },
     /// Render every Kubernetes overlay and validate it offline.
     K8s,
+    /// Run one cargo-fuzz target of fuzz/ (token_verify, adapter_payload, relay_frame,
+    /// assign_query) for longer than `test` does.
+    Fuzz {
+        target: String,
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 300)]
+        seconds: u64,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,6 +87,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Bench { scenario, args } => bench(&scenario, &args),
         Cmd::Soak { minutes, args } => soak(minutes, &args),
         Cmd::K8s => k8s::run(),
+        Cmd::Fuzz { target, seconds } => {
+            prereqs::ensure_cargo_fuzz()?;
+            fuzz::run_target(&target, seconds)
+        }
     }
 }
 
@@ -122,6 +137,7 @@ fn test() -> anyhow::Result<()> {
         .args(["test", "--workspace"])
         .env("SWITCHYARD_PROFILE", "debug")
         .env("SWITCHYARD_PYTHON", venv.join("bin").join("python")))?;
+    fuzz::run_all_briefly()?;
     k8s::run()?;
     eprintln!("cargo xtask test: all green");
     Ok(())
@@ -131,6 +147,7 @@ fn test() -> anyhow::Result<()> {
 fn prereqs() -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     prereqs::ensure_redis()?;
+    prereqs::ensure_cargo_fuzz()?;
     prereqs::ensure_node_deps(&root)?;
     let venv = prereqs::ensure_venv(&root)?;
     if root.join("clients").join("js").join("demo").exists() {

@@ -33,6 +33,24 @@ pub fn ensure_redis() -> anyhow::Result<()> {
     ensure_program(&["redis-server"], "redis-server", "redis-server")
 }
 
+/// `cargo fuzz` (cargo-fuzz), installed with `cargo install cargo-fuzz --locked` in CI.
+pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
+    let installed = crate::cargo()
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if installed {
+        return Ok(());
+    }
+    if !in_ci() {
+        bail!(
+            "cargo-fuzz is not installed (`cargo fuzz` is needed for the fuzz targets in fuzz/). \
+             Install it with `cargo install cargo-fuzz --locked` (CI=true makes cargo xtask test do this)."
+        );
+    }
+    run(crate::cargo().args(["install", "cargo-fuzz", "--locked"]))
+}
+
 /// Chromium for the headless demo check, installed from Debian's `chromium` in CI.
 pub fn ensure_chromium() -> anyhow::Result<()> {
     ensure_program(

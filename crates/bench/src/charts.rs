@@ -2,7 +2,7 @@
 //! needed: text stays `<text>` for the browser to render).
 //!
 //! Two shapes cover every scenario: grouped bars (one group per figure, one bar per system)
-//! and saturation curves (delivered vs offered deliveries per second, log–log, per system).
+//! and saturation curves (delivered vs offered deliveries per second, per system).
 
 use std::path::Path;
 
@@ -33,7 +33,8 @@ pub fn grouped_bars(
         .flat_map(|(_, v)| v.iter().copied())
         .fold(0.0f64, f64::max)
         .max(f64::MIN_POSITIVE)
-        * 1.15;
+        // Headroom for the legend in the upper right corner.
+        * 1.45;
     let root = SVGBackend::new(path, (760, 380)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let mut chart = ChartBuilder::on(&root)
@@ -87,24 +88,18 @@ pub fn grouped_bars(
     Ok(())
 }
 
-/// Delivered vs offered (both deliveries per second, log–log), one line per system, with the
+/// Delivered vs offered (both deliveries per second), one line per system, with the
 /// "everything delivered" diagonal for reference. `series` is `(system, [(offered, achieved)])`.
 pub fn saturation_curves(
     path: &Path,
     title: &str,
     series: &[(&str, Vec<(f64, f64)>)],
 ) -> anyhow::Result<()> {
-    let points = || series.iter().flat_map(|(_, p)| p.iter().copied());
-    let lo = points()
-        .map(|(o, a)| o.min(a))
-        .filter(|v| *v > 0.0)
-        .fold(f64::INFINITY, f64::min);
-    let hi = points().map(|(o, a)| o.max(a)).fold(0.0f64, f64::max);
-    let (lo, hi) = if lo.is_finite() && hi > lo {
-        (lo / 1.5, hi * 1.5)
-    } else {
-        (1.0, 10.0)
-    };
+    let hi = series
+        .iter()
+        .flat_map(|(_, p)| p.iter().map(|(o, a)| o.max(*a)))
+        .fold(0.0f64, f64::max);
+    let (lo, hi) = (0.0, if hi > 0.0 { hi * 1.1 } else { 10.0 });
     let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let mut chart = ChartBuilder::on(&root)
@@ -112,14 +107,14 @@ pub fn saturation_curves(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(80)
-        .build_cartesian_2d((lo..hi).log_scale(), (lo..hi).log_scale())
+        .build_cartesian_2d(lo..hi, lo..hi)
         .map_err(|e| anyhow!("{e}"))?;
     chart
         .configure_mesh()
         .x_desc("offered deliveries/s")
         .y_desc("delivered deliveries/s")
-        .x_labels(6)
-        .y_labels(6)
+        .x_labels(8)
+        .y_labels(8)
         .light_line_style(WHITE)
         .label_style(("sans-serif", 13))
         .x_label_formatter(&|v| format!("{v:.0}"))

@@ -386,6 +386,13 @@ first block of engineioxide's per-socket `mpsc` channel (32 packet slots allocat
 front). None of these is in Switchyard's own code; the first is the largest and is fixed \
 where the gateway accepts connections (copy the unread bytes out and drop the read buffer \
 before handing the upgraded stream to engineioxide).\n\
+- **Reconnect storm.** Not profiled (the issue sets no target for it). A Switchyard \
+reconnect does more work than a peer's: `GET /v1/assign` on placement (a Redis script), the \
+token check on the gateway, and a `join` that, with history on, opens the room's position \
+with a round trip to the relay; a peer's reconnect is one websocket handshake and a local \
+join. With 1,000 clients reconnecting at once on two shared cores, that extra work is \
+queueing time. Placement itself noticed the dead gateway at once (about one failed dial \
+per run) and the survivors ended exactly even.\n\
 - **What the load generator can show.** It runs on the same two cores as the servers and \
 every other process on the machine: at the saturation steps the generator's receive path \
 is part of what is measured, and the peers can be saturated already at the fixed latency \

@@ -38,7 +38,7 @@ use serde::{Serialize, de::DeserializeOwned};
 use socketioxide_core::adapter::{
     BroadcastOptions, CoreAdapter, CoreLocalAdapter, DefinedAdapter, RemoteSocketData, Room,
     RoomParam, SocketEmitter,
-    errors::{AdapterError, BroadcastError},
+    errors::{AdapterError, BroadcastError, SocketError},
     remote_packet::{RequestIn, RequestOut, RequestTypeOut, Response, ResponseTypeId},
     request::RemoteRequestHandler,
     stream::{AckStream, ChanStream, ResponseHandlers, wait_responses},
@@ -284,8 +284,13 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
             history.admit(&self.ns, sid, &stamped, || {
                 let mut one = BroadcastOptions::default();
                 one.sid = Some(sid);
-                if let Err(e) = self.local.broadcast(packet.clone(), one) {
-                    tracing::debug!(%sid, errors = e.len(), "stamped event: socket unreachable");
+                match self.local.broadcast(packet.clone(), one) {
+                    Ok(()) => true,
+                    Err(errors) => {
+                        tracing::debug!(%sid, errors = errors.len(), "stamped event: socket unreachable");
+                        // A closed socket is forgotten at its disconnect; a full one is severed.
+                        !errors.iter().any(|e| matches!(e, SocketError::InternalChannelFull))
+                    }
                 }
             });
         }

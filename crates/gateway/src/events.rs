@@ -44,6 +44,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use socketioxide::{
+    SendError, SocketError,
     adapter::Adapter,
     extract::{AckSender, SocketRef, TryData},
 };
@@ -303,10 +304,15 @@ fn join<A: Adapter>(
     Ok(())
 }
 
-/// Emits one stamped event to one socket as `event(data, {room, epoch, offset})`.
-fn emit_stamped<A: Adapter>(s: &SocketRef<A>, ev: &Stamped) {
-    if let Err(e) = s.emit(&ev.event, &(&ev.data, ev.meta())) {
-        tracing::debug!(sid = %s.id, error = %e, "stamped event not delivered");
+/// Emits one stamped event to one socket as `event(data, {room, epoch, offset})`; `false` iff
+/// the socket's send buffer is full (the history then severs it).
+fn emit_stamped<A: Adapter>(s: &SocketRef<A>, ev: &Stamped) -> bool {
+    match s.emit(&ev.event, &(&ev.data, ev.meta())) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(sid = %s.id, error = %e, "stamped event not delivered");
+            !matches!(e, SendError::Socket(SocketError::InternalChannelFull))
+        }
     }
 }
 
@@ -436,6 +442,9 @@ async fn resume<A: Adapter>(
         stale,
     };
     let replayed = history.open(s.ns(), s.id, &rooms, at, &events, |ev| emit_stamped(s, ev));
+    // `None`: the socket's buffer filled mid-replay; it is being disconnected and will resume
+    // again from what it got.
+    let replayed = replayed.ok_or(EventError::Unavailable)?;
     metrics::counter!("switchyard_gateway_resumes_total",
                       "outcome" => if recovered { "recovered" } else { "lost" })
     .increment(1);

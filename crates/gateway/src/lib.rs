@@ -368,7 +368,8 @@ impl Switchyard {
         switchyard_common::ops::router(self.shared.drain.readiness(), metrics)
     }
 
-    /// Starts the drain controller and, with a placement URL, the reporter. Once only.
+    /// Starts the drain controller, the disconnect of severed sockets (see [`resume`]) and,
+    /// with a placement URL, the reporter. Once only.
     pub fn start<A: Adapter>(&self, io: SocketIo<A>) -> Result<Running, SetupError> {
         let inbox = self
             .shared
@@ -378,6 +379,15 @@ impl Switchyard {
             .and_then(|mut i| i.take())
             .ok_or(SetupError::AlreadyStarted)?;
         let settings = &self.shared.settings;
+        if let Some(severed) = self
+            .shared
+            .limits
+            .history
+            .get()
+            .and_then(|h| h.take_severed())
+        {
+            tokio::spawn(crate::resume::disconnect_severed(io.clone(), severed));
+        }
         let (drain_task, finished) = DrainController::spawn(
             io,
             self.shared.drain.clone(),

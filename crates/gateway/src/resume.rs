@@ -27,6 +27,11 @@
 //! `{recovered: true, replayed: n}`. Otherwise open the gates at the head, emit nothing, and
 //! ack `{recovered: false, replayed: 0}`: the client must re-sync (e.g. re-`join` for state).
 //!
+//! A socket whose send buffer is full when an event is handed to it is **severed**: nothing more
+//! is delivered to it (a later event would advance the client's position past the one it lost),
+//! and the caller disconnects it, so the client reconnects and resumes from the last offset it
+//! really got. A full buffer thus costs a reconnect and a replay, never a silent gap.
+//!
 //! The gate lock is a `std` mutex: nothing under it awaits (socketioxide emits are
 //! synchronous queue pushes).
 
@@ -35,16 +40,24 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use socketioxide::{SocketIo, adapter::Adapter};
 use socketioxide_core::Sid;
 use switchyard_common::tls::ClientTls;
 use switchyard_proto::relay::v1::{
     HeadRequest, HeadResponse, ReplayRequest, ReplayResponse, StampRequest,
     relay_client::RelayClient,
 };
+use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tracing::Instrument;
 
 use crate::payload::Payload;
+
+/// How often, and how many times, the disconnect of a severed socket is retried while its send
+/// buffer stays full (10 s in all; a client that reads nothing for that long also misses its
+/// heartbeats).
+const SEVER_RETRY: Duration = Duration::from_millis(50);
+const SEVER_ATTEMPTS: u32 = 200;
 
 /// How long one history call to the relay may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -151,6 +164,33 @@ impl Opening<'_> {
     }
 }
 
+/// The gates of one socket, by room.
+#[derive(Debug, Default)]
+struct SocketGates {
+    rooms: HashMap<String, RoomGate>,
+    /// An event could not be queued to the socket: it gets nothing more until it reconnects.
+    severed: bool,
+}
+
+impl SocketGates {
+    /// Runs `deliver` unless the socket is severed; severs it when the event was not queued.
+    fn deliver(&mut self, deliver: impl FnOnce() -> bool) -> bool {
+        if self.severed {
+            return false;
+        }
+        if !deliver() {
+            self.sever();
+        }
+        !self.severed
+    }
+
+    fn sever(&mut self) {
+        self.severed = true;
+        self.rooms.clear();
+        metrics::counter!("switchyard_gateway_history_severed_total").increment(1);
+    }
+}
+
 /// The history client and the gates of every local socket (all namespaces).
 #[derive(Debug)]
 pub struct History {
@@ -158,11 +198,14 @@ pub struct History {
     /// relay is unreachable (any replica answers the same).
     clients: Vec<RelayClient<Channel>>,
     current: AtomicUsize,
-    gates: Mutex<HashMap<(String, Sid), HashMap<String, RoomGate>>>,
+    gates: Mutex<HashMap<(String, Sid), SocketGates>>,
     stamped: AtomicU64,
     /// `<node_id>:<incarnation>`: with [`Self::publishes`], the publish id of each `Stamp`.
     publisher: String,
     publishes: AtomicU64,
+    /// Severed sockets, to be disconnected by [`disconnect_severed`].
+    severed_tx: mpsc::UnboundedSender<(String, Sid)>,
+    severed_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, Sid)>>>,
 }
 
 impl History {
@@ -181,6 +224,7 @@ impl History {
         if clients.is_empty() {
             return Err(HistoryError::NoRelay);
         }
+        let (severed_tx, severed_rx) = mpsc::unbounded_channel();
         Ok(Self {
             clients,
             current: AtomicUsize::new(0),
@@ -188,6 +232,8 @@ impl History {
             stamped: AtomicU64::new(0),
             publisher,
             publishes: AtomicU64::new(0),
+            severed_tx,
+            severed_rx: Mutex::new(Some(severed_rx)),
         })
     }
 
@@ -222,7 +268,7 @@ impl History {
         Err(last.map_or(HistoryError::NoRelay, HistoryError::from))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Sid), HashMap<String, RoomGate>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Sid), SocketGates>> {
         self.gates.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -306,8 +352,10 @@ impl History {
         let mut gates = self.lock();
         let socket = gates.entry((ns.to_owned(), sid)).or_default();
         for room in rooms {
-            if !matches!(socket.get(room), Some(RoomGate::Open(_))) {
-                socket.insert(room.clone(), RoomGate::Pending(Vec::new()));
+            if !matches!(socket.rooms.get(room), Some(RoomGate::Open(_))) {
+                socket
+                    .rooms
+                    .insert(room.clone(), RoomGate::Pending(Vec::new()));
             }
         }
     }
@@ -317,7 +365,9 @@ impl History {
     /// passes its room's gate, and pending gates move up to `head`; then what the pending
     /// gates buffered passes too, in offset order. `emit` runs for each event let through.
     /// A join passes `from = head` and no replay; a recovered resume the client's offset and
-    /// the missed events. Returns how many replayed events were emitted.
+    /// the missed events. `emit` returns whether the event was queued to the socket; when one
+    /// was not, the socket is severed (and handed to [`disconnect_severed`]), nothing more is
+    /// emitted and `open` returns `None`. Otherwise returns how many replayed events were emitted.
     pub fn open(
         &self,
         ns: &str,
@@ -325,14 +375,14 @@ impl History {
         rooms: &[String],
         at: Opening<'_>,
         replayed: &[Stamped],
-        mut emit: impl FnMut(&Stamped),
-    ) -> u64 {
+        mut emit: impl FnMut(&Stamped) -> bool,
+    ) -> Option<u64> {
         let mut gates = self.lock();
         let socket = gates.entry((ns.to_owned(), sid)).or_default();
         let mut buffered = Vec::new();
         let mut opened = Vec::new();
         for room in rooms {
-            match socket.get_mut(room) {
+            match socket.rooms.get_mut(room) {
                 Some(RoomGate::Open(_)) => {}
                 Some(gate) => {
                     let old = std::mem::replace(gate, RoomGate::Open(at.floor()));
@@ -342,22 +392,27 @@ impl History {
                     opened.push(room);
                 }
                 None => {
-                    socket.insert(room.clone(), RoomGate::Open(at.floor()));
+                    socket
+                        .rooms
+                        .insert(room.clone(), RoomGate::Open(at.floor()));
                     opened.push(room);
                 }
             }
         }
         let mut emitted = 0;
         for ev in replayed {
-            if let Some(RoomGate::Open(floor)) = socket.get_mut(&ev.room)
+            if let Some(RoomGate::Open(floor)) = socket.rooms.get_mut(&ev.room)
                 && floor.pass(ev)
             {
-                emit(ev);
+                if !socket.deliver(|| emit(ev)) {
+                    self.severed(ns, sid);
+                    return None;
+                }
                 emitted += 1;
             }
         }
         for room in opened {
-            if let Some(RoomGate::Open(floor)) = socket.get_mut(room)
+            if let Some(RoomGate::Open(floor)) = socket.rooms.get_mut(room)
                 && floor.epoch == at.epoch
                 && floor.offset < at.head
             {
@@ -367,33 +422,63 @@ impl History {
         // Buffers of several rooms interleave: deliver in offset order.
         buffered.sort_by_key(|e| e.offset);
         for ev in buffered {
-            if let Some(RoomGate::Open(floor)) = socket.get_mut(&ev.room)
+            if let Some(RoomGate::Open(floor)) = socket.rooms.get_mut(&ev.room)
                 && floor.pass(&ev)
+                && !socket.deliver(|| emit(&ev))
             {
-                emit(&ev);
+                self.severed(ns, sid);
+                return None;
             }
         }
-        emitted
+        Some(emitted)
     }
 
     /// Offers a stamped event to one local member; `deliver` runs (under the gate lock) iff
-    /// the socket should get it now.
-    pub fn admit(&self, ns: &str, sid: Sid, ev: &Stamped, deliver: impl FnOnce()) {
+    /// the socket should get it now, and returns whether the event was queued to the socket.
+    /// When it was not, the socket is severed and handed to [`disconnect_severed`].
+    pub fn admit(&self, ns: &str, sid: Sid, ev: &Stamped, deliver: impl FnOnce() -> bool) {
         let mut gates = self.lock();
-        match gates
-            .get_mut(&(ns.to_owned(), sid))
-            .and_then(|s| s.get_mut(&ev.room))
-        {
-            None => deliver(),
-            Some(RoomGate::Pending(buffer)) => buffer.push(ev.clone()),
-            Some(RoomGate::Open(floor)) => {
-                if floor.pass(ev) {
-                    deliver();
-                } else {
-                    metrics::counter!("switchyard_gateway_history_skipped_total").increment(1);
+        let key = (ns.to_owned(), sid);
+        let queued = match gates.get_mut(&key) {
+            // A member that joined through the application's own code: no gate, but it is
+            // severed all the same when its buffer is full.
+            None => {
+                deliver() || {
+                    gates.entry(key).or_default().sever();
+                    false
                 }
             }
+            Some(socket) if socket.severed => true,
+            Some(socket) => match socket.rooms.get_mut(&ev.room) {
+                None => socket.deliver(deliver),
+                Some(RoomGate::Pending(buffer)) => {
+                    buffer.push(ev.clone());
+                    true
+                }
+                Some(RoomGate::Open(floor)) => {
+                    if floor.pass(ev) {
+                        socket.deliver(deliver)
+                    } else {
+                        metrics::counter!("switchyard_gateway_history_skipped_total").increment(1);
+                        true
+                    }
+                }
+            },
+        };
+        if !queued {
+            self.severed(ns, sid);
         }
+    }
+
+    /// Hands a socket just severed to [`disconnect_severed`].
+    fn severed(&self, ns: &str, sid: Sid) {
+        tracing::warn!(%sid, ns, "send buffer full: socket severed, it will resume elsewhere");
+        let _ = self.severed_tx.send((ns.to_owned(), sid));
+    }
+
+    /// The receiving end of severed sockets, for [`disconnect_severed`]; `None` after the first call.
+    pub fn take_severed(&self) -> Option<mpsc::UnboundedReceiver<(String, Sid)>> {
+        self.severed_rx.lock().ok().and_then(|mut rx| rx.take())
     }
 
     /// Forgets every gate of a socket (at its disconnect).
@@ -404,7 +489,7 @@ impl History {
     /// Forgets a socket's gate of `room` (after `leave`).
     pub fn forget(&self, ns: &str, sid: Sid, room: &str) {
         if let Some(s) = self.lock().get_mut(&(ns.to_owned(), sid)) {
-            s.remove(room);
+            s.rooms.remove(room);
         }
     }
 
@@ -419,6 +504,30 @@ impl History {
             self.lock()
                 .retain(|(n, sid), _| n != ns || live.contains(sid));
         }
+    }
+}
+
+/// Disconnects every socket [`History`] severed, so its client reconnects and resumes from the
+/// last offset it got. The disconnect packet waits in the same full buffer, so it is retried
+/// until queued, until the socket is gone, or for [`SEVER_ATTEMPTS`] tries.
+pub async fn disconnect_severed<A: Adapter>(
+    io: SocketIo<A>,
+    mut severed: mpsc::UnboundedReceiver<(String, Sid)>,
+) {
+    while let Some((ns, sid)) = severed.recv().await {
+        let io = io.clone();
+        tokio::spawn(async move {
+            for _ in 0..SEVER_ATTEMPTS {
+                let Some(socket) = io.of(&ns).and_then(|op| op.get_socket(sid)) else {
+                    return;
+                };
+                if socket.disconnect().is_ok() {
+                    return;
+                }
+                tokio::time::sleep(SEVER_RETRY).await;
+            }
+            tracing::warn!(%sid, ns, "severed socket: its send buffer never drained");
+        });
     }
 }
 
@@ -461,12 +570,21 @@ mod tests {
         let mut got = Vec::new();
         h.hold("/", sid, &rooms);
         for o in [4, 5, 6] {
-            h.admit("/", sid, &ev("a", o), || got.push(o));
+            h.admit("/", sid, &ev("a", o), || {
+                got.push(o);
+                true
+            });
         }
         assert!(got.is_empty());
-        h.open("/", sid, &rooms, at(4, 4), &[], |e| got.push(e.offset));
+        h.open("/", sid, &rooms, at(4, 4), &[], |e| {
+            got.push(e.offset);
+            true
+        });
         for o in [5, 6, 7] {
-            h.admit("/", sid, &ev("a", o), || got.push(o));
+            h.admit("/", sid, &ev("a", o), || {
+                got.push(o);
+                true
+            });
         }
         assert_eq!(got, [5, 6, 7]);
 
@@ -475,19 +593,35 @@ mod tests {
         let mut got = Vec::new();
         h.hold("/", sid, &rooms);
         for o in [4, 5, 6] {
-            h.admit("/", sid, &ev("a", o), || got.push(o));
+            h.admit("/", sid, &ev("a", o), || {
+                got.push(o);
+                true
+            });
         }
         let replayed: Vec<Stamped> = [2, 3, 4].iter().map(|o| ev("a", *o)).collect();
         let n = h.open("/", sid, &rooms, at(1, 4), &replayed, |e| {
-            got.push(e.offset)
+            got.push(e.offset);
+            true
         });
-        assert_eq!(n, 3);
+        assert_eq!(n, Some(3));
         // Re-joining an open room keeps it open: nothing in flight is lost or doubled.
         h.hold("/", sid, &rooms);
-        h.admit("/", sid, &ev("a", 6), || got.push(6));
-        h.admit("/", sid, &ev("a", 7), || got.push(7));
-        h.open("/", sid, &rooms, at(9, 9), &[], |e| got.push(e.offset));
-        h.admit("/", sid, &ev("a", 8), || got.push(8));
+        h.admit("/", sid, &ev("a", 6), || {
+            got.push(6);
+            true
+        });
+        h.admit("/", sid, &ev("a", 7), || {
+            got.push(7);
+            true
+        });
+        h.open("/", sid, &rooms, at(9, 9), &[], |e| {
+            got.push(e.offset);
+            true
+        });
+        h.admit("/", sid, &ev("a", 8), || {
+            got.push(8);
+            true
+        });
         assert_eq!(got, [2, 3, 4, 5, 6, 7, 8]);
         Ok(())
     }
@@ -505,22 +639,91 @@ mod tests {
         h.hold("/", sid, &rooms);
         // In flight while the resume asked the relay: one event of the client's old epoch,
         // one of the current epoch.
-        h.admit("/", sid, &ev_in("OLD", "a", 900), || got.push(900));
-        h.admit("/", sid, &ev_in("NEW", "a", 3), || got.push(3));
+        h.admit("/", sid, &ev_in("OLD", "a", 900), || {
+            got.push(900);
+            true
+        });
+        h.admit("/", sid, &ev_in("NEW", "a", 3), || {
+            got.push(3);
+            true
+        });
         let opening = Opening {
             epoch: "NEW",
             from: 2,
             head: 2,
             stale: Some("OLD"),
         };
-        h.open("/", sid, &rooms, opening, &[], |e| got.push(e.offset));
+        h.open("/", sid, &rooms, opening, &[], |e| {
+            got.push(e.offset);
+            true
+        });
         // Late stragglers of the old epoch are dropped; the current epoch goes on, and so
         // does a later epoch (history lost again while subscribed).
-        h.admit("/", sid, &ev_in("OLD", "a", 901), || got.push(901));
-        h.admit("/", sid, &ev_in("NEW", "a", 4), || got.push(4));
-        h.admit("/", sid, &ev_in("NEWER", "a", 1), || got.push(1));
-        h.admit("/", sid, &ev_in("NEWER", "a", 2), || got.push(2));
+        h.admit("/", sid, &ev_in("OLD", "a", 901), || {
+            got.push(901);
+            true
+        });
+        h.admit("/", sid, &ev_in("NEW", "a", 4), || {
+            got.push(4);
+            true
+        });
+        h.admit("/", sid, &ev_in("NEWER", "a", 1), || {
+            got.push(1);
+            true
+        });
+        h.admit("/", sid, &ev_in("NEWER", "a", 2), || {
+            got.push(2);
+            true
+        });
         assert_eq!(got, [3, 4, 1, 2]);
+        Ok(())
+    }
+
+    /// A full send buffer must never turn into a silent gap: the first event that cannot be
+    /// queued severs the socket, no later event (which would move the client's position past
+    /// the lost one) reaches it, and it is handed over to be disconnected.
+    #[tokio::test]
+    async fn a_full_buffer_severs_the_socket_and_nothing_after_reaches_it() -> anyhow::Result<()> {
+        let h = History::new(
+            &["http://127.0.0.1:1".to_owned()],
+            "n:1".to_owned(),
+            &ClientTls::default(),
+        )?;
+        let mut severed = h.take_severed().ok_or_else(|| anyhow::anyhow!("taken"))?;
+        let (gated, plain) = (Sid::new(), Sid::new());
+        let rooms = vec!["a".to_owned()];
+        h.hold("/", gated, &rooms);
+        h.open("/", gated, &rooms, at(0, 0), &[], |_| true);
+        let mut got = Vec::new();
+        for sid in [gated, plain] {
+            h.admit("/", sid, &ev("a", 1), || {
+                got.push((sid, 1));
+                true
+            });
+            h.admit("/", sid, &ev("a", 2), || false);
+            h.admit("/", sid, &ev("a", 3), || {
+                got.push((sid, 3));
+                true
+            });
+        }
+        assert_eq!(got, [(gated, 1), (plain, 1)]);
+        assert_eq!(severed.try_recv()?, ("/".to_owned(), gated));
+        assert_eq!(severed.try_recv()?, ("/".to_owned(), plain));
+        assert!(
+            severed.try_recv().is_err(),
+            "each socket is handed over once"
+        );
+        // A resume replay that fills the buffer stops there and reports it.
+        let other = Sid::new();
+        h.hold("/", other, &rooms);
+        let replayed: Vec<Stamped> = [1, 2, 3].iter().map(|o| ev("a", *o)).collect();
+        let mut emitted = Vec::new();
+        let n = h.open("/", other, &rooms, at(0, 3), &replayed, |e| {
+            emitted.push(e.offset);
+            e.offset < 2
+        });
+        assert_eq!((n, emitted), (None, vec![1, 2]));
+        assert_eq!(severed.try_recv()?, ("/".to_owned(), other));
         Ok(())
     }
 }

@@ -20,7 +20,6 @@
 
 use std::sync::Arc;
 
-
 use anyhow::Context;
 use clap::Parser;
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,41 @@
+//! `cargo xtask fuzz <target> [--seconds N]` and the brief fuzz run of `cargo xtask test`.
+//!
+//! The targets live in `fuzz/` (its own package, outside the workspace), one per decoder of
+//! untrusted input. cargo-fuzz needs nightly-only rustc flags (`-Zsanitizer`); the project
+//! builds on stable, so they are enabled with `RUSTC_BOOTSTRAP=1` for these builds only.
+
+use crate::{cargo, run};
+
+/// Every fuzz target, in the order `cargo xtask test` runs them.
+pub const TARGETS: &[&str] = &[
+    "token_verify",
+    "adapter_payload",
+    "relay_frame",
+    "assign_query",
+];
+
+/// Seconds each target runs inside `cargo xtask test`: enough to catch a decoder that panics
+/// on shallow input, short enough for CI.
+pub const BRIEF_SECONDS: u64 = 10;
+
+/// Runs `target` for `seconds` (libFuzzer's `-max_total_time`); a crash fails the command
+/// and leaves the input in `fuzz/artifacts/<target>/`.
+pub fn run_target(target: &str, seconds: u64) -> anyhow::Result<()> {
+    if !TARGETS.contains(&target) {
+        anyhow::bail!(
+            "unknown fuzz target `{target}`; targets: {}",
+            TARGETS.join(", ")
+        );
+    }
+    run(cargo()
+        .args(["fuzz", "run", target, "--"])
+        .arg(format!("-max_total_time={seconds}"))
+        .env("RUSTC_BOOTSTRAP", "1"))
+}
+
+/// Every target, [`BRIEF_SECONDS`] each.
+pub fn run_all_briefly() -> anyhow::Result<()> {
+    TARGETS
+        .iter()
+        .try_for_each(|t| run_target(t, BRIEF_SECONDS))
+}
