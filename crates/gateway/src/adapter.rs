@@ -77,6 +77,7 @@ impl ClusterState {
 
     /// With the history client whose gates stamped events pass (see [`crate::resume`]).
     pub fn with_history(mut self, history: Arc<History>) -> Self {
+        self.link.sever_on_gap(Arc::clone(&history));
         self.history = Some(history);
         self
     }

@@ -15,6 +15,10 @@
 //!   `(incarnation, seq)`, shared by every link, so linking to two relays (each delivering
 //!   the same frame) hands each frame to the adapter once.
 //! - **Membership.** The latest `Members` per namespace is kept for `server_count`.
+//! - **Gaps are never silent.** Frames a relay sends while no link of this gateway is up are
+//!   lost to it. So when the first link comes back after all were down, before any frame of it
+//!   is handed over, every socket holding history gates is severed ([`History::sever_all`]): it
+//!   is disconnected and its client resumes from the last offset it got, replaying the gap.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -22,6 +26,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use switchyard_common::backoff::Backoff;
+
+use crate::resume::History;
 use switchyard_proto::relay::v1::{
     Frame, FrameKind, Hello, LinkMessage, Members, link_message::Kind, relay_client::RelayClient,
 };
@@ -78,6 +84,12 @@ struct Inner {
     members: HashMap<String, Vec<String>>,
     /// Per origin: the highest `(incarnation, seq)` handed over.
     marks: HashMap<String, (u64, u64)>,
+    /// Links up right now, and whether one ever was: the first link up after all were down
+    /// ends a **gap**, in which frames sent to this gateway reached nobody.
+    links_up: usize,
+    ever_up: bool,
+    /// Severs its gated sockets at the end of a gap (see [`RelayLink::sever_on_gap`]).
+    history: Option<Arc<History>>,
 }
 
 /// Handle to the links; cheap to clone. Tasks stop when every handle is dropped.
@@ -172,6 +184,14 @@ impl RelayLink {
             g.subscribers.insert(namespace.to_owned(), tx);
         }
         rx
+    }
+
+    /// At the end of every gap (all links were down, one is up again), sever the gated sockets
+    /// of `history` before any frame of the new link is handed over.
+    pub fn sever_on_gap(&self, history: Arc<History>) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.history = Some(history);
+        }
     }
 
     /// Stops handing frames of `namespace` to the adapter.
@@ -360,6 +380,9 @@ async fn link_once(
         Ok(Err(e)) => return LinkEnd::Failed(e),
         Err(_) => return LinkEnd::Failed("timed out linking".to_owned()),
     };
+    let Some(_up) = LinkUp::count(inner) else {
+        return LinkEnd::Closed;
+    };
     tracing::info!(relay = %url, relay_id = %welcome.relay_id, accepted_seq = welcome.accepted_seq, resend = unacked.iter().filter(|f| f.seq > welcome.accepted_seq).count(), "relay link up");
     metrics::gauge!("switchyard_gateway_relay_link_up", "relay" => url.to_owned()).set(1.0);
     backoff.reset();
@@ -404,6 +427,39 @@ async fn link_once(
                 }
                 None => return LinkEnd::Failed("relay ended the stream".to_owned()),
             }
+        }
+    }
+}
+
+/// Counts one link as up for as long as it lives; see [`Inner::links_up`].
+struct LinkUp(std::sync::Weak<Mutex<Inner>>);
+
+impl LinkUp {
+    /// Counts the link up and, if it ends a gap, severs the gated sockets first. `None` once
+    /// the [`RelayLink`] is gone.
+    fn count(inner: &std::sync::Weak<Mutex<Inner>>) -> Option<LinkUp> {
+        let strong = inner.upgrade()?;
+        let mut g = strong.lock().ok()?;
+        let gap = g.links_up == 0 && g.ever_up;
+        g.links_up += 1;
+        g.ever_up = true;
+        if gap {
+            metrics::counter!("switchyard_gateway_relay_gaps_total").increment(1);
+            if let Some(history) = &g.history {
+                // Under the lock: no frame can be handed over before the sever.
+                history.sever_all();
+            }
+        }
+        Some(LinkUp(inner.clone()))
+    }
+}
+
+impl Drop for LinkUp {
+    fn drop(&mut self) {
+        if let Some(inner) = self.0.upgrade()
+            && let Ok(mut g) = inner.lock()
+        {
+            g.links_up = g.links_up.saturating_sub(1);
         }
     }
 }

@@ -261,7 +261,16 @@ impl History {
                     }
                     return Ok(res.into_inner());
                 }
-                Err(status) if status.code() == tonic::Code::Unavailable => last = Some(status),
+                // A relay that died mid-call ends it as Unknown or Cancelled: the next relay
+                // answers the same (reads; stamps are idempotent by publish id).
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+                    ) =>
+                {
+                    last = Some(status)
+                }
                 Err(status) => return Err(status.into()),
             }
         }
@@ -466,14 +475,37 @@ impl History {
             },
         };
         if !queued {
+            tracing::warn!(%sid, ns, "send buffer full: socket severed");
             self.severed(ns, sid);
         }
     }
 
     /// Hands a socket just severed to [`disconnect_severed`].
     fn severed(&self, ns: &str, sid: Sid) {
-        tracing::warn!(%sid, ns, "send buffer full: socket severed, it will resume elsewhere");
+        tracing::debug!(%sid, ns, "socket severed; it will resume");
         let _ = self.severed_tx.send((ns.to_owned(), sid));
+    }
+
+    /// Severs every socket holding gates: called when a relay link comes back after every
+    /// link was down ([`crate::link`]), since events stamped meanwhile never reached this
+    /// gateway and only a resume brings them.
+    pub fn sever_all(&self) {
+        let mut gates = self.lock();
+        let mut severed = Vec::new();
+        for ((ns, sid), socket) in gates.iter_mut() {
+            if !socket.severed && !socket.rooms.is_empty() {
+                socket.sever();
+                severed.push((ns.clone(), *sid));
+            }
+        }
+        drop(gates);
+        tracing::warn!(
+            sockets = severed.len(),
+            "relay links were all down: subscribed sockets resume to replay the gap"
+        );
+        for (ns, sid) in severed {
+            self.severed(&ns, sid);
+        }
     }
 
     /// The receiving end of severed sockets, for [`disconnect_severed`]; `None` after the first call.

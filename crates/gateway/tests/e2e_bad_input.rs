@@ -72,7 +72,8 @@ impl Raw {
         Ok(())
     }
 
-    /// The next text message (Engine.IO pings answered), `None` once the connection is closed.
+    /// The next text message (Engine.IO pings answered), `None` once the connection is closed
+    /// (a websocket close, an Engine.IO CLOSE packet or a dropped connection).
     async fn next_text(&mut self) -> anyhow::Result<Option<String>> {
         loop {
             let msg = tokio::time::timeout(WAIT, self.ws.next())
@@ -80,6 +81,8 @@ impl Raw {
                 .context("the gateway neither answered nor closed")?;
             match msg {
                 None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(None),
+                // The Engine.IO CLOSE packet.
+                Some(Ok(Message::Text(t))) if t.as_str() == "1" => return Ok(None),
                 Some(Ok(Message::Text(t))) if t.as_str() == "2" => {
                     let _ = self.ws.send(Message::text("3")).await;
                 }
@@ -369,7 +372,7 @@ async fn oversized_payloads_and_join_floods_are_refused_and_a_good_client_is_una
     ] {
         let ack = raw.call("leave", &[json!("flood-0")]).await?;
         ensure!(ack["ok"] == true, "{ack}");
-        let ack = raw.call("join", &[room.clone()]).await?;
+        let ack = raw.call("join", std::slice::from_ref(&room)).await?;
         ensure!(
             ack["ok"] == false && ack["error"] == "bad_request",
             "join {}: {ack}",
