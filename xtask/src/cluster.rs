@@ -28,6 +28,10 @@ pub struct UpArgs {
     /// Number of gateways (node ids gw-1 .. gw-N).
     #[arg(long, default_value_t = 3)]
     gateways: u16,
+    /// Number of relay replicas; every gateway links to each. More than one needs Redis (the
+    /// replicas share frames and history through it).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    relays: u16,
     /// Use this Redis instead of starting one (e.g. redis://127.0.0.1:6379).
     #[arg(long, conflicts_with = "no_redis")]
     redis: Option<String>,
@@ -40,10 +44,12 @@ pub struct UpArgs {
     /// Placement's gRPC port (gateway report streams, Admin API).
     #[arg(long, default_value_t = 7001)]
     placement_grpc_port: u16,
-    /// The relay's HTTP port (/healthz, /readyz, /metrics).
+    /// The first relay's HTTP port (/healthz, /readyz, /metrics); relay i listens on
+    /// base + 2(i - 1).
     #[arg(long, default_value_t = 7100)]
     relay_http_port: u16,
-    /// The relay's gRPC port (gateway links, Members, backend Publish).
+    /// The first relay's gRPC port (gateway links, Members, backend Publish, RelayAdmin);
+    /// relay i listens on base + 2(i - 1).
     #[arg(long, default_value_t = 7101)]
     relay_grpc_port: u16,
     /// First gateway port; gateway i listens on base + i - 1.
@@ -156,24 +162,38 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     let placement_http = format!("http://{}", placement.ready_value("http")?);
     let placement_grpc = format!("http://{}", placement.ready_value("grpc")?);
 
-    // One relay: gateways link to it so rooms span all of them.
-    let mut relay_args = vec![
-        "--http-addr".to_owned(),
-        format!("127.0.0.1:{}", args.relay_http_port),
-        "--grpc-addr".to_owned(),
-        format!("127.0.0.1:{}", args.relay_grpc_port),
-        "--publish-token".to_owned(),
-        publish_token.clone(),
-        "--admin-token".to_owned(),
-        admin_token.clone(),
-        "--link-token".to_owned(),
-        link_token.clone(),
-    ];
-    if let Some(url) = &redis_url {
-        relay_args.extend(["--redis-url".to_owned(), url.clone()]);
+    // The relays: every gateway links to each, so rooms span all of them.
+    if args.relays > 1 && redis_url.is_none() {
+        anyhow::bail!(
+            "--relays {} needs Redis (relay replicas share frames and history through it): \
+             drop --no-redis, pass --redis URL or install redis-server",
+            args.relays
+        );
     }
-    let relay = spawn(&bin_dir, "switchyard-relay", &relay_args)?;
-    let relay_grpc = format!("http://{}", relay.ready_value("grpc")?);
+    let mut relays = Vec::new();
+    for i in 0..args.relays {
+        let port = |base: u16| base.checked_add(2 * i).context("relay port out of range");
+        let mut relay_args = vec![
+            "--http-addr".to_owned(),
+            format!("127.0.0.1:{}", port(args.relay_http_port)?),
+            "--grpc-addr".to_owned(),
+            format!("127.0.0.1:{}", port(args.relay_grpc_port)?),
+            "--publish-token".to_owned(),
+            publish_token.clone(),
+            "--admin-token".to_owned(),
+            admin_token.clone(),
+            "--link-token".to_owned(),
+            link_token.clone(),
+        ];
+        if let Some(url) = &redis_url {
+            relay_args.extend(["--redis-url".to_owned(), url.clone()]);
+        }
+        relays.push(spawn(&bin_dir, "switchyard-relay", &relay_args)?);
+    }
+    let relay_grpcs = relays
+        .iter()
+        .map(|r| -> anyhow::Result<String> { Ok(format!("http://{}", r.ready_value("grpc")?)) })
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     let mut gateways = Vec::new();
     for i in 1..=args.gateways {
@@ -191,7 +211,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             "--token-secret".to_owned(),
             token_secret.clone(),
             "--relay-urls".to_owned(),
-            relay_grpc.clone(),
+            relay_grpcs.join(","),
             "--link-token".to_owned(),
             link_token.clone(),
             // A development cluster should stop promptly on Ctrl-C.
@@ -209,10 +229,14 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             grpc: placement_grpc.clone(),
             pid: placement.pid(),
         }],
-        relays: vec![RelayEntry {
-            grpc: relay_grpc.clone(),
-            pid: relay.pid(),
-        }],
+        relays: relays
+            .iter()
+            .zip(&relay_grpcs)
+            .map(|(r, grpc)| RelayEntry {
+                grpc: grpc.clone(),
+                pid: r.pid(),
+            })
+            .collect(),
         gateways: gateways
             .iter()
             .map(|g| -> anyhow::Result<GatewayEntry> {
@@ -241,7 +265,8 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let mut services: Vec<&Service> = vec![&placement, &relay];
+    let mut services: Vec<&Service> = vec![&placement];
+    services.extend(relays.iter());
     services.extend(gateways.iter());
     services.extend(demo.iter());
     let outcome = runtime.block_on(wait_for_stop(&services));
@@ -251,7 +276,9 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     let mut stopping: Vec<&Service> = demo.iter().collect();
     stopping.extend(gateways.iter());
     stop_all(&stopping, Duration::from_secs(8));
-    stop_all(&[&relay, &placement], Duration::from_secs(5));
+    let mut last: Vec<&Service> = relays.iter().collect();
+    last.push(&placement);
+    stop_all(&last, Duration::from_secs(5));
     drop(own_redis);
     let _ = fs::remove_file(&state_path);
     eprintln!("stopped; removed {}", state_path.display());

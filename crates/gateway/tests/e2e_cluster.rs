@@ -17,7 +17,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 use support::{Driver, bin};
 use switchyard_proto::relay::v1::{
@@ -237,7 +237,7 @@ async fn cluster_op(driver: &mut Driver, id: &str, req: Value) -> anyhow::Result
         .request(json!({"cmd": "emit", "id": id, "event": "cluster", "args": [req], "ack": true}))
         .await?;
     let ack = res["ack"].clone();
-    anyhow::ensure!(ack["ok"] == true, "cluster op {req} failed: {ack}");
+    ensure!(ack["ok"] == true, "cluster op {req} failed: {ack}");
     Ok(ack)
 }
 
@@ -441,7 +441,9 @@ async fn killing_one_of_two_relays_loses_and_doubles_nothing() -> anyhow::Result
 }
 
 /// A gateway that stops reading (SIGSTOP) is cut off by the relay; the others keep getting
-/// every event meanwhile; once resumed it relinks and gets new events again.
+/// every event meanwhile. Once resumed it relinks; its subscriber missed events while it was
+/// cut off, so it is told (disconnected, to resume) rather than left with a silent gap, and a
+/// client joining there afterwards gets new events again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_gateway_is_cut_off_without_delaying_the_others() -> anyhow::Result<()> {
     const TOTAL: u64 = 1000;
@@ -475,17 +477,33 @@ async fn a_stalled_gateway_is_cut_off_without_delaying_the_others() -> anyhow::R
     assert!(got == want, "m1 got every event once, in order");
     gateways[2].resume()?;
 
-    // gw-2 relinks; events published from then on reach m2 again.
+    // gw-2 relinks and severs m2, which cannot have got every event: m2 is disconnected by
+    // the server (its client would resume from its last offset) and got no event out of order.
+    js.wait_event("m2 to be disconnected by gw-2", WAIT, |e| {
+        e["id"] == "m2" && e["event"] == "disconnect" && e["reason"] == "io server disconnect"
+    })
+    .await?;
+    let got: Vec<u64> = received(&mut js, "m2", "tick")
+        .iter()
+        .filter_map(|e| e["args"][0]["n"].as_u64())
+        .collect();
+    ensure!(
+        got.iter().enumerate().all(|(i, n)| *n == i as u64),
+        "m2 got a gap-free prefix before being severed: {got:?}"
+    );
+
+    // A client joining gw-2 now gets events published from then on.
+    connect(&mut js, "m3", &gateways[2]).await?;
+    assert_eq!(js.join("m3", "feed").await?["ok"], true);
     let deadline = Instant::now() + WAIT;
     let mut k = 0u64;
     loop {
         js.publish("m0", "feed", "later", json!({"k": k})).await?;
-        let seen = received(&mut js, "m2", "later");
-        if !seen.is_empty() {
+        if !received(&mut js, "m3", "later").is_empty() {
             break;
         }
         if Instant::now() >= deadline {
-            bail!("m2 on the resumed gateway never got events again");
+            bail!("a client on the resumed gateway never got events again");
         }
         k += 1;
         tokio::time::sleep(Duration::from_millis(200)).await;

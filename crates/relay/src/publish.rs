@@ -17,7 +17,6 @@
 //! under: it stays a live-only fan-out (position unset, not replayable).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use switchyard_common::trace_context;
 use tracing::Instrument;
@@ -29,7 +28,11 @@ use tonic::{Request, Status};
 
 use crate::{history::StampInput, server::RelayState};
 
-static NEXT_SEQ: AtomicU64 = AtomicU64::new(1);
+/// The last `seq` of this process's live publishes. Receivers keep a per-origin high-water
+/// mark, so a frame overtaken by a later one of the same origin would be dropped as a
+/// duplicate: the lock is held from taking a `seq` until the bus has the frame, so frames
+/// reach the bus in `seq` order.
+static LAST_SEQ: tokio::sync::Mutex<u64> = tokio::sync::Mutex::const_new(0);
 
 /// Handles one `Publish` call, in a `publish` span that continues the backend's trace (from
 /// its gRPC metadata); the frame carries it on to every gateway's delivery.
@@ -117,10 +120,12 @@ async fn publish_traced(
             gateways: u32::try_from(gateways).unwrap_or(u32::MAX),
         });
     }
+    let mut last_seq = LAST_SEQ.lock().await;
+    *last_seq += 1;
     let frame = Frame {
         namespace: req.namespace.clone(),
         origin: format!("relay:{}", state.relay_id),
-        seq: NEXT_SEQ.fetch_add(1, Ordering::Relaxed),
+        seq: *last_seq,
         kind: FrameKind::Broadcast as i32,
         incarnation: state.incarnation,
         event: Some(BackendEvent {
@@ -133,6 +138,7 @@ async fn publish_traced(
         ..Frame::default()
     };
     state.bus.publish(&frame).await?;
+    drop(last_seq);
     metrics::counter!("switchyard_relay_publish_total", "path" => "live").increment(1);
     tracing::debug!(namespace = %req.namespace, event = %req.event, gateways, "published");
     Ok(PublishResponse {
