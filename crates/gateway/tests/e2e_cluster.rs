@@ -20,9 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 use support::{Driver, bin};
-use switchyard_proto::relay::v1::{
-    MembersRequest, PublishRequest, publish_request, relay_client::RelayClient,
-};
+use switchyard_proto::relay::v1::{PublishRequest, publish_request, relay_client::RelayClient};
 use switchyard_testkit::cluster::{
     Gateway, GatewayOpts, Placement, PlacementOpts, Relay, RelayOpts, TEST_PUBLISH_TOKEN,
 };
@@ -69,7 +67,7 @@ impl RelayCluster {
 
     /// Waits until the relay lists every gateway as linked for `/`.
     async fn wait_linked(&self) -> anyhow::Result<()> {
-        wait_members(self.relay.grpc_url(), self.gateways.len()).await
+        support::wait_relay_members(self.relay.grpc_url(), self.gateways.len(), WAIT).await
     }
 }
 
@@ -272,7 +270,7 @@ async fn cluster_operations_span_gateways_in_an_embedded_app() -> anyhow::Result
         let url = format!("http://{}", app.ready_value("http")?);
         apps.push((app, url));
     }
-    wait_members(relay.grpc_url(), 3).await?;
+    support::wait_relay_members(relay.grpc_url(), 3, WAIT).await?;
 
     let mut js = Driver::node().await?;
     let ids = ["c0", "c1", "c2"];
@@ -361,27 +359,6 @@ async fn cluster_operations_span_gateways_in_an_embedded_app() -> anyhow::Result
     js.shutdown().await
 }
 
-/// Waits until the relay at `grpc` lists `want` gateways linked for `/`.
-async fn wait_members(grpc: &str, want: usize) -> anyhow::Result<()> {
-    let mut client = RelayClient::connect(grpc.to_owned()).await?;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let members = client
-            .members(MembersRequest {
-                namespace: "/".into(),
-            })
-            .await?
-            .into_inner();
-        if members.node_ids.len() == want {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("not {want} gateways linked: {:?}", members.node_ids);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Two relays sharing Redis, every gateway linked to both; one relay is killed mid-stream. The
 /// members on every gateway still get every event exactly once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,7 +387,7 @@ async fn killing_one_of_two_relays_loses_and_doubles_nothing() -> anyhow::Result
         gateways.push(Gateway::start(opts)?);
     }
     for r in &relays {
-        wait_members(r.grpc_url(), 3).await?;
+        support::wait_relay_members(r.grpc_url(), 3, WAIT).await?;
     }
     let mut js = Driver::node().await?;
     let members = ["m0", "m1", "m2"];

@@ -30,7 +30,6 @@ use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 use support::{Admin, Driver, REPORT_INTERVAL_MS};
 use switchyard_common::assignment::now_ms;
-use switchyard_proto::relay::v1::{MembersRequest, relay_client::RelayClient};
 use switchyard_testkit::cluster::{
     Gateway, GatewayOpts, Placement, PlacementOpts, Relay, RelayOpts,
 };
@@ -167,7 +166,7 @@ impl FaultCluster {
             redis,
         };
         for relay in &cluster.relays {
-            wait_linked(relay, 3).await?;
+            support::wait_relay_members(relay.grpc_url(), 3, WAIT).await?;
         }
         cluster.wait_listed(&ALL).await?;
         Ok(cluster)
@@ -288,27 +287,6 @@ impl FaultCluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-    }
-}
-
-/// Waits until `relay` lists `n` gateways linked for `/`.
-async fn wait_linked(relay: &Relay, n: usize) -> anyhow::Result<()> {
-    let mut client = RelayClient::connect(relay.grpc_url().to_owned()).await?;
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let members = client
-            .members(MembersRequest {
-                namespace: "/".into(),
-            })
-            .await?
-            .into_inner();
-        if members.node_ids.len() == n {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("relay members {:?}, want {n}", members.node_ids);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -774,7 +752,7 @@ async fn redis_restarted_empty_shows_a_new_epoch_and_loses_nothing_silently() ->
 
     // Life goes on in the new epoch: every subscriber gets every acknowledged event.
     for relay in &cluster.relays {
-        wait_linked(relay, 2).await?;
+        support::wait_relay_members(relay.grpc_url(), 2, WAIT).await?;
     }
     let publishing = Publishing::start(publisher, published.len() as u64);
     publishing.advance(30).await?;

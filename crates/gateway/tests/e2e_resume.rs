@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::json;
 use support::{Driver, REPORT_INTERVAL_MS};
-use switchyard_proto::relay::v1::{MembersRequest, relay_client::RelayClient};
 use switchyard_testkit::cluster::{
     Gateway, GatewayOpts, Placement, PlacementOpts, Relay, RelayOpts,
 };
@@ -70,23 +69,7 @@ impl HistoryCluster {
 
     /// Waits until the relay lists `n` gateways as linked for `/`.
     async fn wait_linked(&self, n: usize) -> anyhow::Result<()> {
-        let mut client = RelayClient::connect(self.relay.grpc_url().to_owned()).await?;
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let members = client
-                .members(MembersRequest {
-                    namespace: "/".into(),
-                })
-                .await?
-                .into_inner();
-            if members.node_ids.len() == n {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("relay members {:?}, want {n}", members.node_ids);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        support::wait_relay_members(self.relay.grpc_url(), n, WAIT).await
     }
 }
 

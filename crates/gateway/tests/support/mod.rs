@@ -614,6 +614,28 @@ pub async fn metrics(gateway_url: &str) -> anyhow::Result<String> {
     Ok(res.error_for_status()?.text().await?)
 }
 
+/// Waits until the relay at `grpc` lists `n` gateways linked for `/` (its `Members`).
+pub async fn wait_relay_members(grpc: &str, n: usize, timeout: Duration) -> anyhow::Result<()> {
+    use switchyard_proto::relay::v1::{MembersRequest, relay_client::RelayClient};
+    let mut client = RelayClient::connect(grpc.to_owned()).await?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let members = client
+            .members(MembersRequest {
+                namespace: "/".into(),
+            })
+            .await?
+            .into_inner();
+        if members.node_ids.len() == n {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            bail!("relay members {:?}, want {n}", members.node_ids);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
