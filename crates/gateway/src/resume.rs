@@ -590,13 +590,18 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn gates_buffer_then_deliver_each_offset_once_in_order() -> anyhow::Result<()> {
-        let h = History::new(
+    /// A history client of an unreachable relay: the gates never call it.
+    fn history() -> anyhow::Result<History> {
+        Ok(History::new(
             &["http://127.0.0.1:1".to_owned()],
             "n:1".to_owned(),
             &ClientTls::default(),
-        )?;
+        )?)
+    }
+
+    #[tokio::test]
+    async fn gates_buffer_then_deliver_each_offset_once_in_order() -> anyhow::Result<()> {
+        let h = history()?;
         let sid = Sid::new();
         let rooms = vec!["a".to_owned()];
         let mut got = Vec::new();
@@ -660,11 +665,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_resume_that_could_not_recover_drops_its_old_epoch_in_flight() -> anyhow::Result<()> {
-        let h = History::new(
-            &["http://127.0.0.1:1".to_owned()],
-            "n:1".to_owned(),
-            &ClientTls::default(),
-        )?;
+        let h = history()?;
         let sid = Sid::new();
         let rooms = vec!["a".to_owned()];
         let mut got = Vec::new();
@@ -716,11 +717,7 @@ mod tests {
     /// the lost one) reaches it, and it is handed over to be disconnected.
     #[tokio::test]
     async fn a_full_buffer_severs_the_socket_and_nothing_after_reaches_it() -> anyhow::Result<()> {
-        let h = History::new(
-            &["http://127.0.0.1:1".to_owned()],
-            "n:1".to_owned(),
-            &ClientTls::default(),
-        )?;
+        let h = history()?;
         let mut severed = h.take_severed().ok_or_else(|| anyhow::anyhow!("taken"))?;
         let (gated, plain) = (Sid::new(), Sid::new());
         let rooms = vec!["a".to_owned()];
