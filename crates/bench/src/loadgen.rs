@@ -29,6 +29,7 @@ use serde_json::Value;
 use tokio::net::TcpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 /// The event name benchmark publishes use.
 pub const BENCH_EVENT: &str = "m";
@@ -185,7 +186,11 @@ impl Client {
             .await
             .with_context(|| format!("connecting to {addr}"))?;
         let url = format!("ws://{host_port}/socket.io/?EIO=4&transport=websocket");
-        let (ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp)
+        // tungstenite zeroes its whole read buffer (128 KiB by default) before every read: with
+        // thousands of clients that memset was a quarter of the machine, taken from the systems
+        // under test. Bench messages are small; 4 KiB reads them in one go.
+        let config = WebSocketConfig::default().read_buffer_size(4096);
+        let (ws, _) = tokio_tungstenite::client_async_with_config(url.as_str(), tcp, Some(config))
             .await
             .with_context(|| format!("websocket handshake with {url}"))?;
         let (mut sink, mut stream) = ws.split();

@@ -221,7 +221,9 @@ pub(crate) fn register<A: Adapter>(s: &SocketRef<A>, limits: Arc<EventLimits>) {
                             .stamp(s.ns(), &req.room, &req.event, &req.data, req.retain == Some(true))
                             .await
                             .map_err(|e| {
-                                tracing::warn!(room = %req.room, error = %e, "publish: history unavailable");
+                                // Debug, not warn: under overload this is every publish, and
+                                // the refusals are counted (`switchyard_gateway_events_total`).
+                                tracing::debug!(room = %req.room, error = %e, "publish: history unavailable");
                                 EventError::Unavailable
                             }),
                         Err(e) => Err(e),

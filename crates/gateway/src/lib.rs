@@ -321,9 +321,10 @@ impl Switchyard {
                     tls: s.tls.clone(),
                     token: s.link_token.clone(),
                 });
+                let stamper = link.stamper();
                 let state = ClusterState::new(link);
                 let publisher = format!("{}:{incarnation}", s.node_id);
-                match crate::resume::History::new(&s.relay_urls, publisher, &s.tls) {
+                match crate::resume::History::new(&s.relay_urls, publisher, &s.tls, stamper) {
                     Ok(history) => {
                         let history = Arc::new(history);
                         let _ = self.shared.limits.history.set(Arc::clone(&history));

@@ -15,12 +15,15 @@
 //!   `(incarnation, seq)`, shared by every link, so linking to two relays (each delivering
 //!   the same frame) hands each frame to the adapter once.
 //! - **Membership.** The latest `Members` per namespace is kept for `server_count`.
+//! - **Stamps on the link.** [`Stamper`] sends a room publish's `StampCall` on the first link
+//!   that is up and hands back the relay's `StampResult`; a call whose link ends first gets no
+//!   answer (its receiver sees the sender dropped) and the caller retries with the `Stamp` RPC.
 //! - **Gaps are never silent.** Frames a relay sends while no link of this gateway is up are
 //!   lost to it. So when the first link comes back after all were down, before any frame of it
 //!   is handed over, every socket holding history gates is severed ([`History::sever_all`]): it
 //!   is disconnected and its client resumes from the last offset it got, replaying the gap.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -29,9 +32,10 @@ use switchyard_common::backoff::Backoff;
 
 use crate::resume::History;
 use switchyard_proto::relay::v1::{
-    Frame, FrameKind, Hello, LinkMessage, Members, link_message::Kind, relay_client::RelayClient,
+    Frame, FrameKind, Hello, LinkMessage, Members, Position, StampCall, StampRequest, StampResult,
+    link_message::Kind, relay_client::RelayClient,
 };
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
@@ -42,6 +46,10 @@ pub const MAX_BACKLOG: usize = 65_536;
 /// Largest payload sent to a relay: the relay's default `--max-frame-bytes` (4 MiB) less room
 /// for the frame's own fields. A larger one is refused here rather than cut the link.
 pub const MAX_PAYLOAD_BYTES: usize = 4 * 1024 * 1024 - 4096;
+
+/// Stamp calls queued per link before [`Stamper::call`] refuses more (the link is not keeping
+/// up; the publish is answered `unavailable`).
+const MAX_QUEUED_STAMPS: usize = 4096;
 
 /// How long connecting and the `Welcome` may take before the attempt counts as failed.
 const LINK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -97,6 +105,90 @@ struct Inner {
 pub struct RelayLink {
     inner: Arc<Mutex<Inner>>,
     node_id: Arc<str>,
+    stamper: Stamper,
+}
+
+/// The relay's answer to one stamp call: the event's position, or the status the `Stamp` RPC
+/// would have ended with.
+pub type StampAnswer = Result<Position, tonic::Status>;
+
+/// One stamp call on its way to a link task.
+#[derive(Debug)]
+struct QueuedStamp {
+    request: StampRequest,
+    trace_context: HashMap<String, String>,
+    reply: oneshot::Sender<StampAnswer>,
+}
+
+/// Stamps room publishes on the relay links (`StampCall`): no HTTP/2 stream to open per publish.
+/// Holds only the call queues of the links that are up, so the history client that owns one
+/// does not keep the links alive. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct Stamper {
+    /// Link index (its relay URL's) → its call queue, while the link is up.
+    up: Arc<Mutex<BTreeMap<usize, mpsc::Sender<QueuedStamp>>>>,
+}
+
+impl Stamper {
+    /// Queues a stamp call on the first link that is up; the receiver gets its answer, or an
+    /// error if the link ends before answering. `None` when no link is up or its queue is full.
+    pub fn call(
+        &self,
+        request: StampRequest,
+        trace_context: HashMap<String, String>,
+    ) -> Option<oneshot::Receiver<StampAnswer>> {
+        let (reply, answer) = oneshot::channel();
+        let up = self.up.lock().ok()?;
+        let queue = up.values().next()?;
+        queue
+            .try_send(QueuedStamp {
+                request,
+                trace_context,
+                reply,
+            })
+            .ok()?;
+        Some(answer)
+    }
+
+    /// Takes calls on link `index` for as long as the returned guard lives.
+    fn register(&self, index: usize) -> (StampsRegistered, mpsc::Receiver<QueuedStamp>) {
+        let (tx, rx) = mpsc::channel(MAX_QUEUED_STAMPS);
+        if let Ok(mut up) = self.up.lock() {
+            up.insert(index, tx);
+        }
+        (
+            StampsRegistered {
+                stamper: self.clone(),
+                index,
+            },
+            rx,
+        )
+    }
+}
+
+/// Removes a link's call queue from its [`Stamper`] when the link goes down.
+struct StampsRegistered {
+    stamper: Stamper,
+    index: usize,
+}
+
+impl Drop for StampsRegistered {
+    fn drop(&mut self) {
+        if let Ok(mut up) = self.stamper.up.lock() {
+            up.remove(&self.index);
+        }
+    }
+}
+
+/// What the relay answered, as the `Stamp` RPC would have.
+fn stamp_answer(result: StampResult) -> StampAnswer {
+    match (result.position, result.code) {
+        (Some(position), 0) => Ok(position),
+        (None, 0) => Err(tonic::Status::internal(
+            "the relay answered a stamp without a position",
+        )),
+        (_, code) => Err(tonic::Status::new(tonic::Code::from(code), result.message)),
+    }
 }
 
 /// Why a frame could not be queued.
@@ -117,14 +209,20 @@ impl RelayLink {
     pub fn spawn(cfg: LinkConfig) -> RelayLink {
         describe_metrics();
         let inner = Arc::new(Mutex::new(Inner::default()));
+        let stamper = Stamper::default();
         let mut outboxes = Vec::new();
-        for url in &cfg.urls {
+        for (index, url) in cfg.urls.iter().enumerate() {
             let (tx, rx) = mpsc::unbounded_channel();
             outboxes.push(tx);
+            let stamps = LinkStamps {
+                stamper: stamper.clone(),
+                index,
+            };
             tokio::spawn(run_link(
                 url.clone(),
                 cfg.clone(),
                 rx,
+                stamps,
                 Arc::downgrade(&inner),
             ));
         }
@@ -134,11 +232,17 @@ impl RelayLink {
         RelayLink {
             inner,
             node_id: cfg.node_id.into(),
+            stamper,
         }
     }
 
     pub fn node_id(&self) -> &str {
         &self.node_id
+    }
+
+    /// Stamps room publishes on these links.
+    pub fn stamper(&self) -> Stamper {
+        self.stamper.clone()
     }
 
     /// Queues a frame on every link, numbered in call order.
@@ -251,8 +355,14 @@ fn deliver(inner: &Mutex<Inner>, msg: Kind) {
                 .set(node_ids.len() as f64);
             g.members.insert(namespace, node_ids);
         }
-        Kind::Ack(_) | Kind::Welcome(_) | Kind::Hello(_) => {}
+        Kind::Ack(_) | Kind::Welcome(_) | Kind::Hello(_) | Kind::Stamp(_) | Kind::Stamped(_) => {}
     }
+}
+
+/// Which [`Stamper`] slot a link task fills while its link is up.
+struct LinkStamps {
+    stamper: Stamper,
+    index: usize,
 }
 
 /// Keeps one link to `url` up for as long as the [`RelayLink`] lives.
@@ -260,6 +370,7 @@ async fn run_link(
     url: String,
     cfg: LinkConfig,
     mut outbox: mpsc::UnboundedReceiver<Frame>,
+    stamps: LinkStamps,
     inner: std::sync::Weak<Mutex<Inner>>,
 ) {
     let mut backoff = Backoff::default();
@@ -269,9 +380,17 @@ async fn run_link(
             return;
         }
         let span = tracing::info_span!("relay_link", relay = %url, node_id = %cfg.node_id);
-        let outcome = link_once(&url, &cfg, &mut outbox, &mut unacked, &inner, &mut backoff)
-            .instrument(span)
-            .await;
+        let outcome = link_once(
+            &url,
+            &cfg,
+            &mut outbox,
+            &stamps,
+            &mut unacked,
+            &inner,
+            &mut backoff,
+        )
+        .instrument(span)
+        .await;
         metrics::gauge!("switchyard_gateway_relay_link_up", "relay" => url.clone()).set(0.0);
         match outcome {
             LinkEnd::Closed => return,
@@ -330,6 +449,7 @@ async fn link_once(
     url: &str,
     cfg: &LinkConfig,
     outbox: &mut mpsc::UnboundedReceiver<Frame>,
+    stamps: &LinkStamps,
     unacked: &mut VecDeque<Frame>,
     inner: &std::sync::Weak<Mutex<Inner>>,
     backoff: &mut Backoff,
@@ -396,8 +516,25 @@ async fn link_once(
         }
         metrics::counter!("switchyard_gateway_relay_frames_resent_total").increment(1);
     }
+    // Stamp calls sent on this link and not answered yet; dropped (failing their callers, who
+    // retry with the RPC) when the link ends.
+    let (_registered, mut calls) = stamps.stamper.register(stamps.index);
+    let mut awaiting: HashMap<u64, oneshot::Sender<StampAnswer>> = HashMap::new();
+    let mut next_call = 0u64;
     loop {
         tokio::select! {
+            Some(call) = calls.recv() => {
+                next_call += 1;
+                awaiting.insert(next_call, call.reply);
+                let msg = LinkMessage { kind: Some(Kind::Stamp(StampCall {
+                    id: next_call,
+                    request: Some(call.request),
+                    trace_context: call.trace_context,
+                })) };
+                if tx.send(msg).await.is_err() {
+                    return LinkEnd::Failed("stream closed".to_owned());
+                }
+            }
             f = outbox.recv() => {
                 let Some(f) = f else { return LinkEnd::Closed };
                 push_backlog(unacked, f.clone());
@@ -409,6 +546,11 @@ async fn link_once(
                 Some(Ok(LinkMessage { kind: Some(Kind::Ack(a)) })) => {
                     while unacked.front().is_some_and(|f| f.seq <= a.seq) {
                         unacked.pop_front();
+                    }
+                }
+                Some(Ok(LinkMessage { kind: Some(Kind::Stamped(r)) })) => {
+                    if let Some(reply) = awaiting.remove(&r.id) {
+                        let _ = reply.send(stamp_answer(r));
                     }
                 }
                 Some(Ok(LinkMessage { kind: Some(k) })) => {

@@ -44,13 +44,14 @@ use socketioxide::{SocketIo, adapter::Adapter};
 use socketioxide_core::Sid;
 use switchyard_common::tls::ClientTls;
 use switchyard_proto::relay::v1::{
-    HeadRequest, HeadResponse, ReplayRequest, ReplayResponse, StampRequest,
+    HeadRequest, HeadResponse, Position, ReplayRequest, ReplayResponse, StampRequest,
     relay_client::RelayClient,
 };
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tracing::Instrument;
 
+use crate::link::Stamper;
 use crate::payload::Payload;
 
 /// How often, and how many times, the disconnect of a severed socket is retried while its send
@@ -78,6 +79,16 @@ pub enum HistoryError {
     NoPosition,
     #[error("no relay configured")]
     NoRelay,
+}
+
+/// Whether a failed history call may succeed on another relay: one that died mid-call ends it
+/// as `UNKNOWN` or `CANCELLED`, one that cannot be reached (or cannot reach Redis) answers
+/// `UNAVAILABLE`. Reads answer the same anywhere and stamps are idempotent by publish id.
+fn moves_on(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
 }
 
 /// One stamped event on its way to sockets.
@@ -203,6 +214,8 @@ pub struct History {
     /// `<node_id>:<incarnation>`: with [`Self::publishes`], the publish id of each `Stamp`.
     publisher: String,
     publishes: AtomicU64,
+    /// Stamps on the relay links; the `Stamp` RPC is the fallback.
+    stamper: Stamper,
     /// Severed sockets, to be disconnected by [`disconnect_severed`].
     severed_tx: mpsc::UnboundedSender<(String, Sid)>,
     severed_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, Sid)>>>,
@@ -211,7 +224,13 @@ pub struct History {
 impl History {
     /// Clients of the relays at `urls` (connected lazily; needs a tokio runtime). `publisher`
     /// (`<node_id>:<incarnation>`) prefixes publish ids, so they are unique cluster-wide.
-    pub fn new(urls: &[String], publisher: String, tls: &ClientTls) -> Result<Self, HistoryError> {
+    /// Publishes are stamped on the relay links of `stamper` while one is up.
+    pub fn new(
+        urls: &[String],
+        publisher: String,
+        tls: &ClientTls,
+        stamper: Stamper,
+    ) -> Result<Self, HistoryError> {
         let mut clients = Vec::new();
         for url in urls {
             let channel = tls
@@ -232,6 +251,7 @@ impl History {
             stamped: AtomicU64::new(0),
             publisher,
             publishes: AtomicU64::new(0),
+            stamper,
             severed_tx,
             severed_rx: Mutex::new(Some(severed_rx)),
         })
@@ -261,16 +281,7 @@ impl History {
                     }
                     return Ok(res.into_inner());
                 }
-                // A relay that died mid-call ends it as Unknown or Cancelled: the next relay
-                // answers the same (reads; stamps are idempotent by publish id).
-                Err(status)
-                    if matches!(
-                        status.code(),
-                        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-                    ) =>
-                {
-                    last = Some(status)
-                }
+                Err(status) if moves_on(&status) => last = Some(status),
                 Err(status) => return Err(status.into()),
             }
         }
@@ -281,11 +292,13 @@ impl History {
         self.gates.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Stamps a room publish; returns its offset. The publish id
-    /// `<node_id>:<incarnation>:<counter>` is made once here and reused by every retry.
+    /// Stamps a room publish; returns its offset. On a relay link when one is up (a message on
+    /// a stream that is open anyway), else, or when that link ends or its relay cannot stamp,
+    /// with the `Stamp` RPC on any relay. The publish id `<node_id>:<incarnation>:<counter>` is
+    /// made once here and reused by every retry, so a retry never stamps twice.
     ///
-    /// Runs in a `publish` span whose trace context goes to the relay in the call's metadata:
-    /// the relay's `stamp` span and every gateway's `deliver` span continue its trace.
+    /// Runs in a `publish` span whose trace context goes to the relay with the call: the
+    /// relay's `stamp` span and every gateway's `deliver` span continue its trace.
     pub async fn stamp(
         &self,
         ns: &str,
@@ -299,26 +312,52 @@ impl History {
         let publish_id = format!("{}:{n}", self.publisher);
         let span = tracing::info_span!("publish", namespace = %ns, room = %room,
                                        publish_id = %publish_id, offset = tracing::field::Empty);
-        let res = self
-            .call(|mut c| {
-                let mut req = tonic::Request::new(StampRequest {
-                    namespace: ns.to_owned(),
-                    room: room.to_owned(),
-                    event: event.to_owned(),
-                    msgpack: msgpack.clone(),
-                    retain,
-                    publish_id: publish_id.clone(),
-                });
-                switchyard_common::trace_context::inject_metadata(&span, req.metadata_mut());
-                async move { c.stamp(req).await }
-            })
-            .instrument(span.clone())
-            .await?;
-        let offset = res.position.map(|p| p.offset);
-        if let Some(offset) = offset {
-            span.record("offset", offset);
+        let request = StampRequest {
+            namespace: ns.to_owned(),
+            room: room.to_owned(),
+            event: event.to_owned(),
+            msgpack,
+            retain,
+            publish_id,
+        };
+        let position = match self.stamp_on_link(&request, &span).await? {
+            Some(position) => position,
+            None => self
+                .call(|mut c| {
+                    let mut req = tonic::Request::new(request.clone());
+                    switchyard_common::trace_context::inject_metadata(&span, req.metadata_mut());
+                    async move { c.stamp(req).await }
+                })
+                .instrument(span.clone())
+                .await?
+                .position
+                .ok_or(HistoryError::NoPosition)?,
+        };
+        span.record("offset", position.offset);
+        Ok(position.offset)
+    }
+
+    /// Stamps on a relay link; `None` when no link is up, the link ended before answering, or
+    /// its relay could not stamp for a reason another relay may not share (see [`moves_on`]).
+    async fn stamp_on_link(
+        &self,
+        request: &StampRequest,
+        span: &tracing::Span,
+    ) -> Result<Option<Position>, HistoryError> {
+        let context = switchyard_common::trace_context::to_map(span);
+        let Some(answer) = self.stamper.call(request.clone(), context) else {
+            return Ok(None);
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, answer).await {
+            Ok(Ok(Ok(position))) => Ok(Some(position)),
+            Ok(Ok(Err(status))) if moves_on(&status) => Ok(None),
+            Ok(Ok(Err(status))) => Err(status.into()),
+            // The link ended first.
+            Ok(Err(_)) => Ok(None),
+            Err(_) => {
+                Err(tonic::Status::deadline_exceeded("the relay did not stamp in time").into())
+            }
         }
-        offset.ok_or(HistoryError::NoPosition)
     }
 
     /// The namespace's position and the room's retained event.
@@ -596,6 +635,7 @@ mod tests {
             &["http://127.0.0.1:1".to_owned()],
             "n:1".to_owned(),
             &ClientTls::default(),
+            Stamper::default(),
         )?)
     }
 

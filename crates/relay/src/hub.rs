@@ -264,6 +264,23 @@ impl Hub {
         }
     }
 
+    /// Queues `msg` to one link (a `StampResult`); same policy: a full queue cuts the link. A
+    /// link gone meanwhile takes nothing (its gateway retries the stamp elsewhere).
+    pub fn send_to_link(&self, link_id: u64, msg: LinkMessage) {
+        let full = self
+            .state()
+            .links
+            .get(&link_id)
+            .is_some_and(|link| matches!(link.offer(msg), Offer::Full));
+        if full {
+            self.cut_link(
+                link_id,
+                Status::resource_exhausted("link cut: the gateway's queue is full"),
+                "queue_full",
+            );
+        }
+    }
+
     /// Removes and cuts one link.
     pub fn cut_link(&self, link_id: u64, status: Status, reason: &'static str) {
         let removed = {

@@ -4,7 +4,8 @@
 //! gateway's namespaces, reads the gateway's dedup mark, queues `Welcome`, registers the link
 //! in the [`Hub`](crate::hub::Hub) and spawns the reader. The reader offers each frame to the
 //! bus in arrival order and waits for the verdict before reading the next one: that is what
-//! keeps per-origin order across replicas. The response stream ([`outbound`]) drains the
+//! keeps per-origin order across replicas. A `StampCall` is stamped in a task of its own and
+//! answered on the link ([`stamp_call`]). The response stream ([`outbound`]) drains the
 //! link's bounded queue, interleaves coalesced `Ack`s, and ends with the cut status when the
 //! hub or the reader cuts the link.
 
@@ -16,13 +17,18 @@ use std::{
 
 use futures::Stream;
 use switchyard_proto::relay::v1::{
-    Ack, Frame, FrameKind, Hello, LinkMessage, Welcome, link_message::Kind,
+    Ack, Frame, FrameKind, Hello, LinkMessage, Position, StampCall, StampResult, Welcome,
+    link_message::Kind,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tonic::{Status, Streaming};
 use tracing::Instrument;
 
-use crate::{dedup::Verdict, hub::LinkHandle, server::RelayState};
+use crate::{
+    dedup::Verdict,
+    hub::LinkHandle,
+    server::{RelayState, stamp_span},
+};
 
 /// The response stream of `Link`.
 pub type LinkStream = Pin<Box<dyn Stream<Item = Result<LinkMessage, Status>> + Send>>;
@@ -32,6 +38,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Longest node id or namespace accepted.
 const MAX_NAME: usize = 256;
+
+/// `StampCall`s of one link being stamped at once (see [`stamp_call`]).
+const MAX_STAMPS_IN_FLIGHT: usize = 4096;
 
 /// Incarnations and sequence numbers stay below 2^53 so the Redis scripts (Lua numbers are
 /// doubles) compare them exactly. A start time in milliseconds is far below it.
@@ -197,6 +206,54 @@ fn admit(
     Ok(frame)
 }
 
+/// Answers a link's `StampCall` from its own task, so the reader goes on with the frames behind
+/// it: the same checks, span (continuing the gateway's trace) and stamp as the `Stamp` RPC, the
+/// answer queued on the link like any message to it. Beyond [`MAX_STAMPS_IN_FLIGHT`] calls of
+/// one link a call is answered `RESOURCE_EXHAUSTED` at once rather than queued without bound.
+fn stamp_call(state: &Arc<RelayState>, link_id: u64, call: StampCall, in_flight: &Arc<Semaphore>) {
+    let StampCall {
+        id,
+        request,
+        trace_context,
+    } = call;
+    let Ok(permit) = Arc::clone(in_flight).try_acquire_owned() else {
+        metrics::counter!("switchyard_relay_link_stamps_total", "outcome" => "busy").increment(1);
+        let busy = Status::resource_exhausted("too many stamps in flight on this link");
+        state.hub.send_to_link(link_id, stamp_result(id, Err(busy)));
+        return;
+    };
+    let state = Arc::clone(state);
+    tokio::spawn(async move {
+        let result = match request {
+            Some(req) => {
+                let span = stamp_span(&req);
+                switchyard_common::trace_context::set_parent_from_map(&span, &trace_context);
+                state.stamp(req, &span).instrument(span.clone()).await
+            }
+            None => Err(Status::invalid_argument("StampCall without a request")),
+        };
+        drop(permit);
+        let outcome = if result.is_ok() { "ok" } else { "error" };
+        metrics::counter!("switchyard_relay_link_stamps_total", "outcome" => outcome).increment(1);
+        state.hub.send_to_link(link_id, stamp_result(id, result));
+    });
+}
+
+fn stamp_result(id: u64, result: Result<Position, Status>) -> LinkMessage {
+    let (position, code, message) = match result {
+        Ok(position) => (Some(position), 0, String::new()),
+        Err(status) => (None, status.code() as i32, status.message().to_owned()),
+    };
+    LinkMessage {
+        kind: Some(Kind::Stamped(StampResult {
+            id,
+            position,
+            code,
+            message,
+        })),
+    }
+}
+
 /// Reads the gateway's frames until the stream ends or the link is cut, then unregisters it.
 async fn read_frames(
     state: Arc<RelayState>,
@@ -214,6 +271,7 @@ async fn read_frames(
     let cut = |status: Status, reason: &'static str| {
         state.hub.cut_link(link_id, status, reason);
     };
+    let stamps_in_flight = Arc::new(Semaphore::new(MAX_STAMPS_IN_FLIGHT));
     loop {
         let next = tokio::select! {
             biased;
@@ -240,13 +298,19 @@ async fn read_frames(
         };
         let frame = match msg.kind {
             Some(Kind::Frame(f)) => f,
+            Some(Kind::Stamp(call)) => {
+                stamp_call(&state, link_id, call, &stamps_in_flight);
+                continue;
+            }
             Some(Kind::Hello(_)) => {
                 cut(Status::invalid_argument("Hello sent twice"), "protocol");
                 break;
             }
             _ => {
                 cut(
-                    Status::invalid_argument("a gateway may only send Hello, then Frames"),
+                    Status::invalid_argument(
+                        "a gateway may only send Hello, then Frames and StampCalls",
+                    ),
                     "protocol",
                 );
                 break;

@@ -23,7 +23,7 @@ use switchyard_common::{
     ops::{self, Readiness},
 };
 use switchyard_proto::relay::v1::{
-    HeadRequest, HeadResponse, LinkMessage, Members, MembersRequest, PublishRequest,
+    HeadRequest, HeadResponse, LinkMessage, Members, MembersRequest, Position, PublishRequest,
     PublishResponse, ReplayRequest, ReplayResponse, StampRequest, StampResponse,
     relay_server::{Relay, RelayServer},
 };
@@ -106,10 +106,16 @@ impl Relay for RelayGrpc {
     async fn stamp(&self, req: Request<StampRequest>) -> Result<Response<StampResponse>, Status> {
         let (metadata, _, req) = req.into_parts();
         // Continues the publishing gateway's trace; the frame carries it on to every gateway.
-        let span = tracing::info_span!("stamp", namespace = %req.namespace, room = %req.room,
-                                       offset = tracing::field::Empty);
+        let span = stamp_span(&req);
         trace_context::set_parent_from_metadata(&span, &metadata);
-        self.stamp_in(req, &span).instrument(span.clone()).await
+        let position = self
+            .state
+            .stamp(req, &span)
+            .instrument(span.clone())
+            .await?;
+        Ok(Response::new(StampResponse {
+            position: Some(position),
+        }))
     }
 
     async fn head(&self, req: Request<HeadRequest>) -> Result<Response<HeadResponse>, Status> {
@@ -142,13 +148,21 @@ impl Relay for RelayGrpc {
     }
 }
 
-impl RelayGrpc {
-    /// `Stamp`, inside its span (whose trace context the stamped frame carries).
-    async fn stamp_in(
+/// The span of one stamp (`Stamp` RPC or a link's `StampCall`); its trace context goes into the
+/// stamped frame, so every gateway's delivery continues the publisher's trace.
+pub(crate) fn stamp_span(req: &StampRequest) -> tracing::Span {
+    tracing::info_span!("stamp", namespace = %req.namespace, room = %req.room,
+                        offset = tracing::field::Empty)
+}
+
+impl RelayState {
+    /// Checks and stamps one room publish, inside `span` (see [`stamp_span`]): the same for
+    /// the `Stamp` RPC and for a `StampCall` on a link.
+    pub(crate) async fn stamp(
         &self,
         req: StampRequest,
         span: &tracing::Span,
-    ) -> Result<Response<StampResponse>, Status> {
+    ) -> Result<Position, Status> {
         check_namespace(&req.namespace)?;
         if req.room.is_empty() || req.event.is_empty() {
             return Err(Status::invalid_argument("room and event must not be empty"));
@@ -158,11 +172,11 @@ impl RelayGrpc {
                 "publish_id must be at most 256 bytes",
             ));
         }
-        if req.msgpack.len() > self.state.max_frame_bytes {
+        if req.msgpack.len() > self.max_frame_bytes {
             return Err(Status::out_of_range(format!(
                 "data of {} bytes is larger than the relay's --max-frame-bytes ({})",
                 req.msgpack.len(),
-                self.state.max_frame_bytes
+                self.max_frame_bytes
             )));
         }
         let input = StampInput {
@@ -174,12 +188,10 @@ impl RelayGrpc {
             publish_id: req.publish_id,
             trace_context: trace_context::to_map(span),
         };
-        let position = self.state.history.stamp(input).await?;
+        let position = self.history.stamp(input).await?;
         span.record("offset", position.offset);
         tracing::trace!(epoch = %position.epoch, offset = position.offset, "stamped");
-        Ok(Response::new(StampResponse {
-            position: Some(position),
-        }))
+        Ok(position)
     }
 }
 
@@ -196,6 +208,10 @@ fn check_namespace(namespace: &str) -> Result<(), Status> {
 /// Describes the relay's metrics once, so `/metrics` carries HELP lines.
 fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        "switchyard_relay_link_stamps_total",
+        "Stamps asked for on links (StampCall), by outcome: ok, error, busy (too many in flight)."
+    );
     describe_counter!(
         "switchyard_relay_frames_in_total",
         "Frames received from gateways on links of this replica"

@@ -1,11 +1,13 @@
-//! History: idempotent stamps (a retried Stamp with the same publish id is stamped once) and
-//! backend publishes to one room going through history; with Redis and without.
+//! History: idempotent stamps (a retried Stamp with the same publish id is stamped once),
+//! stamps asked for on a link, and backend publishes to one room going through history; with
+//! Redis and without.
 
 mod support;
 
 use support::*;
 use switchyard_proto::relay::v1::{
-    Frame, PublishRequest, ReplayRequest, StampRequest, backend_event, publish_request,
+    Frame, LinkMessage, PublishRequest, ReplayRequest, StampCall, StampRequest, StampResult,
+    backend_event, link_message::Kind, publish_request,
 };
 use switchyard_testkit::redis::RedisServer;
 use switchyard_testkit::redis_cluster::{RedisCluster, RedisDeployment};
@@ -39,6 +41,99 @@ async fn same_stamp_twice_is_stamped_once_on<R: RedisDeployment>() -> anyhow::Re
         .into_inner();
     assert_eq!(res.position.map(|p| p.offset), Some(1));
     Ok(())
+}
+
+/// A gateway stamps on its link: each `StampCall` is answered by a `StampResult` with its id,
+/// the same as the RPC (one stamp per publish id across both), refusals as status codes that
+/// leave the link up, and the stamped frame reaches the caller like every gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stamps_on_the_link_are_answered_on_the_link() -> anyhow::Result<()> {
+    let redis = RedisServer::start()?;
+    let relay = start_relay(Some(&redis.url()), &[])?;
+    let mut gw = Gw::link(&relay, "g", &["/"]).await?;
+    gw.wait_members("/", 1).await?;
+    let call = |id: u64, request: Option<StampRequest>| LinkMessage {
+        kind: Some(Kind::Stamp(StampCall {
+            id,
+            request,
+            trace_context: Default::default(),
+        })),
+    };
+    let mut frames = Vec::new();
+    gw.send_message(call(7, Some(stamp_req("g:1:1", "first"))))
+        .await?;
+    let first = next_stamp_result(&mut gw, &mut frames).await?;
+    assert_eq!((first.id, first.code), (7, 0), "{first:?}");
+    let pos = first
+        .position
+        .ok_or_else(|| anyhow::anyhow!("no position"))?;
+    assert_eq!(pos.offset, 1);
+    let f = next_frame_after(&mut gw, &mut frames).await?;
+    assert_eq!(
+        (offset(&f), f.event.map(|e| e.event)),
+        (Some(1), Some("first".into()))
+    );
+
+    // The same publish id through the RPC (a gateway retrying after its link ended): the same
+    // position, nothing stamped or forwarded again.
+    let again = client(&relay)
+        .await?
+        .stamp(stamp_req("g:1:1", "first"))
+        .await?
+        .into_inner();
+    assert_eq!(again.position, Some(pos));
+
+    // Refusals are answers, not a cut link.
+    let mut empty_room = stamp_req("g:1:2", "second");
+    empty_room.room.clear();
+    gw.send_message(call(8, Some(empty_room))).await?;
+    gw.send_message(call(9, None)).await?;
+    // Each call is answered when it is done, not in the order sent.
+    let mut refused = Vec::new();
+    for _ in 0..2 {
+        let r = next_stamp_result(&mut gw, &mut frames).await?;
+        refused.push((r.id, r.code, r.position));
+    }
+    refused.sort_by_key(|r| r.0);
+    let invalid = tonic::Code::InvalidArgument as i32;
+    assert_eq!(refused, [(8, invalid, None), (9, invalid, None)]);
+    gw.send_message(call(10, Some(stamp_req("g:1:3", "third"))))
+        .await?;
+    let third = next_stamp_result(&mut gw, &mut frames).await?;
+    assert_eq!((third.id, third.position.map(|p| p.offset)), (10, Some(2)));
+    // Nothing was forwarded for the duplicate or the refusals: the next frame is offset 2.
+    let f = next_frame_after(&mut gw, &mut frames).await?;
+    assert_eq!(
+        (offset(&f), f.event.map(|e| e.event)),
+        (Some(2), Some("third".into()))
+    );
+    let metrics = metrics(&relay).await?;
+    assert!(
+        metrics.contains(r#"switchyard_relay_link_stamps_total{outcome="ok"} 2"#),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+/// The next `StampResult` on the link; frames met on the way (the stamped frame may overtake
+/// the answer: it comes through the bus) go to `frames`.
+async fn next_stamp_result(gw: &mut Gw, frames: &mut Vec<Frame>) -> anyhow::Result<StampResult> {
+    loop {
+        match gw.next_message().await?.kind {
+            Some(Kind::Stamped(r)) => return Ok(r),
+            Some(Kind::Frame(f)) => frames.push(f),
+            _ => {}
+        }
+    }
+}
+
+/// The next frame, from `frames` first.
+async fn next_frame_after(gw: &mut Gw, frames: &mut Vec<Frame>) -> anyhow::Result<Frame> {
+    if frames.is_empty() {
+        gw.next_frame().await
+    } else {
+        Ok(frames.remove(0))
+    }
 }
 
 fn stamp_req(publish_id: &str, event: &str) -> StampRequest {

@@ -187,6 +187,11 @@ impl Gw {
             .context("link closed")
     }
 
+    /// Sends any message on the link (a `StampCall`, …).
+    pub async fn send_message(&self, msg: LinkMessage) -> anyhow::Result<()> {
+        self.tx.send(msg).await.context("link closed")
+    }
+
     pub async fn broadcast(&mut self, payload: &str) -> anyhow::Result<u64> {
         self.send("/", FrameKind::Broadcast, payload.as_bytes(), "")
             .await
