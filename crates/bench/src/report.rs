@@ -358,23 +358,39 @@ fn render(machine: &str, r: &Results) -> String {
     md
 }
 
-/// The profiles behind the shortfalls (valgrind: `perf` has no hardware counters on this
-/// machine). Measured on the code this report was generated with; rerun the profiles when the
+/// The profiles behind the shortfalls (valgrind, and `perf record -e cpu-clock`: this machine
+/// has no hardware counters). Measured on the code this report was generated with; rerun the profiles when the
 /// gateway's publish path or server stack changes.
 const FINDINGS: &str = "\
-- **Per-publish cost (the `rooms` scenario, and p99 there).** With a relay configured, every \
-`publish` first makes a unary gRPC `Stamp` call to the relay (history is on), and only the \
-stamped event is fanned out. callgrind on one gateway during `rooms` \
-(`valgrind --tool=callgrind`, dumps taken with `callgrind_control -d`): \
-`resume::History::stamp` 15% of the gateway's instructions (inclusive), hyper/h2 client \
-frames for those calls 18%, the cluster adapter's `on_frame` → `apply_incoming` 13%. \
-Tracing adds about 6%: an INFO `deliver` span per relayed frame and a `publish` span per \
-publish, whose fields the fmt layer formats into a string when the span is created \
-(`Span::new` → `DefaultVisitor::record_debug`), whether or not anything inside logs. The \
-socketioxide-redis peer does one Redis `PUBLISH` per publish and no round trip before \
-emitting, which is why it leads this scenario. Candidates: stamp without waiting when the \
-room has no history subscribers, batch stamps per relay stream, DEBUG-level per-message \
-spans.\n\
+- **Per-publish cost (the `rooms` scenario).** With history on, a room publish is stamped by \
+the relay before anything is emitted. It used to be a unary gRPC `Stamp` call per publish: \
+callgrind put `History::stamp` at 15% and the hyper/h2 client at 18% of the publishing \
+gateway's instructions, and `perf record -e cpu-clock` at saturation showed that gateway \
+above one core while the rest of the machine idled, its stamp channel breaking under the \
+load (stream resets, then `GOAWAY`: thousands of `unavailable` publishes, each logged at \
+WARN). Stamps now travel on the gateway's relay link (`StampCall`, answered by \
+`StampResult`; the RPC is the fallback while no link is up): on a quiet machine `rooms` \
+saturation went from 39,416 to 61,000–76,000 deliveries/s (socketioxide-redis 78,000–92,000 \
+in the same runs). What remains in latency is structural: a stamped event goes client → \
+gateway → relay → Redis (one script appends and publishes) → relay → gateways → clients, two \
+hops more than a Redis adapter's client → server → Redis → servers → clients. Those hops are \
+the price of one offset order per namespace (what makes resume exact), and they are most of \
+the p50 gap (about 2.2 ms against 0.9–1.4 ms).\n\
+- **Fan-out to many sockets (the `fanout` scenario).** Every stamped event passes each \
+local member's history gate (deliver, buffer while its join or resume is in flight, or skip \
+what it already has), so `adapter::emit_stamped` hands the event to socketioxide once per \
+socket (`CoreLocalAdapter::broadcast` with one `sid`), and socketioxide serializes the packet \
+on every such call; it also takes the gate lock and allocates a key per socket. A Redis \
+adapter emits one broadcast to the room: one serialization for all its members. That is why \
+socketioxide-redis leads `fanout` by about 2.7× here. Next: decide the gates of all members \
+under one lock, then send one serialized packet to the sockets that pass (this needs \
+socketioxide's emitter, which `CoreLocalAdapter` keeps private, or a per-socket \
+`send_raw` of a pre-encoded value), keeping the severing of a full socket per socket.\n\
+- **Allocator.** At saturation glibc malloc (`_int_malloc`, `unlink_chunk`, \
+`malloc_consolidate`) took about a quarter of the publishing gateway's CPU. mimalloc raised \
+`rooms` saturation to 76,372 deliveries/s but idle memory to 38,066 bytes/connection; \
+jemalloc gave 69,857 and 33,096; glibc 63,597 and 27,507 (one run each, same machine). The \
+services keep glibc: idle memory is already the figure furthest from its target.\n\
 - **Idle memory per connection.** massif on one gateway with 1,500 idle clients \
 (`valgrind --tool=massif --vgdb=yes`, `vgdb detailed_snapshot`): about 36 KB of heap per \
 connection, of which ~16 KB is hyper's HTTP/1 read buffer (`BytesMut` grown in \
@@ -393,15 +409,18 @@ with a round trip to the relay; a peer's reconnect is one websocket handshake an
 join. With 1,000 clients reconnecting at once on two shared cores, that extra work is \
 queueing time. Placement itself noticed the dead gateway at once (about one failed dial \
 per run) and the survivors ended exactly even.\n\
-- **What the load generator can show.** It runs on the same two cores as the servers and \
-every other process on the machine: at the saturation steps the generator's receive path \
+- **What the load generator can show.** tungstenite zeroes its whole read buffer (128 KiB \
+by default) before every read; with 3,000 clients that `memset` was a quarter of the machine \
+at saturation, so the generator now reads with 4 KiB (the same for every system). It runs \
+on the same two cores as the servers and every other process on the machine: at the saturation steps the generator's receive path \
 is part of what is measured, and the peers can be saturated already at the fixed latency \
 rate (their first saturation step then shows less than 90% delivered), which makes their \
 latencies queueing times.\n";
 
 /// What the report cannot show yet, and why.
 const NOT_MEASURED: &str = "\
-- History-on (resume) figures.\n\
+- Resume under a kill (`cargo xtask bench resume`: exact delivery after `kill -9`, against \
+Node's streams adapter with connection state recovery) is not part of `all`; run it by hand.\n\
 - 20,000 idle clients from one load generator (one file descriptor per client against a \
 20,000 open-files limit); the default is 10,000.\n";
 

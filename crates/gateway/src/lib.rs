@@ -324,7 +324,8 @@ impl Switchyard {
                 let stamper = link.stamper();
                 let state = ClusterState::new(link);
                 let publisher = format!("{}:{incarnation}", s.node_id);
-                match crate::resume::History::new(&s.relay_urls, publisher, &s.tls, stamper) {
+                let token = s.link_token.as_deref();
+                match crate::resume::History::new(&s.relay_urls, publisher, &s.tls, stamper, token) {
                     Ok(history) => {
                         let history = Arc::new(history);
                         let _ = self.shared.limits.history.set(Arc::clone(&history));

@@ -79,6 +79,8 @@ pub enum HistoryError {
     NoPosition,
     #[error("no relay configured")]
     NoRelay,
+    #[error("the link token is not a valid header value")]
+    Token,
 }
 
 /// Whether a failed history call may succeed on another relay: one that died mid-call ends it
@@ -216,6 +218,8 @@ pub struct History {
     publishes: AtomicU64,
     /// Stamps on the relay links; the `Stamp` RPC is the fallback.
     stamper: Stamper,
+    /// `authorization` metadata of every call (from the link token).
+    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     /// Severed sockets, to be disconnected by [`disconnect_severed`].
     severed_tx: mpsc::UnboundedSender<(String, Sid)>,
     severed_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, Sid)>>>,
@@ -224,13 +228,19 @@ pub struct History {
 impl History {
     /// Clients of the relays at `urls` (connected lazily; needs a tokio runtime). `publisher`
     /// (`<node_id>:<incarnation>`) prefixes publish ids, so they are unique cluster-wide.
-    /// Publishes are stamped on the relay links of `stamper` while one is up.
+    /// Publishes are stamped on the relay links of `stamper` while one is up. `link_token`
+    /// (the relays' `--link-token`) goes with every call, as it does with the links.
     pub fn new(
         urls: &[String],
         publisher: String,
         tls: &ClientTls,
         stamper: Stamper,
+        link_token: Option<&str>,
     ) -> Result<Self, HistoryError> {
+        let authorization = link_token
+            .map(|t| format!("Bearer {t}").parse())
+            .transpose()
+            .map_err(|_| HistoryError::Token)?;
         let mut clients = Vec::new();
         for url in urls {
             let channel = tls
@@ -252,6 +262,7 @@ impl History {
             publisher,
             publishes: AtomicU64::new(0),
             stamper,
+            authorization,
             severed_tx,
             severed_rx: Mutex::new(Some(severed_rx)),
         })
@@ -324,7 +335,7 @@ impl History {
             Some(position) => position,
             None => self
                 .call(|mut c| {
-                    let mut req = tonic::Request::new(request.clone());
+                    let mut req = self.request(request.clone());
                     switchyard_common::trace_context::inject_metadata(&span, req.metadata_mut());
                     async move { c.stamp(req).await }
                 })
@@ -360,13 +371,22 @@ impl History {
         }
     }
 
+    /// A call's request, with the link token when there is one.
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        if let Some(value) = &self.authorization {
+            req.metadata_mut().insert("authorization", value.clone());
+        }
+        req
+    }
+
     /// The namespace's position and the room's retained event.
     pub async fn head(&self, ns: &str, room: &str) -> Result<HeadResponse, HistoryError> {
         self.call(|mut c| {
-            let req = HeadRequest {
+            let req = self.request(HeadRequest {
                 namespace: ns.to_owned(),
                 room: room.to_owned(),
-            };
+            });
             async move { c.head(req).await }
         })
         .await
@@ -381,13 +401,13 @@ impl History {
         after: u64,
     ) -> Result<ReplayResponse, HistoryError> {
         self.call(|mut c| {
-            let req = ReplayRequest {
+            let req = self.request(ReplayRequest {
                 namespace: ns.to_owned(),
                 rooms: rooms.to_vec(),
                 epoch: epoch.to_owned(),
                 after_offset: after,
                 limit: 0,
-            };
+            });
             async move { c.replay(req).await }
         })
         .await
@@ -636,6 +656,7 @@ mod tests {
             "n:1".to_owned(),
             &ClientTls::default(),
             Stamper::default(),
+            None,
         )?)
     }
 

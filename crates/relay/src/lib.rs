@@ -24,10 +24,10 @@
 //! - **Exact membership.** `Members` lists the node ids linked for a namespace on every
 //!   replica (dead replicas' entries expire within 3 membership intervals).
 //!
-//! - **History.** Room publishes of gateways (`Stamp`) get one offset per namespace, enter a
-//!   bounded history and reach every gateway (the caller too) in offset order; `Head` and
-//!   `Replay` let a gateway join "state, then every later event" and resume a client exactly
-//!   (see [`history`]).
+//! - **History.** Room publishes of gateways (a `StampCall` on the link, or the `Stamp` RPC)
+//!   get one offset per namespace, enter a bounded history and reach every gateway (the
+//!   caller too) in offset order; `Head` and `Replay` let a gateway join "state, then every
+//!   later event" and resume a client exactly (see [`history`]).
 //!
 //! What is NOT guaranteed: adapter frames delivered to a gateway while its link is down are
 //! not kept (stamped events are: clients resume them from history); a replica that loses its Redis subscription cuts all its links
@@ -56,6 +56,11 @@
 //!    to any replica, and resync (it may have missed frames addressed to it while cut).
 //!    `OUT_OF_RANGE` means a frame exceeded `--max-frame-bytes`: drop that frame, do not resend.
 //! 7. Keep frames below `--max-frame-bytes` (4 MiB by default).
+//! 8. With history, stamp a room publish on the link: `StampCall{id, request, trace_context}`
+//!    with an id unique among the link's open calls; the answer is the `StampResult` with the
+//!    same id (a position, or a gRPC status code and message), in completion order, not call
+//!    order. A call whose link ends unanswered may have been stamped: retry it with the same
+//!    `publish_id` (on another link or with the `Stamp` RPC) and it is stamped once.
 
 pub mod admin;
 pub mod bus;

@@ -76,12 +76,7 @@ impl Relay for RelayGrpc {
         &self,
         req: Request<Streaming<LinkMessage>>,
     ) -> Result<Response<Self::LinkStream>, Status> {
-        if let Some(auth) = &self.state.link_auth {
-            auth.verify(req.metadata()).inspect_err(|_| {
-                metrics::counter!("switchyard_relay_links_refused_total", "reason" => "token")
-                    .increment(1);
-            })?;
-        }
+        self.gateway_only(req.metadata())?;
         link::open(Arc::clone(&self.state), req.into_inner())
             .await
             .map(Response::new)
@@ -104,6 +99,7 @@ impl Relay for RelayGrpc {
     }
 
     async fn stamp(&self, req: Request<StampRequest>) -> Result<Response<StampResponse>, Status> {
+        self.gateway_only(req.metadata())?;
         let (metadata, _, req) = req.into_parts();
         // Continues the publishing gateway's trace; the frame carries it on to every gateway.
         let span = stamp_span(&req);
@@ -119,6 +115,7 @@ impl Relay for RelayGrpc {
     }
 
     async fn head(&self, req: Request<HeadRequest>) -> Result<Response<HeadResponse>, Status> {
+        self.gateway_only(req.metadata())?;
         let req = req.into_inner();
         check_namespace(&req.namespace)?;
         let res = self.state.history.head(&req.namespace, &req.room).await?;
@@ -129,6 +126,7 @@ impl Relay for RelayGrpc {
         &self,
         req: Request<ReplayRequest>,
     ) -> Result<Response<ReplayResponse>, Status> {
+        self.gateway_only(req.metadata())?;
         let req = req.into_inner();
         check_namespace(&req.namespace)?;
         let res = self
@@ -145,6 +143,20 @@ impl Relay for RelayGrpc {
         tracing::debug!(namespace = %req.namespace, recovered = res.recovered,
                         events = res.events.len(), after = req.after_offset, "replay");
         Ok(Response::new(res))
+    }
+}
+
+impl RelayGrpc {
+    /// With `--link-token`, what only gateways do (`Link`, and the history calls `Stamp`,
+    /// `Head`, `Replay`) needs that token: nobody else may write into or read out of rooms.
+    fn gateway_only(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
+        match &self.state.link_auth {
+            Some(auth) => auth.verify(metadata).inspect_err(|_| {
+                metrics::counter!("switchyard_relay_links_refused_total", "reason" => "token")
+                    .increment(1);
+            }),
+            None => Ok(()),
+        }
     }
 }
 
@@ -230,7 +242,7 @@ fn describe_metrics() {
     );
     describe_counter!(
         "switchyard_relay_links_refused_total",
-        "Links refused before Hello, by reason (token: missing or wrong --link-token)"
+        "Links (before Hello) and gateway history calls (Stamp, Head, Replay) refused, by reason (token: missing or wrong --link-token)"
     );
     describe_gauge!("switchyard_relay_links", "Gateways linked to this replica");
     describe_gauge!(

@@ -23,7 +23,7 @@ use switchyard_proto::{
         ListHistoryRequest, ListLinksRequest, ListRoomsRequest,
         relay_admin_client::RelayAdminClient,
     },
-    relay::v1::{Frame, FrameKind, StampRequest},
+    relay::v1::{Frame, FrameKind, HeadRequest, ReplayRequest, StampRequest},
 };
 use switchyard_testkit::{process::Service, redis::RedisServer};
 use tokio_stream::wrappers::ReceiverStream;
@@ -304,8 +304,47 @@ async fn a_gateway_that_does_not_answer_makes_the_answer_partial() -> anyhow::Re
 }
 
 #[tokio::test]
-async fn a_relay_with_a_link_token_refuses_links_without_it() -> anyhow::Result<()> {
+async fn a_relay_with_a_link_token_refuses_links_and_history_calls_without_it() -> anyhow::Result<()>
+{
     let relay = start_relay(None, &["--link-token", "link-secret"])?;
+    // What only gateways do needs the token: nobody else writes into or reads out of rooms.
+    let stamp = || StampRequest {
+        namespace: "/".into(),
+        room: "r".into(),
+        event: "e".into(),
+        msgpack: vec![0x2a].into(),
+        retain: false,
+        publish_id: "gw-x:1:1".into(),
+    };
+    let head = || HeadRequest {
+        namespace: "/".into(),
+        room: "r".into(),
+    };
+    let replay = || ReplayRequest {
+        namespace: "/".into(),
+        rooms: vec!["r".into()],
+        epoch: String::new(),
+        after_offset: 0,
+        limit: 0,
+    };
+    let mut c = client(&relay).await?;
+    for token in [None, Some("wrong")] {
+        let refused = [
+            c.stamp(authed(stamp(), token)?).await.err(),
+            c.head(authed(head(), token)?).await.err(),
+            c.replay(authed(replay(), token)?).await.err(),
+        ];
+        for status in refused {
+            let code = status.map(|s| s.code());
+            assert_eq!(code, Some(Code::Unauthenticated), "token {token:?}");
+        }
+    }
+    let stamped = c.stamp(authed(stamp(), Some("link-secret"))?).await?;
+    assert_eq!(stamped.into_inner().position.map(|p| p.offset), Some(1));
+    let head = c.head(authed(head(), Some("link-secret"))?).await?;
+    assert_eq!(head.into_inner().position.map(|p| p.offset), Some(1));
+    let replay = c.replay(authed(replay(), Some("link-secret"))?).await?;
+    assert!(replay.into_inner().events.is_empty());
     for token in [None, Some("wrong")] {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tx.send(support::hello("gw-x", &["/"], 1)).await?;
@@ -334,7 +373,7 @@ async fn a_relay_with_a_link_token_refuses_links_without_it() -> anyhow::Result<
     );
     let metrics = support::metrics(&relay).await?;
     ensure!(
-        metrics.contains("switchyard_relay_links_refused_total{reason=\"token\"} 2"),
+        metrics.contains("switchyard_relay_links_refused_total{reason=\"token\"} 8"),
         "refusals are counted:\n{metrics}"
     );
     Ok(())
