@@ -229,13 +229,7 @@ impl Hub {
             }
         }
         for link_id in overflowed {
-            self.cut_link(
-                link_id,
-                Status::resource_exhausted(
-                    "link cut: the gateway did not keep up and its queue filled; relink and resync",
-                ),
-                "queue_full",
-            );
+            self.cut_queue_full(link_id);
         }
     }
 
@@ -256,11 +250,7 @@ impl Hub {
             }
         }
         for link_id in overflowed {
-            self.cut_link(
-                link_id,
-                Status::resource_exhausted("link cut: the gateway's queue is full"),
-                "queue_full",
-            );
+            self.cut_queue_full(link_id);
         }
     }
 
@@ -273,12 +263,19 @@ impl Hub {
             .get(&link_id)
             .is_some_and(|link| matches!(link.offer(msg), Offer::Full));
         if full {
-            self.cut_link(
-                link_id,
-                Status::resource_exhausted("link cut: the gateway's queue is full"),
-                "queue_full",
-            );
+            self.cut_queue_full(link_id);
         }
+    }
+
+    /// The no-stall rule: a link whose queue is full is cut, and nobody waits for it.
+    fn cut_queue_full(&self, link_id: u64) {
+        self.cut_link(
+            link_id,
+            Status::resource_exhausted(
+                "link cut: the gateway did not keep up and its queue filled; relink and resync",
+            ),
+            "queue_full",
+        );
     }
 
     /// Removes and cuts one link.
