@@ -46,7 +46,7 @@ use socketioxide_core::adapter::{
 use socketioxide_core::packet::Packet;
 use socketioxide_core::parser::Parse;
 use socketioxide_core::{Sid, Uid};
-use switchyard_proto::relay::v1::{BackendEvent, FrameKind, backend_event};
+use switchyard_proto::relay::v1::{BackendEvent, FrameKind, Position, backend_event};
 use tokio::sync::mpsc;
 
 use crate::link::{Incoming, LinkError, RelayLink};
@@ -59,6 +59,26 @@ const RESPONSE_MARGIN: Duration = Duration::from_millis(500);
 
 /// Responses buffered per pending request before extra ones are dropped (logged).
 const RESPONSE_BUFFER: usize = 4096;
+
+/// Frames applied per wake-up of a namespace's adapter, at most.
+const FRAME_BATCH: usize = 64;
+
+/// Stamped events of one room that arrived in a row, with their encoded packets and
+/// `deliver` spans (closed once the run is delivered).
+#[derive(Default)]
+struct Run {
+    events: Vec<Stamped>,
+    packets: Vec<Packet>,
+    spans: Vec<tracing::Span>,
+}
+
+impl Run {
+    fn clear(&mut self) {
+        self.events.clear();
+        self.packets.clear();
+        self.spans.clear();
+    }
+}
 
 /// The state shared by the adapters of every namespace: the relay link.
 #[derive(Debug, Clone)]
@@ -186,23 +206,53 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
         Ok(stream.collect().await)
     }
 
-    /// Handles one frame the relay forwarded.
-    fn on_frame(self: &Arc<Self>, frame: Incoming) {
-        if let Some(ev) = frame.event {
+    /// Applies frames the relay forwarded, in arrival order. Stamped events of one room in a
+    /// row are delivered together, as one [`Run`].
+    fn on_frames(self: &Arc<Self>, frames: impl IntoIterator<Item = Incoming>) {
+        let mut run = Run::default();
+        for mut frame in frames {
+            let Some(ev) = frame.event.take() else {
+                self.deliver_run(&mut run);
+                self.on_control(frame);
+                continue;
+            };
             // Continues the publisher's trace, which the relay carried in the frame.
             let span = tracing::info_span!("deliver", node = %self.link.node_id(),
                                            namespace = %self.ns, room = %ev.rooms.join(","),
                                            event = %ev.event,
                                            offset = frame.position.as_ref().map(|p| p.offset),
-                                           sockets = tracing::field::Empty);
+                                           sockets = tracing::field::Empty,
+                                           run = tracing::field::Empty);
             switchyard_common::trace_context::set_parent_from_map(&span, &frame.trace_context);
-            let _entered = span.enter();
             match frame.position {
-                Some(position) => self.emit_stamped(ev, position.epoch, position.offset),
-                None => self.emit_backend(ev),
+                Some(position) => {
+                    let Some((stamped, packet)) =
+                        span.in_scope(|| self.encode_stamped(ev, position))
+                    else {
+                        continue;
+                    };
+                    if run
+                        .events
+                        .last()
+                        .is_some_and(|last| last.room != stamped.room)
+                    {
+                        self.deliver_run(&mut run);
+                    }
+                    run.events.push(stamped);
+                    run.packets.push(packet);
+                    run.spans.push(span);
+                }
+                None => {
+                    self.deliver_run(&mut run);
+                    span.in_scope(|| self.emit_backend(ev));
+                }
             }
-            return;
         }
+        self.deliver_run(&mut run);
+    }
+
+    /// Handles a frame that is not an event: an adapter request, broadcast or response.
+    fn on_control(self: &Arc<Self>, frame: Incoming) {
         match FrameKind::try_from(frame.kind) {
             Ok(FrameKind::Response) => self.on_response(frame.payload),
             Ok(FrameKind::Broadcast | FrameKind::Request) => {
@@ -244,21 +294,17 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
         }
     }
 
-    /// Emits a stamped room event (from the relay's `Stamp`) as `event(data, {room, epoch,
-    /// offset})` to each local member of its room that its gate lets through.
-    fn emit_stamped(&self, ev: BackendEvent, epoch: String, offset: u64) {
-        let Some(room) = ev.rooms.first().cloned() else {
-            return;
-        };
-        let Some(data) = decode_data(&ev) else {
-            return;
-        };
+    /// Decodes a stamped room event (from the relay's `Stamp`) and encodes the packet its
+    /// members get: `event(data, {room, epoch, offset})`. `None` (logged) if it cannot be.
+    fn encode_stamped(&self, ev: BackendEvent, position: Position) -> Option<(Stamped, Packet)> {
+        let room = ev.rooms.first().cloned()?;
+        let data = decode_data(&ev)?;
         let stamped = Stamped {
             room,
             event: ev.event,
             data,
-            epoch,
-            offset,
+            epoch: position.epoch,
+            offset: position.offset,
         };
         let value = match self
             .local
@@ -268,58 +314,68 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(event = %stamped.event, error = %e, "stamped event not encodable");
-                return;
+                return None;
             }
         };
-        let packet = Packet::event(self.local.path().clone(), value);
-        let mut opts = BroadcastOptions::default();
-        opts.rooms.push(Cow::Owned(stamped.room.clone()));
         metrics::counter!("switchyard_gateway_history_events_total").increment(1);
+        Some((stamped, Packet::event(self.local.path().clone(), value)))
+    }
+
+    /// Delivers a run of stamped events of one room to the local members its gates let
+    /// through (see [`crate::resume`]), and empties it.
+    ///
+    /// Each member is offered every event of the run, in offset order, before the next member
+    /// is: its writer wakes once and sends the run in one write. Frames queue up only when this
+    /// gateway falls behind, so under load runs grow and the cost of each delivery falls,
+    /// where one event at a time it would stay the same (a wake-up and a write per event per
+    /// member). Members are read once per run, which loses nothing: a socket that joins
+    /// locally after that reads its head (or replays) after every event of the run was
+    /// stamped, so it needs none of them live.
+    fn deliver_run(&self, run: &mut Run) {
+        let Some(first) = run.events.first() else {
+            return;
+        };
+        let mut opts = BroadcastOptions::default();
+        opts.rooms.push(Cow::Owned(first.room.clone()));
         let Some(history) = &self.history else {
-            let _ = self.local.broadcast(packet, opts);
+            for packet in run.packets.drain(..) {
+                let _ = self.local.broadcast(packet, opts.clone());
+            }
+            run.clear();
             return;
         };
         let members = self.local.sockets(opts);
-        tracing::Span::current().record("sockets", members.len());
-        for sid in members {
-            history.admit(&self.ns, sid, &stamped, || {
-                let mut one = BroadcastOptions::default();
-                one.sid = Some(sid);
-                match self.local.broadcast(packet.clone(), one) {
-                    Ok(()) => true,
-                    Err(errors) => {
-                        tracing::debug!(%sid, errors = errors.len(), "stamped event: socket unreachable");
-                        // A closed socket is forgotten at its disconnect; a full one is severed.
-                        !errors.iter().any(|e| matches!(e, SocketError::InternalChannelFull))
-                    }
-                }
-            });
+        for span in &run.spans {
+            span.record("sockets", members.len());
+            span.record("run", run.events.len());
         }
-        history.tick(&self.ns, || {
+        history.admit(&self.ns, &run.events, &members, |sid, i| {
+            let Some(packet) = run.packets.get(i) else {
+                return true;
+            };
+            let mut one = BroadcastOptions::default();
+            one.sid = Some(sid);
+            match self.local.broadcast(packet.clone(), one) {
+                Ok(()) => true,
+                Err(errors) => {
+                    tracing::debug!(%sid, errors = errors.len(), "stamped event: socket unreachable");
+                    // A closed socket is forgotten at its disconnect; a full one is severed.
+                    !errors.iter().any(|e| matches!(e, SocketError::InternalChannelFull))
+                }
+            }
+        });
+        history.tick(&self.ns, run.events.len() as u64, || {
             let mut all = BroadcastOptions::default();
             all.add_flag(socketioxide_core::adapter::BroadcastFlags::Broadcast);
             self.local.sockets(all).into_iter().collect()
         });
+        run.clear();
     }
 
     /// Emits a backend event (from the relay's `Publish`) to the local sockets.
     fn emit_backend(&self, ev: BackendEvent) {
-        let data: Result<Payload, String> = match ev.data {
-            Some(backend_event::Data::Json(s)) => {
-                serde_json::from_str(&s).map_err(|e| e.to_string())
-            }
-            Some(backend_event::Data::Msgpack(b)) => {
-                rmp_serde::from_slice(&b).map_err(|e| e.to_string())
-            }
-            None => Ok(Payload::Null),
-        };
-        let data = match data {
-            Ok(d) => d,
-            Err(e) => {
-                tracing::warn!(event = %ev.event, error = %e, "undecodable backend event");
-                metrics::counter!("switchyard_gateway_adapter_bad_frames_total").increment(1);
-                return;
-            }
+        let Some(data) = decode_data(&ev) else {
+            return;
         };
         let value = match self.local.parser().encode_value(&data, Some(&ev.event)) {
             Ok(v) => v,
@@ -586,13 +642,16 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
 }
 
 /// Applies the namespace's incoming frames in arrival order until the adapter is gone.
+/// Takes what has arrived, up to [`FRAME_BATCH`] frames, at each wake-up: runs of stamped
+/// events form from what queued while the previous frames were applied, never by waiting.
 async fn apply_incoming<E: SocketEmitter>(
     adapter: Weak<ClusterAdapter<E>>,
     mut rx: mpsc::UnboundedReceiver<Incoming>,
 ) {
-    while let Some(frame) = rx.recv().await {
+    let mut frames = Vec::with_capacity(FRAME_BATCH);
+    while rx.recv_many(&mut frames, FRAME_BATCH).await > 0 {
         let Some(a) = adapter.upgrade() else { return };
-        a.on_frame(frame);
+        a.on_frames(frames.drain(..));
     }
 }
 

@@ -4,8 +4,9 @@
 //!
 //! A room publish is not emitted locally: it goes to the relay's `Stamp`, which gives it the
 //! namespace's next offset and forwards it to every gateway, this one included, in offset
-//! order. The adapter ([`crate::adapter`]) hands each stamped event to [`History::admit`] for
-//! every local member of its room; the member's gate decides:
+//! order. The adapter ([`crate::adapter`]) hands stamped events (one, or a run of one room's
+//! events that arrived together) to [`History::admit`] with the local members of their room;
+//! for each member and event, the member's gate decides:
 //!
 //! - **no gate** (the socket joined through the application's own code): deliver;
 //! - **pending** (a `join` or `resume` is in progress): buffer;
@@ -65,6 +66,18 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Stamped events between two sweeps of gates of sockets that are gone.
 const SWEEP_EVERY: u64 = 4096;
+
+/// Deliveries (members × events of a run) per hold of the gate lock: a room of thousands of
+/// local members does not keep joins and disconnects (which take the lock too) waiting for
+/// the whole fan-out.
+const ADMIT_CHUNK: usize = 256;
+
+/// Maps on the delivery path, which looks up every local member of a room for every event:
+/// foldhash (seeded per process) costs a fraction of SipHash on sids and room names.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Gates by namespace, then by socket.
+type Gates = HashMap<String, FastMap<Sid, SocketGates>>;
 
 /// A history call failed (relay unreachable, refused, or answered nonsense).
 #[derive(Debug, thiserror::Error)]
@@ -180,12 +193,36 @@ impl Opening<'_> {
 /// The gates of one socket, by room.
 #[derive(Debug, Default)]
 struct SocketGates {
-    rooms: HashMap<String, RoomGate>,
+    rooms: FastMap<String, RoomGate>,
     /// An event could not be queued to the socket: it gets nothing more until it reconnects.
     severed: bool,
 }
 
 impl SocketGates {
+    /// Offers `ev` to this socket's gate of its room. Returns false iff `deliver` ran and
+    /// failed (the socket is severed then); true when the event was queued or rightly held
+    /// back (buffered, already delivered, or the socket is severed).
+    fn admit(&mut self, ev: &Stamped, deliver: impl FnOnce() -> bool) -> bool {
+        if self.severed {
+            return true;
+        }
+        match self.rooms.get_mut(&ev.room) {
+            None => self.deliver(deliver),
+            Some(RoomGate::Pending(buffer)) => {
+                buffer.push(ev.clone());
+                true
+            }
+            Some(RoomGate::Open(floor)) => {
+                if floor.pass(ev) {
+                    self.deliver(deliver)
+                } else {
+                    metrics::counter!("switchyard_gateway_history_skipped_total").increment(1);
+                    true
+                }
+            }
+        }
+    }
+
     /// Runs `deliver` unless the socket is severed; severs it when the event was not queued.
     fn deliver(&mut self, deliver: impl FnOnce() -> bool) -> bool {
         if self.severed {
@@ -211,7 +248,7 @@ pub struct History {
     /// relay is unreachable (any replica answers the same).
     clients: Vec<RelayClient<Channel>>,
     current: AtomicUsize,
-    gates: Mutex<HashMap<(String, Sid), SocketGates>>,
+    gates: Mutex<Gates>,
     stamped: AtomicU64,
     /// `<node_id>:<incarnation>`: with [`Self::publishes`], the publish id of each `Stamp`.
     publisher: String,
@@ -299,7 +336,7 @@ impl History {
         Err(last.map_or(HistoryError::NoRelay, HistoryError::from))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, Sid), SocketGates>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Gates> {
         self.gates.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -418,7 +455,11 @@ impl History {
     /// without a seam (re-joining a room must not drop events in flight).
     pub fn hold(&self, ns: &str, sid: Sid, rooms: &[String]) {
         let mut gates = self.lock();
-        let socket = gates.entry((ns.to_owned(), sid)).or_default();
+        let socket = gates
+            .entry(ns.to_owned())
+            .or_default()
+            .entry(sid)
+            .or_default();
         for room in rooms {
             if !matches!(socket.rooms.get(room), Some(RoomGate::Open(_))) {
                 socket
@@ -446,7 +487,11 @@ impl History {
         mut emit: impl FnMut(&Stamped) -> bool,
     ) -> Option<u64> {
         let mut gates = self.lock();
-        let socket = gates.entry((ns.to_owned(), sid)).or_default();
+        let socket = gates
+            .entry(ns.to_owned())
+            .or_default()
+            .entry(sid)
+            .or_default();
         let mut buffered = Vec::new();
         let mut opened = Vec::new();
         for room in rooms {
@@ -501,41 +546,47 @@ impl History {
         Some(emitted)
     }
 
-    /// Offers a stamped event to one local member; `deliver` runs (under the gate lock) iff
-    /// the socket should get it now, and returns whether the event was queued to the socket.
-    /// When it was not, the socket is severed and handed to [`disconnect_severed`].
-    pub fn admit(&self, ns: &str, sid: Sid, ev: &Stamped, deliver: impl FnOnce() -> bool) {
-        let mut gates = self.lock();
-        let key = (ns.to_owned(), sid);
-        let queued = match gates.get_mut(&key) {
-            // A member that joined through the application's own code: no gate, but it is
-            // severed all the same when its buffer is full.
-            None => {
-                deliver() || {
-                    gates.entry(key).or_default().sever();
-                    false
+    /// Offers a run of stamped events of one room (in offset order) to the room's local
+    /// `members`, each member every event of the run before the next member. `deliver(sid, i)`
+    /// runs (under the gate lock) for each event `run[i]` a member should get now, and returns
+    /// whether it was queued to that socket. A member whose event was not queued gets nothing
+    /// more: it is severed and handed to [`disconnect_severed`]. A member without a gate (it
+    /// joined through the application's own code) gets every event, and is severed all the
+    /// same when its buffer is full.
+    pub fn admit(
+        &self,
+        ns: &str,
+        run: &[Stamped],
+        members: &[Sid],
+        mut deliver: impl FnMut(Sid, usize) -> bool,
+    ) {
+        let per_lock = (ADMIT_CHUNK / run.len().max(1)).max(1);
+        for chunk in members.chunks(per_lock) {
+            let mut gates = self.lock();
+            let mut unqueued = Vec::new();
+            let mut sockets = gates.get_mut(ns);
+            for &sid in chunk {
+                let mut events = run.iter().enumerate();
+                let queued = match sockets.as_deref_mut().and_then(|s| s.get_mut(&sid)) {
+                    None => events.all(|(i, _)| deliver(sid, i)),
+                    Some(socket) => events.all(|(i, ev)| socket.admit(ev, || deliver(sid, i))),
+                };
+                if !queued {
+                    unqueued.push(sid);
                 }
             }
-            Some(socket) if socket.severed => true,
-            Some(socket) => match socket.rooms.get_mut(&ev.room) {
-                None => socket.deliver(deliver),
-                Some(RoomGate::Pending(buffer)) => {
-                    buffer.push(ev.clone());
-                    true
+            for sid in unqueued {
+                let socket = gates
+                    .entry(ns.to_owned())
+                    .or_default()
+                    .entry(sid)
+                    .or_default();
+                if !socket.severed {
+                    socket.sever();
                 }
-                Some(RoomGate::Open(floor)) => {
-                    if floor.pass(ev) {
-                        socket.deliver(deliver)
-                    } else {
-                        metrics::counter!("switchyard_gateway_history_skipped_total").increment(1);
-                        true
-                    }
-                }
-            },
-        };
-        if !queued {
-            tracing::warn!(%sid, ns, "send buffer full: socket severed");
-            self.severed(ns, sid);
+                tracing::warn!(%sid, ns, "send buffer full: socket severed");
+                self.severed(ns, sid);
+            }
         }
     }
 
@@ -551,10 +602,12 @@ impl History {
     pub fn sever_all(&self) {
         let mut gates = self.lock();
         let mut severed = Vec::new();
-        for ((ns, sid), socket) in gates.iter_mut() {
-            if !socket.severed && !socket.rooms.is_empty() {
-                socket.sever();
-                severed.push((ns.clone(), *sid));
+        for (ns, sockets) in gates.iter_mut() {
+            for (sid, socket) in sockets.iter_mut() {
+                if !socket.severed && !socket.rooms.is_empty() {
+                    socket.sever();
+                    severed.push((ns.clone(), *sid));
+                }
             }
         }
         drop(gates);
@@ -574,26 +627,29 @@ impl History {
 
     /// Forgets every gate of a socket (at its disconnect).
     pub fn forget_socket(&self, ns: &str, sid: Sid) {
-        self.lock().remove(&(ns.to_owned(), sid));
+        if let Some(sockets) = self.lock().get_mut(ns) {
+            sockets.remove(&sid);
+        }
     }
 
     /// Forgets a socket's gate of `room` (after `leave`).
     pub fn forget(&self, ns: &str, sid: Sid, room: &str) {
-        if let Some(s) = self.lock().get_mut(&(ns.to_owned(), sid)) {
-            s.rooms.remove(room);
+        if let Some(socket) = self.lock().get_mut(ns).and_then(|s| s.get_mut(&sid)) {
+            socket.rooms.remove(room);
         }
     }
 
-    /// Counts a stamped event; every [`SWEEP_EVERY`] drops the gates of `ns`'s sockets that
+    /// Counts delivered stamped events; every [`SWEEP_EVERY`] drops the gates of `ns`'s sockets that
     /// are not in `live()` (the namespace's connected sockets). Gates are dropped at each
     /// disconnect ([`History::forget_socket`]); the sweep is the backstop for applications whose
     /// own `on_disconnect` replaces Switchyard's.
-    pub fn tick(&self, ns: &str, live: impl FnOnce() -> HashSet<Sid>) {
-        let n = self.stamped.fetch_add(1, Ordering::Relaxed) + 1;
-        if n.is_multiple_of(SWEEP_EVERY) {
+    pub fn tick(&self, ns: &str, events: u64, live: impl FnOnce() -> HashSet<Sid>) {
+        let before = self.stamped.fetch_add(events, Ordering::Relaxed);
+        if before / SWEEP_EVERY != (before + events) / SWEEP_EVERY {
             let live = live();
-            self.lock()
-                .retain(|(n, sid), _| n != ns || live.contains(sid));
+            if let Some(sockets) = self.lock().get_mut(ns) {
+                sockets.retain(|sid, _| live.contains(sid));
+            }
         }
     }
 }
@@ -668,7 +724,7 @@ mod tests {
         let mut got = Vec::new();
         h.hold("/", sid, &rooms);
         for o in [4, 5, 6] {
-            h.admit("/", sid, &ev("a", o), || {
+            h.admit("/", &[ev("a", o)], &[sid], |_, _| {
                 got.push(o);
                 true
             });
@@ -679,7 +735,7 @@ mod tests {
             true
         });
         for o in [5, 6, 7] {
-            h.admit("/", sid, &ev("a", o), || {
+            h.admit("/", &[ev("a", o)], &[sid], |_, _| {
                 got.push(o);
                 true
             });
@@ -691,7 +747,7 @@ mod tests {
         let mut got = Vec::new();
         h.hold("/", sid, &rooms);
         for o in [4, 5, 6] {
-            h.admit("/", sid, &ev("a", o), || {
+            h.admit("/", &[ev("a", o)], &[sid], |_, _| {
                 got.push(o);
                 true
             });
@@ -704,11 +760,11 @@ mod tests {
         assert_eq!(n, Some(3));
         // Re-joining an open room keeps it open: nothing in flight is lost or doubled.
         h.hold("/", sid, &rooms);
-        h.admit("/", sid, &ev("a", 6), || {
+        h.admit("/", &[ev("a", 6)], &[sid], |_, _| {
             got.push(6);
             true
         });
-        h.admit("/", sid, &ev("a", 7), || {
+        h.admit("/", &[ev("a", 7)], &[sid], |_, _| {
             got.push(7);
             true
         });
@@ -716,7 +772,7 @@ mod tests {
             got.push(e.offset);
             true
         });
-        h.admit("/", sid, &ev("a", 8), || {
+        h.admit("/", &[ev("a", 8)], &[sid], |_, _| {
             got.push(8);
             true
         });
@@ -733,11 +789,11 @@ mod tests {
         h.hold("/", sid, &rooms);
         // In flight while the resume asked the relay: one event of the client's old epoch,
         // one of the current epoch.
-        h.admit("/", sid, &ev_in("OLD", "a", 900), || {
+        h.admit("/", &[ev_in("OLD", "a", 900)], &[sid], |_, _| {
             got.push(900);
             true
         });
-        h.admit("/", sid, &ev_in("NEW", "a", 3), || {
+        h.admit("/", &[ev_in("NEW", "a", 3)], &[sid], |_, _| {
             got.push(3);
             true
         });
@@ -753,23 +809,83 @@ mod tests {
         });
         // Late stragglers of the old epoch are dropped; the current epoch goes on, and so
         // does a later epoch (history lost again while subscribed).
-        h.admit("/", sid, &ev_in("OLD", "a", 901), || {
+        h.admit("/", &[ev_in("OLD", "a", 901)], &[sid], |_, _| {
             got.push(901);
             true
         });
-        h.admit("/", sid, &ev_in("NEW", "a", 4), || {
+        h.admit("/", &[ev_in("NEW", "a", 4)], &[sid], |_, _| {
             got.push(4);
             true
         });
-        h.admit("/", sid, &ev_in("NEWER", "a", 1), || {
+        h.admit("/", &[ev_in("NEWER", "a", 1)], &[sid], |_, _| {
             got.push(1);
             true
         });
-        h.admit("/", sid, &ev_in("NEWER", "a", 2), || {
+        h.admit("/", &[ev_in("NEWER", "a", 2)], &[sid], |_, _| {
             got.push(2);
             true
         });
         assert_eq!(got, [3, 4, 1, 2]);
+        Ok(())
+    }
+
+    /// Runs offered to a whole room at once (more members than one hold of the lock takes):
+    /// each member's own gate decides, and a failure severs only that socket, which gets
+    /// nothing after the event it lost, whether it has a gate or not.
+    #[tokio::test]
+    async fn runs_to_many_members_pass_each_gate_on_its_own() -> anyhow::Result<()> {
+        let h = history()?;
+        let mut severed = h.take_severed().ok_or_else(|| anyhow::anyhow!("taken"))?;
+        let rooms = vec!["a".to_owned()];
+        let (open, pending, full) = (Sid::new(), Sid::new(), Sid::new());
+        for sid in [open, full] {
+            h.hold("/", sid, &rooms);
+            h.open("/", sid, &rooms, at(0, 0), &[], |_| true);
+        }
+        h.hold("/", pending, &rooms);
+        let plain: Vec<Sid> = (0..ADMIT_CHUNK + 44).map(|_| Sid::new()).collect();
+        let plain_full = plain[0];
+        let mut members = vec![open, pending, full];
+        members.extend(&plain);
+        let mut got: HashMap<Sid, Vec<u64>> = HashMap::new();
+        for run in [vec![ev("a", 1), ev("a", 2)], vec![ev("a", 3)]] {
+            h.admit("/", &run, &members, |sid, i| {
+                let offset = run[i].offset;
+                if (sid == full || sid == plain_full) && offset == 2 {
+                    return false;
+                }
+                got.entry(sid).or_default().push(offset);
+                true
+            });
+        }
+        assert_eq!(got.get(&open), Some(&vec![1, 2, 3]));
+        assert_eq!(
+            got.get(&full),
+            Some(&vec![1]),
+            "nothing after the lost event"
+        );
+        assert_eq!(
+            got.get(&plain_full),
+            Some(&vec![1]),
+            "nothing after the lost event"
+        );
+        assert_eq!(got.get(&pending), None, "buffered until its gate opens");
+        assert!(
+            plain[1..]
+                .iter()
+                .all(|sid| got.get(sid) == Some(&vec![1, 2, 3]))
+        );
+        assert_eq!(severed.try_recv()?, ("/".to_owned(), full));
+        assert_eq!(severed.try_recv()?, ("/".to_owned(), plain_full));
+        assert!(
+            severed.try_recv().is_err(),
+            "each socket is handed over once"
+        );
+        h.open("/", pending, &rooms, at(0, 0), &[], |e| {
+            got.entry(pending).or_default().push(e.offset);
+            true
+        });
+        assert_eq!(got.get(&pending), Some(&vec![1, 2, 3]));
         Ok(())
     }
 
@@ -786,12 +902,12 @@ mod tests {
         h.open("/", gated, &rooms, at(0, 0), &[], |_| true);
         let mut got = Vec::new();
         for sid in [gated, plain] {
-            h.admit("/", sid, &ev("a", 1), || {
+            h.admit("/", &[ev("a", 1)], &[sid], |_, _| {
                 got.push((sid, 1));
                 true
             });
-            h.admit("/", sid, &ev("a", 2), || false);
-            h.admit("/", sid, &ev("a", 3), || {
+            h.admit("/", &[ev("a", 2)], &[sid], |_, _| false);
+            h.admit("/", &[ev("a", 3)], &[sid], |_, _| {
                 got.push((sid, 3));
                 true
             });
