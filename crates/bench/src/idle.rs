@@ -4,6 +4,9 @@
 //! - `switchyard`: one gateway (release build) with placement (in-memory ledger, no relay:
 //!   nothing to relay with one gateway); clients placed with `/v1/assign`.
 //! - `node`: one Node process of `bench/peers/node/server.mjs` (socket.io 4.8, no adapter).
+//! - `socketioxide_redis`: one `sio-redis-peer` process (socketioxide 0.18 with its Redis
+//!   adapter, which holds nothing per idle socket): what the Socket.IO stack under Switchyard
+//!   costs by itself, so the difference to `switchyard` is Switchyard's own.
 //!
 //! Per run: one warm-up client connects (so lazily built server state is in the baseline),
 //! RSS is read from `/proc/<pid>/status` (`VmRSS`), `clients` more connect (websocket only,
@@ -23,7 +26,7 @@ use serde::Serialize;
 
 use crate::loadgen::{Clock, Dialer, Setup, Shared, connect_many};
 use crate::peers::{PeerCluster, SwitchyardCluster, bench_dir, ensure_profile_env, rss_bytes};
-use crate::stats::median;
+use crate::stats::{median, ratio};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -68,8 +71,11 @@ struct Report {
     clients: usize,
     switchyard: IdleSummary,
     node: IdleSummary,
+    socketioxide_redis: IdleSummary,
     /// switchyard / node, bytes per connection (lower is better).
     ratio_bytes_per_conn: f64,
+    /// switchyard / socketioxide_redis, bytes per connection.
+    ratio_vs_socketioxide_redis: f64,
 }
 
 /// This process's soft open-files limit, from `/proc/self/limits`.
@@ -102,10 +108,9 @@ pub fn main(args: Args) -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let mut runs: HashMap<&'static str, Vec<IdleRun>> = HashMap::new();
     for repeat in 0..args.repeats {
-        let mut order = ["switchyard", "node"];
-        if repeat % 2 == 1 {
-            order.reverse();
-        }
+        let mut order = ["switchyard", "node", "socketioxide_redis"];
+        let systems = order.len();
+        order.rotate_left(repeat % systems);
         for system in order {
             eprintln!("idle: {system} run {}/{}", repeat + 1, args.repeats);
             let figures = run_once(&args, system)
@@ -123,35 +128,47 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let switchyard = summary(runs.remove("switchyard").unwrap_or_default());
     let node = summary(runs.remove("node").unwrap_or_default());
-    let ratio_bytes_per_conn = if node.bytes_per_conn > 0.0 {
-        switchyard.bytes_per_conn / node.bytes_per_conn
-    } else {
-        0.0
-    };
+    let socketioxide_redis = summary(runs.remove("socketioxide_redis").unwrap_or_default());
+    let ratio_bytes_per_conn = ratio(switchyard.bytes_per_conn, node.bytes_per_conn);
+    let ratio_vs_socketioxide_redis =
+        ratio(switchyard.bytes_per_conn, socketioxide_redis.bytes_per_conn);
     let report = Report {
         clients: args.clients,
         switchyard,
         node,
+        socketioxide_redis,
         ratio_bytes_per_conn,
+        ratio_vs_socketioxide_redis,
     };
     println!(
         "\nidle: {} idle websocket clients on one server",
         report.clients
     );
     println!(
-        "{:<12} {:>16} {:>16} {:>16}",
+        "{:<20} {:>16} {:>16} {:>16}",
         "system", "rss_before_MiB", "rss_after_MiB", "bytes_per_conn"
     );
-    for (name, s) in [("switchyard", &report.switchyard), ("node", &report.node)] {
+    for (name, s) in [
+        ("switchyard", &report.switchyard),
+        ("node", &report.node),
+        ("socketioxide_redis", &report.socketioxide_redis),
+    ] {
         println!(
-            "{:<12} {:>16.1} {:>16.1} {:>16.0}",
+            "{:<20} {:>16.1} {:>16.1} {:>16.0}",
             name,
             s.rss_before_bytes / 1048576.0,
             s.rss_after_bytes / 1048576.0,
             s.bytes_per_conn
         );
     }
-    println!("{:<12} {:>50.2}", "ratio", report.ratio_bytes_per_conn);
+    println!(
+        "{:<20} {:>50.2}",
+        "ratio vs node", report.ratio_bytes_per_conn
+    );
+    println!(
+        "{:<20} {:>50.2}",
+        "ratio vs socketioxide", report.ratio_vs_socketioxide_redis
+    );
     let out = match &args.out {
         Some(p) => p.clone(),
         None => bench_dir()?.join("idle.json"),
@@ -171,8 +188,12 @@ async fn run_once(args: &Args, system: &str) -> anyhow::Result<IdleRun> {
         let dialer = cluster.dialer();
         (pid, dialer, Some(cluster), None)
     } else {
-        let cluster = tokio::task::spawn_blocking(|| PeerCluster::node(1)).await??;
-        let pid = cluster.processes.first().context("no node process")?.pid();
+        let cluster = if system == "node" {
+            tokio::task::spawn_blocking(|| PeerCluster::node(1)).await??
+        } else {
+            tokio::task::spawn_blocking(|| PeerCluster::socketioxide_redis(1)).await??
+        };
+        let pid = cluster.processes.first().context("no peer process")?.pid();
         let dialer: Dialer = cluster.dialer();
         (pid, dialer, None, Some(cluster))
     };

@@ -123,7 +123,7 @@ fn draw_charts(dir: &Path, r: &Results) -> anyhow::Result<()> {
         )?;
     }
     if let Some(v) = &r.idle {
-        let series: Vec<(&str, Vec<f64>)> = ["switchyard", "node"]
+        let series: Vec<(&str, Vec<f64>)> = IDLE_SYSTEMS
             .into_iter()
             .filter(|s| v.get(s).is_some())
             .map(|s| (s, figures(v, s, &["bytes_per_conn"])))
@@ -272,13 +272,13 @@ fn render(machine: &str, r: &Results) -> String {
             let _ = writeln!(
                 md,
                 "{} idle websocket clients (Socket.IO connected, no rooms) on one Switchyard \
-                 gateway and on one Node socket.io process. Resident memory (`VmRSS`) read \
-                 before (after one warm-up client) and after; `bytes_per_conn` = difference / \
-                 clients.\n\n\
+                 gateway, on one Node socket.io process and on one socketioxide process (the \
+                 stack under Switchyard, alone). Resident memory (`VmRSS`) read before (after \
+                 one warm-up client) and after; `bytes_per_conn` = difference / clients.\n\n\
                  | system | RSS before MiB | RSS after MiB | bytes/conn |\n|---|---:|---:|---:|",
                 cell(num(i, &["clients"]), 0)
             );
-            for sys in ["switchyard", "node"] {
+            for sys in IDLE_SYSTEMS {
                 if let Some(s) = i.get(sys) {
                     let _ = writeln!(
                         md,
@@ -291,8 +291,10 @@ fn render(machine: &str, r: &Results) -> String {
             }
             let _ = writeln!(
                 md,
-                "| **ratio** | | | {} |\n\nTarget: ≤ 0.5× ({}).\n\n![idle](bench/idle.svg)\n",
+                "| **ratio vs node** | | | {} |\n| **ratio vs socketioxide_redis** | | | {} |\n\n\
+                 Target (switchyard / node): ≤ 0.5× ({}).\n\n![idle](bench/idle.svg)\n",
                 cell(num(i, &["ratio_bytes_per_conn"]), 2),
+                cell(num(i, &["ratio_vs_socketioxide_redis"]), 2),
                 verdict(num(i, &["ratio_bytes_per_conn"]).map(|x| x <= 0.5)),
             );
         }
@@ -390,8 +392,8 @@ keyed by socket id with foldhash (gate bookkeeping fell from 12% to 3% of the ga
 and the adapter takes every frame that has queued (up to 64) and delivers stamped events of \
 one room in a row as a run, member by member (`adapter::deliver_run`), so a member's writer \
 wakes once per run and sends it in one write. Runs form only when frames queue up, so latency \
-at low rates is unchanged while saturation went from 456,000–590,000 to 1,190,000–1,320,000 \
-deliveries/s (socketioxide-redis 1,400,000–1,570,000 in the same runs). What is left is one \
+at low rates is unchanged while saturation went from 456,000–590,000 to 858,000–1,320,000 \
+deliveries/s (socketioxide-redis 1,365,000–1,570,000 in the same runs; Node 263,000–266,000). What is left is one \
 serialization per member and event: socketioxide 0.18 reports a failed broadcast without the \
 socket it failed for (`SocketError` has no sid), and an exact resume must sever exactly the \
 sockets whose buffer was full, so a room-wide broadcast cannot be used for gated members.\n\
@@ -408,9 +410,12 @@ websocket (most likely through the `Bytes` of unread input hyper hands to the up
 stream, which shares the whole buffer), ~8 KB is three tokio task cells per \
 socket spawned by engineioxide (`new_req`, `forward_to_socket`, heartbeat), ~5.4 KB is the \
 first block of engineioxide's per-socket `mpsc` channel (32 packet slots allocated up \
-front). None of these is in Switchyard's own code; the first is the largest and is fixed \
-where the gateway accepts connections (copy the unread bytes out and drop the read buffer \
-before handing the upgraded stream to engineioxide).\n\
+front). None of these is in Switchyard's own code, and the `idle` table now measures it: \
+a bare socketioxide process (the `sio-redis-peer`) holds as much per idle connection as a \
+Switchyard gateway or more (29,242 against 27,868 bytes in one run), so the gap to Node is \
+the Rust Socket.IO stack's, not Switchyard's. Copying the upgrade request's URI and header \
+values out of hyper's read buffer (socketioxide keeps each socket's request parts) was \
+tried and changed nothing measurable (27,846 bytes).\n\
 - **Reconnect storm.** Not profiled (the issue sets no target for it). A Switchyard \
 reconnect does more work than a peer's: `GET /v1/assign` on placement (a Redis script), the \
 token check on the gateway, and a `join` that, with history on, opens the room's position \
@@ -425,6 +430,9 @@ on the same two cores as the servers and every other process on the machine: at 
 is part of what is measured, and the peers can be saturated already at the fixed latency \
 rate (their first saturation step then shows less than 90% delivered), which makes their \
 latencies queueing times.\n";
+
+/// The systems of the `idle` scenario, in table order.
+const IDLE_SYSTEMS: [&str; 3] = ["switchyard", "node", "socketioxide_redis"];
 
 /// What the report cannot show yet, and why.
 const NOT_MEASURED: &str = "\

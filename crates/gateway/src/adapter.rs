@@ -344,6 +344,8 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
             run.clear();
             return;
         };
+        // Logs of the delivery (sockets cut off) belong to the run's first event.
+        let entered = run.spans.first().map(tracing::Span::enter);
         let members = self.local.sockets(opts);
         for span in &run.spans {
             span.record("sockets", members.len());
@@ -369,6 +371,7 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
             all.add_flag(socketioxide_core::adapter::BroadcastFlags::Broadcast);
             self.local.sockets(all).into_iter().collect()
         });
+        drop(entered);
         run.clear();
     }
 
