@@ -16,6 +16,21 @@ pub fn server(
     }
 }
 
+/// The connections a gRPC listener accepts, each with `TCP_NODELAY` on
+/// ([`crate::tls::nodelay`]: streamed frames are small writes), for `serve_with_incoming`,
+/// which unlike `serve` leaves socket options alone.
+pub fn incoming(
+    listener: tokio::net::TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let accepted = listener
+            .accept()
+            .await
+            .map(|(tcp, _)| crate::tls::nodelay(tcp));
+        Some((accepted, listener))
+    })
+}
+
 /// The standard `grpc.health.v1.Health` service and its reporter. The overall status (service
 /// name `""`) starts `SERVING`; services add their own names.
 pub async fn health() -> (
@@ -130,6 +145,18 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn accepted_grpc_connections_have_nodelay_on() -> anyhow::Result<()> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let _client = tokio::net::TcpStream::connect(listener.local_addr()?).await?;
+        let mut accepted = std::pin::pin!(incoming(listener));
+        let tcp = futures::StreamExt::next(&mut accepted)
+            .await
+            .ok_or_else(|| anyhow::anyhow!("the listener stream ended"))??;
+        assert!(tcp.nodelay()?);
+        Ok(())
+    }
 
     fn request(auth: Option<&str>) -> Request<()> {
         let mut r = Request::new(());

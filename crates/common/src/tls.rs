@@ -319,6 +319,8 @@ impl ClientTls {
 /// slow or hostile client never holds up the others; only completed handshakes reach axum. A
 /// failed handshake is counted in `switchyard_<service>_tls_handshake_failures_total` and logged
 /// at DEBUG. The task ends when the listener is dropped.
+///
+/// Every accepted connection has `TCP_NODELAY` on ([`nodelay`]).
 pub struct HttpListener {
     local_addr: SocketAddr,
     inner: Inner,
@@ -378,7 +380,7 @@ impl axum::serve::Listener for HttpListener {
         match &mut self.inner {
             Inner::Plain(listener) => {
                 let (tcp, addr) = axum::serve::Listener::accept(listener).await;
-                (HttpStream::Plain(tcp), addr)
+                (HttpStream::Plain(nodelay(tcp)), addr)
             }
             Inner::Tls(rx) => match rx.recv().await {
                 Some(accepted) => accepted,
@@ -391,6 +393,17 @@ impl axum::serve::Listener for HttpListener {
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
         Ok(self.local_addr)
     }
+}
+
+/// Turns `TCP_NODELAY` on (best effort: a socket that refuses it still works). Every service
+/// speaks in small writes that someone waits for: answers, acks, streamed frames, one
+/// Socket.IO packet to a client. With Nagle's algorithm, such a write waits while an earlier
+/// one is unacknowledged, and the peer's delayed ACK can make that 40 ms.
+pub fn nodelay(tcp: TcpStream) -> TcpStream {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY refused");
+    }
+    tcp
 }
 
 /// Accepts TCP connections and hands completed TLS handshakes to the [`HttpListener`].
@@ -418,7 +431,7 @@ async fn accept_tls(
         let failures = failures.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(nodelay(tcp))).await {
                 Ok(Ok(tls)) => {
                     let _ = tx.send((HttpStream::Tls(Box::new(tls)), addr)).await;
                 }
@@ -575,6 +588,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn accepted_http_connections_have_nodelay_on() -> anyhow::Result<()> {
+        let mut listener = HttpListener::bind("127.0.0.1:0".parse()?, None, "test").await?;
+        let _client = TcpStream::connect(listener.local_addr()?).await?;
+        let (stream, _) = axum::serve::Listener::accept(&mut listener).await;
+        assert!(stream.tcp().nodelay()?);
+        Ok(())
+    }
 
     /// A self-signed certificate and its key, written to a fresh temp dir.
     fn self_signed(name: &str) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {

@@ -30,10 +30,7 @@ use switchyard_proto::{
     },
 };
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::{
-    StreamExt,
-    wrappers::{ReceiverStream, TcpListenerStream},
-};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -186,18 +183,10 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         }
     };
 
-    // Small request/response exchanges: never let Nagle's algorithm hold an answer back.
-    let http_listener = http_listener.tap_io(|io| {
-        if let Err(e) = io.tcp().set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY refused");
-        }
-    });
-    let grpc_incoming = TcpListenerStream::new(grpc_listener).map(|accepted| {
-        let tcp = accepted?;
-        // Best effort: a socket that refuses it still works.
-        let _ = tcp.set_nodelay(true);
-        Ok::<_, std::io::Error>(tcp)
-    });
+    let grpc_incoming = switchyard_common::grpc::incoming(grpc_listener);
+    // `HttpListener` sets TCP_NODELAY itself; `tap_io` is what axum's `ConnectInfo<SocketAddr>`
+    // (the rate limit's client address) is implemented for.
+    let http_listener = http_listener.tap_io(|_| {});
     let app = Router::new()
         .merge(assign::router(Arc::clone(&assigner)).layer(cors(&config)?))
         .merge(ops::router(readiness.clone(), metrics));

@@ -28,7 +28,6 @@ use switchyard_proto::relay::v1::{
     relay_server::{Relay, RelayServer},
 };
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::{
@@ -431,7 +430,7 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         .add_service(relay)
         .add_service(admin);
     let grpc_task = tokio::spawn(grpc.serve_with_incoming_shutdown(
-        TcpListenerStream::new(grpc_listener),
+        switchyard_common::grpc::incoming(grpc_listener),
         stopped(&shutdown_rx),
     ));
 
