@@ -241,6 +241,15 @@ impl SocketGates {
     }
 }
 
+/// The gates of socket `sid` of namespace `ns`, created (empty) if it has none yet.
+fn socket_gates<'a>(gates: &'a mut Gates, ns: &str, sid: Sid) -> &'a mut SocketGates {
+    gates
+        .entry(ns.to_owned())
+        .or_default()
+        .entry(sid)
+        .or_default()
+}
+
 /// The history client and the gates of every local socket (all namespaces).
 #[derive(Debug)]
 pub struct History {
@@ -455,11 +464,7 @@ impl History {
     /// without a seam (re-joining a room must not drop events in flight).
     pub fn hold(&self, ns: &str, sid: Sid, rooms: &[String]) {
         let mut gates = self.lock();
-        let socket = gates
-            .entry(ns.to_owned())
-            .or_default()
-            .entry(sid)
-            .or_default();
+        let socket = socket_gates(&mut gates, ns, sid);
         for room in rooms {
             if !matches!(socket.rooms.get(room), Some(RoomGate::Open(_))) {
                 socket
@@ -487,11 +492,7 @@ impl History {
         mut emit: impl FnMut(&Stamped) -> bool,
     ) -> Option<u64> {
         let mut gates = self.lock();
-        let socket = gates
-            .entry(ns.to_owned())
-            .or_default()
-            .entry(sid)
-            .or_default();
+        let socket = socket_gates(&mut gates, ns, sid);
         let mut buffered = Vec::new();
         let mut opened = Vec::new();
         for room in rooms {
@@ -576,11 +577,7 @@ impl History {
                 }
             }
             for sid in unqueued {
-                let socket = gates
-                    .entry(ns.to_owned())
-                    .or_default()
-                    .entry(sid)
-                    .or_default();
+                let socket = socket_gates(&mut gates, ns, sid);
                 if !socket.severed {
                     socket.sever();
                 }
