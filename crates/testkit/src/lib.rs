@@ -8,13 +8,15 @@
 //! work from plain `#[test]`s, from `#[tokio::test]`s and from `Drop`. Waiting for readiness
 //! blocks the calling thread for at most the ready timeout; a process never depends on the test's
 //! own runtime to get ready, so this does not deadlock. Only [`assign`] is async (it is HTTP).
-//! [`tls::TestPki`] writes throwaway certificates for the TLS tests.
+//! [`tls::TestPki`] writes throwaway certificates for the TLS tests. [`driver::Driver`] runs the
+//! official Socket.IO clients (Node's `socket.io-client`, `python-socketio`) as child processes.
 //!
 //! Every child process is killed when its handle is dropped, so a failing test leaves nothing
 //! running. Logs of every process go to `target/testkit-logs/`.
 
 pub mod assign;
 pub mod cluster;
+pub mod driver;
 pub mod otlp;
 pub mod ports;
 pub mod process;
