@@ -22,9 +22,14 @@
 //! and the JS client does not retry by itself after a middleware refusal.
 //!
 //! **Consumption.** A token's reservation is consumed only when the connection succeeds on the
-//! node the token names: the reservation id is recorded (for the next report) in the connect
-//! handler, which socketioxide runs only after every middleware accepted and the CONNECT answer
-//! was sent. A token refused here for any reason, including `wrong_node`, is not consumed.
+//! node the token names. Admission *claims* the reservation id ([`Admission::claim`]: checked
+//! and recorded in one step, so of two CONNECTs racing with one token exactly one gets it and
+//! the other is refused `token_reused`); the claim becomes final in the connect handler, which
+//! socketioxide runs only after every middleware accepted and the CONNECT answer was sent, and
+//! the id is then recorded for the next report. A claim that never becomes final (a later check
+//! or the application refused the CONNECT, or the connection failed before it was answered) is
+//! released when the socket is dropped. A token refused for any reason, including `wrong_node`,
+//! is not consumed.
 //!
 //! With `--allow-anonymous`, a CONNECT without a token is admitted (and counted in the load);
 //! a CONNECT *with* a token is still verified when a secret is configured, so a bad token is
@@ -32,7 +37,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use switchyard_common::assignment::{AssignmentClaims, TokenError, TokenKey, now_ms};
@@ -106,9 +112,9 @@ pub struct Admission {
     allow_anonymous: bool,
     default_rooms: RoomGrant,
     rate: Option<Mutex<TokenBucket>>,
-    /// Reservation ids already consumed here, with their token's expiry. A token cannot be
+    /// Reservation ids claimed or consumed here, with their token's expiry. A token cannot be
     /// replayed before it expires; after that, its expiry refuses it anyway.
-    consumed: Mutex<HashMap<String, u64>>,
+    consumed: Arc<Mutex<HashMap<String, u64>>>,
 }
 
 impl Admission {
@@ -126,7 +132,7 @@ impl Admission {
             allow_anonymous,
             default_rooms,
             rate: (connect_rate > 0).then(|| Mutex::new(TokenBucket::new(connect_rate))),
-            consumed: Mutex::new(HashMap::new()),
+            consumed: Arc::default(),
         }
     }
 
@@ -171,14 +177,6 @@ impl Admission {
         if claims.rid.is_empty() {
             return Err(Refusal::BadToken);
         }
-        if self
-            .consumed
-            .lock()
-            .map(|c| c.contains_key(&claims.rid))
-            .unwrap_or(false)
-        {
-            return Err(Refusal::TokenReused);
-        }
         let rooms = match claims.rooms {
             Some(patterns) => RoomGrant::new(patterns),
             None => self.default_rooms.clone(),
@@ -196,18 +194,29 @@ impl Admission {
         self.check_token(ns, token, now_ms())
     }
 
-    /// Remembers that `rid` became a connection; false if it already had (a concurrent replay
-    /// that slipped between check and connect).
-    pub fn mark_consumed(&self, rid: &str, exp_ms: u64) -> bool {
-        let Ok(mut consumed) = self.consumed.lock() else {
-            return true;
+    /// Claims the reservation of an admitted client: checked and recorded in one step, so a
+    /// token whose reservation is claimed or consumed here is refused `token_reused`, however
+    /// many CONNECTs race with it. `None` for anonymous clients (nothing to consume). Dropping
+    /// the claim uncommitted gives the reservation back; see [`Claim`].
+    pub fn claim(&self, admitted: &Admitted) -> Result<Option<Claim>, Refusal> {
+        let Some(rid) = &admitted.reservation_id else {
+            return Ok(None);
         };
+        let mut consumed = self.consumed.lock().unwrap_or_else(PoisonError::into_inner);
+        if consumed.contains_key(rid) {
+            return Err(Refusal::TokenReused);
+        }
         // Forget expired ids now and then; their tokens are refused as expired anyway.
         if consumed.len() >= 1024 && consumed.len().is_power_of_two() {
             let now = now_ms();
             consumed.retain(|_, exp| *exp > now);
         }
-        consumed.insert(rid.to_owned(), exp_ms).is_none()
+        consumed.insert(rid.clone(), admitted.token_exp_ms);
+        Ok(Some(Claim {
+            consumed: Arc::clone(&self.consumed),
+            rid: rid.clone(),
+            committed: AtomicBool::new(false),
+        }))
     }
 
     fn anonymous(&self) -> Admitted {
@@ -216,6 +225,35 @@ impl Admission {
             token_exp_ms: 0,
             uid: None,
             rooms: self.default_rooms.clone(),
+        }
+    }
+}
+
+/// A reservation claimed by one CONNECT ([`Admission::claim`]). Kept in the socket's extensions;
+/// [`Claim::commit`] makes it final once the connection succeeded. Dropped uncommitted, it
+/// gives the reservation back, so the token stays good for a connection that does succeed.
+#[derive(Debug)]
+pub struct Claim {
+    consumed: Arc<Mutex<HashMap<String, u64>>>,
+    rid: String,
+    committed: AtomicBool,
+}
+
+impl Claim {
+    /// Makes the claim final and returns the reservation id, to be reported as consumed;
+    /// `None` if it was already committed.
+    pub fn commit(&self) -> Option<&str> {
+        (!self.committed.swap(true, Ordering::AcqRel)).then_some(self.rid.as_str())
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if !*self.committed.get_mut() {
+            self.consumed
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&self.rid);
         }
     }
 }
@@ -361,13 +399,56 @@ mod tests {
             adm.check_token("/other", Some(&t), NOW).err(),
             Some(Refusal::WrongNamespace)
         );
-        assert!(adm.check_token("/", Some(&t), NOW).is_ok());
-        assert!(adm.mark_consumed("r9", NOW + 5000));
+        let admitted = adm
+            .check_token("/", Some(&t), NOW)
+            .map_err(anyhow::Error::msg)?;
+        let claim = adm.claim(&admitted).map_err(anyhow::Error::msg)?;
+        assert_eq!(claim.as_ref().and_then(Claim::commit), Some("r9"));
+        assert_eq!(adm.claim(&admitted).err(), Some(Refusal::TokenReused));
+        drop(claim);
         assert_eq!(
-            adm.check_token("/", Some(&t), NOW).err(),
-            Some(Refusal::TokenReused)
+            adm.claim(&admitted).err(),
+            Some(Refusal::TokenReused),
+            "a committed claim stays consumed"
         );
-        assert!(!adm.mark_consumed("r9", NOW + 5000));
+        Ok(())
+    }
+
+    #[test]
+    fn racing_claims_of_one_token_admit_exactly_one() -> anyhow::Result<()> {
+        let adm = Arc::new(admission(false));
+        let t = token("gw-1", "/", "race", NOW + 5000, None)?;
+        let admitted = adm
+            .check_token("/", Some(&t), NOW)
+            .map_err(anyhow::Error::msg)?;
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let claims: Vec<_> = (0..8)
+            .map(|_| {
+                let (adm, admitted, barrier) = (adm.clone(), admitted.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    adm.claim(&admitted).ok().flatten()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .filter_map(|h| h.join().ok().flatten())
+            .collect();
+        assert_eq!(claims.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn an_uncommitted_claim_gives_the_reservation_back() -> anyhow::Result<()> {
+        let adm = admission(false);
+        let t = token("gw-1", "/", "r5", NOW + 5000, None)?;
+        let admitted = adm
+            .check_token("/", Some(&t), NOW)
+            .map_err(anyhow::Error::msg)?;
+        let claim = adm.claim(&admitted).map_err(anyhow::Error::msg)?;
+        assert!(claim.is_some());
+        drop(claim); // e.g. over capacity, or the application refused the CONNECT
+        assert!(adm.claim(&admitted).map_err(anyhow::Error::msg)?.is_some());
         Ok(())
     }
 

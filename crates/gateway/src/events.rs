@@ -130,14 +130,17 @@ const RESERVED_EVENTS: &[&str] = &[
 /// Registers `join`, `leave` and `publish` on `s`. Called from the admission middleware, before
 /// socketioxide answers the CONNECT, so no event can arrive before its handler exists.
 pub(crate) fn register<A: Adapter>(s: &SocketRef<A>, limits: Arc<EventLimits>) {
+    let rooms_lock = Arc::new(RoomsLock::default());
     let l = limits.clone();
+    let lock = rooms_lock.clone();
     s.on(
         "join",
         move |s: SocketRef<A>, TryData(room): TryData<Payload>, ack: AckSender<A>| {
             let limits = l.clone();
+            let lock = lock.clone();
             async move {
                 if let Some(history) = limits.history.get().cloned() {
-                    let result = join_with_history(&s, &limits, &history, room.ok()).await;
+                    let result = join_with_history(&s, &limits, &lock, &history, room.ok()).await;
                     count("join", result.as_ref().map(|_| ()).map_err(|e| *e));
                     match result {
                         Ok((room, head)) => {
@@ -160,7 +163,7 @@ pub(crate) fn register<A: Adapter>(s: &SocketRef<A>, limits: Arc<EventLimits>) {
                     }
                     return;
                 }
-                let result = join(&s, &limits, room.ok());
+                let result = join(&s, &limits, &lock, room.ok());
                 count("join", result);
                 let _ = match result {
                     Ok(()) => ack.send(
@@ -200,8 +203,9 @@ pub(crate) fn register<A: Adapter>(s: &SocketRef<A>, limits: Arc<EventLimits>) {
         "resume",
         move |s: SocketRef<A>, TryData(req): TryData<ResumeRequest>, ack: AckSender<A>| {
             let limits = limits_resume.clone();
+            let lock = rooms_lock.clone();
             async move {
-                let reply = resume(&s, &limits, req.ok()).await;
+                let reply = resume(&s, &limits, &lock, req.ok()).await;
                 count("resume", reply.as_ref().map(|_| ()).map_err(|e| *e));
                 let _ = match reply {
                     Ok(v) => ack.send(&v),
@@ -289,20 +293,60 @@ fn grant_allows<A: Adapter>(s: &SocketRef<A>, room: &str) -> bool {
 fn join<A: Adapter>(
     s: &SocketRef<A>,
     limits: &EventLimits,
+    lock: &RoomsLock,
     room: Option<Payload>,
 ) -> Result<(), EventError> {
     let room = room
         .as_ref()
         .and_then(valid_room)
         .ok_or(EventError::BadRequest)?;
-    if !grant_allows(s, room) {
-        return Err(EventError::Forbidden);
+    join_checked(s, limits, lock, &[room.to_owned()], || {})
+}
+
+/// Serializes one socket's room-limit check with its joins.
+///
+/// socketioxide runs each event of a socket in a task of its own, so two `join`s can run at
+/// once; had each read `s.rooms()` and then joined, both could pass the check before either was
+/// counted (a 16-room limit once let 17 through). Every join a built-in event makes happens in
+/// [`join_checked`], under this lock, between the check and the join: the limit is checked and
+/// counted in one step. Leaving takes no lock: it can only make room. A std `Mutex`: the
+/// critical section never awaits.
+#[derive(Debug, Default)]
+struct RoomsLock(std::sync::Mutex<()>);
+
+/// Checks `rooms` (valid, granted, and the socket's rooms after joining them within
+/// `--max-rooms-per-socket`) and joins them, in one step under `lock`. `before_join` runs under
+/// the lock once every check passed, right before the join (history gates the rooms there).
+/// All or nothing: a refusal joins none of them.
+fn join_checked<A: Adapter>(
+    s: &SocketRef<A>,
+    limits: &EventLimits,
+    lock: &RoomsLock,
+    rooms: &[String],
+    before_join: impl FnOnce(),
+) -> Result<(), EventError> {
+    for room in rooms {
+        if room.is_empty() || room.len() > MAX_ROOM_LEN {
+            return Err(EventError::BadRequest);
+        }
+        if !grant_allows(s, room) {
+            return Err(EventError::Forbidden);
+        }
     }
-    let rooms = s.rooms();
-    if !rooms.iter().any(|r| r == room) && rooms.len() >= limits.max_rooms_per_socket {
+    let _held = lock
+        .0
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let current = s.rooms();
+    let new = rooms
+        .iter()
+        .filter(|r| !current.iter().any(|c| c == *r))
+        .count();
+    if new > 0 && current.len() + new > limits.max_rooms_per_socket {
         return Err(EventError::TooManyRooms);
     }
-    s.join(room.to_owned());
+    before_join();
+    s.join(rooms.to_vec());
     Ok(())
 }
 
@@ -318,30 +362,11 @@ fn emit_stamped<A: Adapter>(s: &SocketRef<A>, ev: &Stamped) -> bool {
     }
 }
 
-/// Checks a room for `join`/`resume` (valid, granted, within the per-socket room limit).
-fn check_room<A: Adapter>(
-    s: &SocketRef<A>,
-    limits: &EventLimits,
-    room: &str,
-    extra: usize,
-) -> Result<(), EventError> {
-    if room.is_empty() || room.len() > MAX_ROOM_LEN {
-        return Err(EventError::BadRequest);
-    }
-    if !grant_allows(s, room) {
-        return Err(EventError::Forbidden);
-    }
-    let rooms = s.rooms();
-    if !rooms.iter().any(|r| r == room) && rooms.len() + extra >= limits.max_rooms_per_socket {
-        return Err(EventError::TooManyRooms);
-    }
-    Ok(())
-}
-
 /// `join` with history: gate pending, join locally, then read the head (see crate::resume).
 async fn join_with_history<A: Adapter>(
     s: &SocketRef<A>,
     limits: &EventLimits,
+    lock: &RoomsLock,
     history: &History,
     room: Option<Payload>,
 ) -> Result<(String, switchyard_proto::relay::v1::HeadResponse), EventError> {
@@ -350,9 +375,8 @@ async fn join_with_history<A: Adapter>(
         .and_then(valid_room)
         .ok_or(EventError::BadRequest)?
         .to_owned();
-    check_room(s, limits, &room, 0)?;
-    history.hold(s.ns(), s.id, std::slice::from_ref(&room));
-    s.join(room.clone());
+    let rooms = std::slice::from_ref(&room);
+    join_checked(s, limits, lock, rooms, || history.hold(s.ns(), s.id, rooms))?;
     match history.head(s.ns(), &room).await {
         Ok(head) => Ok((room, head)),
         Err(e) => {
@@ -368,34 +392,22 @@ async fn join_with_history<A: Adapter>(
 async fn resume<A: Adapter>(
     s: &SocketRef<A>,
     limits: &EventLimits,
+    lock: &RoomsLock,
     req: Option<ResumeRequest>,
 ) -> Result<serde_json::Value, EventError> {
     let req = req.ok_or(EventError::BadRequest)?;
     let mut rooms = req.rooms;
     rooms.sort();
     rooms.dedup();
-    let new_rooms = {
-        let current = s.rooms();
-        rooms
-            .iter()
-            .filter(|r| !current.iter().any(|c| c == *r))
-            .count()
-    };
-    for room in &rooms {
-        check_room(s, limits, room, new_rooms.saturating_sub(1))?;
-    }
     let Some(history) = limits.history.get() else {
-        for room in &rooms {
-            s.join(room.clone());
-        }
+        join_checked(s, limits, lock, &rooms, || {})?;
         return Ok(
             json!({"ok": true, "recovered": false, "replayed": 0, "epoch": null, "offset": null}),
         );
     };
-    history.hold(s.ns(), s.id, &rooms);
-    for room in &rooms {
-        s.join(room.clone());
-    }
+    join_checked(s, limits, lock, &rooms, || {
+        history.hold(s.ns(), s.id, &rooms)
+    })?;
     let epoch = req.epoch.unwrap_or_default();
     let replay = match req.offset {
         Some(offset) if !epoch.is_empty() => history.replay(s.ns(), &rooms, &epoch, offset).await,

@@ -30,7 +30,7 @@ use socketioxide::{
 use tracing::Instrument;
 
 use crate::Shared;
-use crate::admission::{Admitted, Refusal};
+use crate::admission::{Claim, Refusal};
 use crate::load::Seat;
 
 type MiddlewareResult = Result<(), Box<dyn std::fmt::Display + Send>>;
@@ -58,21 +58,12 @@ where
     T: Send + Sync + 'static,
 {
     fn call(&self, s: Arc<Socket<A>>, auth: Option<Value>) {
-        let admitted = s.extensions.get::<Arc<Admitted>>();
         let span = tracing::info_span!("connected", node_id = %self.shared.settings.node_id, ns = %s.ns(), sid = %s.id);
         let _enter = span.enter();
-        if let Some(admitted) = &admitted
-            && let Some(rid) = &admitted.reservation_id
+        if let Some(claim) = s.extensions.get::<Arc<Claim>>()
+            && let Some(rid) = claim.commit()
         {
-            if self
-                .shared
-                .admission
-                .mark_consumed(rid, admitted.token_exp_ms)
-            {
-                self.shared.load.record_consumed(rid.clone());
-            } else {
-                tracing::warn!(rid = %rid, "token replayed concurrently; reservation already consumed");
-            }
+            self.shared.load.record_consumed(rid.to_owned());
         }
         metrics::counter!("switchyard_gateway_connects_total", "outcome" => "accepted", "reason" => "ok")
             .increment(1);
@@ -158,8 +149,14 @@ fn admit<A: Adapter>(
     }
     shared.admission.check_rate()?;
     let admitted = shared.admission.check_token_now(s.ns(), token)?;
+    // Claimed before the seat: `token_reused` comes before `over_capacity`, and a claim dropped
+    // because there was no seat gives the reservation back.
+    let claim = shared.admission.claim(&admitted)?;
     let seat = shared.load.try_seat().ok_or(Refusal::OverCapacity)?;
     s.extensions.insert(seat.clone());
+    if let Some(claim) = claim {
+        s.extensions.insert(Arc::new(claim));
+    }
     s.extensions.insert(Arc::new(admitted));
     let sref = SocketRef::from(s.clone());
     crate::events::register(&sref, shared.limits.clone());

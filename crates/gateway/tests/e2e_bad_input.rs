@@ -9,132 +9,16 @@ mod support;
 use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use serde_json::{Value, json};
 use support::{Cluster, Driver};
-use switchyard_testkit::{assign::assign, raw::http_exchange};
-use tokio::net::TcpStream;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
+use switchyard_testkit::assign::assign;
+use switchyard_testkit::raw::{Outcome, RawSocket, http_exchange};
+use tokio_tungstenite::tungstenite::Message;
 
 const WAIT: Duration = Duration::from_secs(20);
 const MAX_PAYLOAD: usize = 65_536;
 const MAX_ROOMS: usize = 16;
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
-
-/// How a raw connection ended up after a bad frame.
-#[derive(Debug, PartialEq)]
-enum Outcome {
-    /// The gateway closed the connection.
-    Closed,
-    /// The connection lives on and answered the probe with this ack.
-    Acked(Value),
-}
-
-/// A raw Socket.IO v5 client over one websocket.
-struct Raw {
-    ws: Ws,
-    next_ack: u64,
-}
-
-impl Raw {
-    /// Opens the Engine.IO websocket (reads the OPEN packet), without a Socket.IO CONNECT.
-    async fn open(gateway_url: &str) -> anyhow::Result<Raw> {
-        let host = gateway_url.trim_start_matches("http://");
-        let tcp = TcpStream::connect(host).await?;
-        let url = format!("ws://{host}/socket.io/?EIO=4&transport=websocket");
-        let (ws, _) = tokio_tungstenite::client_async(url, MaybeTlsStream::Plain(tcp)).await?;
-        let mut raw = Raw { ws, next_ack: 0 };
-        let open = raw.next_text().await?.context("closed before OPEN")?;
-        ensure!(
-            open.starts_with('0'),
-            "expected the Engine.IO OPEN, got {open}"
-        );
-        Ok(raw)
-    }
-
-    /// Opens and connects to `/` with a fresh assignment token from placement.
-    async fn connected(cluster: &Cluster) -> anyhow::Result<Raw> {
-        let a = assign(cluster.placement.http_url(), "/").await?;
-        let mut raw = Raw::open(&a.url).await?;
-        raw.send(&format!("40{}", json!({"token": a.token})))
-            .await?;
-        let reply = raw
-            .next_text()
-            .await?
-            .context("closed before CONNECT was answered")?;
-        ensure!(reply.starts_with("40"), "CONNECT refused: {reply}");
-        Ok(raw)
-    }
-
-    async fn send(&mut self, text: &str) -> anyhow::Result<()> {
-        self.ws.send(Message::text(text)).await?;
-        Ok(())
-    }
-
-    /// The next text message (Engine.IO pings answered), `None` once the connection is closed
-    /// (a websocket close, an Engine.IO CLOSE packet or a dropped connection).
-    async fn next_text(&mut self) -> anyhow::Result<Option<String>> {
-        loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .context("the gateway neither answered nor closed")?;
-            match msg {
-                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(None),
-                // The Engine.IO CLOSE packet.
-                Some(Ok(Message::Text(t))) if t.as_str() == "1" => return Ok(None),
-                Some(Ok(Message::Text(t))) if t.as_str() == "2" => {
-                    let _ = self.ws.send(Message::text("3")).await;
-                }
-                Some(Ok(Message::Text(t))) => return Ok(Some(t.as_str().to_owned())),
-                Some(Ok(_)) => {}
-            }
-        }
-    }
-
-    /// Emits `event(args...)` with an ack id; returns the id.
-    async fn emit(&mut self, event: &str, args: &[Value]) -> anyhow::Result<u64> {
-        self.next_ack += 1;
-        let mut packet = vec![json!(event)];
-        packet.extend_from_slice(args);
-        self.send(&format!("42{}{}", self.next_ack, Value::Array(packet)))
-            .await?;
-        Ok(self.next_ack)
-    }
-
-    /// Waits for the ack `id` (skipping events); `None` if the connection closed first.
-    async fn ack(&mut self, id: u64) -> anyhow::Result<Option<Value>> {
-        let prefix = format!("43{id}");
-        while let Some(t) = self.next_text().await? {
-            if let Some(rest) = t.strip_prefix(&prefix)
-                && rest.starts_with('[')
-            {
-                let args: Value = serde_json::from_str(rest)?;
-                return Ok(Some(args[0].clone()));
-            }
-        }
-        Ok(None)
-    }
-
-    /// Emits and waits for the ack; an error if the connection closed.
-    async fn call(&mut self, event: &str, args: &[Value]) -> anyhow::Result<Value> {
-        let id = self.emit(event, args).await?;
-        self.ack(id)
-            .await?
-            .with_context(|| format!("the connection closed before `{event}` was acked"))
-    }
-
-    /// After a bad frame: either the connection is closed, or a `join` probe is acked.
-    async fn outcome(&mut self) -> anyhow::Result<Outcome> {
-        let Ok(id) = self.emit("join", &[json!("probe")]).await else {
-            return Ok(Outcome::Closed);
-        };
-        Ok(match self.ack(id).await? {
-            Some(v) => Outcome::Acked(v),
-            None => Outcome::Closed,
-        })
-    }
-}
 
 /// The good client, `good`, still connected and receiving publishes to `news`.
 async fn good_still_served(js: &mut Driver, cluster: &Cluster, after: &str) -> anyhow::Result<()> {
@@ -210,7 +94,7 @@ async fn garbage_frames_are_refused_and_a_good_client_is_unaffected() -> anyhow:
         ),
         ("an upgrade probe mid-session", Message::text("5")),
     ] {
-        let mut raw = Raw::open(&url).await?;
+        let mut raw = RawSocket::open(&url).await?;
         raw.ws.send(msg).await?;
         // A CONNECT after the garbage: refused by a closed connection, or served normally.
         let token = assign(cluster.placement.http_url(), "/").await?.token;
@@ -235,7 +119,7 @@ async fn garbage_frames_are_refused_and_a_good_client_is_unaffected() -> anyhow:
             "40/nope,{\"token\":\"x\"}".to_owned(),
         ),
     ] {
-        let mut raw = Raw::open(&url).await?;
+        let mut raw = RawSocket::open(&url).await?;
         raw.send(&frame).await?;
         match raw.next_text().await? {
             None => {}
@@ -267,7 +151,7 @@ async fn garbage_frames_are_refused_and_a_good_client_is_unaffected() -> anyhow:
         ("an ack for nothing", "43999[\"x\"]".into()),
     ];
     for (what, frame) in cases {
-        let mut raw = Raw::connected(&cluster).await?;
+        let mut raw = RawSocket::connected(cluster.placement.http_url()).await?;
         raw.send(&frame).await?;
         let outcome = raw.outcome().await?;
         match &outcome {
@@ -281,7 +165,7 @@ async fn garbage_frames_are_refused_and_a_good_client_is_unaffected() -> anyhow:
     }
 
     // Binary attachments that never come, then a text frame: no event is applied half-built.
-    let mut raw = Raw::connected(&cluster).await?;
+    let mut raw = RawSocket::connected(cluster.placement.http_url()).await?;
     raw.send("452-[\"publish\",{\"room\":\"news\",\"event\":\"e\",\"data\":[{\"_placeholder\":true,\"num\":0},{\"_placeholder\":true,\"num\":1}]}]")
         .await?;
     raw.ws.send(Message::binary(vec![1u8, 2, 3])).await?;
@@ -296,7 +180,7 @@ async fn oversized_payloads_and_join_floods_are_refused_and_a_good_client_is_una
     let (cluster, mut js) = setup().await?;
 
     // Just over --max-payload-bytes: an ack naming the limit, and the connection lives on.
-    let mut raw = Raw::connected(&cluster).await?;
+    let mut raw = RawSocket::connected(cluster.placement.http_url()).await?;
     let over = "p".repeat(MAX_PAYLOAD + 1);
     let ack = raw
         .call(
@@ -318,7 +202,7 @@ async fn oversized_payloads_and_join_floods_are_refused_and_a_good_client_is_una
     );
 
     // Far beyond the transport limit (limit + envelope headroom): the connection is closed.
-    let mut raw = Raw::connected(&cluster).await?;
+    let mut raw = RawSocket::connected(cluster.placement.http_url()).await?;
     let huge = "h".repeat(4 * 1024 * 1024);
     let sent = raw
         .emit(
@@ -335,24 +219,13 @@ async fn oversized_payloads_and_join_floods_are_refused_and_a_good_client_is_una
     good_still_served(&mut js, &cluster, "a 4 MiB packet").await?;
 
     // A flood of joins: every one acked, the first MAX_ROOMS ok, then too_many_rooms.
-    let mut raw = Raw::connected(&cluster).await?;
+    let mut raw = RawSocket::connected(cluster.placement.http_url()).await?;
     let flood = 500;
     let mut ids = Vec::with_capacity(flood);
     for i in 0..flood {
         ids.push(raw.emit("join", &[json!(format!("flood-{i}"))]).await?);
     }
-    let mut acks = std::collections::HashMap::new();
-    while acks.len() < flood {
-        let Some(t) = raw.next_text().await? else {
-            bail!("closed during the join flood after {} acks", acks.len());
-        };
-        if let Some(rest) = t.strip_prefix("43") {
-            let split = rest.find('[').context("ack without args")?;
-            let id: u64 = rest[..split].parse()?;
-            let args: Value = serde_json::from_str(&rest[split..])?;
-            acks.insert(id, args[0].clone());
-        }
-    }
+    let acks = raw.acks(&ids).await?;
     let ok = ids.iter().filter(|id| acks[id]["ok"] == true).count();
     let refused = ids
         .iter()
@@ -385,7 +258,7 @@ async fn oversized_payloads_and_join_floods_are_refused_and_a_good_client_is_una
     // Many connections flooding joins at once.
     let mut floods = Vec::new();
     for _ in 0..10 {
-        let mut raw = Raw::connected(&cluster).await?;
+        let mut raw = RawSocket::connected(cluster.placement.http_url()).await?;
         floods.push(tokio::spawn(async move {
             for i in 0..200 {
                 raw.emit("join", &[json!(format!("many-{i}"))]).await?;

@@ -1,13 +1,18 @@
 //! Requests no well-behaved client sends, for the bad-input tests: raw HTTP/1.1 over TCP
 //! ([`http_exchange`]) and gRPC calls whose messages are arbitrary bytes ([`RawCodec`]: a real
-//! HTTP/2 gRPC client, tonic, sending the given bytes as the message). A service must still
-//! answer them with a clear refusal (a 4xx, a gRPC status), never panic.
+//! HTTP/2 gRPC client, tonic, sending the given bytes as the message), and Socket.IO over a raw
+//! websocket ([`RawSocket`]). A service must still answer them with a clear refusal (a 4xx, a
+//! gRPC status, an `{ok: false}` ack, a closed connection), never panic.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, ensure};
 use bytes::{Buf, BufMut, Bytes};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::{WebSocketStream, tungstenite::Message};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::{Status, Streaming, transport::Channel};
 
@@ -126,4 +131,152 @@ pub async fn streaming(
     let path = http::uri::PathAndQuery::from_static(path);
     let request = tonic::Request::new(tokio_stream::iter(messages));
     Ok(grpc.streaming(request, path, RawCodec).await?.into_inner())
+}
+
+/// How long [`RawSocket`] waits for the server to answer or close.
+pub const SOCKET_WAIT: Duration = Duration::from_secs(20);
+
+type Ws = WebSocketStream<tokio::net::TcpStream>;
+
+/// How a raw connection ended up after a bad frame.
+#[derive(Debug, PartialEq)]
+pub enum Outcome {
+    /// The gateway closed the connection.
+    Closed,
+    /// The connection lives on and answered the probe with this ack.
+    Acked(Value),
+}
+
+/// A raw Socket.IO v5 client over one websocket: it sends exactly what it is told, so a test can
+/// send what no well-behaved client does (floods, garbage, half-built packets).
+pub struct RawSocket {
+    /// The websocket, for frames the helpers below do not cover.
+    pub ws: Ws,
+    next_ack: u64,
+}
+
+impl RawSocket {
+    /// Opens the Engine.IO websocket (reads the OPEN packet), without a Socket.IO CONNECT.
+    pub async fn open(gateway_url: &str) -> anyhow::Result<RawSocket> {
+        let host = gateway_url.trim_start_matches("http://");
+        let tcp = tokio::net::TcpStream::connect(host).await?;
+        let url = format!("ws://{host}/socket.io/?EIO=4&transport=websocket");
+        let (ws, _) = tokio_tungstenite::client_async(url, tcp).await?;
+        let mut raw = RawSocket { ws, next_ack: 0 };
+        let open = raw.next_text().await?.context("closed before OPEN")?;
+        ensure!(
+            open.starts_with('0'),
+            "expected the Engine.IO OPEN, got {open}"
+        );
+        Ok(raw)
+    }
+
+    /// Opens and connects to `/` with a fresh assignment token from placement's `/v1/assign`.
+    pub async fn connected(placement_http: &str) -> anyhow::Result<RawSocket> {
+        let a = crate::assign::assign(placement_http, "/").await?;
+        RawSocket::connect(&a.url, &a.token).await
+    }
+
+    /// Opens the websocket on `gateway_url` and connects to `/` with `token`; an error names the
+    /// refusal when the CONNECT is not accepted.
+    pub async fn connect(gateway_url: &str, token: &str) -> anyhow::Result<RawSocket> {
+        let mut raw = RawSocket::open(gateway_url).await?;
+        raw.send(&format!("40{}", json!({"token": token}))).await?;
+        let reply = raw
+            .next_text()
+            .await?
+            .context("closed before CONNECT was answered")?;
+        ensure!(reply.starts_with("40"), "CONNECT refused: {reply}");
+        Ok(raw)
+    }
+
+    pub async fn send(&mut self, text: &str) -> anyhow::Result<()> {
+        self.ws.send(Message::text(text)).await?;
+        Ok(())
+    }
+
+    /// The next text message (Engine.IO pings answered), `None` once the connection is closed
+    /// (a websocket close, an Engine.IO CLOSE packet or a dropped connection).
+    pub async fn next_text(&mut self) -> anyhow::Result<Option<String>> {
+        loop {
+            let msg = tokio::time::timeout(SOCKET_WAIT, self.ws.next())
+                .await
+                .context("the gateway neither answered nor closed")?;
+            match msg {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(None),
+                // The Engine.IO CLOSE packet.
+                Some(Ok(Message::Text(t))) if t.as_str() == "1" => return Ok(None),
+                Some(Ok(Message::Text(t))) if t.as_str() == "2" => {
+                    let _ = self.ws.send(Message::text("3")).await;
+                }
+                Some(Ok(Message::Text(t))) => return Ok(Some(t.as_str().to_owned())),
+                Some(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// Emits `event(args...)` with an ack id; returns the id.
+    pub async fn emit(&mut self, event: &str, args: &[Value]) -> anyhow::Result<u64> {
+        self.next_ack += 1;
+        let mut packet = vec![json!(event)];
+        packet.extend_from_slice(args);
+        self.send(&format!("42{}{}", self.next_ack, Value::Array(packet)))
+            .await?;
+        Ok(self.next_ack)
+    }
+
+    /// Waits for the ack `id` (skipping events); `None` if the connection closed first.
+    pub async fn ack(&mut self, id: u64) -> anyhow::Result<Option<Value>> {
+        let prefix = format!("43{id}");
+        while let Some(t) = self.next_text().await? {
+            if let Some(rest) = t.strip_prefix(&prefix)
+                && rest.starts_with('[')
+            {
+                let args: Value = serde_json::from_str(rest)?;
+                return Ok(Some(args[0].clone()));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Waits for the acks of every id in `ids`, in whatever order they arrive (handlers of one
+    /// socket run concurrently, so acks of pipelined emits can overtake each other); events in
+    /// between are skipped. An error if the connection closes first.
+    pub async fn acks(&mut self, ids: &[u64]) -> anyhow::Result<HashMap<u64, Value>> {
+        let mut acks = HashMap::with_capacity(ids.len());
+        while acks.len() < ids.len() {
+            let Some(text) = self.next_text().await? else {
+                anyhow::bail!("closed after {} of {} acks", acks.len(), ids.len());
+            };
+            let Some(rest) = text.strip_prefix("43") else {
+                continue;
+            };
+            let split = rest.find('[').context("an ack without arguments")?;
+            let id: u64 = rest[..split].parse()?;
+            let args: Value = serde_json::from_str(&rest[split..])?;
+            if ids.contains(&id) {
+                acks.insert(id, args[0].clone());
+            }
+        }
+        Ok(acks)
+    }
+
+    /// Emits and waits for the ack; an error if the connection closed.
+    pub async fn call(&mut self, event: &str, args: &[Value]) -> anyhow::Result<Value> {
+        let id = self.emit(event, args).await?;
+        self.ack(id)
+            .await?
+            .with_context(|| format!("the connection closed before `{event}` was acked"))
+    }
+
+    /// After a bad frame: either the connection is closed, or a `join` probe is acked.
+    pub async fn outcome(&mut self) -> anyhow::Result<Outcome> {
+        let Ok(id) = self.emit("join", &[json!("probe")]).await else {
+            return Ok(Outcome::Closed);
+        };
+        Ok(match self.ack(id).await? {
+            Some(v) => Outcome::Acked(v),
+            None => Outcome::Closed,
+        })
+    }
 }
