@@ -8,9 +8,9 @@ mod support;
 
 use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::ensure;
 use futures::SinkExt;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::{Cluster, Driver};
 use switchyard_testkit::assign::assign;
 use switchyard_testkit::raw::{Outcome, RawSocket, http_exchange};
