@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use switchyard_common::telemetry::TelemetryArgs;
 
-use crate::Settings;
+use crate::settings::Settings;
 
 /// `switchyard-gateway` flags.
 #[derive(Debug, Clone, Args)]
@@ -93,7 +93,7 @@ pub struct GatewayArgs {
     #[arg(
         long,
         env = "SWITCHYARD_WS_READ_BUFFER_BYTES",
-        default_value_t = crate::DEFAULT_WS_READ_BUFFER_BYTES
+        default_value_t = crate::settings::DEFAULT_WS_READ_BUFFER_BYTES
     )]
     pub ws_read_buffer_bytes: usize,
     /// Packets queued per socket before emits to it fail (a slow client's backlog bound). A
@@ -101,9 +101,23 @@ pub struct GatewayArgs {
     #[arg(
         long,
         env = "SWITCHYARD_MAX_BUFFERED_PACKETS",
-        default_value_t = crate::DEFAULT_MAX_BUFFERED_PACKETS
+        default_value_t = crate::settings::DEFAULT_MAX_BUFFERED_PACKETS
     )]
     pub max_buffered_packets: usize,
+    /// Frames from the relay queued per namespace for its adapter. When the queue is full (the
+    /// relay sends faster than this gateway applies), the link is cut and relinks after a
+    /// backoff, and sockets holding history gates resume: memory stays bounded, nothing is
+    /// lost silently.
+    #[arg(
+        long,
+        env = "SWITCHYARD_ADAPTER_QUEUE",
+        default_value_t = crate::settings::DEFAULT_ADAPTER_QUEUE,
+        value_parser = clap::builder::TypedValueParser::map(
+            clap::value_parser!(u32).range(1..),
+            |v| usize::try_from(v).unwrap_or(usize::MAX)
+        )
+    )]
+    pub adapter_queue: usize,
     /// TLS for the listener (`--tls-cert`, `--tls-key`) and for the `https://` placement and
     /// relay URLs (`--tls-ca`, `--tls-client-cert`, `--tls-client-key`). The gateway has no
     /// gRPC listener, so `--tls-client-ca` does not apply to it.
@@ -193,6 +207,7 @@ impl GatewayArgs {
             link_token: self.link_token.clone().filter(|t| !t.is_empty()),
             ws_read_buffer_bytes: self.ws_read_buffer_bytes,
             max_buffered_packets: self.max_buffered_packets,
+            adapter_queue: self.adapter_queue,
         })
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! - `/readyz` answers 503 and the next report says `draining = true`;
 //! - admission refuses every new client with `draining`;
-//! - the [`DrainController`] disconnects clients at the drain rate (per second, spread over
+//! - the `DrainController` disconnects clients at the drain rate (per second, spread over
 //!   20 ticks a second, never all at once). Each client first receives the event
 //!   [`DRAIN_EVENT`] with `{"reason": "drain" | "shed" | "shutdown", "reassign": true}`, then a
 //!   server-side namespace disconnect, which Socket.IO clients report as the disconnect reason
@@ -34,6 +34,7 @@ use switchyard_common::ops::Readiness;
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::load::Load;
+use crate::metrics;
 
 /// The event every client receives just before the gateway disconnects it to move it elsewhere.
 pub const DRAIN_EVENT: &str = "switchyard:drain";
@@ -156,7 +157,7 @@ impl DrainState {
             self.changed.notify_one();
         }
         self.refresh_readiness();
-        metrics::gauge!("switchyard_gateway_draining").set(1.0);
+        ::metrics::gauge!(metrics::DRAINING).set(1.0);
         let rate_per_sec = if rate_per_sec == 0 {
             self.default_rate
         } else {
@@ -200,7 +201,7 @@ impl DrainState {
         if self.draining.swap(draining, Ordering::AcqRel) != draining {
             self.changed.notify_one();
         }
-        metrics::gauge!("switchyard_gateway_draining").set(if draining { 1.0 } else { 0.0 });
+        ::metrics::gauge!(metrics::DRAINING).set(if draining { 1.0 } else { 0.0 });
         self.refresh_readiness();
     }
 
@@ -210,7 +211,7 @@ impl DrainState {
     }
 }
 
-/// The receiving end of drain commands, handed to [`DrainController::spawn`].
+/// The receiving end of drain commands, handed to `DrainController::spawn`.
 #[derive(Debug)]
 pub struct DrainInbox(mpsc::UnboundedReceiver<Command>);
 
@@ -273,7 +274,7 @@ impl<A: Adapter> DrainController<A> {
                             let keep_existing = matches!(&drain, Some((c, _, _)) if c.exits() && !cause.exits());
                             if !keep_existing {
                                 tracing::info!(cause = cause.label(), rate_per_sec, connections = self.load.connections(), "drain started");
-                                metrics::counter!("switchyard_gateway_drains_total", "cause" => cause.label()).increment(1);
+                                ::metrics::counter!(metrics::DRAINS_TOTAL, "cause" => cause.label()).increment(1);
                                 let started = drain.as_ref().map(|(_, _, s)| *s).unwrap_or_else(Instant::now);
                                 drain = Some((cause, Job::new(cause.notice_reason(), rate_per_sec, None), started));
                             }
@@ -297,7 +298,7 @@ impl<A: Adapter> DrainController<A> {
                             if let Some((cause, _, _)) = &drain && cause.exits() {
                                 tracing::warn!("second signal: disconnecting every remaining client now");
                                 let n = self.disconnect(usize::MAX, cause.notice_reason());
-                                metrics::counter!("switchyard_gateway_drain_disconnects_total", "cause" => "deadline").increment(n as u64);
+                                ::metrics::counter!(metrics::DRAIN_DISCONNECTS_TOTAL, "cause" => "deadline").increment(n as u64);
                                 self.finish(DrainEnd::Deadline);
                                 drain = None;
                             }
@@ -311,10 +312,10 @@ impl<A: Adapter> DrainController<A> {
                         let n = job.due(TICK);
                         if n > 0 {
                             let done = self.disconnect(n, job.reason);
-                            metrics::counter!("switchyard_gateway_drain_disconnects_total", "cause" => cause.label()).increment(done as u64);
+                            ::metrics::counter!(metrics::DRAIN_DISCONNECTS_TOTAL, "cause" => cause.label()).increment(done as u64);
                         }
                         let left = self.load.connections();
-                        metrics::gauge!("switchyard_gateway_drain_remaining").set(left as f64);
+                        ::metrics::gauge!(metrics::DRAIN_REMAINING).set(left as f64);
                         if cause.exits() {
                             if left == 0 {
                                 tracing::info!(elapsed_ms = started.elapsed().as_millis() as u64, "drain complete: no clients left");
@@ -323,7 +324,7 @@ impl<A: Adapter> DrainController<A> {
                             } else if started.elapsed() >= self.deadline {
                                 tracing::warn!(left, "drain deadline reached: disconnecting the remaining clients at once");
                                 let n = self.disconnect(usize::MAX, job.reason);
-                                metrics::counter!("switchyard_gateway_drain_disconnects_total", "cause" => "deadline").increment(n as u64);
+                                ::metrics::counter!(metrics::DRAIN_DISCONNECTS_TOTAL, "cause" => "deadline").increment(n as u64);
                                 self.finish(DrainEnd::Deadline);
                                 ended = true;
                             }
@@ -332,7 +333,7 @@ impl<A: Adapter> DrainController<A> {
                         let n = job.due(TICK);
                         if n > 0 {
                             let done = self.disconnect(n, job.reason);
-                            metrics::counter!("switchyard_gateway_drain_disconnects_total", "cause" => "shed")
+                            ::metrics::counter!(metrics::DRAIN_DISCONNECTS_TOTAL, "cause" => "shed")
                                 .increment(done as u64);
                             let remaining = job.remaining.unwrap_or(0).saturating_sub(done as u64);
                             job.remaining = Some(remaining);

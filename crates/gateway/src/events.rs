@@ -1,6 +1,6 @@
 //! The built-in client events, registered on every socket Switchyard admits.
 //!
-//! With a relay (history on; see [`crate::resume`] for the guarantees):
+//! With a relay (history on; see [`crate::gates`] for the guarantees):
 //!
 //! - `join(room)` → ack `{ok: true, epoch, offset, retained}`: `offset` is the namespace's
 //!   head taken right after the socket joined; the client then receives every event of the
@@ -39,7 +39,7 @@
 //! (`connect`, `connect_error`, `disconnect`, `disconnecting`, `newListener`,
 //! `removeListener`) and anything starting with `switchyard:`.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -50,17 +50,18 @@ use socketioxide::{
 };
 
 use crate::admission::Admitted;
+use crate::cluster::ClusterState;
+use crate::gates::{Opening, Stamped};
+use crate::history::Head;
+use crate::metrics;
 use crate::payload::Payload;
-use crate::resume::{History, Opening, Stamped};
 use crate::rooms::MAX_ROOM_LEN;
 
-/// Limits the built-in events enforce, and the history client when a relay is configured.
-#[derive(Debug)]
+/// Limits the built-in events enforce.
+#[derive(Debug, Clone, Copy)]
 pub struct EventLimits {
     pub max_rooms_per_socket: usize,
     pub max_payload_bytes: usize,
-    /// Set once the cluster state exists (see [`crate::Switchyard::cluster_state`]).
-    pub history: std::sync::OnceLock<Arc<History>>,
 }
 
 /// Why a built-in event was refused; serialized as the ack's `error`.
@@ -127,64 +128,64 @@ const RESERVED_EVENTS: &[&str] = &[
     "removeListener",
 ];
 
-/// Registers `join`, `leave` and `publish` on `s`. Called from the admission middleware, before
-/// socketioxide answers the CONNECT, so no event can arrive before its handler exists.
-pub(crate) fn register<A: Adapter>(s: &SocketRef<A>, limits: Arc<EventLimits>) {
-    let rooms_lock = Arc::new(RoomsLock::default());
-    let l = limits.clone();
-    let lock = rooms_lock.clone();
+/// What the built-in events of one socket share.
+struct Context {
+    limits: EventLimits,
+    /// With a relay: history and gates. `None`: a single gateway.
+    cluster: Option<ClusterState>,
+    rooms_lock: RoomsLock,
+}
+
+/// Serializes one socket's room-limit check with its joins.
+///
+/// socketioxide runs each event of a socket in a task of its own, so two `join`s can run at
+/// once; had each read `s.rooms()` and then joined, both could pass the check before either was
+/// counted (a 16-room limit once let 17 through). Every join a built-in event makes happens in
+/// [`join_checked`], under this lock, between the check and the join: the limit is checked and
+/// counted in one step. Leaving takes no lock: it can only make room. A std `Mutex`: the
+/// critical section never awaits.
+#[derive(Debug, Default)]
+struct RoomsLock(Mutex<()>);
+
+/// Registers `join`, `leave`, `publish` and `resume` on `s`. Called from the admission
+/// middleware, before socketioxide answers the CONNECT, so no event can arrive before its
+/// handler exists.
+pub(crate) fn register<A: Adapter>(
+    s: &SocketRef<A>,
+    limits: EventLimits,
+    cluster: Option<ClusterState>,
+) {
+    let cx = Arc::new(Context {
+        limits,
+        cluster,
+        rooms_lock: RoomsLock::default(),
+    });
+    let c = cx.clone();
     s.on(
         "join",
         move |s: SocketRef<A>, TryData(room): TryData<Payload>, ack: AckSender<A>| {
-            let limits = l.clone();
-            let lock = lock.clone();
+            let cx = c.clone();
             async move {
-                if let Some(history) = limits.history.get().cloned() {
-                    let result = join_with_history(&s, &limits, &lock, &history, room.ok()).await;
-                    count("join", result.as_ref().map(|_| ()).map_err(|e| *e));
-                    match result {
-                        Ok((room, head)) => {
-                            let position = head.position.unwrap_or_default();
-                            let retained = head.retained.map(|r| {
-                                let data: Payload =
-                                    rmp_serde::from_slice(&r.msgpack).unwrap_or_default();
-                                json!({"event": r.event, "data": data, "offset": r.offset})
-                            });
-                            let _ = ack.send(&json!({"ok": true, "epoch": position.epoch,
-                                                      "offset": position.offset, "retained": retained}));
-                            let rooms = [room];
-                            let at = Opening { epoch: &position.epoch, from: position.offset,
-                                               head: position.offset, stale: None };
-                            history.open(s.ns(), s.id, &rooms, at, &[], |ev| emit_stamped(&s, ev));
-                        }
-                        Err(e) => {
-                            let _ = ack.send(&json!({"ok": false, "error": e.code()}));
-                        }
-                    }
-                    return;
-                }
-                let result = join(&s, &limits, &lock, room.ok());
-                count("join", result);
+                let result = join(&s, &cx, room.ok()).await;
+                count("join", result.as_ref().map(|_| ()).map_err(|e| *e));
                 let _ = match result {
-                    Ok(()) => ack.send(
-                        &json!({"ok": true, "epoch": null, "offset": null, "retained": null}),
-                    ),
+                    Ok(answer) => ack.send(&answer),
                     Err(e) => ack.send(&json!({"ok": false, "error": e.code()})),
                 };
             }
         },
     );
-    let limits_leave = limits.clone();
+    let c = cx.clone();
     s.on(
         "leave",
         move |s: SocketRef<A>, TryData(room): TryData<Payload>, ack: AckSender<A>| {
-            let limits_leave = limits_leave.clone();
+            let cx = c.clone();
             async move {
                 let result = match room.ok().as_ref().and_then(valid_room) {
                     Some(room) => {
                         s.leave(room.to_owned());
-                        if let Some(history) = limits_leave.history.get() {
-                            history.forget(s.ns(), s.id, room);
+                        if let Some(cluster) = &cx.cluster {
+                            cluster.gates().forget(s.ns(), s.id, room);
                         }
                         Ok(())
                     }
@@ -198,14 +199,13 @@ pub(crate) fn register<A: Adapter>(s: &SocketRef<A>, limits: Arc<EventLimits>) {
             }
         },
     );
-    let limits_resume = limits.clone();
+    let c = cx.clone();
     s.on(
         "resume",
         move |s: SocketRef<A>, TryData(req): TryData<ResumeRequest>, ack: AckSender<A>| {
-            let limits = limits_resume.clone();
-            let lock = rooms_lock.clone();
+            let cx = c.clone();
             async move {
-                let reply = resume(&s, &limits, &lock, req.ok()).await;
+                let reply = resume(&s, &cx, req.ok()).await;
                 count("resume", reply.as_ref().map(|_| ()).map_err(|e| *e));
                 let _ = match reply {
                     Ok(v) => ack.send(&v),
@@ -217,49 +217,12 @@ pub(crate) fn register<A: Adapter>(s: &SocketRef<A>, limits: Arc<EventLimits>) {
     s.on(
         "publish",
         move |s: SocketRef<A>, TryData(req): TryData<PublishRequest>, ack: AckSender<A>| {
-            let limits = limits.clone();
+            let cx = cx.clone();
             async move {
-                if let Some(history) = limits.history.get() {
-                    let result = match check_publish(&s, &limits, req.ok()) {
-                        Ok(req) => history
-                            .stamp(s.ns(), &req.room, &req.event, &req.data, req.retain == Some(true))
-                            .await
-                            .map_err(|e| {
-                                // Debug, not warn: under overload this is every publish, and
-                                // the refusals are counted (`switchyard_gateway_events_total`).
-                                tracing::debug!(room = %req.room, error = %e, "publish: history unavailable");
-                                EventError::Unavailable
-                            }),
-                        Err(e) => Err(e),
-                    };
-                    count("publish", result.map(|_| ()));
-                    let _ = match result {
-                        Ok(offset) => ack.send(&json!({"ok": true, "offset": offset})),
-                        Err(e) => ack.send(&json!({"ok": false, "error": e.code()})),
-                    };
-                    return;
-                }
-                let result = match check_publish(&s, &limits, req.ok()) {
-                    Ok(req) => {
-                        metrics::histogram!("switchyard_gateway_publish_payload_bytes")
-                            .record(req.data.encoded_size() as f64);
-                        let delivery = Delivery { room: req.room.clone() };
-                        // `within` selects every member of the room, the publisher included
-                        // when it is one. Through the adapter, so a cluster adapter fans it out.
-                        match s.within(req.room.clone()).emit(&req.event, &(&req.data, &delivery)).await {
-                            Ok(()) => Ok(()),
-                            Err(e) => {
-                                // Per-socket send failures (a full buffer) do not undo the publish.
-                                tracing::debug!(room = %req.room, error = %e, "publish: some members could not be reached");
-                                Ok(())
-                            }
-                        }
-                    }
-                    Err(e) => Err(e),
-                };
-                count("publish", result);
+                let result = publish(&s, &cx, req.ok()).await;
+                count("publish", result.map(|_| ()));
                 let _ = match result {
-                    Ok(()) => ack.send(&json!({"ok": true, "offset": null})),
+                    Ok(offset) => ack.send(&json!({"ok": true, "offset": offset})),
                     Err(e) => ack.send(&json!({"ok": false, "error": e.code()})),
                 };
             }
@@ -272,8 +235,7 @@ fn count(event: &'static str, result: Result<(), EventError>) {
         Ok(()) => "ok",
         Err(e) => e.code(),
     };
-    metrics::counter!("switchyard_gateway_events_total", "event" => event, "outcome" => outcome)
-        .increment(1);
+    ::metrics::counter!(metrics::EVENTS_TOTAL, "event" => event, "outcome" => outcome).increment(1);
 }
 
 /// A usable room name, or `None` (a `bad_request`).
@@ -290,38 +252,13 @@ fn grant_allows<A: Adapter>(s: &SocketRef<A>, room: &str) -> bool {
         .is_some_and(|a| a.rooms.allows(room))
 }
 
-fn join<A: Adapter>(
-    s: &SocketRef<A>,
-    limits: &EventLimits,
-    lock: &RoomsLock,
-    room: Option<Payload>,
-) -> Result<(), EventError> {
-    let room = room
-        .as_ref()
-        .and_then(valid_room)
-        .ok_or(EventError::BadRequest)?;
-    join_checked(s, limits, lock, &[room.to_owned()], || {})
-}
-
-/// Serializes one socket's room-limit check with its joins.
-///
-/// socketioxide runs each event of a socket in a task of its own, so two `join`s can run at
-/// once; had each read `s.rooms()` and then joined, both could pass the check before either was
-/// counted (a 16-room limit once let 17 through). Every join a built-in event makes happens in
-/// [`join_checked`], under this lock, between the check and the join: the limit is checked and
-/// counted in one step. Leaving takes no lock: it can only make room. A std `Mutex`: the
-/// critical section never awaits.
-#[derive(Debug, Default)]
-struct RoomsLock(std::sync::Mutex<()>);
-
 /// Checks `rooms` (valid, granted, and the socket's rooms after joining them within
-/// `--max-rooms-per-socket`) and joins them, in one step under `lock`. `before_join` runs under
-/// the lock once every check passed, right before the join (history gates the rooms there).
-/// All or nothing: a refusal joins none of them.
+/// `--max-rooms-per-socket`) and joins them, in one step under the socket's [`RoomsLock`].
+/// `before_join` runs under the lock once every check passed, right before the join (history
+/// gates the rooms there). All or nothing: a refusal joins none of them.
 fn join_checked<A: Adapter>(
     s: &SocketRef<A>,
-    limits: &EventLimits,
-    lock: &RoomsLock,
+    cx: &Context,
     rooms: &[String],
     before_join: impl FnOnce(),
 ) -> Result<(), EventError> {
@@ -333,16 +270,17 @@ fn join_checked<A: Adapter>(
             return Err(EventError::Forbidden);
         }
     }
-    let _held = lock
+    let _held = cx
+        .rooms_lock
         .0
         .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+        .unwrap_or_else(PoisonError::into_inner);
     let current = s.rooms();
     let new = rooms
         .iter()
         .filter(|r| !current.iter().any(|c| c == *r))
         .count();
-    if new > 0 && current.len() + new > limits.max_rooms_per_socket {
+    if new > 0 && current.len() + new > cx.limits.max_rooms_per_socket {
         return Err(EventError::TooManyRooms);
     }
     before_join();
@@ -350,8 +288,86 @@ fn join_checked<A: Adapter>(
     Ok(())
 }
 
+/// `join`: the ack. With history: gate pending, join locally, read the head, ack with the
+/// position and the retained event, open the gate at the head (see [`crate::gates`]).
+async fn join<A: Adapter>(
+    s: &SocketRef<A>,
+    cx: &Context,
+    room: Option<Payload>,
+) -> Result<serde_json::Value, EventError> {
+    let room = room
+        .as_ref()
+        .and_then(valid_room)
+        .ok_or(EventError::BadRequest)?
+        .to_owned();
+    let rooms = std::slice::from_ref(&room);
+    let Some(cluster) = &cx.cluster else {
+        join_checked(s, cx, rooms, || {})?;
+        return Ok(json!({"ok": true, "epoch": null, "offset": null, "retained": null}));
+    };
+    let gates = cluster.gates();
+    join_checked(s, cx, rooms, || gates.hold(s.ns(), s.id, rooms))?;
+    let Head { position, retained } = match cluster.history().head(s.ns(), &room).await {
+        Ok(head) => head,
+        Err(e) => {
+            tracing::warn!(%room, error = %e, "join: history unavailable");
+            s.leave(room.clone());
+            gates.forget(s.ns(), s.id, &room);
+            return Err(EventError::Unavailable);
+        }
+    };
+    let retained = retained.map(|r| json!({"event": r.event, "data": r.data, "offset": r.offset}));
+    let answer = json!({"ok": true, "epoch": position.epoch, "offset": position.offset,
+                        "retained": retained});
+    let at = Opening {
+        epoch: &position.epoch,
+        from: position.offset,
+        head: position.offset,
+        stale: None,
+    };
+    gates.open(s.ns(), s.id, rooms, at, &[], |ev| emit_stamped(s, ev));
+    Ok(answer)
+}
+
+/// `publish`: the offset in the ack (`None` without a relay).
+async fn publish<A: Adapter>(
+    s: &SocketRef<A>,
+    cx: &Context,
+    req: Option<PublishRequest>,
+) -> Result<Option<u64>, EventError> {
+    let req = check_publish(s, &cx.limits, req)?;
+    ::metrics::histogram!(metrics::PUBLISH_PAYLOAD_BYTES).record(req.data.encoded_size() as f64);
+    if let Some(cluster) = &cx.cluster {
+        let retain = req.retain == Some(true);
+        return cluster
+            .history()
+            .stamp(s.ns(), &req.room, &req.event, &req.data, retain)
+            .await
+            .map(Some)
+            .map_err(|e| {
+                // Debug, not warn: under overload this is every publish, and the refusals are
+                // counted (`switchyard_gateway_events_total`).
+                tracing::debug!(room = %req.room, error = %e, "publish: history unavailable");
+                EventError::Unavailable
+            });
+    }
+    let delivery = Delivery {
+        room: req.room.clone(),
+    };
+    // `within` selects every member of the room, the publisher included when it is one.
+    if let Err(e) = s
+        .within(req.room.clone())
+        .emit(&req.event, &(&req.data, &delivery))
+        .await
+    {
+        // Per-socket send failures (a full buffer) do not undo the publish.
+        tracing::debug!(room = %req.room, error = %e, "publish: some members could not be reached");
+    }
+    Ok(None)
+}
+
 /// Emits one stamped event to one socket as `event(data, {room, epoch, offset})`; `false` iff
-/// the socket's send buffer is full (the history then severs it).
+/// the socket's send buffer is full (the gates then sever it).
 fn emit_stamped<A: Adapter>(s: &SocketRef<A>, ev: &Stamped) -> bool {
     match s.emit(&ev.event, &(&ev.data, ev.meta())) {
         Ok(()) => true,
@@ -362,53 +378,26 @@ fn emit_stamped<A: Adapter>(s: &SocketRef<A>, ev: &Stamped) -> bool {
     }
 }
 
-/// `join` with history: gate pending, join locally, then read the head (see crate::resume).
-async fn join_with_history<A: Adapter>(
-    s: &SocketRef<A>,
-    limits: &EventLimits,
-    lock: &RoomsLock,
-    history: &History,
-    room: Option<Payload>,
-) -> Result<(String, switchyard_proto::relay::v1::HeadResponse), EventError> {
-    let room = room
-        .as_ref()
-        .and_then(valid_room)
-        .ok_or(EventError::BadRequest)?
-        .to_owned();
-    let rooms = std::slice::from_ref(&room);
-    join_checked(s, limits, lock, rooms, || history.hold(s.ns(), s.id, rooms))?;
-    match history.head(s.ns(), &room).await {
-        Ok(head) => Ok((room, head)),
-        Err(e) => {
-            tracing::warn!(%room, error = %e, "join: history unavailable");
-            s.leave(room.clone());
-            history.forget(s.ns(), s.id, &room);
-            Err(EventError::Unavailable)
-        }
-    }
-}
-
-/// `resume`: join the rooms, replay what was missed or say it cannot (see crate::resume).
+/// `resume`: join the rooms, replay what was missed or say it cannot (see [`crate::gates`]).
 async fn resume<A: Adapter>(
     s: &SocketRef<A>,
-    limits: &EventLimits,
-    lock: &RoomsLock,
+    cx: &Context,
     req: Option<ResumeRequest>,
 ) -> Result<serde_json::Value, EventError> {
     let req = req.ok_or(EventError::BadRequest)?;
     let mut rooms = req.rooms;
     rooms.sort();
     rooms.dedup();
-    let Some(history) = limits.history.get() else {
-        join_checked(s, limits, lock, &rooms, || {})?;
+    let Some(cluster) = &cx.cluster else {
+        join_checked(s, cx, &rooms, || {})?;
         return Ok(
             json!({"ok": true, "recovered": false, "replayed": 0, "epoch": null, "offset": null}),
         );
     };
-    join_checked(s, limits, lock, &rooms, || {
-        history.hold(s.ns(), s.id, &rooms)
-    })?;
+    let gates = cluster.gates();
+    join_checked(s, cx, &rooms, || gates.hold(s.ns(), s.id, &rooms))?;
     let epoch = req.epoch.unwrap_or_default();
+    let history = cluster.history();
     let replay = match req.offset {
         Some(offset) if !epoch.is_empty() => history.replay(s.ns(), &rooms, &epoch, offset).await,
         // Nothing to resume from: just read the head.
@@ -420,28 +409,13 @@ async fn resume<A: Adapter>(
             tracing::warn!(error = %e, "resume: history unavailable");
             for room in &rooms {
                 s.leave(room.clone());
-                history.forget(s.ns(), s.id, room);
+                gates.forget(s.ns(), s.id, room);
             }
             return Err(EventError::Unavailable);
         }
     };
-    let head = replay.head.unwrap_or_default();
+    let head = replay.head;
     let recovered = replay.recovered;
-    let events: Vec<Stamped> = if recovered {
-        replay
-            .events
-            .into_iter()
-            .map(|e| Stamped {
-                room: e.room,
-                event: e.event,
-                data: rmp_serde::from_slice(&e.msgpack).unwrap_or_default(),
-                epoch: head.epoch.clone(),
-                offset: e.offset,
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
     let from = if recovered {
         req.offset.unwrap_or(head.offset)
     } else {
@@ -455,12 +429,14 @@ async fn resume<A: Adapter>(
         head: head.offset,
         stale,
     };
-    let replayed = history.open(s.ns(), s.id, &rooms, at, &events, |ev| emit_stamped(s, ev));
+    let replayed = gates.open(s.ns(), s.id, &rooms, at, &replay.events, |ev| {
+        emit_stamped(s, ev)
+    });
     // `None`: the socket's buffer filled mid-replay; it is being disconnected and will resume
     // again from what it got.
     let replayed = replayed.ok_or(EventError::Unavailable)?;
-    metrics::counter!("switchyard_gateway_resumes_total",
-                      "outcome" => if recovered { "recovered" } else { "lost" })
+    ::metrics::counter!(metrics::RESUMES_TOTAL,
+                        "outcome" => if recovered { "recovered" } else { "lost" })
     .increment(1);
     tracing::debug!(sid = %s.id, recovered, replayed, head = head.offset, "resume");
     Ok(

@@ -29,9 +29,10 @@ use socketioxide::{
 };
 use tracing::Instrument;
 
-use crate::Shared;
 use crate::admission::{Claim, Refusal};
 use crate::load::Seat;
+use crate::metrics;
+use crate::shared::Shared;
 
 type MiddlewareResult = Result<(), Box<dyn std::fmt::Display + Send>>;
 
@@ -65,7 +66,7 @@ where
         {
             self.shared.load.record_consumed(rid.to_owned());
         }
-        metrics::counter!("switchyard_gateway_connects_total", "outcome" => "accepted", "reason" => "ok")
+        ::metrics::counter!(metrics::CONNECTS_TOTAL, "outcome" => "accepted", "reason" => "ok")
             .increment(1);
         tracing::debug!(
             connections = self.shared.load.connections(),
@@ -98,7 +99,7 @@ where
                             // The application refused: give the seat back now.
                             seat.release();
                             tracing::Span::current().record("outcome", "refused").record("reason", "application");
-                            metrics::counter!("switchyard_gateway_connects_total", "outcome" => "refused", "reason" => "application")
+                            ::metrics::counter!(metrics::CONNECTS_TOTAL, "outcome" => "refused", "reason" => "application")
                                 .increment(1);
                         } else {
                             tracing::Span::current().record("outcome", "accepted");
@@ -116,7 +117,7 @@ where
                             }
                             _ => tracing::info!(reason = refusal.reason(), "connect refused"),
                         }
-                        metrics::counter!("switchyard_gateway_connects_total", "outcome" => "refused", "reason" => refusal.reason())
+                        ::metrics::counter!(metrics::CONNECTS_TOTAL, "outcome" => "refused", "reason" => refusal.reason())
                             .increment(1);
                         Err(Box::new(refusal) as Box<dyn std::fmt::Display + Send>)
                     }
@@ -159,15 +160,17 @@ fn admit<A: Adapter>(
     }
     s.extensions.insert(Arc::new(admitted));
     let sref = SocketRef::from(s.clone());
-    crate::events::register(&sref, shared.limits.clone());
+    let cluster = shared.cluster();
+    crate::events::register(&sref, shared.limits, cluster.clone());
     let disconnect_seat = seat.clone();
-    let (limits, ns, sid) = (shared.limits.clone(), sref.ns().to_owned(), sref.id);
+    let (ns, sid) = (sref.ns().to_owned(), sref.id);
     sref.on_disconnect(move |reason: DisconnectReason| async move {
         disconnect_seat.release();
-        if let Some(history) = limits.history.get() {
-            history.forget_socket(&ns, sid);
+        if let Some(cluster) = &cluster {
+            cluster.gates().forget_socket(&ns, sid);
         }
-        metrics::counter!("switchyard_gateway_disconnects_total", "reason" => disconnect_label(reason)).increment(1);
+        ::metrics::counter!(metrics::DISCONNECTS_TOTAL, "reason" => disconnect_label(reason))
+            .increment(1);
     });
     Ok(seat)
 }

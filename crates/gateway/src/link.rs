@@ -20,8 +20,16 @@
 //!   answer (its receiver sees the sender dropped) and the caller retries with the `Stamp` RPC.
 //! - **Gaps are never silent.** Frames a relay sends while no link of this gateway is up are
 //!   lost to it. So when the first link comes back after all were down, before any frame of it
-//!   is handed over, every socket holding history gates is severed ([`History::sever_all`]): it
-//!   is disconnected and its client resumes from the last offset it got, replaying the gap.
+//!   is handed over, the gap handler runs ([`RelayLink::on_gap`]; the gateway severs every
+//!   socket holding history gates there: it is disconnected and its client resumes from the
+//!   last offset it got, replaying the gap). The handler runs under the link's state lock, so
+//!   no frame can overtake it; it must not call back into the link.
+//! - **Bounded towards the adapter.** Each namespace's adapter takes frames from a queue of
+//!   [`LinkConfig::adapter_queue`] frames. When it is full (the relay sends faster than this
+//!   gateway applies), the frame is dropped and the relay's own policy for a slow peer applies
+//!   here too: the gap handler runs (gated sockets resume), and the link is cut and relinks
+//!   after a backoff, which gives the adapter time to catch up. Memory stays bounded; nothing
+//!   is lost silently.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -29,8 +37,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use switchyard_common::backoff::Backoff;
-
-use crate::resume::History;
 use switchyard_proto::relay::v1::{
     Frame, FrameKind, Hello, LinkMessage, Members, Position, StampCall, StampRequest, StampResult,
     link_message::Kind, relay_client::RelayClient,
@@ -39,6 +45,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
+
+use crate::metrics;
 
 /// Frames kept for resending per link while it is down, beyond which the oldest are dropped.
 pub const MAX_BACKLOG: usize = 65_536;
@@ -68,7 +76,13 @@ pub struct LinkConfig {
     /// Sent as `authorization: Bearer <token>` when opening a link (the relay's
     /// `--link-token`); a relay with a token refuses links without it.
     pub token: Option<String>,
+    /// Frames queued per namespace towards its adapter; see the module docs for what happens
+    /// when the queue is full.
+    pub adapter_queue: usize,
 }
+
+/// What runs at the end of a gap, and when an adapter's queue overflowed (see the module docs).
+pub type GapHandler = Arc<dyn Fn() + Send + Sync>;
 
 /// The process start time in Unix milliseconds, the `incarnation` every link announces.
 pub fn incarnation_now() -> u64 {
@@ -81,13 +95,15 @@ pub fn incarnation_now() -> u64 {
 /// A frame the relay forwarded to this gateway (already deduplicated).
 pub type Incoming = Frame;
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Inner {
     next_seq: u64,
     /// One queue per link task.
     outboxes: Vec<mpsc::UnboundedSender<Frame>>,
     /// Per namespace: where the adapter of that namespace takes its frames.
-    subscribers: HashMap<String, mpsc::UnboundedSender<Incoming>>,
+    subscribers: HashMap<String, mpsc::Sender<Incoming>>,
+    /// Capacity of each subscriber's queue.
+    adapter_queue: usize,
     /// Per namespace: the latest membership.
     members: HashMap<String, Vec<String>>,
     /// Per origin: the highest `(incarnation, seq)` handed over.
@@ -96,8 +112,18 @@ struct Inner {
     /// ends a **gap**, in which frames sent to this gateway reached nobody.
     links_up: usize,
     ever_up: bool,
-    /// Severs its gated sockets at the end of a gap (see [`RelayLink::sever_on_gap`]).
-    history: Option<Arc<History>>,
+    /// Runs at the end of a gap and on an adapter queue overflow ([`RelayLink::on_gap`]).
+    on_gap: Option<GapHandler>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("next_seq", &self.next_seq)
+            .field("links_up", &self.links_up)
+            .field("ever_up", &self.ever_up)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Handle to the links; cheap to clone. Tasks stop when every handle is dropped.
@@ -207,8 +233,10 @@ pub enum LinkError {
 impl RelayLink {
     /// Starts one link task per URL. Must be called inside a tokio runtime.
     pub fn spawn(cfg: LinkConfig) -> RelayLink {
-        describe_metrics();
-        let inner = Arc::new(Mutex::new(Inner::default()));
+        let inner = Arc::new(Mutex::new(Inner {
+            adapter_queue: cfg.adapter_queue.max(1),
+            ..Inner::default()
+        }));
         let stamper = Stamper::default();
         let mut outboxes = Vec::new();
         for (index, url) in cfg.urls.iter().enumerate() {
@@ -254,7 +282,7 @@ impl RelayLink {
         payload: Bytes,
     ) -> Result<u64, LinkError> {
         if payload.len() > MAX_PAYLOAD_BYTES {
-            metrics::counter!("switchyard_gateway_relay_frames_oversized_total").increment(1);
+            ::metrics::counter!(metrics::RELAY_FRAMES_OVERSIZED_TOTAL).increment(1);
             return Err(LinkError::TooLarge(payload.len()));
         }
         let mut g = self.inner.lock().map_err(|_| LinkError::Poisoned)?;
@@ -277,24 +305,29 @@ impl RelayLink {
         if !queued {
             return Err(LinkError::Stopped);
         }
-        metrics::counter!("switchyard_gateway_relay_frames_sent_total").increment(1);
+        ::metrics::counter!(metrics::RELAY_FRAMES_SENT_TOTAL).increment(1);
         Ok(frame.seq)
     }
 
-    /// Takes the frames of `namespace` from now on (replacing an earlier subscriber).
-    pub fn subscribe(&self, namespace: &str) -> mpsc::UnboundedReceiver<Incoming> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        if let Ok(mut g) = self.inner.lock() {
-            g.subscribers.insert(namespace.to_owned(), tx);
-        }
+    /// Takes the frames of `namespace` from now on (replacing an earlier subscriber), from a
+    /// queue of [`LinkConfig::adapter_queue`] frames.
+    pub fn subscribe(&self, namespace: &str) -> mpsc::Receiver<Incoming> {
+        let Ok(mut g) = self.inner.lock() else {
+            // Poisoned: no frame will ever be handed over; the adapter sees a closed queue.
+            return mpsc::channel(1).1;
+        };
+        let (tx, rx) = mpsc::channel(g.adapter_queue);
+        g.subscribers.insert(namespace.to_owned(), tx);
         rx
     }
 
-    /// At the end of every gap (all links were down, one is up again), sever the gated sockets
-    /// of `history` before any frame of the new link is handed over.
-    pub fn sever_on_gap(&self, history: Arc<History>) {
+    /// Runs `handler` at the end of every gap (all links were down, one is up again) before any
+    /// frame of the new link is handed over, and whenever a frame is dropped because an
+    /// adapter's queue is full. Called under the link's state lock: `handler` must not call
+    /// into the link.
+    pub fn on_gap(&self, handler: impl Fn() + Send + Sync + 'static) {
         if let Ok(mut g) = self.inner.lock() {
-            g.history = Some(history);
+            g.on_gap = Some(Arc::new(handler));
         }
     }
 
@@ -317,32 +350,45 @@ impl RelayLink {
     }
 }
 
+/// A frame was dropped because its namespace's adapter queue was full; the link is cut.
+#[derive(Debug)]
+struct Overflow {
+    namespace: String,
+}
+
 /// Applies one incoming message to the shared state: dedupe and route frames, store members.
-fn deliver(inner: &Mutex<Inner>, msg: Kind) {
-    let Ok(mut g) = inner.lock() else { return };
+/// A frame its adapter's queue has no room for is dropped, the gap handler runs, and
+/// `Err(Overflow)` tells the link to cut itself (see the module docs).
+fn deliver(inner: &Mutex<Inner>, msg: Kind) -> Result<(), Overflow> {
+    let Ok(mut g) = inner.lock() else {
+        return Ok(());
+    };
     match msg {
         Kind::Frame(frame) => {
-            // Stamped history frames are deduplicated per socket by offset (crate::resume).
-            if frame.position.is_some() {
-                metrics::counter!("switchyard_gateway_relay_frames_received_total").increment(1);
-                if let Some(tx) = g.subscribers.get(&frame.namespace) {
-                    let _ = tx.send(frame);
+            // Stamped history frames are deduplicated per socket by offset (crate::gates).
+            if frame.position.is_none() {
+                let mark = g.marks.entry(frame.origin.clone()).or_insert((0, 0));
+                if (frame.incarnation, frame.seq) <= *mark {
+                    ::metrics::counter!(metrics::RELAY_FRAMES_DUPLICATE_TOTAL).increment(1);
+                    return Ok(());
                 }
-                return;
+                *mark = (frame.incarnation, frame.seq);
             }
-            let mark = g.marks.entry(frame.origin.clone()).or_insert((0, 0));
-            if (frame.incarnation, frame.seq) <= *mark {
-                metrics::counter!("switchyard_gateway_relay_frames_duplicate_total").increment(1);
-                return;
-            }
-            *mark = (frame.incarnation, frame.seq);
-            metrics::counter!("switchyard_gateway_relay_frames_received_total").increment(1);
-            match g.subscribers.get(&frame.namespace) {
-                Some(tx) => {
-                    let _ = tx.send(frame);
-                }
-                None => {
-                    tracing::debug!(namespace = %frame.namespace, "relay frame for a namespace without adapter")
+            ::metrics::counter!(metrics::RELAY_FRAMES_RECEIVED_TOTAL).increment(1);
+            let Some(tx) = g.subscribers.get(&frame.namespace) else {
+                tracing::debug!(namespace = %frame.namespace, "relay frame for a namespace without adapter");
+                return Ok(());
+            };
+            match tx.try_send(frame) {
+                Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+                Err(mpsc::error::TrySendError::Full(frame)) => {
+                    ::metrics::counter!(metrics::RELAY_FRAMES_OVERFLOW_TOTAL).increment(1);
+                    if let Some(on_gap) = &g.on_gap {
+                        on_gap();
+                    }
+                    Err(Overflow {
+                        namespace: frame.namespace,
+                    })
                 }
             }
         }
@@ -351,11 +397,14 @@ fn deliver(inner: &Mutex<Inner>, msg: Kind) {
             node_ids,
         }) => {
             tracing::debug!(%namespace, servers = node_ids.len(), "relay membership");
-            metrics::gauge!("switchyard_gateway_relay_members", "namespace" => namespace.clone())
+            ::metrics::gauge!(metrics::RELAY_MEMBERS, "namespace" => namespace.clone())
                 .set(node_ids.len() as f64);
             g.members.insert(namespace, node_ids);
+            Ok(())
         }
-        Kind::Ack(_) | Kind::Welcome(_) | Kind::Hello(_) | Kind::Stamp(_) | Kind::Stamped(_) => {}
+        Kind::Ack(_) | Kind::Welcome(_) | Kind::Hello(_) | Kind::Stamp(_) | Kind::Stamped(_) => {
+            Ok(())
+        }
     }
 }
 
@@ -391,11 +440,11 @@ async fn run_link(
         )
         .instrument(span)
         .await;
-        metrics::gauge!("switchyard_gateway_relay_link_up", "relay" => url.clone()).set(0.0);
+        ::metrics::gauge!(metrics::RELAY_LINK_UP, "relay" => url.clone()).set(0.0);
         match outcome {
             LinkEnd::Closed => return,
             LinkEnd::Failed(reason) => {
-                metrics::counter!("switchyard_gateway_relay_link_errors_total").increment(1);
+                ::metrics::counter!(metrics::RELAY_LINK_ERRORS_TOTAL).increment(1);
                 tracing::warn!(relay = %url, %reason, backlog = unacked.len(), "relay link down; relinking");
             }
         }
@@ -427,7 +476,7 @@ fn drop_largest(unacked: &mut VecDeque<Frame>) {
             bytes = f.payload.len(),
             "relay refused an oversized frame; dropped"
         );
-        metrics::counter!("switchyard_gateway_relay_frames_oversized_total").increment(1);
+        ::metrics::counter!(metrics::RELAY_FRAMES_OVERSIZED_TOTAL).increment(1);
     }
 }
 
@@ -435,7 +484,7 @@ fn push_backlog(unacked: &mut VecDeque<Frame>, f: Frame) {
     unacked.push_back(f);
     while unacked.len() > MAX_BACKLOG {
         unacked.pop_front();
-        metrics::counter!("switchyard_gateway_relay_backlog_dropped_total").increment(1);
+        ::metrics::counter!(metrics::RELAY_BACKLOG_DROPPED_TOTAL).increment(1);
     }
 }
 
@@ -504,7 +553,7 @@ async fn link_once(
         return LinkEnd::Closed;
     };
     tracing::info!(relay = %url, relay_id = %welcome.relay_id, accepted_seq = welcome.accepted_seq, resend = unacked.iter().filter(|f| f.seq > welcome.accepted_seq).count(), "relay link up");
-    metrics::gauge!("switchyard_gateway_relay_link_up", "relay" => url.to_owned()).set(1.0);
+    ::metrics::gauge!(metrics::RELAY_LINK_UP, "relay" => url.to_owned()).set(1.0);
     backoff.reset();
     unacked.retain(|f| f.seq > welcome.accepted_seq);
     for f in unacked.iter() {
@@ -514,7 +563,7 @@ async fn link_once(
         if tx.send(msg).await.is_err() {
             return LinkEnd::Failed("stream closed while resending".to_owned());
         }
-        metrics::counter!("switchyard_gateway_relay_frames_resent_total").increment(1);
+        ::metrics::counter!(metrics::RELAY_FRAMES_RESENT_TOTAL).increment(1);
     }
     // Stamp calls sent on this link and not answered yet; dropped (failing their callers, who
     // retry with the RPC) when the link ends.
@@ -555,7 +604,12 @@ async fn link_once(
                 }
                 Some(Ok(LinkMessage { kind: Some(k) })) => {
                     let Some(inner) = inner.upgrade() else { return LinkEnd::Closed };
-                    deliver(&inner, k);
+                    if let Err(Overflow { namespace }) = deliver(&inner, k) {
+                        return LinkEnd::Failed(format!(
+                            "the adapter of namespace {namespace} fell behind (its queue is full): \
+                             link cut, gated sockets resume"
+                        ));
+                    }
                 }
                 Some(Ok(LinkMessage { kind: None })) => {}
                 Some(Err(s)) => {
@@ -586,10 +640,10 @@ impl LinkUp {
         g.links_up += 1;
         g.ever_up = true;
         if gap {
-            metrics::counter!("switchyard_gateway_relay_gaps_total").increment(1);
-            if let Some(history) = &g.history {
-                // Under the lock: no frame can be handed over before the sever.
-                history.sever_all();
+            ::metrics::counter!(metrics::RELAY_GAPS_TOTAL).increment(1);
+            if let Some(on_gap) = &g.on_gap {
+                // Under the lock: no frame can be handed over before it ran.
+                on_gap();
             }
         }
         Some(LinkUp(inner.clone()))
@@ -604,46 +658,6 @@ impl Drop for LinkUp {
             g.links_up = g.links_up.saturating_sub(1);
         }
     }
-}
-
-fn describe_metrics() {
-    use metrics::{describe_counter, describe_gauge};
-    describe_gauge!(
-        "switchyard_gateway_relay_link_up",
-        "1 while the link to a relay is up."
-    );
-    describe_gauge!(
-        "switchyard_gateway_relay_members",
-        "Gateways linked for a namespace."
-    );
-    describe_counter!(
-        "switchyard_gateway_relay_frames_sent_total",
-        "Frames queued to the relay."
-    );
-    describe_counter!(
-        "switchyard_gateway_relay_frames_received_total",
-        "Frames from the relay handed to the adapter."
-    );
-    describe_counter!(
-        "switchyard_gateway_relay_frames_duplicate_total",
-        "Frames from the relay dropped as duplicates."
-    );
-    describe_counter!(
-        "switchyard_gateway_relay_frames_resent_total",
-        "Frames resent after a relink."
-    );
-    describe_counter!(
-        "switchyard_gateway_relay_link_errors_total",
-        "Relay links lost."
-    );
-    describe_counter!(
-        "switchyard_gateway_relay_backlog_dropped_total",
-        "Unacknowledged frames dropped because a link's backlog was full."
-    );
-    describe_counter!(
-        "switchyard_gateway_relay_frames_oversized_total",
-        "Frames the relay refused as too large."
-    );
 }
 
 #[cfg(test)]
@@ -663,7 +677,7 @@ mod tests {
     #[test]
     fn incoming_frames_are_deduplicated_per_origin() {
         let inner = Mutex::new(Inner::default());
-        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (tx, mut rx) = mpsc::channel(16);
         if let Ok(mut g) = inner.lock() {
             g.subscribers.insert("/".into(), tx);
         }
@@ -676,7 +690,7 @@ mod tests {
             ("a", 2, 1),
             ("a", 1, 9),
         ] {
-            deliver(&inner, frame(o, i, s));
+            assert!(deliver(&inner, frame(o, i, s)).is_ok());
         }
         let mut got = Vec::new();
         while let Ok(f) = rx.try_recv() {
@@ -690,6 +704,33 @@ mod tests {
                 ("a".into(), 1, 3),
                 ("a".into(), 2, 1)
             ]
+        );
+    }
+
+    #[test]
+    fn a_full_adapter_queue_drops_the_frame_runs_the_gap_handler_and_cuts() {
+        let gaps = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = Arc::clone(&gaps);
+        let inner = Mutex::new(Inner {
+            on_gap: Some(Arc::new(move || {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            })),
+            ..Inner::default()
+        });
+        let (tx, mut rx) = mpsc::channel(2);
+        if let Ok(mut g) = inner.lock() {
+            g.subscribers.insert("/".into(), tx);
+        }
+        assert!(deliver(&inner, frame("a", 1, 1)).is_ok());
+        assert!(deliver(&inner, frame("a", 1, 2)).is_ok());
+        let overflow = deliver(&inner, frame("a", 1, 3));
+        assert_eq!(overflow.map_err(|o| o.namespace), Err("/".to_owned()));
+        assert_eq!(gaps.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(rx.try_recv().map(|f| f.seq).ok(), Some(1));
+        assert_eq!(rx.try_recv().map(|f| f.seq).ok(), Some(2));
+        assert!(
+            rx.try_recv().is_err(),
+            "the frame that found no room is gone"
         );
     }
 

@@ -9,6 +9,8 @@ use std::sync::{
     atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
+use crate::metrics;
+
 /// Connection gauge with a hard cap, and the consumed-reservation queue.
 #[derive(Debug)]
 pub struct Load {
@@ -51,7 +53,7 @@ impl Load {
         if !taken {
             return None;
         }
-        metrics::gauge!("switchyard_gateway_connections").set(self.connections() as f64);
+        ::metrics::gauge!(metrics::CONNECTIONS).set(self.connections() as f64);
         Some(Seat(Arc::new(SeatInner {
             load: self.clone(),
             released: AtomicBool::new(false),
@@ -113,7 +115,7 @@ impl SeatInner {
                 .connections
                 .fetch_sub(1, Ordering::AcqRel)
                 .saturating_sub(1);
-            metrics::gauge!("switchyard_gateway_connections").set(now as f64);
+            ::metrics::gauge!(metrics::CONNECTIONS).set(now as f64);
         }
     }
 }

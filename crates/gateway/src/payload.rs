@@ -5,6 +5,10 @@
 //! `visit_byte_buf`, and turns `serialize_bytes` back into an attachment; [`Payload`] keeps a
 //! [`Payload::Binary`] variant in between, so `publish({data: <Buffer>})` reaches subscribers as
 //! a `Buffer` again. Object keys keep their order.
+//!
+//! [`decode_event_data`] is the one decoder of event data that comes back through the relay
+//! (live frames, a room's retained event, a replay) and the one policy for data that does not
+//! decode: the event is dropped and counted, never delivered as `null`.
 
 use std::fmt;
 
@@ -55,6 +59,34 @@ impl Payload {
             Payload::Array(items) => items.iter().any(Payload::has_binary),
             Payload::Object(fields) => fields.iter().any(|(_, v)| v.has_binary()),
             _ => false,
+        }
+    }
+}
+
+/// Event data as it travels through the relay.
+#[derive(Debug, Clone, Copy)]
+pub enum Encoded<'a> {
+    /// One MessagePack value (stamped events, history, most backend events).
+    Msgpack(&'a [u8]),
+    /// JSON text (backend events published as JSON).
+    Json(&'a str),
+}
+
+/// Decodes the data of event `event`; `None` when it does not decode, which is logged and
+/// counted in `switchyard_gateway_events_undecodable_total{path}` (`path`: where the event was
+/// going, e.g. `live`, `retained`, `replay`). The caller drops such an event.
+pub fn decode_event_data(data: Encoded<'_>, event: &str, path: &'static str) -> Option<Payload> {
+    let decoded = match data {
+        Encoded::Msgpack(bytes) => rmp_serde::from_slice(bytes).map_err(|e| e.to_string()),
+        Encoded::Json(text) => serde_json::from_str(text).map_err(|e| e.to_string()),
+    };
+    match decoded {
+        Ok(payload) => Some(payload),
+        Err(error) => {
+            tracing::warn!(event, path, %error, "undecodable event data: event dropped");
+            metrics::counter!(crate::metrics::EVENTS_UNDECODABLE_TOTAL, "path" => path)
+                .increment(1);
+            None
         }
     }
 }
@@ -172,6 +204,29 @@ mod tests {
         assert!(p.has_binary());
         assert!(p.encoded_size() >= 2);
         assert!(!Payload::Str("x".into()).has_binary());
+    }
+
+    #[test]
+    fn undecodable_data_is_none_never_null() -> anyhow::Result<()> {
+        let good = rmp_serde::to_vec(&Payload::Str("x".into()))?;
+        assert_eq!(
+            decode_event_data(Encoded::Msgpack(&good), "e", "live"),
+            Some(Payload::Str("x".into()))
+        );
+        assert_eq!(
+            decode_event_data(Encoded::Msgpack(&[0xc1]), "e", "live"),
+            None
+        );
+        assert_eq!(
+            decode_event_data(Encoded::Msgpack(&[]), "e", "replay"),
+            None
+        );
+        assert_eq!(decode_event_data(Encoded::Json("{"), "e", "live"), None);
+        assert_eq!(
+            decode_event_data(Encoded::Json("null"), "e", "live"),
+            Some(Payload::Null)
+        );
+        Ok(())
     }
 
     #[test]

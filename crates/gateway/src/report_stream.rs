@@ -26,9 +26,10 @@ use switchyard_proto::placement::v1::{
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::Settings;
 use crate::drain::{DrainCause, DrainState};
 use crate::load::Load;
+use crate::metrics;
+use crate::settings::Settings;
 
 /// What the reporter tells placement about this gateway.
 #[derive(Debug, Clone)]
@@ -116,7 +117,7 @@ async fn run(
             span,
         )
         .await;
-        metrics::gauge!("switchyard_gateway_report_stream_up").set(0.0);
+        ::metrics::gauge!(metrics::REPORT_STREAM_UP).set(0.0);
         match result {
             Ok(SessionEnd::Stopped) => return,
             Ok(SessionEnd::Superseded) => {
@@ -125,7 +126,7 @@ async fn run(
                 return;
             }
             Err(e) => {
-                metrics::counter!("switchyard_gateway_report_stream_errors_total").increment(1);
+                ::metrics::counter!(metrics::REPORT_STREAM_ERRORS_TOTAL).increment(1);
                 let ids = unconfirmed.take_all();
                 if !ids.is_empty() {
                     tracing::debug!(
@@ -194,7 +195,7 @@ async fn session(
                 draining = r.draining,
                 "registered with placement"
             );
-            metrics::gauge!("switchyard_gateway_report_stream_up").set(1.0);
+            ::metrics::gauge!(metrics::REPORT_STREAM_UP).set(1.0);
             backoff.reset();
             if r.draining && !drain.is_draining() {
                 tracing::warn!(
@@ -261,7 +262,7 @@ async fn send_load(
         return Err(SessionError::Closed);
     }
     unconfirmed.push(consumed);
-    metrics::counter!("switchyard_gateway_reports_total").increment(1);
+    ::metrics::counter!(metrics::REPORTS_TOTAL).increment(1);
     Ok(())
 }
 
@@ -275,7 +276,7 @@ fn apply(kind: Option<directive::Kind>, drain: &DrainState) -> Option<SessionEnd
         Some(directive::Kind::Shed(_)) => "shed",
         None => "unknown",
     };
-    metrics::counter!("switchyard_gateway_directives_total", "kind" => label).increment(1);
+    ::metrics::counter!(metrics::DIRECTIVES_TOTAL, "kind" => label).increment(1);
     match kind {
         Some(directive::Kind::Drain(d)) => {
             tracing::info!(

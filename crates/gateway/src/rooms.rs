@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 /// The longest room name the built-in events accept, in bytes. Longer names are a
-/// `bad_request`: rooms are keys in every gateway's memory and (later) in relay frames.
+/// `bad_request`: rooms are keys in every gateway's memory, in relay frames and in history.
 pub const MAX_ROOM_LEN: usize = 256;
 
 /// The room patterns one client may use. Cheap to clone (stored per socket).
@@ -41,8 +41,8 @@ impl RoomGrant {
 
 /// Matches `text` against `pattern`, where `*` stands for any run of characters.
 ///
-/// Linear-time greedy matching with a single backtrack point (the classic wildcard algorithm):
-/// at most `O(pattern * text)` steps even for adversarial inputs, no recursion, no allocation.
+/// Greedy matching with a single backtrack point (the classic wildcard algorithm): at most
+/// `O(pattern * text)` steps even for adversarial inputs, and no recursion.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();

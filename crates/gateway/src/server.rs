@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 use tokio::sync::watch;
 use tower_http::cors::CorsLayer;
 
-use crate::{Running, Switchyard};
+use crate::gateway::{Running, Switchyard};
 
 /// How long closing sockets and in-flight HTTP requests may take at exit.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);

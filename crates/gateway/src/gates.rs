@@ -1,12 +1,10 @@
-//! History on the gateway side: stamped publishes, joins "state first, then every later event",
-//! and exact resume. The relay owns offsets and history (`switchyard_relay::history`); this
-//! module owns the per-socket **gates** that make delivery exact at the seams.
+//! The per-socket **gates** that make delivery of stamped events exact at the seams: a pure,
+//! synchronous state machine (no runtime, no relay client), shared by the adapter, which offers
+//! every stamped event to the gates of its room's local members ([`Gates::admit`]), and the
+//! built-in events, which hold and open gates around a `join` or `resume` ([`Gates::hold`],
+//! [`Gates::open`]).
 //!
-//! A room publish is not emitted locally: it goes to the relay's `Stamp`, which gives it the
-//! namespace's next offset and forwards it to every gateway, this one included, in offset
-//! order. The adapter ([`crate::adapter`]) hands stamped events (one, or a run of one room's
-//! events that arrived together) to [`History::admit`] with the local members of their room;
-//! for each member and event, the member's gate decides:
+//! For each member and stamped event, the member's gate of the event's room decides:
 //!
 //! - **no gate** (the socket joined through the application's own code): deliver;
 //! - **pending** (a `join` or `resume` is in progress): buffer;
@@ -30,39 +28,26 @@
 //!
 //! A socket whose send buffer is full when an event is handed to it is **severed**: nothing more
 //! is delivered to it (a later event would advance the client's position past the one it lost),
-//! and the caller disconnects it, so the client reconnects and resumes from the last offset it
-//! really got. A full buffer thus costs a reconnect and a replay, never a silent gap.
+//! and it is handed over ([`Gates::take_severed`]) to be disconnected ([`crate::severed`]), so
+//! the client reconnects and resumes from the last offset it really got. A full buffer thus
+//! costs a reconnect and a replay, never a silent gap. So does a **gap** of the relay links
+//! (frames sent while no link was up): [`Gates::sever_all`].
 //!
-//! The gate lock is a `std` mutex: nothing under it awaits (socketioxide emits are
-//! synchronous queue pushes).
+//! The gate lock is a `std` mutex: nothing under it awaits (socketioxide emits are synchronous
+//! queue pushes). Lock order: the relay link's state lock may be held when the gate lock is
+//! taken (the link severs every gated socket at the end of a gap, before it hands over a frame
+//! of the new link); never the other way round, since nothing under the gate lock touches the
+//! link.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use socketioxide::{SocketIo, adapter::Adapter};
 use socketioxide_core::Sid;
-use switchyard_common::tls::ClientTls;
-use switchyard_proto::relay::v1::{
-    HeadRequest, HeadResponse, Position, ReplayRequest, ReplayResponse, StampRequest,
-    relay_client::RelayClient,
-};
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
-use tracing::Instrument;
 
-use crate::link::Stamper;
+use crate::metrics;
 use crate::payload::Payload;
-
-/// How often, and how many times, the disconnect of a severed socket is retried while its send
-/// buffer stays full (10 s in all; a client that reads nothing for that long also misses its
-/// heartbeats).
-const SEVER_RETRY: Duration = Duration::from_millis(50);
-const SEVER_ATTEMPTS: u32 = 200;
-
-/// How long one history call to the relay may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Stamped events between two sweeps of gates of sockets that are gone.
 const SWEEP_EVERY: u64 = 4096;
@@ -77,34 +62,10 @@ const ADMIT_CHUNK: usize = 256;
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Gates by namespace, then by socket.
-type Gates = HashMap<String, FastMap<Sid, SocketGates>>;
+type Table = HashMap<String, FastMap<Sid, SocketGates>>;
 
-/// A history call failed (relay unreachable, refused, or answered nonsense).
-#[derive(Debug, thiserror::Error)]
-pub enum HistoryError {
-    #[error("relay url: {0}")]
-    Url(#[from] switchyard_common::tls::TlsError),
-    #[error("relay: {0}")]
-    Relay(#[from] tonic::Status),
-    #[error("encoding event data: {0}")]
-    Encode(#[from] rmp_serde::encode::Error),
-    #[error("the relay answered without a position")]
-    NoPosition,
-    #[error("no relay configured")]
-    NoRelay,
-    #[error("the link token is not a valid header value")]
-    Token,
-}
-
-/// Whether a failed history call may succeed on another relay: one that died mid-call ends it
-/// as `UNKNOWN` or `CANCELLED`, one that cannot be reached (or cannot reach Redis) answers
-/// `UNAVAILABLE`. Reads answer the same anywhere and stamps are idempotent by publish id.
-fn moves_on(status: &tonic::Status) -> bool {
-    matches!(
-        status.code(),
-        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
-    )
-}
+/// A socket severed by its gates: `(namespace, sid)`, to be disconnected.
+pub type Severed = (String, Sid);
 
 /// One stamped event on its way to sockets.
 #[derive(Debug, Clone)]
@@ -169,7 +130,7 @@ impl Floor {
     }
 }
 
-/// Where [`History::open`] opens gates: in `epoch`, at offset `from`; pending gates then move
+/// Where [`Gates::open`] opens gates: in `epoch`, at offset `from`; pending gates then move
 /// up to `head` (once the replay, if any, is through). `stale` is the epoch a resume came from
 /// when the relay's current epoch is another one: events of it are dropped from then on.
 #[derive(Debug, Clone, Copy)]
@@ -216,7 +177,7 @@ impl SocketGates {
                 if floor.pass(ev) {
                     self.deliver(deliver)
                 } else {
-                    metrics::counter!("switchyard_gateway_history_skipped_total").increment(1);
+                    ::metrics::counter!(metrics::HISTORY_SKIPPED_TOTAL).increment(1);
                     true
                 }
             }
@@ -237,12 +198,12 @@ impl SocketGates {
     fn sever(&mut self) {
         self.severed = true;
         self.rooms.clear();
-        metrics::counter!("switchyard_gateway_history_severed_total").increment(1);
+        ::metrics::counter!(metrics::HISTORY_SEVERED_TOTAL).increment(1);
     }
 }
 
 /// The gates of socket `sid` of namespace `ns`, created (empty) if it has none yet.
-fn socket_gates<'a>(gates: &'a mut Gates, ns: &str, sid: Sid) -> &'a mut SocketGates {
+fn socket_gates<'a>(gates: &'a mut Table, ns: &str, sid: Sid) -> &'a mut SocketGates {
     gates
         .entry(ns.to_owned())
         .or_default()
@@ -250,213 +211,32 @@ fn socket_gates<'a>(gates: &'a mut Gates, ns: &str, sid: Sid) -> &'a mut SocketG
         .or_default()
 }
 
-/// The history client and the gates of every local socket (all namespaces).
+/// The gates of every local socket (all namespaces), and the queue of sockets they severed.
 #[derive(Debug)]
-pub struct History {
-    /// One client per relay URL; calls go to `current` and move on to the next one when a
-    /// relay is unreachable (any replica answers the same).
-    clients: Vec<RelayClient<Channel>>,
-    current: AtomicUsize,
-    gates: Mutex<Gates>,
+pub struct Gates {
+    table: Mutex<Table>,
     stamped: AtomicU64,
-    /// `<node_id>:<incarnation>`: with [`Self::publishes`], the publish id of each `Stamp`.
-    publisher: String,
-    publishes: AtomicU64,
-    /// Stamps on the relay links; the `Stamp` RPC is the fallback.
-    stamper: Stamper,
-    /// `authorization` metadata of every call (from the link token).
-    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
-    /// Severed sockets, to be disconnected by [`disconnect_severed`].
-    severed_tx: mpsc::UnboundedSender<(String, Sid)>,
-    severed_rx: Mutex<Option<mpsc::UnboundedReceiver<(String, Sid)>>>,
+    severed_tx: mpsc::UnboundedSender<Severed>,
+    severed_rx: Mutex<Option<mpsc::UnboundedReceiver<Severed>>>,
 }
 
-impl History {
-    /// Clients of the relays at `urls` (connected lazily; needs a tokio runtime). `publisher`
-    /// (`<node_id>:<incarnation>`) prefixes publish ids, so they are unique cluster-wide.
-    /// Publishes are stamped on the relay links of `stamper` while one is up. `link_token`
-    /// (the relays' `--link-token`) goes with every call, as it does with the links.
-    pub fn new(
-        urls: &[String],
-        publisher: String,
-        tls: &ClientTls,
-        stamper: Stamper,
-        link_token: Option<&str>,
-    ) -> Result<Self, HistoryError> {
-        let authorization = link_token
-            .map(|t| format!("Bearer {t}").parse())
-            .transpose()
-            .map_err(|_| HistoryError::Token)?;
-        let mut clients = Vec::new();
-        for url in urls {
-            let channel = tls
-                .endpoint(url)?
-                .timeout(CALL_TIMEOUT)
-                .connect_timeout(CALL_TIMEOUT)
-                .connect_lazy();
-            clients.push(RelayClient::new(channel));
-        }
-        if clients.is_empty() {
-            return Err(HistoryError::NoRelay);
-        }
+impl Default for Gates {
+    fn default() -> Self {
         let (severed_tx, severed_rx) = mpsc::unbounded_channel();
-        Ok(Self {
-            clients,
-            current: AtomicUsize::new(0),
-            gates: Mutex::new(HashMap::new()),
+        Self {
+            table: Mutex::new(HashMap::new()),
             stamped: AtomicU64::new(0),
-            publisher,
-            publishes: AtomicU64::new(0),
-            stamper,
-            authorization,
             severed_tx,
             severed_rx: Mutex::new(Some(severed_rx)),
-        })
-    }
-
-    /// Runs `call` on the current relay, then on the others while they are unreachable
-    /// (`UNAVAILABLE`). A retried `Stamp` carries the same publish id, so the relays stamp it
-    /// once even when the first relay stamped it and died before answering; other failures
-    /// are not retried.
-    async fn call<T, F, Fut>(&self, call: F) -> Result<T, HistoryError>
-    where
-        F: Fn(RelayClient<Channel>) -> Fut,
-        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-    {
-        let n = self.clients.len();
-        let start = self.current.load(Ordering::Relaxed);
-        let mut last = None;
-        for i in 0..n {
-            let idx = (start + i) % n;
-            let Some(client) = self.clients.get(idx) else {
-                continue;
-            };
-            match call(client.clone()).await {
-                Ok(res) => {
-                    if idx != start {
-                        self.current.store(idx, Ordering::Relaxed);
-                    }
-                    return Ok(res.into_inner());
-                }
-                Err(status) if moves_on(&status) => last = Some(status),
-                Err(status) => return Err(status.into()),
-            }
-        }
-        Err(last.map_or(HistoryError::NoRelay, HistoryError::from))
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Gates> {
-        self.gates.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Stamps a room publish; returns its offset. On a relay link when one is up (a message on
-    /// a stream that is open anyway), else, or when that link ends or its relay cannot stamp,
-    /// with the `Stamp` RPC on any relay. The publish id `<node_id>:<incarnation>:<counter>` is
-    /// made once here and reused by every retry, so a retry never stamps twice.
-    ///
-    /// Runs in a `publish` span whose trace context goes to the relay with the call: the
-    /// relay's `stamp` span and every gateway's `deliver` span continue its trace.
-    pub async fn stamp(
-        &self,
-        ns: &str,
-        room: &str,
-        event: &str,
-        data: &Payload,
-        retain: bool,
-    ) -> Result<u64, HistoryError> {
-        let msgpack: bytes::Bytes = rmp_serde::to_vec(data)?.into();
-        let n = self.publishes.fetch_add(1, Ordering::Relaxed) + 1;
-        let publish_id = format!("{}:{n}", self.publisher);
-        let span = tracing::info_span!("publish", namespace = %ns, room = %room,
-                                       publish_id = %publish_id, offset = tracing::field::Empty);
-        let request = StampRequest {
-            namespace: ns.to_owned(),
-            room: room.to_owned(),
-            event: event.to_owned(),
-            msgpack,
-            retain,
-            publish_id,
-        };
-        let position = match self.stamp_on_link(&request, &span).await? {
-            Some(position) => position,
-            None => self
-                .call(|mut c| {
-                    let mut req = self.request(request.clone());
-                    switchyard_common::trace_context::inject_metadata(&span, req.metadata_mut());
-                    async move { c.stamp(req).await }
-                })
-                .instrument(span.clone())
-                .await?
-                .position
-                .ok_or(HistoryError::NoPosition)?,
-        };
-        span.record("offset", position.offset);
-        Ok(position.offset)
-    }
-
-    /// Stamps on a relay link; `None` when no link is up, the link ended before answering, or
-    /// its relay could not stamp for a reason another relay may not share (see [`moves_on`]).
-    async fn stamp_on_link(
-        &self,
-        request: &StampRequest,
-        span: &tracing::Span,
-    ) -> Result<Option<Position>, HistoryError> {
-        let context = switchyard_common::trace_context::to_map(span);
-        let Some(answer) = self.stamper.call(request.clone(), context) else {
-            return Ok(None);
-        };
-        match tokio::time::timeout(CALL_TIMEOUT, answer).await {
-            Ok(Ok(Ok(position))) => Ok(Some(position)),
-            Ok(Ok(Err(status))) if moves_on(&status) => Ok(None),
-            Ok(Ok(Err(status))) => Err(status.into()),
-            // The link ended first.
-            Ok(Err(_)) => Ok(None),
-            Err(_) => {
-                Err(tonic::Status::deadline_exceeded("the relay did not stamp in time").into())
-            }
         }
     }
+}
 
-    /// A call's request, with the link token when there is one.
-    fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut req = tonic::Request::new(message);
-        if let Some(value) = &self.authorization {
-            req.metadata_mut().insert("authorization", value.clone());
-        }
-        req
-    }
-
-    /// The namespace's position and the room's retained event.
-    pub async fn head(&self, ns: &str, room: &str) -> Result<HeadResponse, HistoryError> {
-        self.call(|mut c| {
-            let req = self.request(HeadRequest {
-                namespace: ns.to_owned(),
-                room: room.to_owned(),
-            });
-            async move { c.head(req).await }
-        })
-        .await
-    }
-
-    /// Every event of `rooms` after `(epoch, after)`, all or nothing.
-    pub async fn replay(
-        &self,
-        ns: &str,
-        rooms: &[String],
-        epoch: &str,
-        after: u64,
-    ) -> Result<ReplayResponse, HistoryError> {
-        self.call(|mut c| {
-            let req = self.request(ReplayRequest {
-                namespace: ns.to_owned(),
-                rooms: rooms.to_vec(),
-                epoch: epoch.to_owned(),
-                after_offset: after,
-                limit: 0,
-            });
-            async move { c.replay(req).await }
-        })
-        .await
+impl Gates {
+    /// The gate table. A poisoned lock is recovered: every update leaves the table consistent
+    /// (a panic cannot stop one half-way through a gate change that matters for exactness).
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Puts the gates of `rooms` of a socket in the pending state (buffering). A room whose
@@ -480,7 +260,7 @@ impl History {
     /// gates buffered passes too, in offset order. `emit` runs for each event let through.
     /// A join passes `from = head` and no replay; a recovered resume the client's offset and
     /// the missed events. `emit` returns whether the event was queued to the socket; when one
-    /// was not, the socket is severed (and handed to [`disconnect_severed`]), nothing more is
+    /// was not, the socket is severed (and handed over to be disconnected), nothing more is
     /// emitted and `open` returns `None`. Otherwise returns how many replayed events were emitted.
     pub fn open(
         &self,
@@ -551,7 +331,7 @@ impl History {
     /// `members`, each member every event of the run before the next member. `deliver(sid, i)`
     /// runs (under the gate lock) for each event `run[i]` a member should get now, and returns
     /// whether it was queued to that socket. A member whose event was not queued gets nothing
-    /// more: it is severed and handed to [`disconnect_severed`]. A member without a gate (it
+    /// more: it is severed and handed over to be disconnected. A member without a gate (it
     /// joined through the application's own code) gets every event, and is severed all the
     /// same when its buffer is full.
     pub fn admit(
@@ -587,15 +367,15 @@ impl History {
         }
     }
 
-    /// Hands a socket just severed to [`disconnect_severed`].
+    /// Hands a socket just severed over to be disconnected ([`Gates::take_severed`]).
     fn severed(&self, ns: &str, sid: Sid) {
         tracing::debug!(%sid, ns, "socket severed; it will resume");
         let _ = self.severed_tx.send((ns.to_owned(), sid));
     }
 
-    /// Severs every socket holding gates: called when a relay link comes back after every
-    /// link was down ([`crate::link`]), since events stamped meanwhile never reached this
-    /// gateway and only a resume brings them.
+    /// Severs every socket holding gates: called at the end of a gap of the relay links (see
+    /// [`crate::link`]), since events stamped meanwhile never reached this gateway and only a
+    /// resume brings them.
     pub fn sever_all(&self) {
         let mut gates = self.lock();
         let mut severed = Vec::new();
@@ -617,9 +397,13 @@ impl History {
         }
     }
 
-    /// The receiving end of severed sockets, for [`disconnect_severed`]; `None` after the first call.
-    pub fn take_severed(&self) -> Option<mpsc::UnboundedReceiver<(String, Sid)>> {
-        self.severed_rx.lock().ok().and_then(|mut rx| rx.take())
+    /// The receiving end of severed sockets, for [`crate::severed::disconnect_severed`];
+    /// `None` after the first call.
+    pub fn take_severed(&self) -> Option<mpsc::UnboundedReceiver<Severed>> {
+        self.severed_rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 
     /// Forgets every gate of a socket (at its disconnect).
@@ -636,9 +420,9 @@ impl History {
         }
     }
 
-    /// Counts delivered stamped events; every [`SWEEP_EVERY`] drops the gates of `ns`'s sockets that
+    /// Counts delivered stamped events; every `SWEEP_EVERY` drops the gates of `ns`'s sockets that
     /// are not in `live()` (the namespace's connected sockets). Gates are dropped at each
-    /// disconnect ([`History::forget_socket`]); the sweep is the backstop for applications whose
+    /// disconnect ([`Gates::forget_socket`]); the sweep is the backstop for applications whose
     /// own `on_disconnect` replaces Switchyard's.
     pub fn tick(&self, ns: &str, events: u64, live: impl FnOnce() -> HashSet<Sid>) {
         let before = self.stamped.fetch_add(events, Ordering::Relaxed);
@@ -648,30 +432,6 @@ impl History {
                 sockets.retain(|sid, _| live.contains(sid));
             }
         }
-    }
-}
-
-/// Disconnects every socket [`History`] severed, so its client reconnects and resumes from the
-/// last offset it got. The disconnect packet waits in the same full buffer, so it is retried
-/// until queued, until the socket is gone, or for [`SEVER_ATTEMPTS`] tries.
-pub async fn disconnect_severed<A: Adapter>(
-    io: SocketIo<A>,
-    mut severed: mpsc::UnboundedReceiver<(String, Sid)>,
-) {
-    while let Some((ns, sid)) = severed.recv().await {
-        let io = io.clone();
-        tokio::spawn(async move {
-            for _ in 0..SEVER_ATTEMPTS {
-                let Some(socket) = io.of(&ns).and_then(|op| op.get_socket(sid)) else {
-                    return;
-                };
-                if socket.disconnect().is_ok() {
-                    return;
-                }
-                tokio::time::sleep(SEVER_RETRY).await;
-            }
-            tracing::warn!(%sid, ns, "severed socket: its send buffer never drained");
-        });
     }
 }
 
@@ -702,20 +462,9 @@ mod tests {
         }
     }
 
-    /// A history client of an unreachable relay: the gates never call it.
-    fn history() -> anyhow::Result<History> {
-        Ok(History::new(
-            &["http://127.0.0.1:1".to_owned()],
-            "n:1".to_owned(),
-            &ClientTls::default(),
-            Stamper::default(),
-            None,
-        )?)
-    }
-
-    #[tokio::test]
-    async fn gates_buffer_then_deliver_each_offset_once_in_order() -> anyhow::Result<()> {
-        let h = history()?;
+    #[test]
+    fn gates_buffer_then_deliver_each_offset_once_in_order() -> anyhow::Result<()> {
+        let h = Gates::default();
         let sid = Sid::new();
         let rooms = vec!["a".to_owned()];
         let mut got = Vec::new();
@@ -777,9 +526,9 @@ mod tests {
         Ok(())
     }
 
-    #[tokio::test]
-    async fn a_resume_that_could_not_recover_drops_its_old_epoch_in_flight() -> anyhow::Result<()> {
-        let h = history()?;
+    #[test]
+    fn a_resume_that_could_not_recover_drops_its_old_epoch_in_flight() -> anyhow::Result<()> {
+        let h = Gates::default();
         let sid = Sid::new();
         let rooms = vec!["a".to_owned()];
         let mut got = Vec::new();
@@ -829,9 +578,9 @@ mod tests {
     /// Runs offered to a whole room at once (more members than one hold of the lock takes):
     /// each member's own gate decides, and a failure severs only that socket, which gets
     /// nothing after the event it lost, whether it has a gate or not.
-    #[tokio::test]
-    async fn runs_to_many_members_pass_each_gate_on_its_own() -> anyhow::Result<()> {
-        let h = history()?;
+    #[test]
+    fn runs_to_many_members_pass_each_gate_on_its_own() -> anyhow::Result<()> {
+        let h = Gates::default();
         let mut severed = h.take_severed().ok_or_else(|| anyhow::anyhow!("taken"))?;
         let rooms = vec!["a".to_owned()];
         let (open, pending, full) = (Sid::new(), Sid::new(), Sid::new());
@@ -889,9 +638,9 @@ mod tests {
     /// A full send buffer must never turn into a silent gap: the first event that cannot be
     /// queued severs the socket, no later event (which would move the client's position past
     /// the lost one) reaches it, and it is handed over to be disconnected.
-    #[tokio::test]
-    async fn a_full_buffer_severs_the_socket_and_nothing_after_reaches_it() -> anyhow::Result<()> {
-        let h = history()?;
+    #[test]
+    fn a_full_buffer_severs_the_socket_and_nothing_after_reaches_it() -> anyhow::Result<()> {
+        let h = Gates::default();
         let mut severed = h.take_severed().ok_or_else(|| anyhow::anyhow!("taken"))?;
         let (gated, plain) = (Sid::new(), Sid::new());
         let rooms = vec!["a".to_owned()];

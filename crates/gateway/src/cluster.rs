@@ -1,0 +1,66 @@
+//! [`ClusterState`]: what makes one gateway part of a cluster, owned in one place.
+//!
+//! The relay links ([`crate::link`]), the relay history client ([`crate::history`]) and the
+//! per-socket gates ([`crate::gates`]) exist together or not at all: `ClusterState::start`
+//! is the only way to make one, so an adapter without history (whose room events would lose
+//! their positions) cannot be built. The gateway holds it ([`crate::Switchyard::cluster_state`])
+//! and hands clones to socketioxide as the state of every namespace's
+//! [`crate::adapter::ClusterAdapter`]; the built-in events reach history and gates through it.
+//!
+//! Wiring kept here: at the end of a gap of the relay links, and when an adapter's queue
+//! overflows, the links run a handler that severs every gated socket (they resume). The link
+//! knows nothing of history; it only runs the handler it was given.
+
+use std::sync::Arc;
+
+use crate::gates::Gates;
+use crate::history::{History, HistoryError};
+use crate::link::{LinkConfig, RelayLink};
+
+/// The relay links, the history client and the gates of one gateway. Cheap to clone (clones
+/// share).
+#[derive(Debug, Clone)]
+pub struct ClusterState {
+    link: RelayLink,
+    history: Arc<History>,
+    gates: Arc<Gates>,
+}
+
+impl ClusterState {
+    /// Starts one link per relay URL of `cfg`, the history client of the same relays
+    /// (publish ids prefixed `<node_id>:<incarnation>`) and empty gates, wired together (see the
+    /// module docs). Needs a tokio runtime. Fails when a relay URL or the link token cannot be
+    /// used.
+    pub(crate) fn start(cfg: LinkConfig) -> Result<ClusterState, HistoryError> {
+        let publisher = format!("{}:{}", cfg.node_id, cfg.incarnation);
+        let urls = cfg.urls.clone();
+        let tls = cfg.tls.clone();
+        let token = cfg.token.clone();
+        let link = RelayLink::spawn(cfg);
+        let history = History::new(&urls, publisher, &tls, link.stamper(), token.as_deref())?;
+        let gates = Arc::new(Gates::default());
+        let severs = Arc::downgrade(&gates);
+        link.on_gap(move || {
+            if let Some(gates) = severs.upgrade() {
+                gates.sever_all();
+            }
+        });
+        Ok(ClusterState {
+            link,
+            history: Arc::new(history),
+            gates,
+        })
+    }
+
+    pub fn link(&self) -> &RelayLink {
+        &self.link
+    }
+
+    pub fn history(&self) -> &Arc<History> {
+        &self.history
+    }
+
+    pub fn gates(&self) -> &Arc<Gates> {
+        &self.gates
+    }
+}

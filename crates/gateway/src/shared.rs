@@ -1,0 +1,32 @@
+//! [`Shared`]: the state every socket handler, the reporter and the drain controller share,
+//! owned by [`crate::gateway::Switchyard`].
+
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::admission::Admission;
+use crate::cluster::ClusterState;
+use crate::drain::{DrainInbox, DrainState};
+use crate::events::EventLimits;
+use crate::load::Load;
+use crate::settings::Settings;
+
+/// State shared by every socket handler, the reporter and the drain controller.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) settings: Settings,
+    pub(crate) admission: Admission,
+    pub(crate) load: Arc<Load>,
+    pub(crate) drain: Arc<DrainState>,
+    pub(crate) limits: EventLimits,
+    pub(crate) drain_inbox: Mutex<Option<DrainInbox>>,
+    /// Set once by [`Switchyard::cluster_state`]: `Some` with relay URLs.
+    pub(crate) cluster: OnceLock<Option<ClusterState>>,
+}
+
+impl Shared {
+    /// The cluster (relay links, history, gates), once [`Switchyard::cluster_state`] made it;
+    /// `None` for a single gateway.
+    pub(crate) fn cluster(&self) -> Option<ClusterState> {
+        self.cluster.get().cloned().flatten()
+    }
+}
