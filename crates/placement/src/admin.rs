@@ -21,8 +21,9 @@ use tonic::{Request, Response, Status};
 use crate::{
     assign::Assigner,
     ledger::{Ledger, LedgerError, NodeView},
+    ledger::{MAX_WEIGHT, validate},
     reaper::LeaseStatus,
-    report_stream::{Delivery, MAX_NODE_ID_LEN, MAX_WEIGHT, StreamRegistry},
+    report_stream::{Delivery, StreamRegistry},
 };
 
 /// The admin service of one placement replica.
@@ -61,12 +62,7 @@ fn ledger_status(e: LedgerError) -> Status {
 }
 
 fn check_node_id(id: &str) -> Result<(), Status> {
-    if id.is_empty() || id.len() > MAX_NODE_ID_LEN {
-        return Err(Status::invalid_argument(format!(
-            "node_id must be 1..={MAX_NODE_ID_LEN} bytes"
-        )));
-    }
-    Ok(())
+    validate::node_id(id).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 fn send(registry: &StreamRegistry, node_id: &str, kind: directive::Kind) -> Delivery {
@@ -154,7 +150,7 @@ impl Admin for AdminService {
             directive::Kind::Drain(Drain { rate_per_sec: rate }),
         );
         tracing::info!(node_id = %req.node_id, rate, ?delivery, "admin: drain");
-        metrics::counter!("switchyard_placement_admin_total", "call" => "drain").increment(1);
+        ::metrics::counter!(crate::metrics::ADMIN_TOTAL, "call" => "drain").increment(1);
         Ok(Response::new(NodeResponse {
             node: Some(to_proto(view)),
         }))
@@ -177,7 +173,7 @@ impl Admin for AdminService {
             directive::Kind::Undrain(Undrain {}),
         );
         tracing::info!(node_id = %req.node_id, ?delivery, "admin: undrain");
-        metrics::counter!("switchyard_placement_admin_total", "call" => "undrain").increment(1);
+        ::metrics::counter!(crate::metrics::ADMIN_TOTAL, "call" => "undrain").increment(1);
         Ok(Response::new(NodeResponse {
             node: Some(to_proto(view)),
         }))
@@ -200,7 +196,7 @@ impl Admin for AdminService {
             .await
             .map_err(ledger_status)?;
         tracing::info!(node_id = %req.node_id, weight = req.weight, "admin: set weight");
-        metrics::counter!("switchyard_placement_admin_total", "call" => "set_weight").increment(1);
+        ::metrics::counter!(crate::metrics::ADMIN_TOTAL, "call" => "set_weight").increment(1);
         Ok(Response::new(NodeResponse {
             node: Some(to_proto(view)),
         }))
@@ -229,7 +225,7 @@ impl Admin for AdminService {
             );
         }
         tracing::info!(?shed, rate, "admin: rebalance");
-        metrics::counter!("switchyard_placement_admin_total", "call" => "rebalance").increment(1);
+        ::metrics::counter!(crate::metrics::ADMIN_TOTAL, "call" => "rebalance").increment(1);
         Ok(Response::new(RebalanceResponse { shed }))
     }
 

@@ -169,7 +169,10 @@ impl AssignmentRate {
 
     pub fn record(&self) {
         let now = self.second();
-        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut b = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         match b.back_mut() {
             Some((sec, n)) if *sec == now => *n += 1,
             _ => b.push_back((now, 1)),
@@ -185,7 +188,10 @@ impl AssignmentRate {
     /// Mean per second over the last minute (or since start, when younger than a minute).
     pub fn per_sec(&self) -> f64 {
         let now = self.second();
-        let b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let b = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let total: u64 = b
             .iter()
             .filter(|(sec, _)| sec + RATE_WINDOW_SECS > now)
@@ -269,9 +275,8 @@ impl Assigner {
             Err(e) => e.code(),
         };
         span.record("outcome", outcome);
-        metrics::counter!("switchyard_placement_assignments_total", "outcome" => outcome)
-            .increment(1);
-        metrics::histogram!("switchyard_placement_assign_duration_seconds")
+        ::metrics::counter!(crate::metrics::ASSIGNMENTS_TOTAL, "outcome" => outcome).increment(1);
+        ::metrics::histogram!(crate::metrics::ASSIGN_DURATION_SECONDS)
             .record(started.elapsed().as_secs_f64());
         if result.is_ok() {
             self.rate.record();

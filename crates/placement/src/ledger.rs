@@ -22,7 +22,7 @@ use async_trait::async_trait;
 mod memory;
 mod observe;
 mod redis;
-mod validate;
+pub(crate) mod validate;
 
 pub use memory::MemoryLedger;
 pub use redis::RedisLedger;

@@ -60,7 +60,10 @@ impl RateLimiter {
             return true;
         }
         // A poisoned lock only means another request panicked mid-update of plain numbers.
-        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if !buckets.contains_key(&ip) && buckets.len() >= self.max_tracked {
             let full_after = Duration::from_secs_f64(1.0);
             buckets.retain(|_, b| now.saturating_duration_since(b.last) < full_after);
@@ -86,7 +89,10 @@ impl RateLimiter {
 
     /// Addresses currently tracked (for tests and the metrics gauge).
     pub fn tracked(&self) -> usize {
-        self.buckets.lock().map(|b| b.len()).unwrap_or(0)
+        self.buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
     }
 }
 

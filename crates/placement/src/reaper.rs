@@ -39,7 +39,7 @@ impl LeaseStatus {
 
     fn set(&self, holder: bool) {
         self.0.store(holder, Ordering::Release);
-        metrics::gauge!("switchyard_placement_lease_holder").set(if holder { 1.0 } else { 0.0 });
+        ::metrics::gauge!(crate::metrics::LEASE_HOLDER).set(if holder { 1.0 } else { 0.0 });
     }
 }
 
@@ -134,16 +134,14 @@ async fn work_then_renew(
     let fence = held.fence;
     match ledger.reap(fence).await {
         Ok(ids) => {
-            metrics::counter!("switchyard_placement_reap_total", "outcome" => "ok").increment(1);
+            ::metrics::counter!(crate::metrics::REAP_TOTAL, "outcome" => "ok").increment(1);
             if !ids.is_empty() {
-                metrics::counter!("switchyard_placement_reaped_nodes_total")
-                    .increment(ids.len() as u64);
+                ::metrics::counter!(crate::metrics::REAPED_NODES_TOTAL).increment(ids.len() as u64);
                 tracing::info!(nodes = ?ids, "reaped nodes that stopped reporting");
             }
         }
         Err(LedgerError::Fenced(stale)) => {
-            metrics::counter!("switchyard_placement_reap_total", "outcome" => "fenced")
-                .increment(1);
+            ::metrics::counter!(crate::metrics::REAP_TOTAL, "outcome" => "fenced").increment(1);
             tracing::warn!(
                 fence = stale.0,
                 "reap refused: another replica holds the lease (fenced); stepping down"
@@ -151,7 +149,7 @@ async fn work_then_renew(
             return None;
         }
         Err(e) => {
-            metrics::counter!("switchyard_placement_reap_total", "outcome" => "error").increment(1);
+            ::metrics::counter!(crate::metrics::REAP_TOTAL, "outcome" => "error").increment(1);
             tracing::warn!(error = %e, "reaping failed");
         }
     }

@@ -43,19 +43,11 @@ use tracing::Instrument;
 
 use crate::{
     assign::normalize_namespace,
-    ledger::{Ledger, LedgerError, LoadReport, NodeRegistration, NodeView},
+    ledger::{
+        Ledger, LedgerError, LoadReport, MAX_NAMESPACES, NodeRegistration, NodeView, validate,
+    },
 };
 
-/// Longest node id accepted.
-pub const MAX_NODE_ID_LEN: usize = 128;
-/// Most namespaces one gateway may declare.
-pub const MAX_NAMESPACES: usize = 64;
-/// Largest weight accepted in a registration.
-pub const MAX_WEIGHT: u32 = 10_000;
-/// Most consumed reservation ids accepted in one report.
-pub const MAX_CONSUMED_PER_REPORT: usize = 100_000;
-/// A connections figure above this is absurd and refused.
-pub const MAX_CONNECTIONS: u64 = 100_000_000;
 /// How many reports between two reads of the node's draining flag in the ledger.
 pub const DRAIN_SYNC_EVERY: u32 = 5;
 /// Directives buffered per stream before new ones are dropped (they are rare and idempotent).
@@ -103,7 +95,9 @@ pub struct StreamRegistry {
 
 impl StreamRegistry {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+        self.streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Makes a new stream the current one for `node_id`, superseding any older one.
@@ -121,7 +115,7 @@ impl StreamRegistry {
             // control sender is dropped here.
             let _ = old.control.try_send(Control::Supersede);
         }
-        metrics::gauge!("switchyard_placement_report_streams").set(self.len() as f64);
+        ::metrics::gauge!(crate::metrics::REPORT_STREAMS).set(self.len() as f64);
         stream_id
     }
 
@@ -136,7 +130,7 @@ impl StreamRegistry {
         }
         let len = streams.len();
         drop(streams);
-        metrics::gauge!("switchyard_placement_report_streams").set(len as f64);
+        ::metrics::gauge!(crate::metrics::REPORT_STREAMS).set(len as f64);
         current
     }
 
@@ -165,25 +159,21 @@ impl StreamRegistry {
     }
 }
 
-/// Validates a `Register` message into a ledger registration.
+/// The ledger's refusal of invalid input, as the stream's status.
+fn invalid(e: LedgerError) -> Status {
+    Status::invalid_argument(e.to_string())
+}
+
+/// Validates a `Register` message into a ledger registration: the ledger's own checks
+/// ([`validate::registration`]) plus what only a stream knows (the URL must be an absolute
+/// http(s) URL, the report interval must fit the liveness window, namespaces are normalised).
 pub fn validate_registration(r: Register, liveness: Duration) -> Result<NodeRegistration, Status> {
     let bad = |m: String| Err(Status::invalid_argument(m));
-    if r.node_id.is_empty() || r.node_id.len() > MAX_NODE_ID_LEN {
-        return bad(format!("node_id must be 1..={MAX_NODE_ID_LEN} bytes"));
-    }
-    if r.node_id
-        .chars()
-        .any(|c| c.is_control() || c.is_whitespace())
-    {
-        return bad("node_id must not contain whitespace or control characters".into());
-    }
+    validate::node_id(&r.node_id).map_err(invalid)?;
     match r.url.parse::<http::Uri>() {
         Ok(uri)
             if matches!(uri.scheme_str(), Some("http" | "https")) && uri.authority().is_some() => {}
         _ => return bad(format!("url `{}` is not an absolute http(s) URL", r.url)),
-    }
-    if r.weight > MAX_WEIGHT {
-        return bad(format!("weight must be at most {MAX_WEIGHT}"));
     }
     let liveness_ms = u32::try_from(liveness.as_millis()).unwrap_or(u32::MAX);
     if r.report_interval_ms != 0 && !(10..=liveness_ms).contains(&r.report_interval_ms) {
@@ -201,40 +191,25 @@ pub fn validate_registration(r: Register, liveness: Duration) -> Result<NodeRegi
             namespaces.push(ns);
         }
     }
-    if namespaces.is_empty() {
-        namespaces.push("/".to_owned());
-    }
-    Ok(NodeRegistration {
+    validate::registration(&NodeRegistration {
         node_id: r.node_id,
         url: r.url,
-        weight: r.weight.max(1),
+        weight: r.weight,
         capacity: r.capacity,
         namespaces,
     })
+    .map_err(invalid)
 }
 
-fn validate_load(l: Load) -> Result<LoadReport, Status> {
-    if l.connections > MAX_CONNECTIONS {
-        return Err(Status::invalid_argument(format!(
-            "connections {} is absurd (max {MAX_CONNECTIONS})",
-            l.connections
-        )));
-    }
-    if l.consumed_reservations.len() > MAX_CONSUMED_PER_REPORT {
-        return Err(Status::invalid_argument(format!(
-            "at most {MAX_CONSUMED_PER_REPORT} consumed reservations per report"
-        )));
-    }
-    if l.consumed_reservations.iter().any(|r| r.len() > 128) {
-        return Err(Status::invalid_argument(
-            "reservation ids are at most 128 bytes",
-        ));
-    }
-    Ok(LoadReport {
+/// Validates a `Load` message of node `node_id` with the ledger's checks ([`validate::report`]).
+fn validate_load(node_id: &str, l: Load) -> Result<LoadReport, Status> {
+    let load = LoadReport {
         connections: l.connections,
         consumed: l.consumed_reservations,
         draining: l.draining,
-    })
+    };
+    validate::report(node_id, &load).map_err(invalid)?;
+    Ok(load)
 }
 
 fn directive(kind: directive::Kind) -> Directive {
@@ -321,16 +296,17 @@ impl ReportStreams {
             Ok(Ok(Some(m))) => m,
         };
         let Some(gateway_report::Kind::Register(register)) = first.kind else {
-            metrics::counter!("switchyard_placement_registrations_total", "outcome" => "invalid")
+            ::metrics::counter!(crate::metrics::REGISTRATIONS_TOTAL, "outcome" => "invalid")
                 .increment(1);
             return Err(Status::invalid_argument(
                 "the first message must be Register",
             ));
         };
-        let registration = validate_registration(register, self.settings.liveness).inspect_err(|_| {
-            metrics::counter!("switchyard_placement_registrations_total", "outcome" => "invalid")
-                .increment(1);
-        })?;
+        let registration =
+            validate_registration(register, self.settings.liveness).inspect_err(|_| {
+                ::metrics::counter!(crate::metrics::REGISTRATIONS_TOTAL, "outcome" => "invalid")
+                    .increment(1);
+            })?;
         let span = tracing::info_span!(
             "report_stream",
             node_id = %registration.node_id,
@@ -343,14 +319,14 @@ impl ReportStreams {
             match self.ledger.register(&registration).await {
                 Ok(()) => {
                     tracing::info!(weight = registration.weight, "gateway registered");
-                    metrics::counter!("switchyard_placement_registrations_total", "outcome" => "ok")
+                    ::metrics::counter!(crate::metrics::REGISTRATIONS_TOTAL, "outcome" => "ok")
                         .increment(1);
                     true
                 }
                 Err(e) => {
                     // Keep the stream: the next report retries the registration.
                     tracing::warn!(error = %e, "registering the gateway failed; retrying on its next report");
-                    metrics::counter!("switchyard_placement_registrations_total", "outcome" => "ledger_error")
+                    ::metrics::counter!(crate::metrics::REGISTRATIONS_TOTAL, "outcome" => "ledger_error")
                         .increment(1);
                     false
                 }
@@ -478,7 +454,7 @@ impl StreamTask {
         out: &mpsc::Sender<Result<Directive, Status>>,
     ) -> Result<(), Status> {
         let load = match msg.kind {
-            Some(gateway_report::Kind::Load(l)) => validate_load(l)?,
+            Some(gateway_report::Kind::Load(l)) => validate_load(self.node_id(), l)?,
             Some(gateway_report::Kind::Register(_)) => {
                 return Err(Status::invalid_argument(
                     "Register is only valid as the first message",
@@ -504,7 +480,7 @@ impl StreamTask {
                 "ledger_error"
             }
         };
-        metrics::counter!("switchyard_placement_reports_total", "outcome" => outcome).increment(1);
+        ::metrics::counter!(crate::metrics::REPORTS_TOTAL, "outcome" => outcome).increment(1);
         self.reports = self.reports.wrapping_add(1);
         if outcome != "ledger_error" && self.reports.is_multiple_of(DRAIN_SYNC_EVERY) {
             self.sync_draining(&load, out).await;
@@ -562,7 +538,7 @@ impl StreamTask {
     }
 
     async fn finish(self, end: End) {
-        metrics::counter!("switchyard_placement_streams_closed_total", "reason" => end.as_str())
+        ::metrics::counter!(crate::metrics::STREAMS_CLOSED_TOTAL, "reason" => end.as_str())
             .increment(1);
         let current = self
             .streams
@@ -638,7 +614,7 @@ mod tests {
                 ..reg()
             },
             Register {
-                weight: MAX_WEIGHT + 1,
+                weight: crate::ledger::MAX_WEIGHT + 1,
                 ..reg()
             },
         ];
@@ -656,12 +632,12 @@ mod tests {
             consumed_reservations: vec!["r".into()],
             draining: false,
         };
-        assert!(validate_load(ok).is_ok());
+        assert!(validate_load("gw", ok).is_ok());
         let bad = Load {
-            connections: MAX_CONNECTIONS + 1,
+            connections: crate::ledger::MAX_CONNECTIONS + 1,
             ..Default::default()
         };
-        assert!(validate_load(bad).is_err());
+        assert!(validate_load("gw", bad).is_err());
     }
 
     #[test]

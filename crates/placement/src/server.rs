@@ -128,6 +128,7 @@ fn cors(config: &Config) -> anyhow::Result<CorsLayer> {
 /// Serves until SIGTERM or Ctrl-C; returns `Ok` after a clean shutdown.
 pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()> {
     config.validate()?;
+    crate::metrics::describe();
     tracing::info!(config = ?config, "starting placement");
     let settings = LedgerSettings {
         cluster: config.cluster.clone(),

@@ -20,15 +20,15 @@ pub(crate) fn observe<T>(
         Err(LedgerError::Invalid(_)) => "invalid",
         Err(LedgerError::Unavailable(_)) => "unavailable",
     };
-    metrics::counter!(
-        "switchyard_placement_ledger_calls_total",
+    ::metrics::counter!(
+        crate::metrics::LEDGER_CALLS_TOTAL,
         "backend" => backend,
         "op" => op,
         "outcome" => outcome
     )
     .increment(1);
-    metrics::histogram!(
-        "switchyard_placement_ledger_call_seconds",
+    ::metrics::histogram!(
+        crate::metrics::LEDGER_CALL_SECONDS,
         "backend" => backend,
         "op" => op
     )

@@ -1,18 +1,21 @@
-//! Input checks shared by both ledgers, so that they refuse exactly the same things.
+//! Placement's input limits and checks, in one place: both ledgers run them, so they refuse
+//! exactly the same things, and the report stream and the admin API use the same functions and
+//! constants for what they take from the network before it reaches a ledger.
 //!
 //! The figures come from gateways over the network: a buggy or hostile peer must get a clear
-//! [`LedgerError::Invalid`], never a corrupted ledger or a Lua error.
+//! [`LedgerError::Invalid`] (a gRPC `INVALID_ARGUMENT`), never a corrupted ledger or a Lua
+//! error.
 
 use super::{LedgerError, LoadReport, NodeRegistration};
 
 /// More connections than this on one gateway is not a real figure.
-pub const MAX_CONNECTIONS: u64 = 1_000_000_000;
+pub const MAX_CONNECTIONS: u64 = 100_000_000;
 /// Capacity above this is refused for the same reason (0 still means unlimited).
-pub const MAX_CAPACITY: u64 = 1_000_000_000;
-/// Weights are relative shares; a million to one is already absurd.
-pub const MAX_WEIGHT: u32 = 1_000_000;
-/// Longest node id, namespace and URL accepted (bytes).
-pub const MAX_NODE_ID_LEN: usize = 256;
+pub const MAX_CAPACITY: u64 = 100_000_000;
+/// Weights are relative shares; ten thousand to one is already absurd.
+pub const MAX_WEIGHT: u32 = 10_000;
+/// Longest node id (a Kubernetes pod name is at most 63), namespace and URL accepted (bytes).
+pub const MAX_NODE_ID_LEN: usize = 128;
 pub const MAX_NAMESPACE_LEN: usize = 256;
 pub const MAX_URL_LEN: usize = 2048;
 /// Most namespaces one node may serve.
@@ -35,8 +38,10 @@ pub(crate) fn node_id(id: &str) -> Result<(), LedgerError> {
             "node id longer than {MAX_NODE_ID_LEN} bytes"
         )));
     }
-    if id.chars().any(char::is_control) {
-        return Err(invalid("node id contains control characters"));
+    if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(invalid(
+            "node id must not contain whitespace or control characters",
+        ));
     }
     Ok(())
 }
