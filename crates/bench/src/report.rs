@@ -424,7 +424,7 @@ Switchyard gateway or more (29,242 against 27,868 bytes in one run), so the gap 
 the Rust Socket.IO stack's, not Switchyard's. Copying the upgrade request's URI and header \
 values out of hyper's read buffer (socketioxide keeps each socket's request parts) was \
 tried and changed nothing measurable (27,846 bytes).\n\
-- **Reconnect storm.** Not profiled (the issue sets no target for it). A Switchyard \
+- **Reconnect storm.** Not profiled (no target is set for it). A Switchyard \
 reconnect does more work than a peer's: `GET /v1/assign` on placement (a Redis script), the \
 token check on the gateway, and a `join` that, with history on, opens the room's position \
 with a round trip to the relay; a peer's reconnect is one websocket handshake and a local \

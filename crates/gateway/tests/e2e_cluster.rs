@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
-use support::{Driver, bin};
+use support::{Cluster, Driver, bin};
 use switchyard_proto::relay::v1::{PublishRequest, publish_request, relay_client::RelayClient};
 use switchyard_testkit::cluster::{
     Gateway, GatewayOpts, Placement, PlacementOpts, Relay, RelayOpts, TEST_PUBLISH_TOKEN,
@@ -28,48 +28,6 @@ use switchyard_testkit::redis::RedisServer;
 
 const WAIT: Duration = Duration::from_secs(30);
 const EVENTS: u64 = 100;
-
-/// Redis, placement, one relay and `n` gateways linked to it; stopped on drop.
-struct RelayCluster {
-    gateways: Vec<Gateway>,
-    relay: Relay,
-    _placement: Placement,
-    _redis: RedisServer,
-}
-
-impl RelayCluster {
-    fn start(n: usize, gateway_args: &[&str], relay_args: &[&str]) -> anyhow::Result<RelayCluster> {
-        let redis = RedisServer::start()?;
-        let placement = Placement::start(PlacementOpts {
-            redis_url: Some(redis.url()),
-            extra_args: Vec::new(),
-        })?;
-        let relay = Relay::start(RelayOpts {
-            redis_url: Some(redis.url()),
-            extra_args: relay_args.iter().map(|s| (*s).to_owned()).collect(),
-        })?;
-        let mut gateways = Vec::new();
-        for i in 0..n {
-            let mut opts = GatewayOpts::new(&placement, format!("gw-{i}"));
-            opts.relay_urls = vec![relay.grpc_url().to_owned()];
-            opts.extra_args = gateway_args.iter().map(|s| (*s).to_owned()).collect();
-            opts.extra_args
-                .extend(["--report-interval-ms".to_owned(), "1000".to_owned()]);
-            gateways.push(Gateway::start(opts)?);
-        }
-        Ok(RelayCluster {
-            gateways,
-            relay,
-            _placement: placement,
-            _redis: redis,
-        })
-    }
-
-    /// Waits until the relay lists every gateway as linked for `/`.
-    async fn wait_linked(&self) -> anyhow::Result<()> {
-        support::wait_relay_members(self.relay.grpc_url(), self.gateways.len(), WAIT).await
-    }
-}
 
 /// `recv` events of client `id` named `name`, in arrival order.
 fn received(driver: &mut Driver, id: &str, name: &str) -> Vec<Value> {
@@ -103,12 +61,12 @@ async fn connect(driver: &mut Driver, id: &str, gw: &Gateway) -> anyhow::Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_room_spans_three_gateways() -> anyhow::Result<()> {
-    let cluster = RelayCluster::start(
+    let cluster = Cluster::with_relay(
         3,
         &["--allow-anonymous", "--max-payload-bytes", "2097152"],
         &[],
     )?;
-    cluster.wait_linked().await?;
+    cluster.wait_linked(WAIT).await?;
     let mut js = Driver::node().await?;
     let members = ["m0", "m1", "m2"];
     let others = ["n0", "n1", "n2"];
@@ -169,7 +127,7 @@ async fn a_room_spans_three_gateways() -> anyhow::Result<()> {
     // A backend publishes through the relay: every member gets it, `except` excludes.
     let ack = js.join("m2", "vip").await?;
     assert_eq!(ack["ok"], true, "m2 joins vip: {ack}");
-    let mut relay = RelayClient::connect(cluster.relay.grpc_url().to_owned()).await?;
+    let mut relay = RelayClient::connect(cluster.relay()?.grpc_url().to_owned()).await?;
     let publish = |event: &str, except: Vec<String>| {
         let mut req = tonic::Request::new(PublishRequest {
             namespace: "/".into(),
@@ -424,8 +382,8 @@ async fn killing_one_of_two_relays_loses_and_doubles_nothing() -> anyhow::Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_gateway_is_cut_off_without_delaying_the_others() -> anyhow::Result<()> {
     const TOTAL: u64 = 1000;
-    let cluster = RelayCluster::start(3, &["--allow-anonymous"], &["--link-queue", "16"])?;
-    cluster.wait_linked().await?;
+    let cluster = Cluster::with_relay(3, &["--allow-anonymous"], &["--link-queue", "16"])?;
+    cluster.wait_linked(WAIT).await?;
     let gateways = &cluster.gateways;
     let mut js = Driver::node().await?;
     let members = ["m0", "m1", "m2"];

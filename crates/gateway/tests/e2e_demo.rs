@@ -1,6 +1,7 @@
 //! The demo chat page (`clients/js/demo`) works in a real browser: headless Debian Chromium,
 //! driven by playwright-core (`clients/js/tools/demo-check.mjs`), opens two pages that assign
-//! through placement (CORS), join a room, and see each other's message.
+//! through placement (CORS), land on two different gateways, join a room, and see each other's
+//! message: a chat across gateways, through the relay.
 
 mod support;
 
@@ -10,9 +11,8 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use support::{Cluster, repo_root};
 
-/// One gateway: both pages share it. Chat across gateways needs the relay (its own issue); once
-/// it exists, start two gateways here and pass `--distinct-nodes` to the check.
-const GATEWAYS: usize = 1;
+/// Two gateways behind one relay: placement puts the two pages on different ones.
+const GATEWAYS: usize = 2;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_chat_page_delivers_a_message_between_two_browser_pages() -> anyhow::Result<()> {
@@ -26,8 +26,9 @@ async fn demo_chat_page_delivers_a_message_between_two_browser_pages() -> anyhow
     if !js.join("node_modules/playwright-core").is_dir() {
         bail!("clients/js/node_modules is missing: run `npm ci --prefix clients/js`");
     }
-    let cluster = Cluster::start(GATEWAYS, &[])?;
+    let cluster = Cluster::with_relay(GATEWAYS, &[], &[])?;
     cluster.wait_registered(Duration::from_secs(10)).await?;
+    cluster.wait_linked(Duration::from_secs(10)).await?;
 
     let shot = switchyard_testkit::process::log_dir()?.join("demo-chat.png");
     let output = tokio::time::timeout(
@@ -36,6 +37,7 @@ async fn demo_chat_page_delivers_a_message_between_two_browser_pages() -> anyhow
             .arg(js.join("tools/demo-check.mjs"))
             .args(["--placement", cluster.placement.http_url()])
             .args(["--chromium", &chromium])
+            .arg("--distinct-nodes")
             .arg("--screenshot")
             .arg(&shot)
             .kill_on_drop(true)

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use support::{Cluster, Driver, spread_evenly};
 
-/// The correctness deadline for a dead gateway's clients to be back, evenly.
+/// The contract's deadline for a dead gateway's clients to be back, evenly (5 s).
 const FAILOVER_DEADLINE: Duration = Duration::from_secs(5);
 /// A guard against hanging, not a measurement.
 const GUARD: Duration = Duration::from_secs(60);

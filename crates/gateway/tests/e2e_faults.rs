@@ -36,7 +36,8 @@ use switchyard_testkit::cluster::{
 use switchyard_testkit::redis::RedisServer;
 use tokio::net::{TcpListener, TcpStream};
 
-/// The bound on how long a client waits for a new placement.
+/// The contract's bound on how long a client waits for a new placement (README: a client that
+/// loses its gateway is placed again within 5 s).
 const PLACEMENT_DEADLINE_MS: u64 = 5_000;
 /// A guard against hanging, not a measurement.
 const WAIT: Duration = Duration::from_secs(60);
@@ -50,7 +51,8 @@ fn interval() -> Duration {
     Duration::from_millis(REPORT_INTERVAL_MS.parse().unwrap_or(1000))
 }
 
-/// The bound for the ledger to be right again: 3 report intervals.
+/// The contract's bound for the ledger to be right again: 3 report intervals (a dead gateway
+/// leaves the ledger within three intervals).
 fn ledger_deadline() -> Duration {
     3 * interval()
 }
@@ -396,29 +398,45 @@ fn ticks(driver: &mut Driver, id: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
-/// Waits until every subscriber received the last acknowledged event, then checks that each
-/// got every acknowledged one, in order, none twice. A refused publish may or may not have
-/// been delivered (its refusal may have been a lost answer), but never twice or out of order.
+/// Publishes a **fence** (an event after every tick, acknowledged) and waits until every
+/// subscriber received it; then checks that each got every acknowledged tick, in order, none
+/// twice. Events reach a socket in offset order and the fence was stamped after every tick, so
+/// once a subscriber has the fence, every tick that will ever reach it has: the check below
+/// cannot be early. A refused publish may or may not have been delivered (its refusal may have
+/// been a lost answer), but never twice or out of order.
 async fn every_subscriber_got_exactly(
     subs: &mut Driver,
+    publisher: &mut Driver,
     published: &[Published],
 ) -> anyhow::Result<()> {
     let acked: Vec<u64> = published.iter().filter(|p| p.acked).map(|p| p.n).collect();
-    let Some(&last) = acked.last() else {
-        bail!("nothing was published");
-    };
+    ensure!(!acked.is_empty(), "nothing was published");
+    static FENCES: AtomicU64 = AtomicU64::new(0);
+    let fence = FENCES.fetch_add(1, Ordering::SeqCst);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let ack = publisher
+            .publish("p", ROOM, "fence", json!({"fence": fence}))
+            .await?;
+        if ack["ok"] == true {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the fence was never acknowledged: {ack}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for i in 0..SUBSCRIBERS {
         let id = format!("s{i}");
-        subs.wait_event(&format!("{id} to get event {last}"), WAIT, |e| {
+        subs.wait_event(&format!("{id} to get fence {fence}"), WAIT, |e| {
             e["id"] == id.as_str()
                 && e["event"] == "recv"
-                && e["name"] == "tick"
-                && e["args"][0]["n"] == last
+                && e["name"] == "fence"
+                && e["args"][0]["fence"] == fence
         })
         .await?;
     }
-    // Whatever was in flight for a non-acknowledged publish has landed by now too.
-    tokio::time::sleep(interval()).await;
     for i in 0..SUBSCRIBERS {
         let id = format!("s{i}");
         let got: Vec<u64> = ticks(subs, &id).into_iter().map(|(n, _)| n).collect();
@@ -528,9 +546,9 @@ async fn a_killed_gateways_clients_are_placed_within_5s_and_miss_nothing() -> an
     eprintln!("ledger right {took:?} after the clients settled");
 
     publishing.advance(30).await?;
-    let (publisher, published) = publishing.stop().await?;
+    let (mut publisher, published) = publishing.stop().await?;
     all_acked(&published)?;
-    every_subscriber_got_exactly(&mut subs, &published).await?;
+    every_subscriber_got_exactly(&mut subs, &mut publisher, &published).await?;
     for r in subs.events().iter().filter(|e| e["event"] == "resumed") {
         ensure!(r["recovered"] == true, "a resume did not recover: {r}");
     }
@@ -552,7 +570,7 @@ async fn a_killed_relay_replica_moves_no_client_and_loses_no_event() -> anyhow::
         .await?;
     eprintln!("ledger right {took:?} after the kill");
     publishing.advance(60).await?;
-    let (publisher, published) = publishing.stop().await?;
+    let (mut publisher, published) = publishing.stop().await?;
     // A publish in flight to the dying relay may be refused, explicitly; none is lost.
     let refused: Vec<&Published> = published.iter().filter(|p| !p.acked).collect();
     eprintln!(
@@ -567,7 +585,7 @@ async fn a_killed_relay_replica_moves_no_client_and_loses_no_event() -> anyhow::
             p.answer
         );
     }
-    every_subscriber_got_exactly(&mut subs, &published).await?;
+    every_subscriber_got_exactly(&mut subs, &mut publisher, &published).await?;
     let waits = placement_waits(&mut subs);
     ensure!(waits.is_empty(), "no client loses its gateway: {waits:?}");
     publisher.shutdown().await?;
@@ -641,9 +659,9 @@ async fn a_killed_placement_replica_goes_unnoticed_by_clients() -> anyhow::Resul
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     publishing.advance(30).await?;
-    let (publisher, published) = publishing.stop().await?;
+    let (mut publisher, published) = publishing.stop().await?;
     all_acked(&published)?;
-    every_subscriber_got_exactly(&mut subs, &published).await?;
+    every_subscriber_got_exactly(&mut subs, &mut publisher, &published).await?;
     let waits = placement_waits(&mut subs);
     ensure!(waits.is_empty(), "no client loses its gateway: {waits:?}");
     publisher.shutdown().await?;
@@ -657,8 +675,8 @@ async fn redis_restarted_empty_shows_a_new_epoch_and_loses_nothing_silently() ->
     let mut subs = cluster.subscribers().await?;
     let publishing = Publishing::start(cluster.publisher(1).await?, 0);
     publishing.advance(30).await?;
-    let (publisher, mut published) = publishing.stop().await?;
-    every_subscriber_got_exactly(&mut subs, &published).await?;
+    let (mut publisher, mut published) = publishing.stop().await?;
+    every_subscriber_got_exactly(&mut subs, &mut publisher, &published).await?;
     let old_epoch = ticks(&mut subs, "s0")
         .last()
         .map(|(_, e)| e.clone())
@@ -783,10 +801,10 @@ async fn redis_restarted_empty_shows_a_new_epoch_and_loses_nothing_silently() ->
     }
     let publishing = Publishing::start(publisher, published.len() as u64);
     publishing.advance(30).await?;
-    let (publisher, after) = publishing.stop().await?;
+    let (mut publisher, after) = publishing.stop().await?;
     all_acked(&after)?;
     published.extend(after);
-    every_subscriber_got_exactly(&mut subs, &published).await?;
+    every_subscriber_got_exactly(&mut subs, &mut publisher, &published).await?;
     let refused = published.iter().filter(|p| !p.acked).count();
     eprintln!("{refused} publishes refused while Redis was down");
     for i in 0..SUBSCRIBERS {
@@ -858,9 +876,9 @@ async fn a_frozen_gateway_is_evicted_then_rejoins_counted_once() -> anyhow::Resu
     assert_waits_within_deadline(&placement_waits(&mut subs))?;
 
     publishing.advance(30).await?;
-    let (publisher, published) = publishing.stop().await?;
+    let (mut publisher, published) = publishing.stop().await?;
     all_acked(&published)?;
-    every_subscriber_got_exactly(&mut subs, &published).await?;
+    every_subscriber_got_exactly(&mut subs, &mut publisher, &published).await?;
     publisher.shutdown().await?;
     subs.shutdown().await
 }

@@ -16,63 +16,35 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use futures::future::join_all;
 use serde_json::{Value, json};
+use support::Cluster;
 use switchyard_common::assignment::{AssignmentClaims, TokenKey, now_ms};
 use switchyard_testkit::assign::assign;
-use switchyard_testkit::cluster::{
-    Gateway, GatewayOpts, Placement, PlacementOpts, Relay, RelayOpts, TEST_TOKEN_SECRET,
-};
+use switchyard_testkit::cluster::{Gateway, TEST_TOKEN_SECRET};
 use switchyard_testkit::raw::RawSocket;
-use switchyard_testkit::redis::RedisServer;
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// Redis, placement, one relay (history on) and one gateway `gw-limits` with `gateway_args`.
-struct Setup {
-    gateway: Gateway,
-    _relay: Relay,
-    placement: Placement,
-    _redis: RedisServer,
+/// Redis, placement, one relay (history on) and one gateway with `gateway_args`, linked.
+async fn setup(gateway_args: &[&str]) -> anyhow::Result<Cluster> {
+    let cluster = Cluster::with_relay(1, gateway_args, &[])?;
+    cluster.wait_linked(WAIT).await?;
+    Ok(cluster)
 }
 
-impl Setup {
-    async fn start(gateway_args: &[&str]) -> anyhow::Result<Setup> {
-        let redis = RedisServer::start()?;
-        let placement = Placement::start(PlacementOpts {
-            redis_url: Some(redis.url()),
-            extra_args: Vec::new(),
-        })?;
-        let relay = Relay::start(RelayOpts {
-            redis_url: Some(redis.url()),
-            extra_args: Vec::new(),
-        })?;
-        let mut opts = GatewayOpts::new(&placement, "gw-limits");
-        opts.relay_urls = vec![relay.grpc_url().to_owned()];
-        opts.extra_args = gateway_args.iter().map(|a| (*a).to_owned()).collect();
-        let gateway = Gateway::start(opts)?;
-        support::wait_relay_members(relay.grpc_url(), 1, WAIT).await?;
-        Ok(Setup {
-            gateway,
-            _relay: relay,
-            placement,
-            _redis: redis,
-        })
-    }
-
-    /// A token for this gateway with a reservation id of its own, signed like placement signs.
-    fn token(&self, rid: &str) -> anyhow::Result<String> {
-        let exp_ms = now_ms() + 60_000;
-        Ok(
-            TokenKey::new(TEST_TOKEN_SECRET.as_bytes()).sign(&AssignmentClaims {
-                sub: self.gateway.node_id().to_owned(),
-                ns: "/".into(),
-                rid: rid.into(),
-                exp: exp_ms / 1000 + 1,
-                exp_ms,
-                uid: None,
-                rooms: None,
-            })?,
-        )
-    }
+/// A token for `gateway` with a reservation id of its own, signed like placement signs.
+fn token(gateway: &Gateway, rid: &str) -> anyhow::Result<String> {
+    let exp_ms = now_ms() + 60_000;
+    Ok(
+        TokenKey::new(TEST_TOKEN_SECRET.as_bytes()).sign(&AssignmentClaims {
+            sub: gateway.node_id().to_owned(),
+            ns: "/".into(),
+            rid: rid.into(),
+            exp: exp_ms / 1000 + 1,
+            exp_ms,
+            uid: None,
+            rooms: None,
+        })?,
+    )
 }
 
 /// Opens `tokens.len()` websockets, then sends every CONNECT at once and returns each answer:
@@ -129,7 +101,7 @@ async fn concurrent_joins_and_resumes_on_several_sockets_stop_at_exactly_the_roo
     // two steps.
     const MAX_ROOMS: usize = 250;
     const SOCKETS: usize = 8;
-    let setup = Setup::start(&["--max-rooms-per-socket", &MAX_ROOMS.to_string()]).await?;
+    let setup = setup(&["--max-rooms-per-socket", &MAX_ROOMS.to_string()]).await?;
     let mut sockets = Vec::new();
     for _ in 0..SOCKETS {
         sockets.push(RawSocket::connected(setup.placement.http_url()).await?);
@@ -178,11 +150,11 @@ async fn concurrent_joins_and_resumes_on_several_sockets_stop_at_exactly_the_roo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_token_raced_from_many_connections_connects_exactly_once() -> anyhow::Result<()> {
-    let setup = Setup::start(&["--connect-rate", "0"]).await?;
+    let setup = setup(&["--connect-rate", "0"]).await?;
     // Several rounds: the race needs two CONNECTs handled at the same instant on two threads.
     for round in 0..10 {
-        let token = setup.token(&format!("raced-{round}"))?;
-        let answers = connect_all(setup.gateway.url(), &vec![token; 24]).await?;
+        let token = token(&setup.gateways[0], &format!("raced-{round}"))?;
+        let answers = connect_all(setup.gateways[0].url(), &vec![token; 24]).await?;
         let (accepted, refused) = tally(&answers);
         ensure!(
             accepted == 1 && refused.iter().all(|r| *r == "token_reused"),
@@ -195,12 +167,11 @@ async fn one_token_raced_from_many_connections_connects_exactly_once() -> anyhow
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_connects_stop_at_exactly_max_connections() -> anyhow::Result<()> {
     const MAX: usize = 5;
-    let setup =
-        Setup::start(&["--max-connections", &MAX.to_string(), "--connect-rate", "0"]).await?;
+    let setup = setup(&["--max-connections", &MAX.to_string(), "--connect-rate", "0"]).await?;
     let tokens = (0..30)
-        .map(|i| setup.token(&format!("cap-{i}")))
+        .map(|i| token(&setup.gateways[0], &format!("cap-{i}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let answers = connect_all(setup.gateway.url(), &tokens).await?;
+    let answers = connect_all(setup.gateways[0].url(), &tokens).await?;
     let (accepted, refused) = tally(&answers);
     ensure!(
         accepted == MAX && refused.iter().all(|r| *r == "over_capacity"),
@@ -212,12 +183,12 @@ async fn concurrent_connects_stop_at_exactly_max_connections() -> anyhow::Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_burst_is_held_to_the_connect_rate() -> anyhow::Result<()> {
     const RATE: usize = 5;
-    let setup = Setup::start(&["--connect-rate", &RATE.to_string()]).await?;
+    let setup = setup(&["--connect-rate", &RATE.to_string()]).await?;
     let tokens = (0..40)
-        .map(|i| setup.token(&format!("rate-{i}")))
+        .map(|i| token(&setup.gateways[0], &format!("rate-{i}")))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let started = Instant::now();
-    let answers = connect_all(setup.gateway.url(), &tokens).await?;
+    let answers = connect_all(setup.gateways[0].url(), &tokens).await?;
     let elapsed = started.elapsed();
     let (accepted, refused) = tally(&answers);
     // A token bucket holding one second: the burst gets the full bucket plus what refilled
@@ -236,7 +207,7 @@ async fn a_connect_burst_is_held_to_the_connect_rate() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_assigns_stop_at_exactly_a_gateways_capacity() -> anyhow::Result<()> {
     const CAPACITY: usize = 5;
-    let setup = Setup::start(&["--max-connections", &CAPACITY.to_string()]).await?;
+    let setup = setup(&["--max-connections", &CAPACITY.to_string()]).await?;
     let placement = setup.placement.http_url().to_owned();
     // Wait until placement knows the gateway (one assignment succeeds), then give it back by
     // using it, so the burst starts from one connection.

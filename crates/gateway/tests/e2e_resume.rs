@@ -16,62 +16,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde_json::json;
-use support::{Driver, REPORT_INTERVAL_MS};
-use switchyard_testkit::cluster::{
-    Gateway, GatewayOpts, Placement, PlacementOpts, Relay, RelayOpts,
-};
-use switchyard_testkit::redis::RedisServer;
+use support::{Cluster, Driver};
+use switchyard_testkit::cluster::Gateway;
 
 const WAIT: Duration = Duration::from_secs(60);
-
-/// Redis, placement, one relay and `n` gateways linked to it; stopped on drop.
-struct HistoryCluster {
-    gateways: Vec<Gateway>,
-    relay: Relay,
-    placement: Placement,
-    redis: RedisServer,
-}
-
-impl HistoryCluster {
-    fn start(n: usize, relay_args: &[&str]) -> anyhow::Result<HistoryCluster> {
-        let redis = RedisServer::start()?;
-        // The services' own report interval: testkit's fast 200 ms leaves a 600 ms liveness
-        // window that a loaded 2-core CI machine can miss with 150 clients connecting at once.
-        let interval = || {
-            [
-                "--report-interval-ms".to_owned(),
-                REPORT_INTERVAL_MS.to_owned(),
-            ]
-        };
-        let placement = Placement::start(PlacementOpts {
-            redis_url: Some(redis.url()),
-            extra_args: interval().to_vec(),
-        })?;
-        let relay = Relay::start(RelayOpts {
-            redis_url: Some(redis.url()),
-            extra_args: relay_args.iter().map(|s| (*s).to_owned()).collect(),
-        })?;
-        let mut gateways = Vec::new();
-        for i in 0..n {
-            let mut opts = GatewayOpts::new(&placement, format!("gw-{i}"));
-            opts.relay_urls = vec![relay.grpc_url().to_owned()];
-            opts.extra_args = vec!["--allow-anonymous".to_owned()];
-            opts.extra_args.extend(interval());
-            gateways.push(Gateway::start(opts)?);
-        }
-        Ok(HistoryCluster {
-            gateways,
-            relay,
-            placement,
-            redis,
-        })
-    }
-
-    /// Waits until the relay lists `n` gateways as linked for `/`.
-    async fn wait_linked(&self, n: usize) -> anyhow::Result<()> {
-        support::wait_relay_members(self.relay.grpc_url(), n, WAIT).await
-    }
-}
 
 /// Connects `id` straight to `gw` with no token (gateways allow anonymous clients).
 async fn connect_raw(driver: &mut Driver, id: &str, gw: &Gateway) -> anyhow::Result<()> {
@@ -137,8 +85,8 @@ async fn subscribers_of_a_killed_gateway_miss_nothing_and_get_nothing_twice() ->
 {
     const SUBSCRIBERS: usize = 150;
     const EVENTS: u64 = 1000;
-    let cluster = HistoryCluster::start(3, &[])?;
-    cluster.wait_linked(3).await?;
+    let cluster = Cluster::with_relay(3, &["--allow-anonymous"], &[])?;
+    cluster.wait_linked(WAIT).await?;
 
     let mut subs = Driver::node().await?;
     subs.connect_many(
@@ -210,8 +158,8 @@ async fn subscribers_of_a_killed_gateway_miss_nothing_and_get_nothing_twice() ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_is_exact_within_the_window_and_refused_outside_it() -> anyhow::Result<()> {
-    let cluster = HistoryCluster::start(2, &["--history-max-len", "10"])?;
-    cluster.wait_linked(2).await?;
+    let cluster = Cluster::with_relay(2, &["--allow-anonymous"], &["--history-max-len", "10"])?;
+    cluster.wait_linked(WAIT).await?;
     let mut js = Driver::node().await?;
     connect_raw(&mut js, "p", &cluster.gateways[0]).await?;
     connect_raw(&mut js, "a", &cluster.gateways[1]).await?;
@@ -296,8 +244,8 @@ async fn resume_is_exact_within_the_window_and_refused_outside_it() -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_joiner_gets_the_retained_state_then_every_later_event() -> anyhow::Result<()> {
     const EVENTS: u64 = 600;
-    let cluster = HistoryCluster::start(3, &[])?;
-    cluster.wait_linked(3).await?;
+    let cluster = Cluster::with_relay(3, &["--allow-anonymous"], &[])?;
+    cluster.wait_linked(WAIT).await?;
     let mut publisher = Driver::node().await?;
     connect_raw(&mut publisher, "p", &cluster.gateways[0]).await?;
     let progress = Arc::new(AtomicU64::new(0));
@@ -316,9 +264,15 @@ async fn a_late_joiner_gets_the_retained_state_then_every_later_event() -> anyho
         let state = ack["retained"]["data"]["n"]
             .as_u64()
             .with_context(|| format!("{id} gets the retained state: {ack}"))?;
+        let retained_at = ack["retained"]["offset"]
+            .as_u64()
+            .with_context(|| format!("{id}: the retained event has an offset: {ack}"))?;
+        let head = ack["offset"]
+            .as_u64()
+            .with_context(|| format!("{id}: the join has an offset: {ack}"))?;
         assert!(
-            ack["retained"]["offset"].as_u64() <= ack["offset"].as_u64(),
-            "{ack}"
+            retained_at <= head,
+            "{id}: the retained event is at or before the head the join starts from: {ack}"
         );
         states.push(state);
     }

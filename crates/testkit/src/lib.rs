@@ -10,6 +10,7 @@
 //! own runtime to get ready, so this does not deadlock. Only [`assign`] is async (it is HTTP).
 //! [`tls::TestPki`] writes throwaway certificates for the TLS tests. [`driver::Driver`] runs the
 //! official Socket.IO clients (Node's `socket.io-client`, `python-socketio`) as child processes.
+//! [`wait::eventually`] is the one way a test waits for something to happen.
 //!
 //! Every child process is killed when its handle is dropped, so a failing test leaves nothing
 //! running. Logs of every process go to `target/testkit-logs/`.
@@ -25,6 +26,7 @@ pub mod redis;
 pub mod redis_cluster;
 pub mod tls;
 pub mod tools;
+pub mod wait;
 
 /// Re-exported so tests can build a shared [`reqwest::Client`] for [`assign::assign_with`]
 /// without depending on reqwest themselves.

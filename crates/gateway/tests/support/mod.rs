@@ -13,16 +13,19 @@ use std::time::{Duration, Instant};
 use anyhow::bail;
 use switchyard_proto::admin::v1 as admin;
 use switchyard_testkit::cluster::{
-    Gateway, GatewayOpts, Placement, PlacementOpts, TEST_ADMIN_TOKEN,
+    Gateway, GatewayOpts, Placement, PlacementOpts, Relay, RelayOpts, TEST_ADMIN_TOKEN,
 };
 pub use switchyard_testkit::driver::{
     COMMAND_TIMEOUT, Counts, Driver, bin, metric_value, repo_root, spread_evenly,
 };
 use switchyard_testkit::redis::RedisServer;
 
-/// Redis, placement and some gateways, all real processes, all stopped on drop.
+/// Redis, placement, optionally one relay (history on), and some gateways linked to it: all
+/// real processes, all stopped on drop.
 pub struct Cluster {
     pub gateways: Vec<Gateway>,
+    /// Empty unless started with [`Cluster::with_relay`].
+    pub relays: Vec<Relay>,
     pub placement: Placement,
     pub redis: RedisServer,
 }
@@ -43,22 +46,62 @@ impl Cluster {
         placement_args: &[&str],
         gateway_args: &[&str],
     ) -> anyhow::Result<Cluster> {
+        Self::build(n, placement_args, gateway_args, None)
+    }
+
+    /// [`Cluster::start`] with one relay (history on, Redis-backed, `relay_args`) that every
+    /// gateway links to. Use [`Cluster::wait_linked`] before relying on cross-gateway events.
+    pub fn with_relay(
+        n: usize,
+        gateway_args: &[&str],
+        relay_args: &[&str],
+    ) -> anyhow::Result<Cluster> {
+        Self::build(n, &[], gateway_args, Some(relay_args))
+    }
+
+    fn build(
+        n: usize,
+        placement_args: &[&str],
+        gateway_args: &[&str],
+        relay_args: Option<&[&str]>,
+    ) -> anyhow::Result<Cluster> {
         let redis = RedisServer::start()?;
         let placement = Placement::start(PlacementOpts {
             redis_url: Some(redis.url()),
             extra_args: with_report_interval(placement_args),
         })?;
+        let mut relays = Vec::new();
+        if let Some(relay_args) = relay_args {
+            relays.push(Relay::start(RelayOpts {
+                redis_url: Some(redis.url()),
+                extra_args: relay_args.iter().map(|a| (*a).to_owned()).collect(),
+            })?);
+        }
         let mut gateways = Vec::new();
         for i in 0..n {
             let mut opts = GatewayOpts::new(&placement, format!("gw-{i}"));
+            opts.relay_urls = relays.iter().map(|r| r.grpc_url().to_owned()).collect();
             opts.extra_args = with_report_interval(gateway_args);
             gateways.push(Gateway::start(opts)?);
         }
         Ok(Cluster {
             gateways,
+            relays,
             placement,
             redis,
         })
+    }
+
+    /// The relay of a cluster started [`Cluster::with_relay`].
+    pub fn relay(&self) -> anyhow::Result<&Relay> {
+        self.relays
+            .first()
+            .ok_or_else(|| anyhow::anyhow!("this cluster was started without a relay"))
+    }
+
+    /// Waits until the relay lists every gateway of this cluster as linked for `/`.
+    pub async fn wait_linked(&self, timeout: Duration) -> anyhow::Result<()> {
+        wait_relay_members(self.relay()?.grpc_url(), self.gateways.len(), timeout).await
     }
 
     /// The gateways' node ids.
