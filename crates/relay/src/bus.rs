@@ -16,9 +16,9 @@
 //! carries the cluster's hash tag, so on Redis Cluster all of a cluster's channels live on one
 //! shard and a sharded message is not broadcast to every node. redis-rs 1.x has SSUBSCRIBE
 //! only on cluster connections, so on a single server the sharded subscriber is a RESP3
-//! multiplexed connection whose pushes (`smessage`) arrive on a channel; SSUBSCRIBE is sent
-//! without waiting for a reply (its confirmation is a push) and followed by a PING, whose answer
-//! proves the subscription is in place, since Redis handles one connection's commands in order.
+//! multiplexed connection whose pushes (`smessage`) arrive on a channel; SSUBSCRIBE is sent one
+//! channel at a time and its confirmation push is its reply, so a refused subscription (an ACL
+//! user without the channel) fails the subscribe instead of passing unnoticed.
 //!
 //! On a Redis Cluster (`redis+cluster://…`) the subscriber is a RESP3 cluster connection with a
 //! push channel, in both modes: its `ssubscribe` goes to the master that owns the channels' slot
@@ -210,13 +210,16 @@ impl SubSink {
                 }
             }
             SubSink::Push { conn, .. } => {
-                use redis::aio::ConnectionLike;
+                // One channel per command: its one confirmation (a push that redis-rs also
+                // hands back as the command's reply) or its refusal (`NOPERM` when the ACL
+                // user lacks the channel) is then the reply, so a subscription that failed is
+                // an error here, never a replica that believes it listens.
                 for channel in channels {
-                    let mut cmd = redis::cmd("SSUBSCRIBE");
-                    cmd.arg(channel).set_no_response(true);
-                    conn.req_packed_command(&cmd).await?;
+                    let _: redis::Value = redis::cmd("SSUBSCRIBE")
+                        .arg(channel)
+                        .query_async(conn)
+                        .await?;
                 }
-                let _: String = redis::cmd("PING").query_async(conn).await?;
             }
         }
         Ok(())
