@@ -285,23 +285,35 @@ impl Launch {
                         .and_then(|(_, v)| v.text())
                         .unwrap_or_default()
                 };
+                let object = get("object");
+                let what = match get("reason").as_str() {
+                    "command" => format!("was refused the command `{object}`"),
+                    "key" => format!("was refused the key `{object}`"),
+                    "channel" => format!("was refused the channel `{object}`"),
+                    "auth" => format!("failed to authenticate ({object})"),
+                    other => format!("was refused {other} `{object}`"),
+                };
                 format!(
-                    "node :{port}: user `{}` was refused {} `{}` ({}, {} time(s))",
+                    "node :{port}: user `{}` {what} ({}, {} time(s))",
                     get("username"),
-                    match get("reason").as_str() {
-                        "command" => "the command".to_owned(),
-                        "key" => "the key".to_owned(),
-                        "channel" => "the channel".to_owned(),
-                        "auth" => "authentication as".to_owned(),
-                        other => other.to_owned(),
-                    },
-                    get("object"),
                     get("context"),
                     get("count"),
                 )
             })
             .collect())
     }
+}
+
+/// `Ok` when `denials` is empty, else an error listing them.
+pub(crate) fn no_denials(denials: Vec<String>) -> anyhow::Result<()> {
+    if denials.is_empty() {
+        return Ok(());
+    }
+    bail!(
+        "the ACL user lacked permissions ({} ACL LOG entries):\n{}",
+        denials.len(),
+        denials.join("\n")
+    )
 }
 
 /// A secret that differs per call (tests only: not cryptographic).
@@ -377,6 +389,12 @@ impl RedisServer {
     /// user had every permission it asked for.
     pub fn acl_denials(&self) -> anyhow::Result<Vec<String>> {
         self.launch.acl_denials(self.port)
+    }
+
+    /// Fails, listing them, when the ACL user was refused anything: the proof that its rule
+    /// gave everything that was asked for.
+    pub fn ensure_no_acl_denials(&self) -> anyhow::Result<()> {
+        no_denials(self.acl_denials()?)
     }
 
     /// The TCP port it listens on (stays the same across [`RedisServer::restart_empty`]).

@@ -25,7 +25,8 @@ use anyhow::{Context, bail};
 use crate::ports::free_port;
 use crate::process::{log_dir, open_log, tail};
 use crate::redis::{
-    Launch, RedisAccess, RedisOptions, RedisServer, find_on_path, spawn_ready, unique_suffix,
+    Launch, RedisAccess, RedisOptions, RedisServer, find_on_path, no_denials, spawn_ready,
+    unique_suffix,
 };
 
 /// Masters in a test cluster: the fewest `redis-cli --cluster create` accepts.
@@ -58,15 +59,7 @@ pub trait RedisDeployment: Sized + Send + Sync + 'static {
     /// Fails, listing the refusals, when the ACL user was refused anything: the proof that
     /// the user's rule gave everything that was asked for.
     fn ensure_no_acl_denials(&self) -> anyhow::Result<()> {
-        let denials = self.acl_denials()?;
-        if !denials.is_empty() {
-            bail!(
-                "the ACL user lacked permissions ({} ACL LOG entries):\n{}",
-                denials.len(),
-                denials.join("\n")
-            );
-        }
-        Ok(())
+        no_denials(self.acl_denials()?)
     }
     /// SIGKILLs every process (an outage as clients see it).
     fn kill(&self) -> anyhow::Result<()>;
@@ -236,6 +229,11 @@ impl RedisCluster {
     /// What placement and the relay need to reach it (see [`RedisServer::access`]).
     pub fn access(&self) -> RedisAccess {
         self.launch.access(self.url())
+    }
+
+    /// [`RedisServer::ensure_no_acl_denials`] over every node.
+    pub fn ensure_no_acl_denials(&self) -> anyhow::Result<()> {
+        no_denials(self.acl_denials()?)
     }
 
     /// What the ACL user was refused so far on any node (`ACL LOG` of each), one line each.
