@@ -334,7 +334,8 @@ fn random_secret(what: &str) -> String {
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
-    launch: Launch,
+    /// Boxed: handles are embedded in larger structs, and this is the bulk of one.
+    launch: Box<Launch>,
     child: Mutex<Option<Child>>,
     log_path: Mutex<PathBuf>,
 }
@@ -349,7 +350,7 @@ impl RedisServer {
 
     /// [`RedisServer::start`] with TLS and/or an ACL user (see the module docs).
     pub fn start_with(options: RedisOptions) -> anyhow::Result<RedisServer> {
-        let launch = Launch::new(options)?;
+        let launch = Box::new(Launch::new(options)?);
         let mut last_error = None;
         for _ in 0..5 {
             let port = free_port();
