@@ -137,4 +137,18 @@ mod tests {
         dedup.dedup();
         assert_eq!(dedup.len(), cmds.len());
     }
+
+    /// docs/deploy.md shows the rule an operator should create; it must be this one.
+    #[test]
+    fn the_documented_rule_is_this_one() -> Result<(), std::io::Error> {
+        let docs = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/deploy.md"),
+        )?;
+        let rule = rule("switchyard");
+        assert!(
+            docs.contains(&rule),
+            "docs/deploy.md must show the ACL rule exactly:\n{rule}"
+        );
+        Ok(())
+    }
 }

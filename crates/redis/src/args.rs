@@ -22,6 +22,7 @@ pub struct RedisArgs {
     /// only; see the service's docs).
     #[arg(
         id = "redis_url",
+        value_name = "URL",
         long = "redis-url",
         env = "SWITCHYARD_REDIS_URL",
         hide_env_values = true
@@ -33,6 +34,7 @@ pub struct RedisArgs {
     /// bundle built into the binary.
     #[arg(
         id = "redis_ca_file",
+        value_name = "FILE",
         long = "redis-ca-file",
         env = "SWITCHYARD_REDIS_CA_FILE"
     )]
@@ -40,6 +42,7 @@ pub struct RedisArgs {
     /// ACL user to authenticate as (overrides the URL's). Needs a password.
     #[arg(
         id = "redis_username",
+        value_name = "USER",
         long = "redis-username",
         env = "SWITCHYARD_REDIS_USERNAME"
     )]
@@ -48,6 +51,7 @@ pub struct RedisArgs {
     /// URL's. A secret: set it through the environment, not on the command line.
     #[arg(
         id = "redis_password",
+        value_name = "PASSWORD",
         long = "redis-password",
         env = "SWITCHYARD_REDIS_PASSWORD",
         hide_env_values = true
@@ -57,6 +61,7 @@ pub struct RedisArgs {
     /// --redis-client-key-file.
     #[arg(
         id = "redis_client_cert_file",
+        value_name = "FILE",
         long = "redis-client-cert-file",
         env = "SWITCHYARD_REDIS_CLIENT_CERT_FILE"
     )]
@@ -64,6 +69,7 @@ pub struct RedisArgs {
     /// PEM private key of --redis-client-cert-file.
     #[arg(
         id = "redis_client_key_file",
+        value_name = "FILE",
         long = "redis-client-key-file",
         env = "SWITCHYARD_REDIS_CLIENT_KEY_FILE"
     )]
