@@ -151,4 +151,55 @@ mod tests {
         );
         Ok(())
     }
+
+    /// Every command a Lua script of placement or the relay calls by name is granted to that
+    /// service (the two commands a script takes from its arguments are PUBLISH / SPUBLISH,
+    /// granted to the relay). The managed-Redis tests prove the same by running the scripts;
+    /// this catches a new call before a test happens to run it.
+    #[test]
+    fn every_command_a_script_calls_is_granted() -> Result<(), std::io::Error> {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        for (dir, granted) in [
+            ("crates/placement/src", PLACEMENT_COMMANDS),
+            ("crates/relay/src", RELAY_COMMANDS),
+        ] {
+            let mut called = std::collections::BTreeSet::new();
+            let mut pending = vec![root.join(dir)];
+            while let Some(path) = pending.pop() {
+                if path.is_dir() {
+                    for entry in std::fs::read_dir(&path)? {
+                        pending.push(entry?.path());
+                    }
+                    continue;
+                }
+                let is_source = path.extension().is_some_and(|e| e == "lua" || e == "rs");
+                if !is_source {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path)?;
+                for call in ["redis.call(", "redis.pcall("] {
+                    for rest in text.split(call).skip(1) {
+                        let Some(quoted) = rest.strip_prefix(['\'', '"']) else {
+                            continue; // a command name from ARGV (PUBLISH / SPUBLISH)
+                        };
+                        let name: String = quoted
+                            .chars()
+                            .take_while(|c| c.is_ascii_alphabetic())
+                            .collect();
+                        called.insert(name.to_ascii_lowercase());
+                    }
+                }
+            }
+            assert!(called.len() > 5, "no scripts found under {dir}");
+            let missing: Vec<&String> = called
+                .iter()
+                .filter(|c| !granted.contains(&c.as_str()))
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "{dir}: scripts call {missing:?}, not granted"
+            );
+        }
+        Ok(())
+    }
 }
