@@ -382,7 +382,7 @@ async fn ledger_spread(ledger: &RedisLedger, nodes: usize) -> anyhow::Result<u64
 async fn run_switchyard(url: &str, args: &Args, run: &str) -> anyhow::Result<Measured> {
     let ledger = Arc::new(
         RedisLedger::connect(
-            url,
+            &url.parse()?,
             LedgerSettings {
                 cluster: format!("bench-ledger-{run}"),
                 reservation_ttl: HOUR,
@@ -681,7 +681,7 @@ async fn run_http(url: &str, args: &Args, run: &str) -> anyhow::Result<Measured>
     let driven = drive(args.callers, args.assignments, op.clone()).await?;
 
     let ledger = RedisLedger::connect(
-        url,
+        &url.parse()?,
         LedgerSettings {
             cluster,
             reservation_ttl: HOUR,

@@ -1,11 +1,11 @@
 //! The placement service's configuration: one clap struct, every flag also read from a
 //! `SWITCHYARD_…` environment variable. Defaults suit a laptop (loopback addresses, in-memory
-//! ledger). Secrets (`--token-secret`, `--admin-token`, `--app-jwt-hs256-secret`, a password
-//! inside `--redis-url`) are
-//! never printed: clap hides their environment values and [`Config`]'s `Debug` redacts them.
+//! ledger). Secrets (`--token-secret`, `--admin-token`, `--app-jwt-hs256-secret`,
+//! `--redis-password` and a password inside `--redis-url`) are never printed: clap hides their
+//! environment values and [`Config`]'s `Debug` redacts them. The Redis flags are
+//! `switchyard_redis::RedisArgs`, shared with the relay.
 
 use std::{net::SocketAddr, time::Duration};
-use switchyard_common::config::redact_url;
 
 use clap::Parser;
 use switchyard_common::telemetry::TelemetryArgs;
@@ -20,11 +20,11 @@ pub struct Config {
     /// gRPC listen address (report stream, `Assign`, admin, health, reflection); port 0 picks one.
     #[arg(long, env = "SWITCHYARD_GRPC_ADDR", default_value = "127.0.0.1:7001")]
     pub grpc_addr: SocketAddr,
-    /// Redis URL for the shared ledger and lease (`redis://127.0.0.1:6379`; a Redis Cluster:
-    /// `redis+cluster://host1:port1,host2:port2`). Unset: an in-memory ledger, correct only
-    /// with a single placement replica.
-    #[arg(long, env = "SWITCHYARD_REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    /// Redis for the shared ledger and lease (`--redis-url` and, for managed Redis, TLS and
+    /// ACL flags). Without `--redis-url`: an in-memory ledger, correct only with a single
+    /// placement replica.
+    #[command(flatten)]
+    pub redis: switchyard_redis::RedisArgs,
     /// Cluster name; every Redis key lives under the hash tag `{sy:<cluster>}`.
     #[arg(long, env = "SWITCHYARD_CLUSTER", default_value = "switchyard")]
     pub cluster: String,
@@ -81,10 +81,8 @@ pub enum ConfigError {
     BadCluster(String),
     #[error("--cors-origins: `{0}` is not a valid origin")]
     BadCorsOrigin(String),
-    #[error(
-        "--redis-url must start with redis://, rediss://, redis+unix://, unix:// or redis+cluster://"
-    )]
-    BadRedisUrl,
+    #[error(transparent)]
+    Redis(#[from] switchyard_redis::EndpointError),
     #[error(transparent)]
     AppKey(#[from] crate::app_token::AppKeyError),
 }
@@ -104,11 +102,7 @@ impl Config {
         if !cluster_ok {
             return Err(ConfigError::BadCluster(self.cluster.clone()));
         }
-        if let Some(url) = &self.redis_url
-            && !switchyard_redis::is_supported_url(url)
-        {
-            return Err(ConfigError::BadRedisUrl);
-        }
+        self.redis.endpoint()?;
         self.cors()?;
         self.app_tokens()?;
         Ok(())
@@ -166,7 +160,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("http_addr", &self.http_addr)
             .field("grpc_addr", &self.grpc_addr)
-            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("redis", &self.redis)
             .field("cluster", &self.cluster)
             .field("token_secret", &"<redacted>")
             .field(
@@ -250,5 +244,36 @@ mod tests {
     }
 
     #[test]
-    fn redis_passwords_do_not_leak() {}
+    fn redis_passwords_do_not_leak_and_redis_flags_are_checked() -> anyhow::Result<()> {
+        let c = parse(&[
+            "--token-secret",
+            "x",
+            "--redis-url",
+            "rediss://u:in-the-url@h:6380",
+            "--redis-username",
+            "switchyard",
+            "--redis-password",
+            "on-the-flag",
+        ])?;
+        c.validate()?;
+        let shown = format!("{c:?}");
+        assert!(
+            !shown.contains("in-the-url") && !shown.contains("on-the-flag"),
+            "{shown}"
+        );
+        let err = parse(&[
+            "--token-secret",
+            "x",
+            "--redis-url",
+            "redis://h:6379",
+            "--redis-ca-file",
+            "/etc/ca.pem",
+        ])?
+        .validate()
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+        assert!(err.contains("--redis-ca-file"), "{err}");
+        Ok(())
+    }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Script;
-use switchyard_redis::{Connection, Pool};
+use switchyard_redis::{Connection, Endpoint, Pool};
 
 use crate::ledger::{FencingToken, LedgerError, build_pool, key_prefix, unavailable};
 
@@ -63,16 +63,16 @@ impl std::fmt::Debug for RedisLease {
 
 impl RedisLease {
     /// A lease over its own connection pool. Does not connect (Redis may be down; calls fail
-    /// with [`LedgerError::Unavailable`] until it is back); fails only on a malformed URL.
+    /// with [`LedgerError::Unavailable`] until it is back).
     /// `holder_id` must be unique per process (e.g. host name + a UUID).
     pub fn new(
-        redis_url: &str,
+        endpoint: &Endpoint,
         cluster: &str,
         holder_id: String,
         ttl: Duration,
     ) -> Result<Self, LedgerError> {
         Ok(Self::with_pool(
-            build_pool(redis_url)?,
+            build_pool(endpoint)?,
             cluster,
             holder_id,
             ttl,

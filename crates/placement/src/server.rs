@@ -9,7 +9,6 @@
 //! nodes stay in the ledger), releases the lease and waits for both servers to finish.
 
 use std::{net::SocketAddr, sync::Arc};
-use switchyard_common::config::redact_url;
 use switchyard_common::shutdown::Servers;
 
 use anyhow::Context;
@@ -93,16 +92,20 @@ async fn open_ledger(
     settings: LedgerSettings,
 ) -> anyhow::Result<(Arc<dyn Ledger>, Arc<dyn Lease>)> {
     let holder_id = uuid::Uuid::new_v4().to_string();
-    match &config.redis_url {
-        Some(url) => {
-            let shown = redact_url(url);
-            let ledger = RedisLedger::connect(url, settings)
+    match config.redis.endpoint()? {
+        Some(endpoint) => {
+            let ledger = RedisLedger::connect(&endpoint, settings)
                 .await
-                .with_context(|| format!("connecting the ledger to Redis at {shown}"))?;
-            let lease =
-                RedisLease::new(url, &config.cluster, holder_id.clone(), config.lease_ttl())
-                    .with_context(|| format!("creating the lease on Redis at {shown}"))?;
-            tracing::info!(redis = %shown, cluster = %config.cluster, holder_id, "Redis ledger");
+                .with_context(|| format!("connecting the ledger to Redis at {endpoint}"))?;
+            ledger.pool().check_at_startup().await?;
+            let lease = RedisLease::new(
+                &endpoint,
+                &config.cluster,
+                holder_id.clone(),
+                config.lease_ttl(),
+            )
+            .with_context(|| format!("creating the lease on Redis at {endpoint}"))?;
+            tracing::info!(redis = %endpoint, cluster = %config.cluster, holder_id, "Redis ledger");
             Ok((Arc::new(ledger), Arc::new(lease)))
         }
         None => {

@@ -59,7 +59,7 @@ async fn redis_fixture<R: RedisDeployment>(
     settings: LedgerSettings,
 ) -> Result<(R, RedisLedger, RedisLease)> {
     let redis = R::start()?;
-    let ledger = RedisLedger::connect(&redis.url(), settings.clone()).await?;
+    let ledger = RedisLedger::connect(&redis.url().parse()?, settings.clone()).await?;
     let lease = RedisLease::with_pool(
         ledger.pool().clone(),
         &settings.cluster,
@@ -610,7 +610,7 @@ async fn redis_ledger_connects_while_redis_is_down_and_works_once_it_is_up<R: Re
 -> Result {
     let redis = R::start()?;
     redis.kill()?;
-    let ledger = RedisLedger::connect(&redis.url(), long_settings()).await?;
+    let ledger = RedisLedger::connect(&redis.url().parse()?, long_settings()).await?;
     ensure!(matches!(
         ledger.assign("/").await,
         Err(LedgerError::Unavailable(_))
@@ -625,8 +625,10 @@ async fn redis_ledger_connects_while_redis_is_down_and_works_once_it_is_up<R: Re
 
 async fn two_replicas_on_one_redis_share_one_ledger<R: RedisDeployment>() -> Result {
     let redis = R::start()?;
-    let a: Arc<dyn Ledger> = Arc::new(RedisLedger::connect(&redis.url(), long_settings()).await?);
-    let b: Arc<dyn Ledger> = Arc::new(RedisLedger::connect(&redis.url(), long_settings()).await?);
+    let a: Arc<dyn Ledger> =
+        Arc::new(RedisLedger::connect(&redis.url().parse()?, long_settings()).await?);
+    let b: Arc<dyn Ledger> =
+        Arc::new(RedisLedger::connect(&redis.url().parse()?, long_settings()).await?);
     register_nodes(&*a, &[1; 16]).await?;
     let (ra, rb) = tokio::join!(
         assign_concurrently(&a, 2_000, 32),
@@ -648,9 +650,19 @@ async fn paused_lease_holder_is_fenced_after_the_next_holder_takes_over<R: Redis
     let redis = R::start()?;
     let ttl = Duration::from_millis(300);
     let settings = settings(60_000, 60_000);
-    let ledger = RedisLedger::connect(&redis.url(), settings.clone()).await?;
-    let holder_a = RedisLease::new(&redis.url(), &settings.cluster, "replica-a".to_owned(), ttl)?;
-    let holder_b = RedisLease::new(&redis.url(), &settings.cluster, "replica-b".to_owned(), ttl)?;
+    let ledger = RedisLedger::connect(&redis.url().parse()?, settings.clone()).await?;
+    let holder_a = RedisLease::new(
+        &redis.url().parse()?,
+        &settings.cluster,
+        "replica-a".to_owned(),
+        ttl,
+    )?;
+    let holder_b = RedisLease::new(
+        &redis.url().parse()?,
+        &settings.cluster,
+        "replica-b".to_owned(),
+        ttl,
+    )?;
 
     let fence_a = holder_a
         .acquire()
@@ -703,10 +715,20 @@ async fn paused_lease_holder_is_fenced_after_the_next_holder_takes_over<R: Redis
 async fn fencing_tokens_keep_increasing_across_a_redis_restart<R: RedisDeployment>() -> Result {
     let redis = R::start()?;
     let settings = settings(60_000, 60_000);
-    let ledger = RedisLedger::connect(&redis.url(), settings.clone()).await?;
+    let ledger = RedisLedger::connect(&redis.url().parse()?, settings.clone()).await?;
     let ttl = Duration::from_secs(30);
-    let holder_a = RedisLease::new(&redis.url(), &settings.cluster, "replica-a".to_owned(), ttl)?;
-    let holder_b = RedisLease::new(&redis.url(), &settings.cluster, "replica-b".to_owned(), ttl)?;
+    let holder_a = RedisLease::new(
+        &redis.url().parse()?,
+        &settings.cluster,
+        "replica-a".to_owned(),
+        ttl,
+    )?;
+    let holder_b = RedisLease::new(
+        &redis.url().parse()?,
+        &settings.cluster,
+        "replica-b".to_owned(),
+        ttl,
+    )?;
     let fence_a = holder_a
         .acquire()
         .await?

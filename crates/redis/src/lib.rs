@@ -1,24 +1,43 @@
-//! How placement and the relay reach Redis: one server, or a Redis Cluster.
+//! How placement and the relay reach Redis: one server or a Redis Cluster, plain or over TLS,
+//! as the `default` user or as an ACL user with only the rights Switchyard needs.
 //!
-//! Both services take one URL (`--redis-url`):
+//! Both services take the same flags ([`RedisArgs`], flattened into their `Config`):
+//! `--redis-url`, and for managed Redis `--redis-ca-file`, `--redis-username`,
+//! `--redis-password` (from the environment: `SWITCHYARD_REDIS_PASSWORD`) and, for mutual TLS,
+//! `--redis-client-cert-file` / `--redis-client-key-file`. URLs:
 //!
-//! - `redis://host:port[/db]`, `rediss://…`, `redis+unix://…`, `unix://…`: one Redis server,
-//!   reached through a deadpool pool of multiplexed connections (health-checked on checkout,
-//!   reconnected after an outage).
-//! - `redis+cluster://[user[:password]@]host:port[,host:port…]`: a Redis Cluster, given by one
-//!   or more of its nodes (the rest, and the slot map, are discovered). One redis-rs
+//! - `redis://host:port[/db]`, `rediss://…` (TLS), `redis+unix://…`, `unix://…`: one Redis
+//!   server, reached through a deadpool pool of multiplexed connections (health-checked on
+//!   checkout, reconnected after an outage).
+//! - `redis+cluster://[user[:password]@]host:port[,host:port…]`, or `rediss+cluster://…` over
+//!   TLS: a Redis Cluster, given by one or more of its nodes (the rest, and the slot map, are
+//!   discovered, and reached with the same TLS settings and credentials). One redis-rs
 //!   `ClusterConnection` serves every caller: it keeps a multiplexed connection per node,
 //!   routes each command by its first key (scripts by their first key), follows `MOVED`/`ASK`
 //!   and reconnects to nodes by itself. Needs Redis 6 or newer (RESP3, for pub/sub pushes).
 //!
-//! Every key of one Switchyard cluster carries the hash tag `{sy:<cluster>}`, so every script
-//! touches one slot and runs unchanged on a Redis Cluster; the code above this crate does not
-//! know which of the two it talks to, except for pub/sub subscriptions ([`Pool::push_connection`]).
+//! TLS is rustls with ring (the one TLS stack of the workspace). Without `--redis-ca-file` the
+//! server's certificate is checked against the platform's trust store (rustls-native-certs: on
+//! Linux the system bundle; `SSL_CERT_FILE` overrides it), never against a bundle compiled into
+//! the binary; with it, against that bundle only. Hostnames (or IP addresses) are always
+//! verified.
 //!
-//! Nothing here connects at construction: [`Pool::new`] fails only on a malformed URL, and
-//! each [`Pool::get`] fails with [`Error`] while Redis is unreachable. This is its own crate,
-//! not a module of `switchyard-common`, because common never talks to Redis and the gateway
-//! and `syctl` must not link a Redis client.
+//! Every key and channel of one Switchyard cluster carries the hash tag `{sy:<cluster>}`, so
+//! every script touches one slot and runs unchanged on a Redis Cluster, and an ACL user can be
+//! confined to `~{sy:<cluster>}:*` and `&{sy:<cluster>}:*` ([`acl`] has the whole rule). The
+//! code above this crate does not know which of the two it talks to, except for pub/sub
+//! subscriptions ([`Pool::push_connection`]).
+//!
+//! What can be checked without a server is checked once, when the flags become an
+//! [`Endpoint`] ([`EndpointError`]: bad scheme, unreadable or empty CA bundle, half a client
+//! identity, TLS files for a plain URL). Nothing connects at construction: [`Pool::new`] never
+//! fails for an unreachable server, and each [`Pool::get`] fails with [`Error`] while Redis is
+//! unreachable; [`Pool::check`] is the first contact a service makes at startup, and
+//! [`Error::hint`] tells a wrong password or a TLS mismatch (which retrying will not fix) from
+//! an outage (which it will). No error or `Debug` output of this crate contains a password.
+//!
+//! This is its own crate, not a module of `switchyard-common`, because common never talks to
+//! Redis and the gateway and `syctl` must not link a Redis client.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,29 +45,22 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
-use redis::{
-    AsyncConnectionConfig, Cmd, IntoConnectionInfo, Pipeline, ProtocolVersion, PushInfo,
-    RedisFuture, Value,
-};
+use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+use redis::{AsyncConnectionConfig, Cmd, Pipeline, ProtocolVersion, PushInfo, RedisFuture, Value};
 use tokio::sync::mpsc::UnboundedSender;
 
-/// The URL scheme that names a Redis Cluster (see the crate docs).
-pub const CLUSTER_SCHEME: &str = "redis+cluster://";
+pub mod acl;
+mod args;
+mod endpoint;
+mod error;
 
-/// The URL schemes `--redis-url` accepts.
-pub const SCHEMES: [&str; 5] = [
-    "redis://",
-    "rediss://",
-    "redis+unix://",
-    "unix://",
-    CLUSTER_SCHEME,
-];
+pub use args::RedisArgs;
+pub use endpoint::{
+    Access, CLUSTER_SCHEME, Endpoint, EndpointError, SCHEMES, TLS_CLUSTER_SCHEME, is_supported_url,
+};
+pub use error::{Error, Hint};
 
-/// Whether `url` starts with one of the accepted [`SCHEMES`] (for config validation).
-pub fn is_supported_url(url: &str) -> bool {
-    SCHEMES.iter().any(|s| url.starts_with(s))
-}
+use endpoint::Topology;
 
 /// How connections are opened and how long a caller waits.
 #[derive(Debug, Clone, Copy)]
@@ -58,29 +70,18 @@ pub struct Settings {
     pub pool_size: usize,
     /// How long a checkout waits for a free pooled connection.
     pub pool_wait: Duration,
-    /// Opening one TCP connection (to the server or to one cluster node).
+    /// Opening one connection (to the server or to one cluster node), TLS handshake and
+    /// authentication included.
     pub connect_timeout: Duration,
     /// One command's round trip (for a cluster: one whole call, redirects and retries included).
     pub response_timeout: Duration,
-}
-
-/// Redis unreachable, answering an error, or a URL that names no Redis.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("invalid redis url: {0}")]
-    InvalidUrl(String),
-    #[error("redis pool: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
-    #[error("redis: {0}")]
-    Redis(#[from] redis::RedisError),
-    #[error("redis cluster: no connection within {0:?}")]
-    ConnectTimeout(Duration),
 }
 
 /// Connections to one Redis server or to a Redis Cluster. Cheap to clone (clones share).
 #[derive(Clone)]
 pub struct Pool {
     inner: Inner,
+    endpoint: Endpoint,
     settings: Settings,
 }
 
@@ -103,97 +104,62 @@ struct Cluster {
 impl std::fmt::Debug for Pool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Pool")
-            .field("cluster", &self.is_cluster())
+            .field("endpoint", &self.endpoint)
             .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
 
-/// `TCP_NODELAY` on: every script call is one small round trip, and Nagle plus delayed ACKs
-/// would add tens of milliseconds to each.
-fn tcp_settings() -> redis::io::tcp::TcpSettings {
-    redis::io::tcp::TcpSettings::default().set_nodelay(true)
-}
-
-/// The nodes named by a `redis+cluster://` URL, each as `redis://[userinfo@]host:port`.
-fn cluster_nodes(url: &str) -> Result<Vec<redis::ConnectionInfo>, Error> {
-    let rest = url
-        .strip_prefix(CLUSTER_SCHEME)
-        .ok_or_else(|| Error::InvalidUrl(format!("not a {CLUSTER_SCHEME} url")))?;
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    let (userinfo, hosts) = match rest.rsplit_once('@') {
-        Some((user, hosts)) => (Some(user), hosts),
-        None => (None, rest),
-    };
-    if hosts.contains(['/', '?', '#']) {
-        return Err(Error::InvalidUrl(format!(
-            "{CLUSTER_SCHEME} takes only host:port[,host:port…] (no database, path or options)"
-        )));
-    }
-    let nodes = hosts
-        .split(',')
-        .map(|host| {
-            if host
-                .rsplit_once(':')
-                .is_none_or(|(h, p)| h.is_empty() || p.is_empty())
-            {
-                return Err(Error::InvalidUrl(format!(
-                    "cluster node `{host}` is not host:port"
-                )));
-            }
-            let node = match userinfo {
-                Some(user) => format!("redis://{user}@{host}"),
-                None => format!("redis://{host}"),
-            };
-            node.into_connection_info()
-                .map(|info| info.set_tcp_settings(tcp_settings()))
-                .map_err(|e| Error::InvalidUrl(e.to_string()))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(nodes)
-}
-
 impl Pool {
-    /// Parses `url` (see the crate docs) and prepares the connections without opening any.
-    /// Fails only on a malformed URL ([`Error::InvalidUrl`]).
-    pub fn new(url: &str, settings: Settings) -> Result<Self, Error> {
-        let inner = if url.starts_with(CLUSTER_SCHEME) {
-            let nodes = cluster_nodes(url)?;
-            let client = cluster_builder(&nodes, settings)
-                .build()
-                .map_err(|e| Error::InvalidUrl(e.to_string()))?;
-            Inner::Cluster(Arc::new(Cluster {
-                nodes,
-                client,
-                conn: tokio::sync::Mutex::new(None),
-            }))
-        } else {
-            let info = url
-                .into_connection_info()
-                .map_err(|e| Error::InvalidUrl(e.to_string()))?
-                .set_tcp_settings(tcp_settings());
-            let manager =
-                deadpool_redis::Manager::new_with_config(info.clone(), connection_config(settings))
+    /// Prepares the connections to `endpoint` without opening any. Fails only when redis-rs
+    /// refuses the (already checked) configuration.
+    pub fn new(endpoint: &Endpoint, settings: Settings) -> Result<Self, Error> {
+        let inner = match &endpoint.topology {
+            Topology::Cluster(nodes) => {
+                let client = cluster_builder(endpoint, nodes, settings)
+                    .build()
                     .map_err(|e| Error::InvalidUrl(e.to_string()))?;
-            let pool = deadpool_redis::Pool::builder(manager)
-                .max_size(settings.pool_size)
-                .wait_timeout(Some(settings.pool_wait))
-                .create_timeout(Some(settings.connect_timeout + settings.response_timeout))
-                .recycle_timeout(Some(settings.response_timeout))
-                .runtime(deadpool_redis::Runtime::Tokio1)
-                .build()
-                .map_err(|e| Error::InvalidUrl(format!("pool: {e}")))?;
-            Inner::Server {
-                pool,
-                info: Box::new(info),
+                Inner::Cluster(Arc::new(Cluster {
+                    nodes: nodes.clone(),
+                    client,
+                    conn: tokio::sync::Mutex::new(None),
+                }))
+            }
+            Topology::Server(info) => {
+                let manager = deadpool_redis::Manager::new_with_config(
+                    info.as_ref().clone(),
+                    connection_config(settings),
+                )
+                .map_err(|e| Error::InvalidUrl(e.to_string()))?;
+                let pool = deadpool_redis::Pool::builder(manager)
+                    .max_size(settings.pool_size)
+                    .wait_timeout(Some(settings.pool_wait))
+                    .create_timeout(Some(settings.connect_timeout + settings.response_timeout))
+                    .recycle_timeout(Some(settings.response_timeout))
+                    .runtime(deadpool_redis::Runtime::Tokio1)
+                    .build()
+                    .map_err(|e| Error::InvalidUrl(format!("pool: {e}")))?;
+                Inner::Server {
+                    pool,
+                    info: info.clone(),
+                }
             }
         };
-        Ok(Self { inner, settings })
+        Ok(Self {
+            inner,
+            endpoint: endpoint.clone(),
+            settings,
+        })
     }
 
     /// Whether this talks to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self.inner, Inner::Cluster(_))
+    }
+
+    /// What this pool connects to (for logs: the password is never shown).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
     }
 
     /// A connection for one call or a few: a checked-out pooled connection (back in the pool
@@ -216,25 +182,94 @@ impl Pool {
         }
     }
 
-    /// The major version of the Redis server (of any node of a cluster), 0 if it says none.
+    /// The major version of the Redis server (of any node of a cluster), 0 if it does not say.
+    ///
+    /// Asked with `HELLO` (no arguments: the connection keeps its protocol), not `INFO`: `HELLO`
+    /// needs no ACL permission at all, while `INFO` is in `@dangerous`, which a least-privilege
+    /// user lacks (see [`acl`]). A server older than 6.2 refuses `HELLO` without arguments and
+    /// counts as 0, which is right for the only use (sharded pub/sub needs Redis 7).
     pub async fn server_major_version(&self) -> Result<u32, Error> {
-        let mut info = redis::cmd("INFO");
-        info.arg("server");
-        let text: String = match self.get().await? {
+        let hello = redis::cmd("HELLO");
+        let reply = match self.get().await? {
             Connection::Cluster(mut conn) => {
-                let reply = conn
-                    .route_command(info, RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random))
-                    .await?;
-                redis::from_redis_value(reply).map_err(redis::RedisError::from)?
+                conn.route_command(
+                    hello,
+                    RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                )
+                .await
             }
-            mut conn => info.query_async(&mut conn).await?,
+            mut conn => hello.query_async::<Value>(&mut conn).await,
         };
-        Ok(text
-            .lines()
-            .find_map(|l| l.strip_prefix("redis_version:"))
-            .and_then(|v| v.trim().split('.').next())
-            .and_then(|m| m.parse::<u32>().ok())
-            .unwrap_or(0))
+        match reply {
+            Ok(reply) => Ok(hello_version(reply)
+                .as_deref()
+                .and_then(|v| v.split('.').next()?.parse().ok())
+                .unwrap_or(0)),
+            Err(e)
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) =>
+            {
+                Ok(0)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Opens one connection and runs `PING`, within the connect and response timeouts: the
+    /// configuration's first contact with the server. The error says what went wrong the way
+    /// [`Error::hint`] classifies it (credentials, TLS trust, a TLS URL for a plain server,
+    /// unreachable).
+    pub async fn check(&self) -> Result<(), Error> {
+        let limit = self.settings.connect_timeout * 2 + self.settings.response_timeout;
+        let ping = async {
+            let mut conn = self.get().await?;
+            let _: String = redis::cmd("PING").query_async(&mut conn).await?;
+            Ok::<_, Error>(())
+        };
+        let result = tokio::time::timeout(limit, ping)
+            .await
+            .map_err(|_| Error::ConnectTimeout(limit))
+            .and_then(|r| r);
+        match result {
+            // A plain server may sit on a TLS handshake (it reads the ClientHello as an unfinished
+            // inline command) until we time out, or answer it with a plain error: ask it in
+            // plain text whether it is a Redis, so the error says so.
+            Err(e) if self.endpoint.is_tls() && e.hint() == Hint::Unavailable => {
+                match self.endpoint.first_address() {
+                    Some((host, port)) if answers_plain_resp(host, port, self.settings).await => {
+                        Err(Error::NotTls {
+                            address: format!("{host}:{port}"),
+                        })
+                    }
+                    _ => Err(e),
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// [`Pool::check`] as a service's first contact: logs where Redis is and how it is reached
+    /// (never the password) once it answers; fails with [`Error::Misconfigured`] when the
+    /// configuration is to blame (wrong credentials, untrusted certificate, TLS against a
+    /// plain port, missing ACL permission), so the service exits with a message saying what
+    /// to fix; only warns when Redis is merely unreachable, because services start and wait
+    /// for a Redis that is down (calls fail as unavailable until it is back).
+    pub async fn check_at_startup(&self) -> Result<(), Error> {
+        match self.check().await {
+            Ok(()) => {
+                tracing::info!(redis = %self.endpoint, "Redis answers");
+                Ok(())
+            }
+            Err(e) if e.hint().is_configuration() => Err(Error::Misconfigured {
+                endpoint: self.endpoint.to_string(),
+                hint: e.hint(),
+                cause: e.to_string(),
+            }),
+            Err(e) => {
+                tracing::warn!(redis = %self.endpoint, error = %e,
+                               "Redis does not answer yet; continuing, calls fail until it does");
+                Ok(())
+            }
+        }
     }
 
     /// A new RESP3 connection of its own whose pushes (pub/sub messages, and a
@@ -261,7 +296,7 @@ impl Pool {
                 ))
             }
             Inner::Cluster(cluster) => {
-                let client = cluster_builder(&cluster.nodes, self.settings)
+                let client = cluster_builder(&self.endpoint, &cluster.nodes, self.settings)
                     .use_protocol(ProtocolVersion::RESP3)
                     .push_sender(pushes)
                     .build()?;
@@ -299,16 +334,65 @@ fn connection_config(settings: Settings) -> AsyncConnectionConfig {
 }
 
 /// Retries are few and short: a call that cannot complete reports an error to its caller
-/// (which has its own retry policy) instead of hanging while the cluster is down.
-fn cluster_builder(nodes: &[redis::ConnectionInfo], settings: Settings) -> ClusterClientBuilder {
-    ClusterClientBuilder::new(nodes.to_vec())
+/// (which has its own retry policy) instead of hanging while the cluster is down. Credentials
+/// and TLS mode come from the first node (every node carries the same); our own CA and client
+/// certificate, when configured, apply to every node the cluster reveals.
+fn cluster_builder(
+    endpoint: &Endpoint,
+    nodes: &[redis::ConnectionInfo],
+    settings: Settings,
+) -> ClusterClientBuilder {
+    let builder = ClusterClientBuilder::new(nodes.to_vec())
         .connection_timeout(settings.connect_timeout)
         .response_timeout(settings.response_timeout)
         .overall_response_timeout(Some(settings.response_timeout))
-        .tcp_settings(tcp_settings())
+        .tcp_settings(
+            nodes
+                .first()
+                .map(|n| n.tcp_settings().clone())
+                .unwrap_or_default(),
+        )
         .retries(3)
         .min_retry_wait(10)
-        .max_retry_wait(200)
+        .max_retry_wait(200);
+    match &endpoint.tls {
+        Some(certs) => builder.certs(certs.as_ref().clone()),
+        None => builder,
+    }
+}
+
+/// Whether `host:port` answers a plain-text `PING` like a Redis server does (`+PONG`, or an
+/// error such as `-NOAUTH`): the diagnosis of a `rediss://` URL that names a plain-TCP port.
+async fn answers_plain_resp(host: &str, port: u16, settings: Settings) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let probe = async {
+        let mut stream = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        stream.write_all(b"PING\r\n").await.ok()?;
+        let mut first = [0u8; 1];
+        stream.read_exact(&mut first).await.ok()?;
+        Some(matches!(first[0], b'+' | b'-'))
+    };
+    tokio::time::timeout(settings.connect_timeout + settings.response_timeout, probe)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// The `version` field of a `HELLO` reply (a map in RESP3, a flat list of pairs in RESP2).
+fn hello_version(reply: Value) -> Option<String> {
+    let pairs: Vec<(Value, Value)> = match reply {
+        Value::Map(pairs) => pairs,
+        Value::Array(items) => {
+            let mut items = items.into_iter();
+            std::iter::from_fn(|| Some((items.next()?, items.next()?))).collect()
+        }
+        _ => return None,
+    };
+    pairs.into_iter().find_map(|(k, v)| {
+        let key: String = redis::from_redis_value(k).ok()?;
+        (key == "version").then(|| redis::from_redis_value(v).ok())?
+    })
 }
 
 /// One connection to Redis or a Redis Cluster; use it like any redis-rs async connection
@@ -324,6 +408,27 @@ pub enum Connection {
     Multiplexed(MultiplexedConnection),
     /// The cluster connection (one multiplexed connection per node, routed by key).
     Cluster(ClusterConnection),
+}
+
+impl Connection {
+    /// Runs a keyless command (such as `SCAN`) where the keys of `key`'s hash tag live: on a
+    /// cluster, on the master that owns the slot of `key` (routed by key, a keyless command
+    /// would go to a random node and miss them); on a single server, on the server.
+    pub async fn query_where<T: redis::FromRedisValue>(
+        &mut self,
+        cmd: &Cmd,
+        key: &str,
+    ) -> Result<T, redis::RedisError> {
+        match self {
+            Connection::Cluster(conn) => {
+                let route = Route::with_key(key, SlotAddr::Master);
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(route));
+                let reply = conn.route_command(cmd.clone(), routing).await?;
+                Ok(redis::from_redis_value(reply)?)
+            }
+            conn => cmd.query_async(conn).await,
+        }
+    }
 }
 
 impl Clone for Connection {
@@ -372,31 +477,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cluster_urls_name_their_nodes() -> Result<(), Error> {
-        let nodes = cluster_nodes("redis+cluster://u:pw@10.0.0.1:7000,h2:7001/")?;
-        let addrs: Vec<String> = nodes.iter().map(|n| n.addr().to_string()).collect();
-        assert_eq!(addrs, ["10.0.0.1:7000", "h2:7001"]);
-        assert!(
-            nodes
-                .iter()
-                .all(|n| n.redis_settings().password() == Some("pw"))
-        );
-        for bad in [
-            "redis+cluster://",
-            "redis+cluster://h1",
-            "redis+cluster://h1:1,",
-            "redis+cluster://h1:1/0",
-            "redis://h1:1",
-        ] {
-            assert!(cluster_nodes(bad).is_err(), "{bad} must be refused");
-        }
-        Ok(())
-    }
-
-    #[test]
-    fn supported_schemes() {
-        assert!(is_supported_url("redis+cluster://h:1"));
-        assert!(is_supported_url("redis://h:1"));
-        assert!(!is_supported_url("http://h:1"));
+    fn hello_replies_give_the_version_in_both_protocols() {
+        let bulk = |s: &str| Value::BulkString(s.as_bytes().to_vec());
+        let resp2 = Value::Array(vec![
+            bulk("server"),
+            bulk("redis"),
+            bulk("version"),
+            bulk("7.0.15"),
+            bulk("proto"),
+            Value::Int(2),
+        ]);
+        assert_eq!(hello_version(resp2).as_deref(), Some("7.0.15"));
+        let resp3 = Value::Map(vec![(bulk("version"), bulk("7.2.4"))]);
+        assert_eq!(hello_version(resp3).as_deref(), Some("7.2.4"));
+        assert_eq!(hello_version(Value::Nil), None);
     }
 }

@@ -16,9 +16,9 @@
 //! carries the cluster's hash tag, so on Redis Cluster all of a cluster's channels live on one
 //! shard and a sharded message is not broadcast to every node. redis-rs 1.x has SSUBSCRIBE
 //! only on cluster connections, so on a single server the sharded subscriber is a RESP3
-//! multiplexed connection whose pushes (`smessage`) arrive on a channel; SSUBSCRIBE is sent
-//! without waiting for a reply (its confirmation is a push) and followed by a PING, whose answer
-//! proves the subscription is in place, since Redis handles one connection's commands in order.
+//! multiplexed connection whose pushes (`smessage`) arrive on a channel; SSUBSCRIBE is sent one
+//! channel at a time and its confirmation push is its reply, so a refused subscription (an ACL
+//! user without the channel) fails the subscribe instead of passing unnoticed.
 //!
 //! On a Redis Cluster (`redis+cluster://…`) the subscriber is a RESP3 cluster connection with a
 //! push channel, in both modes: its `ssubscribe` goes to the master that owns the channels' slot
@@ -45,7 +45,7 @@ use prost::Message;
 use redis::Script;
 use switchyard_common::backoff::Backoff;
 use switchyard_proto::relay::v1::Frame;
-use switchyard_redis::{Connection, Pool};
+use switchyard_redis::{Connection, Endpoint, Pool};
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 use tonic::Status;
 
@@ -71,6 +71,17 @@ pub enum BusError {
     NotSubscribed,
     #[error("invalid redis configuration: {0}")]
     Invalid(String),
+}
+
+impl BusError {
+    /// What the failure most likely means for the operator (see [`switchyard_redis::Hint`]).
+    pub fn hint(&self) -> switchyard_redis::Hint {
+        match self {
+            BusError::Redis(e) => switchyard_redis::Error::hint_of(e),
+            BusError::Pool(e) => e.hint(),
+            BusError::NotSubscribed | BusError::Invalid(_) => switchyard_redis::Hint::Unavailable,
+        }
+    }
 }
 
 impl From<BusError> for Status {
@@ -149,14 +160,14 @@ impl Bus {
 
 /// Builds the connections (a pool for one server, or one cluster connection; `TCP_NODELAY`
 /// on). Never connects: connections are opened on first use.
-pub fn build_pool(url: &str) -> Result<Pool, BusError> {
+pub fn build_pool(endpoint: &Endpoint) -> Result<Pool, BusError> {
     let settings = switchyard_redis::Settings {
         pool_size: POOL_SIZE,
         pool_wait: POOL_WAIT,
         connect_timeout: CONNECT_TIMEOUT,
         response_timeout: RESPONSE_TIMEOUT,
     };
-    Pool::new(url, settings).map_err(|e| BusError::Invalid(e.to_string()))
+    Pool::new(endpoint, settings).map_err(|e| BusError::Invalid(e.to_string()))
 }
 
 /// `{sy:<cluster>}`: the prefix and hash tag of every key and channel of one cluster.
@@ -199,13 +210,16 @@ impl SubSink {
                 }
             }
             SubSink::Push { conn, .. } => {
-                use redis::aio::ConnectionLike;
+                // One channel per command: its one confirmation (a push that redis-rs also
+                // hands back as the command's reply) or its refusal (`NOPERM` when the ACL
+                // user lacks the channel) is then the reply, so a subscription that failed is
+                // an error here, never a replica that believes it listens.
                 for channel in channels {
-                    let mut cmd = redis::cmd("SSUBSCRIBE");
-                    cmd.arg(channel).set_no_response(true);
-                    conn.req_packed_command(&cmd).await?;
+                    let _: redis::Value = redis::cmd("SSUBSCRIBE")
+                        .arg(channel)
+                        .query_async(conn)
+                        .await?;
                 }
-                let _: String = redis::cmd("PING").query_async(conn).await?;
             }
         }
         Ok(())
@@ -279,7 +293,7 @@ pub struct RedisBus {
 
 impl RedisBus {
     pub fn new(
-        url: &str,
+        endpoint: &Endpoint,
         cluster: &str,
         mode: PubSubMode,
         hub: Arc<Hub>,
@@ -287,7 +301,7 @@ impl RedisBus {
         let prefix = key_prefix(cluster);
         let membership = format!("{prefix}:relay:membership");
         Ok(Arc::new(RedisBus {
-            pool: build_pool(url)?,
+            pool: build_pool(endpoint)?,
             mode,
             resolved: AtomicU8::new(MODE_UNKNOWN),
             hub,
@@ -437,7 +451,14 @@ impl RedisBus {
             let (mut stream, sharded) = match connected.await {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::warn!(error = %e, "relay cannot subscribe to Redis; retrying");
+                    // Not ready until subscribed; say why in words an operator can act on.
+                    let hint = e.hint();
+                    if hint.is_configuration() {
+                        tracing::error!(error = %e, hint = hint.advice(),
+                                        "relay cannot subscribe to Redis; not ready, retrying");
+                    } else {
+                        tracing::warn!(error = %e, "relay cannot subscribe to Redis; retrying");
+                    }
                     let delay = backoff.next_delay();
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => continue,

@@ -1,10 +1,11 @@
 //! The relay's configuration: one clap struct, every flag also read from a `SWITCHYARD_…`
 //! environment variable. Defaults suit a laptop (loopback, no Redis: one replica, in-process
-//! fan-out). Secrets (`--admin-token`, `--publish-token`, a password in `--redis-url`) are never
-//! printed: clap hides their environment values and [`Config`]'s `Debug` redacts them.
+//! fan-out). Secrets (`--admin-token`, `--publish-token`, `--link-token`, `--redis-password`
+//! and a password in `--redis-url`) are never printed: clap hides their environment values and
+//! [`Config`]'s `Debug` redacts them. The Redis flags are `switchyard_redis::RedisArgs`, shared
+//! with placement.
 
 use std::{net::SocketAddr, time::Duration};
-use switchyard_common::config::redact_url;
 
 use clap::Parser;
 use switchyard_common::telemetry::TelemetryArgs;
@@ -73,11 +74,11 @@ pub struct Config {
     /// gRPC listen address (`Relay`, health, reflection); port 0 picks one.
     #[arg(long, env = "SWITCHYARD_GRPC_ADDR", default_value = "127.0.0.1:7101")]
     pub grpc_addr: SocketAddr,
-    /// Redis URL shared by every relay replica (a Redis Cluster:
-    /// `redis+cluster://host1:port1,host2:port2`). Unset: a single replica with in-process
-    /// fan-out (replicas would not see each other's gateways).
-    #[arg(long, env = "SWITCHYARD_REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    /// Redis shared by every relay replica (`--redis-url` and, for managed Redis, TLS and ACL
+    /// flags). Without `--redis-url`: a single replica with in-process fan-out (replicas would
+    /// not see each other's gateways).
+    #[command(flatten)]
+    pub redis: switchyard_redis::RedisArgs,
     /// Cluster name; every Redis key and channel lives under the hash tag `{sy:<cluster>}`.
     #[arg(long, env = "SWITCHYARD_CLUSTER", default_value = "switchyard")]
     pub cluster: String,
@@ -144,7 +145,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("http_addr", &self.http_addr)
             .field("grpc_addr", &self.grpc_addr)
-            .field("redis_url", &self.redis_url.as_deref().map(redact_url))
+            .field("redis", &self.redis)
             .field("cluster", &self.cluster)
             .field("pubsub", &self.pubsub)
             .field("link_queue", &self.link_queue)
@@ -167,10 +168,8 @@ impl std::fmt::Debug for Config {
 pub enum ConfigError {
     #[error("--cluster must be 1..=64 characters of [A-Za-z0-9_.-], got `{0}`")]
     BadCluster(String),
-    #[error(
-        "--redis-url must start with redis://, rediss://, redis+unix://, unix:// or redis+cluster://"
-    )]
-    BadRedisUrl,
+    #[error(transparent)]
+    Redis(#[from] switchyard_redis::EndpointError),
 }
 
 impl Config {
@@ -185,11 +184,7 @@ impl Config {
         if !cluster_ok {
             return Err(ConfigError::BadCluster(self.cluster.clone()));
         }
-        if let Some(url) = &self.redis_url
-            && !switchyard_redis::is_supported_url(url)
-        {
-            return Err(ConfigError::BadRedisUrl);
-        }
+        self.redis.endpoint()?;
         Ok(())
     }
 

@@ -8,7 +8,6 @@
 //! Open links end with the server; their gateways relink to another replica.
 
 use std::{sync::Arc, time::Duration};
-use switchyard_common::config::redact_url;
 use switchyard_common::grpc::{AdminAuth, BearerAuth};
 use switchyard_common::shutdown::Servers;
 use switchyard_common::tls::HttpListener;
@@ -302,11 +301,12 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     let hub = Arc::new(Hub::default());
 
     let mut tasks = Vec::new();
-    let (bus, redis) = match &config.redis_url {
-        Some(url) => {
-            let redis = RedisBus::new(url, &config.cluster, config.pubsub, Arc::clone(&hub))
-                .with_context(|| format!("setting up Redis at {}", redact_url(url)))?;
-            tracing::info!(redis = %redact_url(url), cluster = %config.cluster, %relay_id,
+    let (bus, redis) = match config.redis.endpoint()? {
+        Some(endpoint) => {
+            let redis = RedisBus::new(&endpoint, &config.cluster, config.pubsub, Arc::clone(&hub))
+                .with_context(|| format!("setting up Redis at {endpoint}"))?;
+            redis.pool.check_at_startup().await?;
+            tracing::info!(redis = %endpoint, cluster = %config.cluster, %relay_id,
                            "replicated relay: frames cross replicas through Redis pub/sub");
             tasks.push(tokio::spawn(
                 Arc::clone(&redis).run_subscriber(shutdown_rx.clone()),

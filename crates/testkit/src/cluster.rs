@@ -10,6 +10,7 @@
 use std::ops::Deref;
 
 use crate::process::Service;
+use crate::redis::RedisAccess;
 
 /// The HS256 secret every test cluster signs and verifies assignment tokens with.
 pub const TEST_TOKEN_SECRET: &str = "switchyard-test-token-secret-0123456789abcdef";
@@ -44,23 +45,30 @@ pub struct HttpGrpcService {
 }
 
 impl HttpGrpcService {
-    /// Spawns `bin` with `defaults` (plus `--redis-url` when given) overridden by `extra_args`,
-    /// and waits for `SWITCHYARD_READY http=... grpc=...`.
+    /// Spawns `bin` with `defaults` (plus the Redis flags when given) overridden by
+    /// `extra_args`, with the Redis password (if any) in the environment, and waits for
+    /// `SWITCHYARD_READY http=... grpc=...`.
     fn spawn(
         bin: &str,
-        mut defaults: Vec<(&str, String)>,
-        redis_url: Option<String>,
+        defaults: Vec<(&str, String)>,
+        redis: Option<RedisAccess>,
         extra_args: &[String],
     ) -> anyhow::Result<HttpGrpcService> {
+        let redis_args = redis.as_ref().map(RedisAccess::args).unwrap_or_default();
+        let mut defaults: Vec<(&str, String)> = defaults;
         defaults.extend([
             ("--http-addr", "127.0.0.1:0".to_owned()),
             ("--grpc-addr", "127.0.0.1:0".to_owned()),
         ]);
-        if let Some(url) = redis_url {
-            defaults.push(("--redis-url", url));
+        for pair in redis_args.chunks(2) {
+            if let [flag, value] = pair {
+                defaults.push((flag.as_str(), value.clone()));
+            }
         }
+        let env = redis.as_ref().map(RedisAccess::env).unwrap_or_default();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let args = with_defaults(&defaults, extra_args);
-        let service = Service::spawn(bin, &args, &[])?;
+        let service = Service::spawn(bin, &args, &env)?;
         let scheme = scheme(&args);
         let http_url = format!("{scheme}://{}", service.ready_value("http")?);
         let grpc_url = format!("{scheme}://{}", service.ready_value("grpc")?);
@@ -98,19 +106,29 @@ impl Deref for HttpGrpcService {
 impl Placement {
     /// Spawns placement and waits for `SWITCHYARD_READY http=... grpc=...`.
     pub fn start(opts: PlacementOpts) -> anyhow::Result<Placement> {
+        let redis = opts.redis_url.clone().map(|url| RedisAccess {
+            url,
+            ..RedisAccess::default()
+        });
+        Self::spawn(opts, redis)
+    }
+
+    /// [`Placement::start`] on the Redis `redis` describes (e.g. a TLS server with an ACL
+    /// user, [`crate::redis::RedisServer::access`]): its flags, and its password as
+    /// `SWITCHYARD_REDIS_PASSWORD`, the way a Secret reaches a pod. Replaces `opts.redis_url`.
+    pub fn start_with_redis(opts: PlacementOpts, redis: &RedisAccess) -> anyhow::Result<Placement> {
+        Self::spawn(opts, Some(redis.clone()))
+    }
+
+    fn spawn(opts: PlacementOpts, redis: Option<RedisAccess>) -> anyhow::Result<Placement> {
         let defaults = vec![
             ("--token-secret", TEST_TOKEN_SECRET.to_owned()),
             ("--admin-token", TEST_ADMIN_TOKEN.to_owned()),
             ("--report-interval-ms", "200".to_owned()),
             ("--rate-limit", "0".to_owned()),
         ];
-        HttpGrpcService::spawn(
-            "switchyard-placement",
-            defaults,
-            opts.redis_url,
-            &opts.extra_args,
-        )
-        .map(Placement)
+        HttpGrpcService::spawn("switchyard-placement", defaults, redis, &opts.extra_args)
+            .map(Placement)
     }
 }
 
@@ -168,17 +186,25 @@ pub struct Relay(HttpGrpcService);
 impl Relay {
     /// Spawns the relay and waits for `SWITCHYARD_READY http=... grpc=...`.
     pub fn start(opts: RelayOpts) -> anyhow::Result<Relay> {
+        let redis = opts.redis_url.clone().map(|url| RedisAccess {
+            url,
+            ..RedisAccess::default()
+        });
+        Self::spawn(opts, redis)
+    }
+
+    /// [`Relay::start`] on the Redis `redis` describes (see [`Placement::start_with_redis`]).
+    /// Replaces `opts.redis_url`.
+    pub fn start_with_redis(opts: RelayOpts, redis: &RedisAccess) -> anyhow::Result<Relay> {
+        Self::spawn(opts, Some(redis.clone()))
+    }
+
+    fn spawn(opts: RelayOpts, redis: Option<RedisAccess>) -> anyhow::Result<Relay> {
         let defaults = vec![
             ("--publish-token", TEST_PUBLISH_TOKEN.to_owned()),
             ("--admin-token", TEST_ADMIN_TOKEN.to_owned()),
         ];
-        HttpGrpcService::spawn(
-            "switchyard-relay",
-            defaults,
-            opts.redis_url,
-            &opts.extra_args,
-        )
-        .map(Relay)
+        HttpGrpcService::spawn("switchyard-relay", defaults, redis, &opts.extra_args).map(Relay)
     }
 }
 

@@ -1,7 +1,9 @@
 //! Test and benchmark support for Switchyard.
 //!
 //! Everything here runs the real thing: [`redis::RedisServer`] starts its own `redis-server` on a
-//! free port ([`redis_cluster::RedisCluster`]: a three-master Redis Cluster), [`process::Service`] spawns the service binaries that `cargo build` produced, and
+//! free port ([`redis_cluster::RedisCluster`]: a three-master Redis Cluster; either one plain,
+//! or TLS-only with an ACL user as managed Redis runs, [`redis::RedisOptions`]),
+//! [`process::Service`] spawns the service binaries that `cargo build` produced, and
 //! [`cluster`] wraps the two services with settings suited to fast tests. Nothing is mocked.
 //!
 //! The process API is synchronous on purpose: spawning, waiting for readiness and killing all
@@ -24,6 +26,7 @@ pub mod process;
 pub mod raw;
 pub mod redis;
 pub mod redis_cluster;
+mod resp;
 pub mod tls;
 pub mod tools;
 pub mod wait;

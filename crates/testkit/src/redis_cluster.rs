@@ -7,6 +7,11 @@
 //! `redis-cli --cluster create … --cluster-replicas 0 --cluster-yes` (so each master owns a
 //! third of the slots) and returns once every node says `cluster_state:ok` and knows the other
 //! two. The processes are SIGKILLed and the temp dir removed when the handle is dropped.
+//!
+//! [`RedisCluster::start_with`] takes the same [`RedisOptions`] as a single server: with TLS
+//! every node serves TLS only, the cluster bus too (`tls-cluster yes`, `tls-replication yes`),
+//! and the URL is `rediss+cluster://…`; with an ACL user every node has it (ACL users are per
+//! node: managed clusters create them on each).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -20,7 +25,8 @@ use anyhow::{Context, bail};
 use crate::ports::free_port;
 use crate::process::{log_dir, open_log, tail};
 use crate::redis::{
-    MISSING_REDIS, RedisServer, find_on_path, raw_command, spawn_ready, unique_suffix,
+    Launch, RedisAccess, RedisOptions, RedisServer, find_on_path, no_denials, spawn_ready,
+    unique_suffix,
 };
 
 /// Masters in a test cluster: the fewest `redis-cli --cluster create` accepts.
@@ -39,9 +45,22 @@ pub trait RedisDeployment: Sized + Send + Sync + 'static {
     /// Short name for test output (`redis`, `cluster`).
     const KIND: &'static str;
     /// Starts a fresh, empty one; returns once it serves commands.
-    fn start() -> anyhow::Result<Self>;
+    fn start() -> anyhow::Result<Self> {
+        Self::start_with(RedisOptions::default())
+    }
+    /// Starts one with TLS and/or an ACL user.
+    fn start_with(options: RedisOptions) -> anyhow::Result<Self>;
     /// The `--redis-url` the services take.
     fn url(&self) -> String;
+    /// Every Redis flag the services take (URL, CA file, user, password).
+    fn access(&self) -> RedisAccess;
+    /// What the ACL user was refused so far, on every node (`ACL LOG`), one line each.
+    fn acl_denials(&self) -> anyhow::Result<Vec<String>>;
+    /// Fails, listing the refusals, when the ACL user was refused anything: the proof that
+    /// the user's rule gave everything that was asked for.
+    fn ensure_no_acl_denials(&self) -> anyhow::Result<()> {
+        no_denials(self.acl_denials()?)
+    }
     /// SIGKILLs every process (an outage as clients see it).
     fn kill(&self) -> anyhow::Result<()>;
     /// Kills it and starts it again empty on the same ports; returns once it serves commands.
@@ -51,12 +70,20 @@ pub trait RedisDeployment: Sized + Send + Sync + 'static {
 impl RedisDeployment for RedisServer {
     const KIND: &'static str = "redis";
 
-    fn start() -> anyhow::Result<Self> {
-        RedisServer::start()
+    fn start_with(options: RedisOptions) -> anyhow::Result<Self> {
+        RedisServer::start_with(options)
     }
 
     fn url(&self) -> String {
         RedisServer::url(self)
+    }
+
+    fn access(&self) -> RedisAccess {
+        RedisServer::access(self)
+    }
+
+    fn acl_denials(&self) -> anyhow::Result<Vec<String>> {
+        RedisServer::acl_denials(self)
     }
 
     fn kill(&self) -> anyhow::Result<()> {
@@ -71,12 +98,20 @@ impl RedisDeployment for RedisServer {
 impl RedisDeployment for RedisCluster {
     const KIND: &'static str = "cluster";
 
-    fn start() -> anyhow::Result<Self> {
-        RedisCluster::start()
+    fn start_with(options: RedisOptions) -> anyhow::Result<Self> {
+        RedisCluster::start_with(options)
     }
 
     fn url(&self) -> String {
         RedisCluster::url(self)
+    }
+
+    fn access(&self) -> RedisAccess {
+        RedisCluster::access(self)
+    }
+
+    fn acl_denials(&self) -> anyhow::Result<Vec<String>> {
+        RedisCluster::acl_denials(self)
     }
 
     fn kill(&self) -> anyhow::Result<()> {
@@ -113,7 +148,7 @@ impl Node {
 /// A running three-master Redis Cluster owned by a test; killed and cleaned up on Drop.
 #[derive(Debug)]
 pub struct RedisCluster {
-    program: PathBuf,
+    launch: Launch,
     cli: PathBuf,
     dir: PathBuf,
     nodes: Vec<Node>,
@@ -125,13 +160,18 @@ impl RedisCluster {
     ///
     /// Retries on other ports when a chosen one was taken in the meantime.
     pub fn start() -> anyhow::Result<RedisCluster> {
-        let program = find_on_path("redis-server").context(MISSING_REDIS)?;
+        Self::start_with(RedisOptions::default())
+    }
+
+    /// [`RedisCluster::start`] with TLS and/or an ACL user on every node (see the module docs).
+    pub fn start_with(options: RedisOptions) -> anyhow::Result<RedisCluster> {
+        let launch = Launch::new(options)?;
         let cli = find_on_path("redis-cli").context(MISSING_REDIS_CLI)?;
         let dir =
             std::env::temp_dir().join(format!("switchyard-redis-cluster-{}", unique_suffix()));
         fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut cluster = RedisCluster {
-            program,
+            launch,
             cli,
             dir,
             nodes: Vec::new(),
@@ -156,23 +196,53 @@ impl RedisCluster {
         Err(last_error.unwrap_or_else(|| anyhow::anyhow!("the redis cluster did not start")))
     }
 
-    /// `redis+cluster://127.0.0.1:<p1>,127.0.0.1:<p2>,127.0.0.1:<p3>`: the form placement and
-    /// the relay take in `--redis-url` for a cluster.
+    /// `redis+cluster://127.0.0.1:<p1>,127.0.0.1:<p2>,127.0.0.1:<p3>` (`rediss+cluster://…`
+    /// with TLS): the form placement and the relay take in `--redis-url` for a cluster. Never
+    /// carries credentials: see [`RedisCluster::access`].
     pub fn url(&self) -> String {
         let nodes: Vec<String> = self
             .nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        format!("redis+cluster://{}", nodes.join(","))
+        let scheme = if self.launch.is_tls() {
+            "rediss+cluster"
+        } else {
+            "redis+cluster"
+        };
+        format!("{scheme}://{}", nodes.join(","))
     }
 
-    /// `redis://127.0.0.1:<port>` of each node.
+    /// `redis://127.0.0.1:<port>` (`rediss://` with TLS) of each node.
     pub fn node_urls(&self) -> Vec<String> {
+        let scheme = if self.launch.is_tls() {
+            "rediss"
+        } else {
+            "redis"
+        };
         self.ports()
             .into_iter()
-            .map(|p| format!("redis://127.0.0.1:{p}"))
+            .map(|p| format!("{scheme}://127.0.0.1:{p}"))
             .collect()
+    }
+
+    /// What placement and the relay need to reach it (see [`RedisServer::access`]).
+    pub fn access(&self) -> RedisAccess {
+        self.launch.access(self.url())
+    }
+
+    /// [`RedisServer::ensure_no_acl_denials`] over every node.
+    pub fn ensure_no_acl_denials(&self) -> anyhow::Result<()> {
+        no_denials(self.acl_denials()?)
+    }
+
+    /// What the ACL user was refused so far on any node (`ACL LOG` of each), one line each.
+    pub fn acl_denials(&self) -> anyhow::Result<Vec<String>> {
+        let mut all = Vec::new();
+        for node in &self.nodes {
+            all.extend(self.launch.acl_denials(node.port)?);
+        }
+        Ok(all)
     }
 
     /// The client ports of the nodes (stable across [`RedisCluster::restart_empty`]).
@@ -184,7 +254,7 @@ impl RedisCluster {
     /// [`RedisServer::command`]). A key of another node's slot answers `-MOVED …`.
     pub fn command(&self, i: usize, args: &[&str]) -> anyhow::Result<String> {
         let node = self.nodes.get(i).context("no such cluster node")?;
-        raw_command(node.port, args)
+        self.launch.admin(node.port).command(args)
     }
 
     /// SIGKILLs every node. Fine to call twice.
@@ -225,7 +295,7 @@ impl RedisCluster {
                 }
                 _ => {}
             }
-            let extra = [
+            let mut extra = vec![
                 "--cluster-enabled".to_owned(),
                 "yes".to_owned(),
                 "--cluster-config-file".to_owned(),
@@ -237,7 +307,11 @@ impl RedisCluster {
                 "--dir".to_owned(),
                 self.dir.display().to_string(),
             ];
-            let (child, _log) = spawn_ready(&self.program, node.port, &extra)?;
+            if self.launch.is_tls() {
+                extra
+                    .extend(["--tls-cluster", "yes", "--tls-replication", "yes"].map(String::from));
+            }
+            let (child, _log) = spawn_ready(&self.launch, node.port, &extra)?;
             *node.child() = Some(child);
         }
         Ok(())
@@ -248,6 +322,7 @@ impl RedisCluster {
         let log_path = log_dir()?.join(format!("redis-cluster-create-{}.log", unique_suffix()));
         let log = open_log(&log_path)?;
         let status = Command::new(&self.cli)
+            .args(self.launch.cli_args())
             .arg("--cluster")
             .arg("create")
             .args(self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)))
@@ -275,7 +350,11 @@ impl RedisCluster {
             let mut last = String::new();
             let mut all_ok = true;
             for node in &self.nodes {
-                let info = raw_command(node.port, &["CLUSTER", "INFO"]).unwrap_or_default();
+                let info = self
+                    .launch
+                    .admin(node.port)
+                    .command(&["CLUSTER", "INFO"])
+                    .unwrap_or_default();
                 if !(info.contains("cluster_state:ok") && info.contains(&known)) {
                     all_ok = false;
                     last = format!("node {}: {info}", node.port);
@@ -348,6 +427,35 @@ mod tests {
                 .iter()
                 .all(|a| a == "$-1\r\n" || a.starts_with("-MOVED"))
         );
+        Ok(())
+    }
+
+    /// Every node TLS only (the cluster bus too) with the ACL user; the cluster forms and
+    /// routes as the plain one does.
+    #[test]
+    fn a_managed_cluster_forms_over_tls_with_the_acl_user_on_every_node() -> anyhow::Result<()> {
+        let pki = std::sync::Arc::new(crate::tls::TestPki::generate("redis-cluster-managed")?);
+        let cluster = RedisCluster::start_with(RedisOptions::managed(
+            pki,
+            "app",
+            "resetkeys ~{sy:t}:* resetchannels -@all +get",
+        ))?;
+        assert!(cluster.url().starts_with("rediss+cluster://127.0.0.1:"));
+        for i in 0..MASTERS {
+            let info = cluster.command(i, &["CLUSTER", "INFO"])?;
+            assert!(info.contains("cluster_state:ok"), "{info}");
+            let users = cluster.command(i, &["ACL", "USERS"])?;
+            assert!(users.contains("app"), "node {i}: {users}");
+        }
+        let answers: Vec<String> = (0..MASTERS)
+            .map(|i| cluster.command(i, &["SET", "{sy:t}:k", "v"]))
+            .collect::<anyhow::Result<_>>()?;
+        assert_eq!(
+            answers.iter().filter(|a| a.as_str() == "+OK\r\n").count(),
+            1,
+            "{answers:?}"
+        );
+        assert!(cluster.acl_denials()?.is_empty());
         Ok(())
     }
 }

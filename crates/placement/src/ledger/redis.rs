@@ -13,9 +13,12 @@
 //! fails with [`LedgerError::Unavailable`] until Redis is back, after which the next reports
 //! rebuild the ledger (see [`LedgerError::UnknownNode`]).
 //!
-//! The URL names one server or a Redis Cluster (`redis+cluster://h1:p1,h2:p2`; see
-//! `switchyard_redis`): every script's keys share the cluster's hash tag, so each call is
-//! routed by its first key to the one master that owns the slot.
+//! The [`Endpoint`] names one server or a Redis Cluster (`redis+cluster://h1:p1,h2:p2`,
+//! `rediss+cluster://…` over TLS; see `switchyard_redis`): every script's keys share the
+//! cluster's hash tag, so each call is routed by its first key to the one master that owns
+//! the slot. Every command the scripts run is in `switchyard_redis::acl::PLACEMENT_COMMANDS`,
+//! which a least-privilege ACL user is given; a script calling anything else fails with
+//! `NOPERM` in the managed-Redis tests.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -23,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::{FromRedisValue, RedisError, Script, ScriptInvocation};
-use switchyard_redis::{Connection, Pool};
+use switchyard_redis::{Connection, Endpoint, Pool};
 
 use super::observe::observe;
 use super::{
@@ -55,16 +58,15 @@ pub(crate) fn key_prefix(cluster: &str) -> String {
 }
 
 /// Builds the connection pool (a single server's or a cluster's). Never connects: connections
-/// are opened on first use, so this succeeds while Redis is down; only a malformed URL is
-/// refused.
-pub(crate) fn build_pool(url: &str) -> Result<Pool, LedgerError> {
+/// are opened on first use, so this succeeds while Redis is down.
+pub(crate) fn build_pool(endpoint: &Endpoint) -> Result<Pool, LedgerError> {
     let settings = switchyard_redis::Settings {
         pool_size: POOL_SIZE,
         pool_wait: POOL_WAIT,
         connect_timeout: CONNECT_TIMEOUT,
         response_timeout: RESPONSE_TIMEOUT,
     };
-    Pool::new(url, settings).map_err(|e| LedgerError::Invalid(e.to_string()))
+    Pool::new(endpoint, settings).map_err(|e| LedgerError::Invalid(e.to_string()))
 }
 
 /// Maps any Redis or pool failure to `Unavailable`, keeping the cause for the log.
@@ -241,10 +243,13 @@ fn millis(d: Duration) -> u64 {
 
 impl RedisLedger {
     /// Builds the connection pool. Does not fail when Redis is down (calls do, with
-    /// [`LedgerError::Unavailable`], until it is back); fails only on a malformed URL
-    /// ([`LedgerError::Invalid`]).
-    pub async fn connect(url: &str, settings: LedgerSettings) -> Result<Self, LedgerError> {
-        Ok(Self::with_pool(build_pool(url)?, settings))
+    /// [`LedgerError::Unavailable`], until it is back); the endpoint was checked when it was
+    /// built (`switchyard_redis::RedisArgs::endpoint`).
+    pub async fn connect(
+        endpoint: &Endpoint,
+        settings: LedgerSettings,
+    ) -> Result<Self, LedgerError> {
+        Ok(Self::with_pool(build_pool(endpoint)?, settings))
     }
 
     /// A ledger over an existing pool (e.g. one shared with [`crate::lease::RedisLease`]).

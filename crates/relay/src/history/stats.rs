@@ -37,14 +37,15 @@ impl RedisHistory {
             let mut found = BTreeSet::new();
             let mut cursor: u64 = 0;
             loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
+                let mut scan = redis::cmd("SCAN");
+                scan.arg(cursor)
                     .arg("MATCH")
                     .arg(&pattern)
                     .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut conn)
-                    .await?;
+                    .arg(1000);
+                // On a Redis Cluster, on the master that holds the cluster's hash tag.
+                let (next, keys): (u64, Vec<String>) =
+                    conn.query_where(&scan, &self.bus.prefix).await?;
                 found.extend(keys.iter().filter_map(|k| {
                     k.strip_prefix(prefix)?
                         .strip_suffix(":epoch")

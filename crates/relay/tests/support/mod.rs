@@ -9,6 +9,7 @@ use switchyard_proto::relay::v1::{
     relay_client::RelayClient,
 };
 use switchyard_testkit::process::Service;
+use switchyard_testkit::redis::RedisAccess;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming, transport::Channel};
@@ -20,6 +21,25 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 /// Starts `switchyard-relay` on free ports; `redis` makes it a replica of that Redis.
 pub fn start_relay(redis: Option<&str>, extra: &[&str]) -> anyhow::Result<Service> {
+    let mut args: Vec<String> = Vec::new();
+    if let Some(url) = redis {
+        args.push("--redis-url".into());
+        args.push(url.into());
+    }
+    spawn_relay(args, extra, &[])
+}
+
+/// Starts `switchyard-relay` on the Redis `access` describes: its URL, CA file and ACL user as
+/// flags, the password as `SWITCHYARD_REDIS_PASSWORD` (the way a Secret reaches a pod).
+pub fn start_relay_on(access: &RedisAccess, extra: &[&str]) -> anyhow::Result<Service> {
+    spawn_relay(access.args(), extra, &access.env())
+}
+
+fn spawn_relay(
+    redis_args: Vec<String>,
+    extra: &[&str],
+    env: &[(String, String)],
+) -> anyhow::Result<Service> {
     let mut args: Vec<String> = vec![
         "--http-addr".into(),
         "127.0.0.1:0".into(),
@@ -30,16 +50,11 @@ pub fn start_relay(redis: Option<&str>, extra: &[&str]) -> anyhow::Result<Servic
         "--membership-interval-ms".into(),
         "200".into(),
     ];
-    if let Some(url) = redis {
-        args.push("--redis-url".into());
-        args.push(url.into());
-    }
+    args.extend(redis_args);
     args.extend(extra.iter().map(|s| s.to_string()));
-    Service::spawn(
-        "switchyard-relay",
-        &args,
-        &[("SWITCHYARD_LOG", "info,switchyard_relay=debug")],
-    )
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    env.push(("SWITCHYARD_LOG", "info,switchyard_relay=debug"));
+    Service::spawn("switchyard-relay", &args, &env)
 }
 
 pub fn grpc_url(relay: &Service) -> anyhow::Result<String> {
