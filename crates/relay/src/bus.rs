@@ -30,6 +30,13 @@
 //! Pub/sub is fire-and-forget: a replica whose subscription drops misses what was published
 //! meanwhile. So when it drops, the replica cuts every link (`UNAVAILABLE`) before resubscribing;
 //! the gateways relink (here or elsewhere) and resync. Links are refused while unsubscribed.
+//!
+//! **Channel format** (owned here; [`decode_message`] reads it): a message on a namespace's
+//! channel is either an encoded [`Frame`], or a stamped frame, `\0<offset>\n<epoch>\n<Frame>`:
+//! the history's stamp script (`history/stamp.lua`) learns the offset only inside Redis, so it
+//! writes the position in front of the frame instead of into it. A protobuf message never
+//! starts with byte 0, so the two forms cannot be confused. The membership channel carries
+//! only a notice ("changed").
 
 use std::{
     collections::BTreeSet,
@@ -44,7 +51,7 @@ use futures::StreamExt;
 use prost::Message;
 use redis::Script;
 use switchyard_common::backoff::Backoff;
-use switchyard_proto::relay::v1::Frame;
+use switchyard_proto::relay::v1::{Frame, Position};
 use switchyard_redis::{Connection, Pool};
 use tokio::sync::{Mutex, Notify, mpsc, watch};
 use tonic::Status;
@@ -52,6 +59,7 @@ use tonic::Status;
 use crate::{
     dedup::{ACCEPT_SCRIPT, LocalMarks, MARK_SCRIPT, MARK_TTL, Verdict},
     hub::Hub,
+    metrics,
 };
 
 const POOL_SIZE: usize = 32;
@@ -131,11 +139,11 @@ impl Bus {
             }
             Bus::Redis(r) => r.submit(frame).await,
         };
-        metrics::histogram!("switchyard_relay_submit_seconds").record(started.elapsed());
+        metrics::submit_time(started.elapsed());
         verdict
     }
 
-    /// Forwards a frame that needs no dedup (from `Publish`).
+    /// Forwards a frame that needs no dedup: one the relay writes itself, which nobody resends.
     pub async fn publish(&self, frame: &Frame) -> Result<(), BusError> {
         match self {
             Bus::Local(l) => {
@@ -145,6 +153,27 @@ impl Bus {
             Bus::Redis(r) => r.publish(frame).await,
         }
     }
+}
+
+/// Decodes one message of a namespace's channel (see "Channel format" in the module docs).
+pub fn decode_message(payload: &[u8]) -> Result<Frame, prost::DecodeError> {
+    match decode_stamped(payload) {
+        Some(frame) => Ok(frame),
+        None => Frame::decode(payload),
+    }
+}
+
+/// `\0<offset>\n<epoch>\n<frame>` → the frame with its position; `None` if it is not that.
+fn decode_stamped(payload: &[u8]) -> Option<Frame> {
+    let rest = payload.strip_prefix(&[0u8])?;
+    let nl = rest.iter().position(|b| *b == b'\n')?;
+    let offset: u64 = std::str::from_utf8(&rest[..nl]).ok()?.parse().ok()?;
+    let rest = &rest[nl + 1..];
+    let nl = rest.iter().position(|b| *b == b'\n')?;
+    let epoch = std::str::from_utf8(&rest[..nl]).ok()?.to_owned();
+    let mut frame = Frame::decode(&rest[nl + 1..]).ok()?;
+    frame.position = Some(Position { epoch, offset });
+    Some(frame)
 }
 
 /// Builds the connections (a pool for one server, or one cluster connection; `TCP_NODELAY`
@@ -460,14 +489,9 @@ impl RedisBus {
                     self.membership_notice.notify_one();
                     continue;
                 }
-                // Stamped history frames carry their position in front (see history.rs).
-                let decoded = match crate::history::decode_published(&payload) {
-                    Some(frame) => Ok(frame),
-                    None => Frame::decode(payload.as_slice()),
-                };
-                match decoded {
+                match decode_message(&payload) {
                     Ok(frame) => {
-                        metrics::counter!("switchyard_relay_bus_frames_in_total").increment(1);
+                        metrics::bus_frame_in();
                         self.hub.deliver(&frame);
                     }
                     Err(e) => {
@@ -479,11 +503,47 @@ impl RedisBus {
             self.subscriber.lock().await.sink = None;
             self.subscribed.send_replace(false);
             tracing::warn!("lost the Redis pub/sub subscription; cutting every link");
-            metrics::counter!("switchyard_relay_bus_disconnects_total").increment(1);
+            metrics::bus_disconnect();
             self.hub.cut_all(
                 Status::unavailable("relay lost its Redis subscription; relink and resync"),
                 "bus_lost",
             );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn both_forms_of_a_channel_message_decode() {
+        let frame = Frame {
+            namespace: "/".into(),
+            seq: 3,
+            ..Frame::default()
+        };
+        let mut stamped = b"\x0042\nabc\n".to_vec();
+        stamped.extend(frame.encode_to_vec());
+        let got = decode_message(&stamped).ok().and_then(|f| f.position);
+        let want = Position {
+            epoch: "abc".into(),
+            offset: 42,
+        };
+        assert_eq!(got, Some(want));
+        assert_eq!(decode_message(&frame.encode_to_vec()).ok(), Some(frame));
+        assert!(decode_message(b"\x00x\nabc\n").is_err());
+    }
+
+    proptest! {
+        /// Whatever a Redis channel carries, decoding gives a frame or an error, never a panic.
+        #[test]
+        fn arbitrary_channel_messages_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode_message(&bytes);
+            let mut stamped = b"\x007\nepoch\n".to_vec();
+            stamped.extend(&bytes);
+            let _ = decode_message(&stamped);
         }
     }
 }

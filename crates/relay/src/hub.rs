@@ -13,7 +13,7 @@
 use std::{
     collections::{BTreeSet, HashMap},
     sync::{
-        Arc, Mutex, MutexGuard, OnceLock,
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -21,6 +21,8 @@ use std::{
 use switchyard_proto::relay::v1::{Frame, FrameKind, LinkMessage, link_message::Kind};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tonic::Status;
+
+use crate::metrics;
 
 /// One gateway's link as the hub sees it: its queue and the switch that cuts it.
 #[derive(Debug)]
@@ -67,12 +69,16 @@ impl LinkHandle {
 
     /// Ends the link's stream with `status`. Only the first cut counts.
     pub fn cut(&self, status: Status, reason: &'static str) {
-        let sender = self.cut.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let sender = self
+            .cut
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         self.cut_flag.send_replace(true);
         if let Some(sender) = sender {
             tracing::warn!(node_id = %self.node_id, link_id = self.link_id, reason,
                            status = %status.message(), "link cut");
-            metrics::counter!("switchyard_relay_links_cut_total", "reason" => reason).increment(1);
+            metrics::link_cut(reason);
             let _ = sender.send(status);
         }
     }
@@ -82,7 +88,7 @@ impl LinkHandle {
         match self.queue.try_send(msg) {
             Ok(()) => {
                 let depth = self.queue.max_capacity() - self.queue.capacity();
-                metrics::histogram!("switchyard_relay_link_queue_depth").record(depth as f64);
+                metrics::link_queue_depth(depth);
                 Offer::Queued
             }
             Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
@@ -121,7 +127,7 @@ pub struct Hub {
 
 impl Hub {
     fn state(&self) -> MutexGuard<'_, HubState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Adds a link. A link of the same node id already on this replica is cut ("superseded"):
@@ -164,7 +170,7 @@ impl Hub {
                     .or_default()
                     .insert(node_id.to_owned(), link_id);
             }
-            metrics::gauge!("switchyard_relay_links").set(st.links.len() as f64);
+            metrics::links(st.links.len());
             replaced
         };
         if let Some(old) = replaced {
@@ -182,7 +188,7 @@ impl Hub {
         let removed = {
             let mut st = self.state();
             let removed = remove_link(&mut st, link_id);
-            metrics::gauge!("switchyard_relay_links").set(st.links.len() as f64);
+            metrics::links(st.links.len());
             removed
         };
         if removed.is_some() {
@@ -220,7 +226,7 @@ impl Hub {
                 match link.offer(msg.clone()) {
                     Offer::Queued => {
                         link.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!("switchyard_relay_frames_out_total").increment(1);
+                        metrics::frame_out();
                     }
                     Offer::Full => overflowed.push(*link_id),
                     // The link's stream is gone; its own task unregisters it.
@@ -283,7 +289,7 @@ impl Hub {
         let removed = {
             let mut st = self.state();
             let removed = remove_link(&mut st, link_id);
-            metrics::gauge!("switchyard_relay_links").set(st.links.len() as f64);
+            metrics::links(st.links.len());
             removed
         };
         if let Some(link) = removed {
