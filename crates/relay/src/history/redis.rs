@@ -3,7 +3,7 @@
 //! Every change is one Lua script (beside this file, each with a header giving its keys,
 //! arguments, invariant and complexity), so the script is the critical section:
 //! `stamp.lua` (run by [`StampBatcher`], several events of a namespace per call), `head.lua`,
-//! `replay.lua`. The stamp script also publishes each stamped frame on the namespace's
+//! `replay.lua`, and `namespaces.lua` for the figures. The stamp script also publishes each stamped frame on the namespace's
 //! channel, in the bus's stamped form (see `crate::bus`), so the offset, the log and the
 //! delivery order can never disagree. The keys are laid out in `history/keys.rs`.
 
@@ -27,6 +27,8 @@ use crate::{bus::RedisBus, origin::Origin, validate::RoomEvent};
 const HEAD_SCRIPT: &str = include_str!("head.lua");
 /// Replay script; see its header.
 const REPLAY_SCRIPT: &str = include_str!("replay.lua");
+/// Namespaces script (one SCAN step); see its header.
+const NAMESPACES_SCRIPT: &str = include_str!("namespaces.lua");
 
 /// History in Redis, shared by every replica of the cluster.
 pub struct RedisHistory {
@@ -35,6 +37,7 @@ pub struct RedisHistory {
     stamper: Arc<StampBatcher>,
     head: Script,
     replay: Script,
+    namespaces: Script,
 }
 
 impl RedisHistory {
@@ -46,6 +49,7 @@ impl RedisHistory {
             bus,
             head: Script::new(HEAD_SCRIPT),
             replay: Script::new(REPLAY_SCRIPT),
+            namespaces: Script::new(NAMESPACES_SCRIPT),
         }
     }
 
@@ -53,23 +57,24 @@ impl RedisHistory {
         keys::key(&self.bus, namespace, what)
     }
 
-    /// Every namespace with an epoch; SCAN does not block Redis like KEYS would.
+    /// Every namespace with an epoch, a SCAN step at a time (see `namespaces.lua`).
     async fn namespaces_with_history(
         &self,
         conn: &mut switchyard_redis::Connection,
     ) -> Result<BTreeSet<String>, HistoryError> {
         let prefix = keys::namespaces_prefix(&self.bus);
         let pattern = format!("{prefix}*:epoch");
+        let route = self.key("/", "seq");
         let mut found = BTreeSet::new();
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            let (next, keys): (u64, Vec<String>) = self
+                .namespaces
+                .key(&route)
                 .arg(cursor)
-                .arg("MATCH")
                 .arg(&pattern)
-                .arg("COUNT")
                 .arg(1000)
-                .query_async(conn)
+                .invoke_async(conn)
                 .await?;
             found.extend(keys.iter().filter_map(|k| {
                 k.strip_prefix(prefix.as_str())?
