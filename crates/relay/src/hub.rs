@@ -31,7 +31,7 @@ pub struct LinkHandle {
     pub link_id: u64,
     pub node_id: String,
     pub namespaces: Vec<String>,
-    /// Counters for the admin API ([`crate::admin`]); the link's reader holds a clone.
+    /// Counters for the admin API; the link's reader holds a clone.
     pub stats: Arc<LinkStats>,
     queue: mpsc::Sender<LinkMessage>,
     cut: Mutex<Option<oneshot::Sender<Status>>>,
@@ -120,8 +120,8 @@ pub struct Hub {
     next_id: AtomicU64,
     /// Woken whenever a link joins or leaves, so membership is published at once.
     pub changed: Notify,
-    /// Where response frames addressed to this replica itself go (its admin requests, see
-    /// [`crate::admin`]) instead of to a link: `(target node id, handler)`.
+    /// Where response frames addressed to this replica itself go (answers to the requests it
+    /// sends the gateways for the admin API) instead of to a link: `(target, handler)`.
     inbox: OnceLock<(String, Inbox)>,
 }
 
