@@ -50,7 +50,8 @@ use async_trait::async_trait;
 use switchyard_proto::{
     admin::v1::NamespaceHistory,
     relay::v1::{
-        BackendEvent, Frame, FrameKind, HeadResponse, Position, ReplayResponse, backend_event,
+        BackendEvent, Frame, FrameKind, HeadResponse, Position, ReplayRequest, ReplayResponse,
+        backend_event,
     },
 };
 use tonic::Status;
@@ -77,17 +78,11 @@ pub trait History: Send + Sync + 'static {
     /// event (`room` empty: none).
     async fn head(&self, namespace: &str, room: &str) -> Result<HeadResponse, HistoryError>;
 
-    /// The events of `rooms` after `after` in `epoch`, all or nothing: `recovered = false`
-    /// when the epoch differs, `after` is ahead of the head, more than `limit` events of the
-    /// namespace followed it, or some of them are gone.
-    async fn replay(
-        &self,
-        namespace: &str,
-        rooms: &[String],
-        epoch: &str,
-        after: u64,
-        limit: u64,
-    ) -> Result<ReplayResponse, HistoryError>;
+    /// The events of `req.rooms` after `req.after_offset` in `req.epoch`, all or nothing:
+    /// `recovered = false` when the epoch differs, the offset is ahead of the head, more than
+    /// `req.limit` events of the namespace followed it (0: [`DEFAULT_REPLAY_LIMIT`]), or some of
+    /// them are gone.
+    async fn replay(&self, req: &ReplayRequest) -> Result<ReplayResponse, HistoryError>;
 
     /// Figures of `namespaces`, or of every namespace that has a history when empty; sorted.
     /// Read-only: unlike [`History::head`] it never creates an epoch, so looking does not
@@ -182,7 +177,7 @@ impl HistorySettings {
 }
 
 /// The replay limit a request asks for: `0` means [`DEFAULT_REPLAY_LIMIT`].
-pub fn replay_limit(requested: u32) -> u64 {
+fn replay_limit(requested: u32) -> u64 {
     match requested {
         0 => DEFAULT_REPLAY_LIMIT,
         n => u64::from(n),

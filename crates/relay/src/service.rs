@@ -18,7 +18,6 @@ use tonic::{Request, Response, Status, Streaming, metadata::MetadataMap};
 use tracing::Instrument;
 
 use crate::{
-    history::replay_limit,
     link::{self, LinkStream},
     metrics, publish,
     state::{RelayState, stamp_span},
@@ -107,17 +106,7 @@ impl Relay for RelayGrpc {
         self.gateway_only(req.metadata())?;
         let req = req.into_inner();
         check_namespace(&req.namespace)?;
-        let res = self
-            .state
-            .history
-            .replay(
-                &req.namespace,
-                &req.rooms,
-                &req.epoch,
-                req.after_offset,
-                replay_limit(req.limit),
-            )
-            .await?;
+        let res = self.state.history.replay(&req).await?;
         tracing::debug!(namespace = %req.namespace, recovered = res.recovered,
                         events = res.events.len(), after = req.after_offset, "replay");
         Ok(Response::new(res))

@@ -46,16 +46,8 @@ impl RelayState {
     /// Checks and stamps one room event inside `span` (see [`stamp_span`]): every path into
     /// history comes through here, so every path is checked by [`RoomEvent::new`].
     pub async fn stamp(&self, req: StampRequest, span: &tracing::Span) -> Result<Position, Status> {
-        let event = RoomEvent::new(
-            req.namespace,
-            req.room,
-            req.event,
-            req.msgpack,
-            req.retain,
-            req.publish_id,
-            self.max_frame_bytes,
-        )?
-        .with_trace_context(trace_context::to_map(span));
+        let event = RoomEvent::new(req, self.max_frame_bytes)?
+            .with_trace_context(trace_context::to_map(span));
         let position = self.history.stamp(event).await?;
         span.record("offset", position.offset);
         tracing::trace!(epoch = %position.epoch, offset = position.offset, "stamped");

@@ -5,12 +5,14 @@
 //! - [`check_msgpack`] / [`check_json`]: event data, refused at the door rather than dropped by
 //!   every gateway that cannot decode it.
 //! - [`RoomEvent`]: a room event bound for history. It can only be built by [`RoomEvent::new`],
-//!   which applies every check, and it is the only thing a history stamps, so the `Stamp` RPC,
-//!   a link's `StampCall` and a `Publish` to one room are held to the same rules.
+//!   which applies every check to a `StampRequest`, and it is the only thing a history stamps,
+//!   so the `Stamp` RPC, a link's `StampCall` and a `Publish` to one room are held to the same
+//!   rules.
 
 use std::collections::HashMap;
 
 use prost::bytes::Bytes;
+use switchyard_proto::relay::v1::StampRequest;
 use tonic::Status;
 
 /// Longest namespace accepted, in bytes.
@@ -102,33 +104,25 @@ impl RoomEvent {
     /// The one gate into history: a valid namespace, a room and an event name that are not
     /// empty, a publish id of at most [`MAX_PUBLISH_ID`] bytes (empty: no idempotency), and
     /// data that is one MessagePack value of at most `max_data` bytes.
-    pub fn new(
-        namespace: String,
-        room: String,
-        event: String,
-        msgpack: Bytes,
-        retain: bool,
-        publish_id: String,
-        max_data: usize,
-    ) -> Result<Self, Invalid> {
-        check_namespace(&namespace)?;
-        if room.is_empty() {
+    pub fn new(req: StampRequest, max_data: usize) -> Result<Self, Invalid> {
+        check_namespace(&req.namespace)?;
+        if req.room.is_empty() {
             return Err(Invalid::Argument("room must not be empty".into()));
         }
-        check_event_name(&event)?;
-        if publish_id.len() > MAX_PUBLISH_ID {
+        check_event_name(&req.event)?;
+        if req.publish_id.len() > MAX_PUBLISH_ID {
             return Err(Invalid::Argument(format!(
                 "publish_id must be at most {MAX_PUBLISH_ID} bytes"
             )));
         }
-        check_msgpack("msgpack", &msgpack, max_data)?;
+        check_msgpack("msgpack", &req.msgpack, max_data)?;
         Ok(Self {
-            namespace,
-            room,
-            event,
-            msgpack,
-            retain,
-            publish_id,
+            namespace: req.namespace,
+            room: req.room,
+            event: req.event,
+            msgpack: req.msgpack,
+            retain: req.retain,
+            publish_id: req.publish_id,
             trace_context: HashMap::new(),
         })
     }
@@ -187,15 +181,15 @@ mod tests {
         data: &[u8],
         id: &str,
     ) -> Result<RoomEvent, Invalid> {
-        RoomEvent::new(
-            namespace.into(),
-            room.into(),
-            name.into(),
-            Bytes::copy_from_slice(data),
-            false,
-            id.into(),
-            MAX,
-        )
+        let req = StampRequest {
+            namespace: namespace.into(),
+            room: room.into(),
+            event: name.into(),
+            msgpack: Bytes::copy_from_slice(data),
+            retain: false,
+            publish_id: id.into(),
+        };
+        RoomEvent::new(req, MAX)
     }
 
     fn code(result: Result<RoomEvent, Invalid>) -> Option<tonic::Code> {

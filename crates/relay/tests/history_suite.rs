@@ -15,7 +15,9 @@ use std::{sync::Arc, time::Duration};
 
 use anyhow::{Context, bail, ensure};
 use prost::bytes::Bytes;
-use switchyard_proto::relay::v1::{Frame, LinkMessage, Position, link_message::Kind};
+use switchyard_proto::relay::v1::{
+    Frame, LinkMessage, Position, ReplayRequest, StampRequest, link_message::Kind,
+};
 use switchyard_relay::{
     bus::{Bus, PubSubMode, RedisBus},
     history::{History, HistoryError, HistorySettings, MemoryHistory, NsLimits, RedisHistory},
@@ -173,15 +175,15 @@ impl Fixture {
 
 /// One room event; `data` is the MessagePack fixint `n`.
 fn event(namespace: &str, room: &str, n: u8, retain: bool, publish_id: &str) -> Result<RoomEvent> {
-    Ok(RoomEvent::new(
-        namespace.into(),
-        room.into(),
-        format!("e{n}"),
-        Bytes::copy_from_slice(&[n & 0x7f]),
+    let req = StampRequest {
+        namespace: namespace.into(),
+        room: room.into(),
+        event: format!("e{n}"),
+        msgpack: Bytes::copy_from_slice(&[n & 0x7f]),
         retain,
-        publish_id.into(),
-        1024,
-    )?)
+        publish_id: publish_id.into(),
+    };
+    Ok(RoomEvent::new(req, 1024)?)
 }
 
 async fn stamp(history: &dyn History, namespace: &str, room: &str, n: u8) -> Result<Position> {
@@ -190,6 +192,17 @@ async fn stamp(history: &dyn History, namespace: &str, room: &str, n: u8) -> Res
 
 fn offsets(events: &[switchyard_proto::relay::v1::HistoryEvent]) -> Vec<u64> {
     events.iter().map(|e| e.offset).collect()
+}
+
+/// What a client resuming `rooms` of `namespace` from `(epoch, after)` asks for.
+fn since(namespace: &str, rooms: &[String], epoch: &str, after: u64, limit: u32) -> ReplayRequest {
+    ReplayRequest {
+        namespace: namespace.into(),
+        rooms: rooms.to_vec(),
+        epoch: epoch.into(),
+        after_offset: after,
+        limit,
+    }
 }
 
 fn rooms(names: &[&str]) -> Vec<String> {
@@ -246,7 +259,7 @@ async fn a_repeated_publish_id_is_stamped_once<B: Backend>() -> Result {
     // Recorded once, delivered once.
     let replay = f
         .history
-        .replay("/", &rooms(&["a"]), &first.epoch, 0, 100)
+        .replay(&since("/", &rooms(&["a"]), &first.epoch, 0, 100))
         .await?;
     assert!(replay.recovered);
     assert_eq!(offsets(&replay.events), [1, 2]);
@@ -270,7 +283,7 @@ async fn publish_ids_are_remembered_for_at_least_max_len_stamps<B: Backend>() ->
     assert_eq!(stamp(h, "/small", "a", 4).await?.offset, 4);
     assert_eq!(stamp(h, "/small", "a", 5).await?.offset, 5);
     let replay = h
-        .replay("/small", &rooms(&["a"]), &first.epoch, 3, 100)
+        .replay(&since("/small", &rooms(&["a"]), &first.epoch, 3, 100))
         .await?;
     assert!(replay.recovered);
     assert_eq!(offsets(&replay.events), [4, 5]);
@@ -285,7 +298,7 @@ async fn replay_is_all_or_nothing<B: Backend>() -> Result {
     stamp(h, "/", "a", 3).await?;
     let epoch = first.epoch.as_str();
     // Only the rooms asked for, in offset order, with what was stamped.
-    let replay = h.replay("/", &rooms(&["a"]), epoch, 0, 100).await?;
+    let replay = h.replay(&since("/", &rooms(&["a"]), epoch, 0, 100)).await?;
     assert!(replay.recovered);
     assert_eq!(offsets(&replay.events), [1, 3]);
     assert_eq!(replay.events[1].event, "e3");
@@ -298,11 +311,13 @@ async fn replay_is_all_or_nothing<B: Backend>() -> Result {
         })
     );
     // Up to date: recovered, nothing to send.
-    let replay = h.replay("/", &rooms(&["a"]), epoch, 3, 100).await?;
+    let replay = h.replay(&since("/", &rooms(&["a"]), epoch, 3, 100)).await?;
     assert!(replay.recovered && replay.events.is_empty(), "{replay:?}");
     // Another epoch, an offset ahead of the head, more missed than the limit: lost.
     for (epoch, after, limit) in [("other", 0, 100), (epoch, 4, 100), (epoch, 0, 2)] {
-        let replay = h.replay("/", &rooms(&["a"]), epoch, after, limit).await?;
+        let replay = h
+            .replay(&since("/", &rooms(&["a"]), epoch, after, limit))
+            .await?;
         ensure!(
             !replay.recovered && replay.events.is_empty(),
             "{epoch} {after} {limit}: {replay:?}"
@@ -314,17 +329,17 @@ async fn replay_is_all_or_nothing<B: Backend>() -> Result {
     }
     let small = h.head("/small", "").await?.position.context("a head")?;
     let replay = h
-        .replay("/small", &rooms(&["a"]), &small.epoch, 0, 1000)
+        .replay(&since("/small", &rooms(&["a"]), &small.epoch, 0, 1000))
         .await?;
     ensure!(!replay.recovered, "/small keeps about 2 events, not 300");
     let replay = h
-        .replay(
+        .replay(&since(
             "/small",
             &rooms(&["a"]),
             &small.epoch,
             small.offset - 1,
             1000,
-        )
+        ))
         .await?;
     assert!(replay.recovered);
     assert_eq!(offsets(&replay.events), [small.offset]);
@@ -366,7 +381,7 @@ async fn an_idle_namespace_loses_its_history_and_gets_a_new_epoch<B: Backend>() 
     ensure!(head.epoch != before.epoch, "a new epoch: {head:?}");
     assert_eq!(head.offset, 0);
     let replay = h
-        .replay("/short", &rooms(&["a"]), &before.epoch, 1, 100)
+        .replay(&since("/short", &rooms(&["a"]), &before.epoch, 1, 100))
         .await?;
     ensure!(!replay.recovered, "an old epoch's offset is never resumed");
     assert_eq!(stamp(h, "/short", "a", 2).await?.offset, 1);
@@ -508,7 +523,9 @@ async fn an_outage_is_unavailable_and_a_history_lost_with_redis_gets_a_new_epoch
     };
     ensure!(after.epoch != before.epoch, "a new epoch: {after:?}");
     assert_eq!(after.offset, 1);
-    let replay = h.replay("/", &rooms(&["a"]), &before.epoch, 1, 100).await?;
+    let replay = h
+        .replay(&since("/", &rooms(&["a"]), &before.epoch, 1, 100))
+        .await?;
     ensure!(!replay.recovered, "the old epoch cannot be resumed");
     Ok(())
 }

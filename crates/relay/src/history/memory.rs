@@ -18,11 +18,12 @@ use std::{
 use async_trait::async_trait;
 use switchyard_proto::{
     admin::v1::NamespaceHistory,
-    relay::v1::{HeadResponse, HistoryEvent, Position, ReplayResponse},
+    relay::v1::{HeadResponse, HistoryEvent, Position, ReplayRequest, ReplayResponse},
 };
 
 use super::{
-    History, HistoryError, HistorySettings, new_epoch, observe_replay, observe_stamp, stamped_frame,
+    History, HistoryError, HistorySettings, new_epoch, observe_replay, observe_stamp, replay_limit,
+    stamped_frame,
 };
 use crate::{hub::Hub, origin::Origin, validate::RoomEvent};
 
@@ -153,23 +154,17 @@ impl History for MemoryHistory {
         }))
     }
 
-    async fn replay(
-        &self,
-        namespace: &str,
-        rooms: &[String],
-        epoch: &str,
-        after: u64,
-        limit: u64,
-    ) -> Result<ReplayResponse, HistoryError> {
-        let replay = self.with_ns(namespace, |ns| {
+    async fn replay(&self, req: &ReplayRequest) -> Result<ReplayResponse, HistoryError> {
+        let (after, limit) = (req.after_offset, replay_limit(req.limit));
+        let replay = self.with_ns(&req.namespace, |ns| {
             let oldest = ns.ring.front().map_or(ns.head + 1, |e| e.offset);
-            let recovered = epoch == ns.epoch
+            let recovered = req.epoch == ns.epoch
                 && after <= ns.head
                 && (after == ns.head || (oldest <= after + 1 && ns.head - after <= limit));
             let events = if recovered {
                 ns.ring
                     .iter()
-                    .filter(|e| e.offset > after && rooms.contains(&e.room))
+                    .filter(|e| e.offset > after && req.rooms.contains(&e.room))
                     .cloned()
                     .collect()
             } else {

@@ -14,12 +14,12 @@ use prost::bytes::Bytes;
 use redis::Script;
 use switchyard_proto::{
     admin::v1::NamespaceHistory,
-    relay::v1::{HeadResponse, HistoryEvent, Position, ReplayResponse},
+    relay::v1::{HeadResponse, HistoryEvent, Position, ReplayRequest, ReplayResponse},
 };
 
 use super::{
     History, HistoryError, HistorySettings, batch::StampBatcher, keys, new_epoch, observe_replay,
-    observe_stamp,
+    observe_stamp, replay_limit,
 };
 use crate::{bus::RedisBus, origin::Origin, validate::RoomEvent};
 
@@ -132,14 +132,8 @@ impl History for RedisHistory {
         })
     }
 
-    async fn replay(
-        &self,
-        namespace: &str,
-        rooms: &[String],
-        epoch: &str,
-        after: u64,
-        limit: u64,
-    ) -> Result<ReplayResponse, HistoryError> {
+    async fn replay(&self, req: &ReplayRequest) -> Result<ReplayResponse, HistoryError> {
+        let namespace = req.namespace.as_str();
         let mut conn = self.bus.pool.get().await?;
         let (ok, cur_epoch, head, flat): (i64, String, u64, Vec<Vec<u8>>) = self
             .replay
@@ -147,9 +141,9 @@ impl History for RedisHistory {
             .key(self.key(namespace, "stream"))
             .key(self.key(namespace, "epoch"))
             .key(self.key(namespace, "retained"))
-            .arg(epoch)
-            .arg(after)
-            .arg(limit)
+            .arg(&req.epoch)
+            .arg(req.after_offset)
+            .arg(replay_limit(req.limit))
             .arg(new_epoch())
             .arg(self.settings.limits(namespace).ttl.as_millis() as u64)
             .invoke_async(&mut conn)
@@ -164,7 +158,7 @@ impl History for RedisHistory {
                     )));
                 };
                 let room = String::from_utf8_lossy(&entry[1]).into_owned();
-                if rooms.contains(&room) {
+                if req.rooms.contains(&room) {
                     events.push(HistoryEvent {
                         offset,
                         room,
