@@ -59,6 +59,7 @@ pub struct RelayAdminGrpc {
 }
 
 impl RelayAdminGrpc {
+    /// The service; installs the replica's answer table in the hub (see [`Requests::install`]).
     pub fn new(state: Arc<RelayState>) -> Self {
         let requests = Requests::install(&state);
         Self { state, requests }

@@ -12,31 +12,20 @@
 //! order.
 //!
 //! Sharded pub/sub (SPUBLISH/SSUBSCRIBE) is used when the server has it (Redis >= 7, detected
-//! with `INFO server` under `--pubsub auto`), classic PUBLISH/SUBSCRIBE otherwise. Every channel
-//! carries the cluster's hash tag, so on Redis Cluster all of a cluster's channels live on one
-//! shard and a sharded message is not broadcast to every node. redis-rs 1.x has SSUBSCRIBE
-//! only on cluster connections, so on a single server the sharded subscriber is a RESP3
-//! multiplexed connection whose pushes (`smessage`) arrive on a channel; SSUBSCRIBE is sent
-//! without waiting for a reply (its confirmation is a push) and followed by a PING, whose answer
-//! proves the subscription is in place, since Redis handles one connection's commands in order.
-//!
-//! On a Redis Cluster (`redis+cluster://…`) the subscriber is a RESP3 cluster connection with a
-//! push channel, in both modes: its `ssubscribe` goes to the master that owns the channels' slot
-//! and waits for the confirmation; classic `subscribe` works too (a classic PUBLISH reaches
-//! every node). The publishing scripts run on that same master (their keys share the hash tag).
-//! A dropped socket to ANY node counts as a lost subscription (conservative: links are cut and
-//! resync, never a silent gap).
+//! with `INFO server` under `--pubsub auto`), classic PUBLISH/SUBSCRIBE otherwise; how the
+//! subscriber connection is opened in each mode, on one server or a cluster, is
+//! [`subscription`]'s business. Every channel carries the cluster's hash tag, so on Redis
+//! Cluster all of a cluster's channels live on one shard, with the scripts that publish.
 //!
 //! Pub/sub is fire-and-forget: a replica whose subscription drops misses what was published
 //! meanwhile. So when it drops, the replica cuts every link (`UNAVAILABLE`) before resubscribing;
 //! the gateways relink (here or elsewhere) and resync. Links are refused while unsubscribed.
 //!
-//! **Channel format** (owned here; [`decode_message`] reads it): a message on a namespace's
-//! channel is either an encoded [`Frame`], or a stamped frame, `\0<offset>\n<epoch>\n<Frame>`:
-//! the history's stamp script (`history/stamp.lua`) learns the offset only inside Redis, so it
-//! writes the position in front of the frame instead of into it. A protobuf message never
-//! starts with byte 0, so the two forms cannot be confused. The membership channel carries
-//! only a notice ("changed").
+//! The bus owns its channel format ([`channel`]): what the history's stamp script publishes is
+//! read here, not by the history.
+
+mod channel;
+mod subscription;
 
 use std::{
     collections::BTreeSet,
@@ -47,13 +36,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::StreamExt;
 use prost::Message;
 use redis::Script;
 use switchyard_common::backoff::Backoff;
-use switchyard_proto::relay::v1::{Frame, Position};
-use switchyard_redis::{Connection, Pool};
-use tokio::sync::{Mutex, Notify, mpsc, watch};
+use switchyard_proto::relay::v1::Frame;
+use switchyard_redis::Pool;
+use tokio::sync::{Mutex, Notify, watch};
 use tonic::Status;
 
 use crate::{
@@ -61,6 +49,9 @@ use crate::{
     hub::Hub,
     metrics,
 };
+
+pub use channel::decode_message;
+use subscription::SubSink;
 
 const POOL_SIZE: usize = 32;
 const POOL_WAIT: Duration = Duration::from_secs(3);
@@ -70,13 +61,17 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Redis being unreachable or answering nonsense.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
+    /// A command or script failed (connection lost, Redis answered an error).
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     /// No connection (pool exhausted, Redis or the cluster unreachable).
     #[error("{0}")]
     Pool(#[from] switchyard_redis::Error),
+    /// The subscriber is not (yet, or no longer) subscribed: publishing now could go unheard,
+    /// so nothing is published until it is.
     #[error("not subscribed to Redis pub/sub (reconnecting)")]
     NotSubscribed,
+    /// A configuration Redis cannot work with (the URL), or an answer the scripts never give.
     #[error("invalid redis configuration: {0}")]
     Invalid(String),
 }
@@ -92,7 +87,9 @@ impl From<BusError> for Status {
 
 /// The frame exchange between replicas (or the lack of one).
 pub enum Bus {
+    /// No `--redis-url`: this process is the whole cluster.
     Local(LocalBus),
+    /// Replicas share frames through Redis pub/sub.
     Redis(Arc<RedisBus>),
 }
 
@@ -155,27 +152,6 @@ impl Bus {
     }
 }
 
-/// Decodes one message of a namespace's channel (see "Channel format" in the module docs).
-pub fn decode_message(payload: &[u8]) -> Result<Frame, prost::DecodeError> {
-    match decode_stamped(payload) {
-        Some(frame) => Ok(frame),
-        None => Frame::decode(payload),
-    }
-}
-
-/// `\0<offset>\n<epoch>\n<frame>` → the frame with its position; `None` if it is not that.
-fn decode_stamped(payload: &[u8]) -> Option<Frame> {
-    let rest = payload.strip_prefix(&[0u8])?;
-    let nl = rest.iter().position(|b| *b == b'\n')?;
-    let offset: u64 = std::str::from_utf8(&rest[..nl]).ok()?.parse().ok()?;
-    let rest = &rest[nl + 1..];
-    let nl = rest.iter().position(|b| *b == b'\n')?;
-    let epoch = std::str::from_utf8(&rest[..nl]).ok()?.to_owned();
-    let mut frame = Frame::decode(&rest[nl + 1..]).ok()?;
-    frame.position = Some(Position { epoch, offset });
-    Some(frame)
-}
-
 /// Builds the connections (a pool for one server, or one cluster connection; `TCP_NODELAY`
 /// on). Never connects: connections are opened on first use.
 pub fn build_pool(url: &str) -> Result<Pool, BusError> {
@@ -202,81 +178,6 @@ pub enum PubSubMode {
     Sharded,
     /// PUBLISH / SUBSCRIBE.
     Classic,
-}
-
-/// The subscribing half of the subscriber connection.
-enum SubSink {
-    /// Classic pub/sub on a single server.
-    Classic(redis::aio::PubSubSink),
-    /// A RESP3 connection whose pushes feed [`SubStream::Push`]: sharded on a single server,
-    /// either mode on a cluster.
-    Push { conn: Connection, sharded: bool },
-}
-
-impl SubSink {
-    async fn subscribe(&mut self, channels: &[String]) -> Result<(), BusError> {
-        match self {
-            SubSink::Classic(sink) => sink.subscribe(channels).await?,
-            SubSink::Push {
-                conn: Connection::Cluster(conn),
-                sharded,
-            } => {
-                if *sharded {
-                    conn.ssubscribe(channels).await?;
-                } else {
-                    conn.subscribe(channels).await?;
-                }
-            }
-            SubSink::Push { conn, .. } => {
-                use redis::aio::ConnectionLike;
-                for channel in channels {
-                    let mut cmd = redis::cmd("SSUBSCRIBE");
-                    cmd.arg(channel).set_no_response(true);
-                    conn.req_packed_command(&cmd).await?;
-                }
-                let _: String = redis::cmd("PING").query_async(conn).await?;
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The receiving half of the subscriber connection.
-enum SubStream {
-    Classic(redis::aio::PubSubStream),
-    Push(mpsc::UnboundedReceiver<redis::PushInfo>),
-}
-
-impl SubStream {
-    /// The next `(channel, payload)`; `None` once the connection is lost.
-    async fn next(&mut self) -> Option<(String, Vec<u8>)> {
-        match self {
-            SubStream::Classic(stream) => {
-                let msg = stream.next().await?;
-                Some((
-                    msg.get_channel_name().to_owned(),
-                    msg.get_payload_bytes().to_vec(),
-                ))
-            }
-            SubStream::Push(rx) => loop {
-                let push = rx.recv().await?;
-                match push.kind {
-                    redis::PushKind::SMessage | redis::PushKind::Message => {
-                        let mut data = push.data.into_iter();
-                        if let (
-                            Some(redis::Value::BulkString(channel)),
-                            Some(redis::Value::BulkString(payload)),
-                        ) = (data.next(), data.next())
-                        {
-                            return Some((String::from_utf8_lossy(&channel).into_owned(), payload));
-                        }
-                    }
-                    redis::PushKind::Disconnection => return None,
-                    _ => {}
-                }
-            },
-        }
-    }
 }
 
 struct Subscriber {
@@ -349,17 +250,6 @@ impl RedisBus {
             PubSubMode::Auto => {}
         }
         Ok(self.pool.server_major_version().await? >= 7)
-    }
-
-    /// Opens the subscriber connection in the chosen mode (see the module docs).
-    async fn connect(&self, sharded: bool) -> Result<(SubSink, SubStream), BusError> {
-        if let Some(pubsub) = self.pool.classic_pubsub().filter(|_| !sharded) {
-            let (sink, stream) = pubsub.await?.split();
-            return Ok((SubSink::Classic(sink), SubStream::Classic(stream)));
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let conn = self.pool.push_connection(tx).await?;
-        Ok((SubSink::Push { conn, sharded }, SubStream::Push(rx)))
     }
 
     pub(crate) fn channel(&self, namespace: &str) -> String {
@@ -454,7 +344,7 @@ impl RedisBus {
         loop {
             let connected = async {
                 let sharded = self.sharded().await?;
-                let (mut sink, stream) = self.connect(sharded).await?;
+                let (mut sink, stream) = subscription::connect(&self.pool, sharded).await?;
                 let mut sub = self.subscriber.lock().await;
                 let channels: Vec<String> = sub.channels.iter().cloned().collect();
                 sink.subscribe(&channels).await?;
@@ -508,42 +398,6 @@ impl RedisBus {
                 Status::unavailable("relay lost its Redis subscription; relink and resync"),
                 "bus_lost",
             );
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn both_forms_of_a_channel_message_decode() {
-        let frame = Frame {
-            namespace: "/".into(),
-            seq: 3,
-            ..Frame::default()
-        };
-        let mut stamped = b"\x0042\nabc\n".to_vec();
-        stamped.extend(frame.encode_to_vec());
-        let got = decode_message(&stamped).ok().and_then(|f| f.position);
-        let want = Position {
-            epoch: "abc".into(),
-            offset: 42,
-        };
-        assert_eq!(got, Some(want));
-        assert_eq!(decode_message(&frame.encode_to_vec()).ok(), Some(frame));
-        assert!(decode_message(b"\x00x\nabc\n").is_err());
-    }
-
-    proptest! {
-        /// Whatever a Redis channel carries, decoding gives a frame or an error, never a panic.
-        #[test]
-        fn arbitrary_channel_messages_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
-            let _ = decode_message(&bytes);
-            let mut stamped = b"\x007\nepoch\n".to_vec();
-            stamped.extend(&bytes);
-            let _ = decode_message(&stamped);
         }
     }
 }

@@ -11,8 +11,8 @@
 //! and `RelayState::stamp`, the one way into history) → `membership` (who is linked, cluster-
 //! wide) → `history` (offsets, epochs, the bounded log, retained state, replay: the `History`
 //! trait, `history/memory.rs` and `history/redis.rs` with its batcher and scripts) → `origin`
-//! (the relay's own frames and their one sequence) → `bus` (frames between replicas, and the
-//! channel format) → `dedup` (the per-origin high-water mark) → `hub` (the local fan-out and
+//! (the relay's own frames and their one sequence) → `bus` (frames between replicas;
+//! `bus/channel.rs` the channel format, `bus/subscription.rs` the subscriber connection) → `dedup` (the per-origin high-water mark) → `hub` (the local fan-out and
 //! its backpressure policy) → `validate` (what the relay accepts from outside) → `metrics`
 //! (every metric's name and HELP). A lower module reports upward through a callback it is
 //! given (`Hub::set_inbox`), never by importing the module above it.

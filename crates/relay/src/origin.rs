@@ -31,6 +31,7 @@ pub struct Origin {
 }
 
 impl Origin {
+    /// The origin of the replica `relay_id`, started at `incarnation` (Unix ms).
     pub fn new(relay_id: &str, incarnation: u64) -> Self {
         Self {
             name: format!("relay:{relay_id}"),

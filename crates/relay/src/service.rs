@@ -30,6 +30,7 @@ pub struct RelayGrpc {
 }
 
 impl RelayGrpc {
+    /// The service over one replica's state.
     pub fn new(state: Arc<RelayState>) -> Self {
         Self { state }
     }

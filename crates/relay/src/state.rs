@@ -18,8 +18,11 @@ pub struct RelayState {
     pub relay_id: String,
     /// Origin and sequence of the frames this replica writes itself (`relay:<relay_id>`).
     pub origin: Arc<Origin>,
+    /// The gateways linked to this replica.
     pub hub: Arc<Hub>,
+    /// The way frames reach the other replicas (and so every gateway).
     pub bus: Bus,
+    /// Who is linked for a namespace, cluster-wide.
     pub membership: Arc<Membership>,
     /// `--link-queue`: messages a link may have queued towards its gateway.
     pub link_queue: usize,

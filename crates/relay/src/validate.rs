@@ -29,7 +29,12 @@ pub enum Invalid {
     Argument(String),
     /// Event data above `--max-frame-bytes`: `OUT_OF_RANGE`.
     #[error("data of {len} bytes is larger than the relay's --max-frame-bytes ({max})")]
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        /// The data's size, in bytes.
+        len: usize,
+        /// `--max-frame-bytes`.
+        max: usize,
+    },
 }
 
 impl From<Invalid> for Status {
