@@ -3,9 +3,10 @@
 //! Every change is one Lua script (beside this file, each with a header giving its keys,
 //! arguments, invariant and complexity), so the script is the critical section:
 //! `stamp.lua` (run by [`StampBatcher`], several events of a namespace per call), `head.lua`,
-//! `replay.lua`, and `namespaces.lua` for the figures. The stamp script also publishes each stamped frame on the namespace's
-//! channel, in the bus's stamped form (`bus/channel.rs`), so the offset, the log and the
-//! delivery order can never disagree. The keys are laid out in `history/keys.rs`.
+//! `replay.lua`, and `namespaces.lua` for the figures. The stamp script also publishes each
+//! stamped frame on the namespace's channel, in the bus's stamped form (`bus/channel.rs`), so
+//! the offset, the log and the delivery order can never disagree. The keys are laid out in
+//! `history/keys.rs`.
 
 use std::{collections::BTreeSet, sync::Arc, time::Instant};
 
