@@ -3,19 +3,26 @@
 //!
 //! # Reading order
 //!
-//! Top down; every module imports only modules below it:
+//! Top down; every module imports only modules below it. A lower module reports upward
+//! through a callback it is given (`Hub::set_inbox`), never by importing the module above.
 //!
-//! `server` (wiring: what runs, and how it stops) → `config` (every flag) → `service` (the
-//! `Relay` gRPC service) → `link` (one gateway's stream) → `publish` (backend events) → `admin`
-//! (the operator API; `admin/requests.rs` asks the gateways) → `state` (what a replica shares,
-//! and `RelayState::stamp`, the one way into history) → `membership` (who is linked, cluster-
-//! wide) → `history` (offsets, epochs, the bounded log, retained state, replay: the `History`
-//! trait, `history/memory.rs` and `history/redis.rs` with its batcher and scripts) → `origin`
-//! (the relay's own frames and their one sequence) → `bus` (frames between replicas;
-//! `bus/channel.rs` the channel format, `bus/subscription.rs` the subscriber connection) → `dedup` (the per-origin high-water mark) → `hub` (the local fan-out and
-//! its backpressure policy) → `validate` (what the relay accepts from outside) → `metrics`
-//! (every metric's name and HELP). A lower module reports upward through a callback it is
-//! given (`Hub::set_inbox`), never by importing the module above it.
+//! 1. `server`: the wiring: what runs, and how it stops.
+//! 2. `config`: every flag.
+//! 3. `service`: the `Relay` gRPC service, each call handed to its owner.
+//! 4. `link`: one gateway's stream.
+//! 5. `publish`: events from backends.
+//! 6. `admin`: the operator API; `admin/requests.rs` asks the gateways and gathers answers.
+//! 7. `state`: what a replica shares, and `RelayState::stamp`, the one way into history.
+//! 8. `membership`: who is linked for a namespace, cluster-wide.
+//! 9. `history`: offsets, epochs, the bounded log, retained state, replay: the `History`
+//!    trait, `history/memory.rs`, and `history/redis.rs` with its batcher, keys and scripts.
+//! 10. `origin`: the frames the relay writes itself, and their one sequence.
+//! 11. `bus`: frames between replicas; `bus/channel.rs` the channel format,
+//!     `bus/subscription.rs` the subscriber connection.
+//! 12. `dedup`: the per-origin high-water mark.
+//! 13. `hub`: the local fan-out and its backpressure policy.
+//! 14. `validate`: what the relay accepts from outside.
+//! 15. `metrics`: every metric's name and HELP.
 //!
 //! # Guarantees (the contract the gateway adapter builds on)
 //!

@@ -247,7 +247,9 @@ mod tests {
         /// Whatever the data, the check answers, never panics, and accepts exactly what
         /// decodes as MessagePack within the limit.
         #[test]
-        fn msgpack_check_accepts_exactly_what_decodes(data in proptest::collection::vec(any::<u8>(), 0..2 * MAX)) {
+        fn msgpack_check_accepts_exactly_what_decodes(
+            data in proptest::collection::vec(any::<u8>(), 0..2 * MAX),
+        ) {
             let decodes = rmp_serde::from_slice::<serde::de::IgnoredAny>(&data).is_ok();
             let ok = check_msgpack("data", &data, MAX).is_ok();
             prop_assert_eq!(ok, decodes && data.len() <= MAX);
