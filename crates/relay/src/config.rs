@@ -1,7 +1,8 @@
 //! The relay's configuration: one clap struct, every flag also read from a `SWITCHYARD_…`
 //! environment variable. Defaults suit a laptop (loopback, no Redis: one replica, in-process
-//! fan-out). Secrets (`--admin-token`, `--publish-token`, a password in `--redis-url`) are never
-//! printed: clap hides their environment values and [`Config`]'s `Debug` redacts them.
+//! fan-out). Secrets (`--admin-token`, `--publish-token`, `--link-token`, a password in
+//! `--redis-url`) are never printed: clap hides their environment values and [`Config`]'s
+//! `Debug` redacts them.
 
 use std::{net::SocketAddr, time::Duration};
 use switchyard_common::config::redact_url;
