@@ -8,7 +8,9 @@
 //! and the slow one relinks and resyncs.
 //!
 //! The state sits behind a `std::sync::Mutex`, not tokio's, because no critical section awaits:
-//! delivery is a loop of `try_send`s.
+//! delivery is a loop of `try_send`s. It is released before a link is cut (a link's own cut
+//! switch) or the inbox is called, so no other lock is ever taken under it; callers may hold
+//! theirs while they deliver (the in-memory history does, to keep offset order).
 
 use std::{
     collections::{BTreeSet, HashMap},
