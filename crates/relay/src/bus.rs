@@ -12,24 +12,20 @@
 //! order.
 //!
 //! Sharded pub/sub (SPUBLISH/SSUBSCRIBE) is used when the server has it (Redis >= 7, detected
-//! with `INFO server` under `--pubsub auto`), classic PUBLISH/SUBSCRIBE otherwise. Every channel
-//! carries the cluster's hash tag, so on Redis Cluster all of a cluster's channels live on one
-//! shard and a sharded message is not broadcast to every node. redis-rs 1.x has SSUBSCRIBE
-//! only on cluster connections, so on a single server the sharded subscriber is a RESP3
-//! multiplexed connection whose pushes (`smessage`) arrive on a channel; SSUBSCRIBE is sent one
-//! channel at a time and its confirmation push is its reply, so a refused subscription (an ACL
-//! user without the channel) fails the subscribe instead of passing unnoticed.
-//!
-//! On a Redis Cluster (`redis+cluster://…`) the subscriber is a RESP3 cluster connection with a
-//! push channel, in both modes: its `ssubscribe` goes to the master that owns the channels' slot
-//! and waits for the confirmation; classic `subscribe` works too (a classic PUBLISH reaches
-//! every node). The publishing scripts run on that same master (their keys share the hash tag).
-//! A dropped socket to ANY node counts as a lost subscription (conservative: links are cut and
-//! resync, never a silent gap).
+//! with `INFO server` under `--pubsub auto`), classic PUBLISH/SUBSCRIBE otherwise; how the
+//! subscriber connection is opened in each mode, on one server or a cluster, is
+//! [`subscription`]'s business. Every channel carries the cluster's hash tag, so on Redis
+//! Cluster all of a cluster's channels live on one shard, with the scripts that publish.
 //!
 //! Pub/sub is fire-and-forget: a replica whose subscription drops misses what was published
 //! meanwhile. So when it drops, the replica cuts every link (`UNAVAILABLE`) before resubscribing;
 //! the gateways relink (here or elsewhere) and resync. Links are refused while unsubscribed.
+//!
+//! The bus owns its channel format ([`channel`]): what the history's stamp script publishes is
+//! read here, not by the history.
+
+mod channel;
+mod subscription;
 
 use std::{
     collections::BTreeSet,
@@ -40,19 +36,22 @@ use std::{
     time::{Duration, Instant},
 };
 
-use futures::StreamExt;
 use prost::Message;
 use redis::Script;
 use switchyard_common::backoff::Backoff;
 use switchyard_proto::relay::v1::Frame;
-use switchyard_redis::{Connection, Endpoint, Pool};
-use tokio::sync::{Mutex, Notify, mpsc, watch};
+use switchyard_redis::{Endpoint, Pool};
+use tokio::sync::{Mutex, Notify, watch};
 use tonic::Status;
 
 use crate::{
     dedup::{ACCEPT_SCRIPT, LocalMarks, MARK_SCRIPT, MARK_TTL, Verdict},
     hub::Hub,
+    metrics,
 };
+
+pub use channel::decode_message;
+use subscription::SubSink;
 
 const POOL_SIZE: usize = 32;
 const POOL_WAIT: Duration = Duration::from_secs(3);
@@ -62,13 +61,17 @@ const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Redis being unreachable or answering nonsense.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
+    /// A command or script failed (connection lost, Redis answered an error).
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     /// No connection (pool exhausted, Redis or the cluster unreachable).
     #[error("{0}")]
     Pool(#[from] switchyard_redis::Error),
+    /// The subscriber is not (yet, or no longer) subscribed: publishing now could go unheard,
+    /// so nothing is published until it is.
     #[error("not subscribed to Redis pub/sub (reconnecting)")]
     NotSubscribed,
+    /// A configuration Redis cannot work with (the URL), or an answer the scripts never give.
     #[error("invalid redis configuration: {0}")]
     Invalid(String),
 }
@@ -95,7 +98,9 @@ impl From<BusError> for Status {
 
 /// The frame exchange between replicas (or the lack of one).
 pub enum Bus {
+    /// No `--redis-url`: this process is the whole cluster.
     Local(LocalBus),
+    /// Replicas share frames through Redis pub/sub.
     Redis(Arc<RedisBus>),
 }
 
@@ -142,11 +147,11 @@ impl Bus {
             }
             Bus::Redis(r) => r.submit(frame).await,
         };
-        metrics::histogram!("switchyard_relay_submit_seconds").record(started.elapsed());
+        metrics::submit_time(started.elapsed());
         verdict
     }
 
-    /// Forwards a frame that needs no dedup (from `Publish`).
+    /// Forwards a frame that needs no dedup: one the relay writes itself, which nobody resends.
     pub async fn publish(&self, frame: &Frame) -> Result<(), BusError> {
         match self {
             Bus::Local(l) => {
@@ -184,84 +189,6 @@ pub enum PubSubMode {
     Sharded,
     /// PUBLISH / SUBSCRIBE.
     Classic,
-}
-
-/// The subscribing half of the subscriber connection.
-enum SubSink {
-    /// Classic pub/sub on a single server.
-    Classic(redis::aio::PubSubSink),
-    /// A RESP3 connection whose pushes feed [`SubStream::Push`]: sharded on a single server,
-    /// either mode on a cluster.
-    Push { conn: Connection, sharded: bool },
-}
-
-impl SubSink {
-    async fn subscribe(&mut self, channels: &[String]) -> Result<(), BusError> {
-        match self {
-            SubSink::Classic(sink) => sink.subscribe(channels).await?,
-            SubSink::Push {
-                conn: Connection::Cluster(conn),
-                sharded,
-            } => {
-                if *sharded {
-                    conn.ssubscribe(channels).await?;
-                } else {
-                    conn.subscribe(channels).await?;
-                }
-            }
-            SubSink::Push { conn, .. } => {
-                // One channel per command: its one confirmation (a push that redis-rs also
-                // hands back as the command's reply) or its refusal (`NOPERM` when the ACL
-                // user lacks the channel) is then the reply, so a subscription that failed is
-                // an error here, never a replica that believes it listens.
-                for channel in channels {
-                    let _: redis::Value = redis::cmd("SSUBSCRIBE")
-                        .arg(channel)
-                        .query_async(conn)
-                        .await?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The receiving half of the subscriber connection.
-enum SubStream {
-    Classic(redis::aio::PubSubStream),
-    Push(mpsc::UnboundedReceiver<redis::PushInfo>),
-}
-
-impl SubStream {
-    /// The next `(channel, payload)`; `None` once the connection is lost.
-    async fn next(&mut self) -> Option<(String, Vec<u8>)> {
-        match self {
-            SubStream::Classic(stream) => {
-                let msg = stream.next().await?;
-                Some((
-                    msg.get_channel_name().to_owned(),
-                    msg.get_payload_bytes().to_vec(),
-                ))
-            }
-            SubStream::Push(rx) => loop {
-                let push = rx.recv().await?;
-                match push.kind {
-                    redis::PushKind::SMessage | redis::PushKind::Message => {
-                        let mut data = push.data.into_iter();
-                        if let (
-                            Some(redis::Value::BulkString(channel)),
-                            Some(redis::Value::BulkString(payload)),
-                        ) = (data.next(), data.next())
-                        {
-                            return Some((String::from_utf8_lossy(&channel).into_owned(), payload));
-                        }
-                    }
-                    redis::PushKind::Disconnection => return None,
-                    _ => {}
-                }
-            },
-        }
-    }
 }
 
 struct Subscriber {
@@ -334,17 +261,6 @@ impl RedisBus {
             PubSubMode::Auto => {}
         }
         Ok(self.pool.server_major_version().await? >= 7)
-    }
-
-    /// Opens the subscriber connection in the chosen mode (see the module docs).
-    async fn connect(&self, sharded: bool) -> Result<(SubSink, SubStream), BusError> {
-        if let Some(pubsub) = self.pool.classic_pubsub().filter(|_| !sharded) {
-            let (sink, stream) = pubsub.await?.split();
-            return Ok((SubSink::Classic(sink), SubStream::Classic(stream)));
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        let conn = self.pool.push_connection(tx).await?;
-        Ok((SubSink::Push { conn, sharded }, SubStream::Push(rx)))
     }
 
     pub(crate) fn channel(&self, namespace: &str) -> String {
@@ -439,7 +355,7 @@ impl RedisBus {
         loop {
             let connected = async {
                 let sharded = self.sharded().await?;
-                let (mut sink, stream) = self.connect(sharded).await?;
+                let (mut sink, stream) = subscription::connect(&self.pool, sharded).await?;
                 let mut sub = self.subscriber.lock().await;
                 let channels: Vec<String> = sub.channels.iter().cloned().collect();
                 sink.subscribe(&channels).await?;
@@ -481,14 +397,9 @@ impl RedisBus {
                     self.membership_notice.notify_one();
                     continue;
                 }
-                // Stamped history frames carry their position in front (see history.rs).
-                let decoded = match crate::history::decode_published(&payload) {
-                    Some(frame) => Ok(frame),
-                    None => Frame::decode(payload.as_slice()),
-                };
-                match decoded {
+                match decode_message(&payload) {
                     Ok(frame) => {
-                        metrics::counter!("switchyard_relay_bus_frames_in_total").increment(1);
+                        metrics::bus_frame_in();
                         self.hub.deliver(&frame);
                     }
                     Err(e) => {
@@ -500,7 +411,7 @@ impl RedisBus {
             self.subscriber.lock().await.sink = None;
             self.subscribed.send_replace(false);
             tracing::warn!("lost the Redis pub/sub subscription; cutting every link");
-            metrics::counter!("switchyard_relay_bus_disconnects_total").increment(1);
+            metrics::bus_disconnect();
             self.hub.cut_all(
                 Status::unavailable("relay lost its Redis subscription; relink and resync"),
                 "bus_lost",

@@ -29,11 +29,7 @@ pub fn parse_history_namespace(s: &str) -> Result<HistoryNamespace, String> {
         .split_once('=')
         .ok_or_else(|| format!("`{s}`: expected <namespace>=max_len:<n>,ttl_ms:<ms>"))?;
     let namespace = namespace.trim();
-    if !namespace.starts_with('/') || namespace.len() > 256 {
-        return Err(format!(
-            "`{namespace}`: a namespace starts with `/` and is at most 256 bytes"
-        ));
-    }
+    crate::validate::check_namespace(namespace).map_err(|e| format!("`{namespace}`: {e}"))?;
     let mut out = HistoryNamespace {
         namespace: namespace.to_owned(),
         max_len: None,

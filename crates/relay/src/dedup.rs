@@ -17,7 +17,11 @@
 //! Marks expire after [`MARK_TTL`] of silence from their origin; an origin idle that long has
 //! nothing unacknowledged left to resend.
 
-use std::{collections::HashMap, sync::Mutex, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
 
 /// How long a mark outlives its origin's last frame.
 pub const MARK_TTL: Duration = Duration::from_secs(3600);
@@ -80,7 +84,7 @@ pub struct LocalMarks {
 impl LocalMarks {
     /// Checks `(incarnation, seq)` of `origin` against its mark and raises the mark if accepted.
     pub fn offer(&self, origin: &str, incarnation: u64, seq: u64) -> Verdict {
-        let mut marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        let mut marks = self.marks.lock().unwrap_or_else(PoisonError::into_inner);
         let mark = marks.entry(origin.to_owned()).or_insert((0, 0));
         match verdict(*mark, incarnation, seq) {
             Verdict::Accepted => {
@@ -93,7 +97,7 @@ impl LocalMarks {
 
     /// The accepted seq of `incarnation` of `origin`; `None` if a newer incarnation exists.
     pub fn accepted(&self, origin: &str, incarnation: u64) -> Option<u64> {
-        let marks = self.marks.lock().unwrap_or_else(|e| e.into_inner());
+        let marks = self.marks.lock().unwrap_or_else(PoisonError::into_inner);
         match marks.get(origin) {
             Some((inc, _)) if *inc > incarnation => None,
             Some((inc, seq)) if *inc == incarnation => Some(*seq),

@@ -8,12 +8,14 @@
 //! and the slow one relinks and resyncs.
 //!
 //! The state sits behind a `std::sync::Mutex`, not tokio's, because no critical section awaits:
-//! delivery is a loop of `try_send`s.
+//! delivery is a loop of `try_send`s. It is released before a link is cut (a link's own cut
+//! switch) or the inbox is called, so no other lock is ever taken under it; callers may hold
+//! theirs while they deliver (the in-memory history does, to keep offset order).
 
 use std::{
     collections::{BTreeSet, HashMap},
     sync::{
-        Arc, Mutex, MutexGuard, OnceLock,
+        Arc, Mutex, MutexGuard, OnceLock, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
 };
@@ -22,6 +24,8 @@ use switchyard_proto::relay::v1::{Frame, FrameKind, LinkMessage, link_message::K
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tonic::Status;
 
+use crate::metrics;
+
 /// One gateway's link as the hub sees it: its queue and the switch that cuts it.
 #[derive(Debug)]
 pub struct LinkHandle {
@@ -29,7 +33,7 @@ pub struct LinkHandle {
     pub link_id: u64,
     pub node_id: String,
     pub namespaces: Vec<String>,
-    /// Counters for the admin API ([`crate::admin`]); the link's reader holds a clone.
+    /// Counters for the admin API; the link's reader holds a clone.
     pub stats: Arc<LinkStats>,
     queue: mpsc::Sender<LinkMessage>,
     cut: Mutex<Option<oneshot::Sender<Status>>>,
@@ -67,12 +71,16 @@ impl LinkHandle {
 
     /// Ends the link's stream with `status`. Only the first cut counts.
     pub fn cut(&self, status: Status, reason: &'static str) {
-        let sender = self.cut.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let sender = self
+            .cut
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
         self.cut_flag.send_replace(true);
         if let Some(sender) = sender {
             tracing::warn!(node_id = %self.node_id, link_id = self.link_id, reason,
                            status = %status.message(), "link cut");
-            metrics::counter!("switchyard_relay_links_cut_total", "reason" => reason).increment(1);
+            metrics::link_cut(reason);
             let _ = sender.send(status);
         }
     }
@@ -82,7 +90,7 @@ impl LinkHandle {
         match self.queue.try_send(msg) {
             Ok(()) => {
                 let depth = self.queue.max_capacity() - self.queue.capacity();
-                metrics::histogram!("switchyard_relay_link_queue_depth").record(depth as f64);
+                metrics::link_queue_depth(depth);
                 Offer::Queued
             }
             Err(mpsc::error::TrySendError::Full(_)) => Offer::Full,
@@ -114,14 +122,14 @@ pub struct Hub {
     next_id: AtomicU64,
     /// Woken whenever a link joins or leaves, so membership is published at once.
     pub changed: Notify,
-    /// Where response frames addressed to this replica itself go (its admin requests, see
-    /// [`crate::admin`]) instead of to a link: `(target node id, handler)`.
+    /// Where response frames addressed to this replica itself go (answers to the requests it
+    /// sends the gateways for the admin API) instead of to a link: `(target, handler)`.
     inbox: OnceLock<(String, Inbox)>,
 }
 
 impl Hub {
     fn state(&self) -> MutexGuard<'_, HubState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Adds a link. A link of the same node id already on this replica is cut ("superseded"):
@@ -164,7 +172,7 @@ impl Hub {
                     .or_default()
                     .insert(node_id.to_owned(), link_id);
             }
-            metrics::gauge!("switchyard_relay_links").set(st.links.len() as f64);
+            metrics::links(st.links.len());
             replaced
         };
         if let Some(old) = replaced {
@@ -182,7 +190,7 @@ impl Hub {
         let removed = {
             let mut st = self.state();
             let removed = remove_link(&mut st, link_id);
-            metrics::gauge!("switchyard_relay_links").set(st.links.len() as f64);
+            metrics::links(st.links.len());
             removed
         };
         if removed.is_some() {
@@ -220,7 +228,7 @@ impl Hub {
                 match link.offer(msg.clone()) {
                     Offer::Queued => {
                         link.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!("switchyard_relay_frames_out_total").increment(1);
+                        metrics::frame_out();
                     }
                     Offer::Full => overflowed.push(*link_id),
                     // The link's stream is gone; its own task unregisters it.
@@ -283,7 +291,7 @@ impl Hub {
         let removed = {
             let mut st = self.state();
             let removed = remove_link(&mut st, link_id);
-            metrics::gauge!("switchyard_relay_links").set(st.links.len() as f64);
+            metrics::links(st.links.len());
             removed
         };
         if let Some(link) = removed {

@@ -27,7 +27,9 @@ use tracing::Instrument;
 use crate::{
     dedup::Verdict,
     hub::LinkHandle,
-    server::{RelayState, stamp_span},
+    metrics,
+    state::{RelayState, stamp_span},
+    validate::check_namespace,
 };
 
 /// The response stream of `Link`.
@@ -36,8 +38,8 @@ pub type LinkStream = Pin<Box<dyn Stream<Item = Result<LinkMessage, Status>> + S
 /// How long a new link may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Longest node id or namespace accepted.
-const MAX_NAME: usize = 256;
+/// Longest node id accepted, in bytes.
+const MAX_NODE_ID: usize = 256;
 
 /// `StampCall`s of one link being stamped at once (see [`stamp_call`]).
 const MAX_STAMPS_IN_FLIGHT: usize = 4096;
@@ -125,7 +127,7 @@ pub async fn open(
 }
 
 fn validate_hello(node_id: &str, namespaces: Vec<String>) -> Result<Vec<String>, Status> {
-    if node_id.is_empty() || node_id.len() > MAX_NAME {
+    if node_id.is_empty() || node_id.len() > MAX_NODE_ID {
         return Err(Status::invalid_argument(
             "Hello.node_id must be 1..=256 bytes",
         ));
@@ -138,13 +140,9 @@ fn validate_hello(node_id: &str, namespaces: Vec<String>) -> Result<Vec<String>,
             "Hello.namespaces must name at least one namespace",
         ));
     }
-    if let Some(bad) = namespaces
-        .iter()
-        .find(|ns| !ns.starts_with('/') || ns.len() > MAX_NAME)
-    {
-        return Err(Status::invalid_argument(format!(
-            "namespace `{bad}` must start with `/` and be at most 256 bytes"
-        )));
+    for namespace in &namespaces {
+        check_namespace(namespace)
+            .map_err(|e| Status::invalid_argument(format!("Hello: `{namespace}`: {e}")))?;
     }
     Ok(namespaces)
 }
@@ -181,11 +179,8 @@ fn admit(
             "Frame.seq must be in 1..2^53 (it starts at 1)",
         ));
     }
-    if !frame.namespace.starts_with('/') {
-        return Err(Status::invalid_argument(
-            "Frame.namespace must start with `/`",
-        ));
-    }
+    check_namespace(&frame.namespace)
+        .map_err(|e| Status::invalid_argument(format!("Frame: {e}")))?;
     match FrameKind::try_from(frame.kind) {
         Ok(FrameKind::Broadcast | FrameKind::Request) => {}
         Ok(FrameKind::Response) if !frame.target.is_empty() => {}
@@ -217,7 +212,7 @@ fn stamp_call(state: &Arc<RelayState>, link_id: u64, call: StampCall, in_flight:
         trace_context,
     } = call;
     let Ok(permit) = Arc::clone(in_flight).try_acquire_owned() else {
-        metrics::counter!("switchyard_relay_link_stamps_total", "outcome" => "busy").increment(1);
+        metrics::link_stamp("busy");
         let busy = Status::resource_exhausted("too many stamps in flight on this link");
         state.hub.send_to_link(link_id, stamp_result(id, Err(busy)));
         return;
@@ -234,7 +229,7 @@ fn stamp_call(state: &Arc<RelayState>, link_id: u64, call: StampCall, in_flight:
         };
         drop(permit);
         let outcome = if result.is_ok() { "ok" } else { "error" };
-        metrics::counter!("switchyard_relay_link_stamps_total", "outcome" => outcome).increment(1);
+        metrics::link_stamp(outcome);
         state.hub.send_to_link(link_id, stamp_result(id, result));
     });
 }
@@ -316,7 +311,7 @@ async fn read_frames(
                 break;
             }
         };
-        metrics::counter!("switchyard_relay_frames_in_total").increment(1);
+        metrics::frame_in();
         stats.frames_in.fetch_add(1, Ordering::Relaxed);
         let frame = match admit(frame, &node_id, incarnation, state.max_frame_bytes) {
             Ok(f) => f,
@@ -338,7 +333,7 @@ async fn read_frames(
                 stats.accepted_seq.fetch_max(seq, Ordering::Relaxed);
             }
             Ok(Verdict::Duplicate) => {
-                metrics::counter!("switchyard_relay_frames_duplicate_total").increment(1);
+                metrics::frame_duplicate();
                 tracing::debug!(seq, "duplicate frame dropped");
                 acks.send_if_modified(|a| raise(a, seq));
                 stats.accepted_seq.fetch_max(seq, Ordering::Relaxed);
@@ -495,7 +490,7 @@ mod tests {
         fn admit_checks_every_field(frame in any_frame()) {
             let expect_ok = frame.payload.len() <= MAX
                 && (1..MAX_COUNTER).contains(&frame.seq)
-                && frame.namespace.starts_with('/')
+                && check_namespace(&frame.namespace).is_ok()
                 && match FrameKind::try_from(frame.kind) {
                     Ok(FrameKind::Broadcast | FrameKind::Request) => true,
                     Ok(FrameKind::Response) => !frame.target.is_empty(),
@@ -520,9 +515,9 @@ mod tests {
         fn hello_names_are_checked(node_id in ".{0,300}", namespaces in proptest::collection::vec(".{0,300}", 0..4)) {
             match validate_hello(&node_id, namespaces.clone()) {
                 Ok(ns) => {
-                    prop_assert!(!node_id.is_empty() && node_id.len() <= MAX_NAME);
+                    prop_assert!(!node_id.is_empty() && node_id.len() <= MAX_NODE_ID);
                     prop_assert!(!ns.is_empty());
-                    prop_assert!(ns.iter().all(|n| n.starts_with('/') && n.len() <= MAX_NAME));
+                    prop_assert!(ns.iter().all(|n| check_namespace(n).is_ok()));
                 }
                 Err(status) => prop_assert_eq!(status.code(), tonic::Code::InvalidArgument),
             }

@@ -29,6 +29,7 @@ use tokio::sync::watch;
 use crate::{
     bus::{BusError, RedisBus},
     hub::Hub,
+    metrics,
 };
 
 /// Refreshes entries of one replica in one namespace set.
@@ -196,8 +197,7 @@ impl Membership {
                 // link always gets its first `Members`.
                 let local_changed = pushed_local.get(ns) != Some(nodes);
                 if local_changed || pushed.get(ns) != Some(&view) {
-                    metrics::gauge!("switchyard_relay_members", "namespace" => ns.clone())
-                        .set(view.len() as f64);
+                    metrics::members(ns, view.len());
                     let msg = LinkMessage {
                         kind: Some(Kind::Members(Members {
                             namespace: ns.clone(),

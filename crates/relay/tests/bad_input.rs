@@ -1,8 +1,9 @@
 //! The relay under bad input, as a real process: links that skip Hello, say it wrong, send
 //! undecodable bytes, break the frame rules, exceed `--max-frame-bytes` or write to a namespace
-//! they never declared; `Publish` without or with a forged token, or with invalid arguments.
-//! Each is refused with a gRPC status naming the problem, and two well-behaved gateways keep
-//! exchanging frames throughout.
+//! they never declared; `Publish` without or with a forged token, or with invalid arguments;
+//! room events that break the history's rules, on every path into history (the `Stamp` RPC, a
+//! link's `StampCall`, a `Publish` to one room). Each is refused with a gRPC status naming the
+//! problem, and two well-behaved gateways keep exchanging frames throughout.
 //!
 //! Run `cargo build -p switchyard-relay --bins` first.
 
@@ -12,7 +13,8 @@ use anyhow::{Context, ensure};
 use bytes::Bytes;
 use support::{Gw, PUBLISH_TOKEN, WAIT, client, frame, hello, link_raw, payload, start_relay};
 use switchyard_proto::relay::v1::{
-    FrameKind, LinkMessage, PublishRequest, link_message::Kind, publish_request,
+    FrameKind, LinkMessage, PublishRequest, ReplayRequest, StampCall, StampRequest,
+    link_message::Kind, publish_request,
 };
 use switchyard_testkit::{process::Service, raw};
 use tonic::{Code, Request, Status};
@@ -332,5 +334,169 @@ async fn publish_without_or_with_a_forged_token_or_bad_arguments_is_refused() ->
         f.event.as_ref().is_some_and(|e| e.event == "news"),
         "good-b got {f:?}"
     );
+    Ok(())
+}
+
+/// The same rules on every path into history: what the `Stamp` RPC refuses, a link's
+/// `StampCall` refuses with the same code (the link stays up) and so does a `Publish` to one
+/// room; nothing refused is recorded or forwarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn room_events_that_break_the_rules_are_refused_on_every_path_into_history()
+-> anyhow::Result<()> {
+    let relay = start_relay(None, &["--max-frame-bytes", &MAX_FRAME.to_string()])?;
+    let mut good = Good::link(&relay).await?;
+    let mut c = client(&relay).await?;
+    let valid = || StampRequest {
+        namespace: "/".into(),
+        room: "r".into(),
+        event: "e".into(),
+        msgpack: vec![0x2a].into(),
+        retain: false,
+        publish_id: String::new(),
+    };
+    // A MessagePack string of MAX_FRAME bytes: one valid value, too large.
+    let mut big = vec![0xda];
+    big.extend(u16::try_from(MAX_FRAME - 1)?.to_be_bytes());
+    big.extend(std::iter::repeat_n(b'x', MAX_FRAME - 1));
+    let bad: Vec<(&str, StampRequest, Code)> = vec![
+        (
+            "data that is not MessagePack",
+            StampRequest {
+                msgpack: vec![0xc1].into(),
+                ..valid()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "no data",
+            StampRequest {
+                msgpack: Bytes::new(),
+                ..valid()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "data over --max-frame-bytes",
+            StampRequest {
+                msgpack: big.into(),
+                ..valid()
+            },
+            Code::OutOfRange,
+        ),
+        (
+            "an empty room",
+            StampRequest {
+                room: String::new(),
+                ..valid()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "an empty event",
+            StampRequest {
+                event: String::new(),
+                ..valid()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "a namespace without `/`",
+            StampRequest {
+                namespace: "x".into(),
+                ..valid()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "a publish id of 257 bytes",
+            StampRequest {
+                publish_id: "i".repeat(257),
+                ..valid()
+            },
+            Code::InvalidArgument,
+        ),
+    ];
+    let (tx, mut stream) = link_raw(&relay, Some(hello("stamper", &["/"], 1)))
+        .await
+        .map_err(|s| anyhow::anyhow!("link refused: {s:?}"))?;
+    for (i, (what, req, code)) in bad.into_iter().enumerate() {
+        let status = c
+            .stamp(req.clone())
+            .await
+            .err()
+            .with_context(|| format!("Stamp: {what} was accepted"))?;
+        assert_status(&format!("Stamp: {what}"), &status, code)?;
+
+        let id = i as u64 + 1;
+        let call = LinkMessage {
+            kind: Some(Kind::Stamp(StampCall {
+                id,
+                request: Some(req.clone()),
+                trace_context: Default::default(),
+            })),
+        };
+        tx.send(call).await.context("the stamping link closed")?;
+        let result = tokio::time::timeout(WAIT, async {
+            loop {
+                match stream.message().await {
+                    Ok(Some(LinkMessage {
+                        kind: Some(Kind::Stamped(r)),
+                    })) => return Ok(r),
+                    Ok(Some(_)) => continue,
+                    Ok(None) => anyhow::bail!("the link ended"),
+                    Err(s) => anyhow::bail!("the link was cut: {s:?}"),
+                }
+            }
+        })
+        .await
+        .with_context(|| format!("StampCall: {what}: no answer"))??;
+        ensure!(
+            (result.id, result.code, result.position.is_none()) == (id, code as i32, true),
+            "StampCall: {what}: {result:?}"
+        );
+
+        if !req.namespace.starts_with('/') || !req.publish_id.is_empty() {
+            continue; // Publish checks the namespace first; it has no publish id.
+        }
+        let mut publish = Request::new(PublishRequest {
+            namespace: req.namespace,
+            rooms: vec![req.room],
+            except: vec![],
+            event: req.event,
+            data: Some(publish_request::Data::Msgpack(req.msgpack)),
+        });
+        publish
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {PUBLISH_TOKEN}").parse()?);
+        let status = c
+            .publish(publish)
+            .await
+            .err()
+            .with_context(|| format!("Publish: {what} was accepted"))?;
+        assert_status(&format!("Publish: {what}"), &status, code)?;
+        good.still_flowing(&relay, what).await?;
+    }
+    // Nothing was recorded: the history of `/` is still empty.
+    let head = c
+        .head(switchyard_proto::relay::v1::HeadRequest {
+            namespace: "/".into(),
+            room: String::new(),
+        })
+        .await?
+        .into_inner()
+        .position
+        .context("a head")?;
+    assert_eq!(head.offset, 0);
+    let replay = c
+        .replay(ReplayRequest {
+            namespace: "/".into(),
+            rooms: vec!["r".into()],
+            epoch: head.epoch,
+            after_offset: 0,
+            limit: 0,
+        })
+        .await?
+        .into_inner();
+    ensure!(replay.recovered && replay.events.is_empty(), "{replay:?}");
     Ok(())
 }

@@ -4,10 +4,10 @@
 //! arrives meanwhile queues; when the call returns, what queued (up to `--history-batch-max`
 //! events and [`BATCH_MAX_BYTES`] of data) goes in the next call, which stamps the events in
 //! queue order. An idle namespace stamps an event at once (no delay is ever added to wait for
-//! company); a busy one shares each round trip among many events, so the history no longer
-//! limits a namespace to one event per Redis round trip.
+//! company); a busy one shares each round trip among many events, so the history does not
+//! limit a namespace to one event per Redis round trip.
 //!
-//! What the one-event script guaranteed still holds: offsets come from the shared
+//! Batching keeps every guarantee of one stamp per call: offsets come from the shared
 //! per-namespace sequence with no gap (the script increments it per event); a caller's
 //! events keep their order (queue order is arrival order and calls of one namespace never
 //! overlap on this replica); publish ids stay idempotent (the script checks each event, also
@@ -19,7 +19,7 @@
 
 use std::{
     collections::{HashMap, VecDeque, hash_map::Entry},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
 use prost::Message;
@@ -27,17 +27,20 @@ use redis::Script;
 use switchyard_proto::relay::v1::Position;
 use tokio::sync::oneshot;
 
-use super::{HistorySettings, StampInput, new_epoch, stamped_frame};
-use crate::bus::{BusError, RedisBus};
+use super::{HistoryError, HistorySettings, keys::key, new_epoch, stamped_frame};
+use crate::{bus::RedisBus, metrics, origin::Origin, validate::RoomEvent};
+
+/// Stamp script; see its header.
+const STAMP_SCRIPT: &str = include_str!("stamp.lua");
 
 /// Most event data (bytes) one call carries; a single larger event still goes, alone.
 pub const BATCH_MAX_BYTES: usize = 1 << 20;
 
 /// A stamp's position, and whether its publish id was already stamped.
-type Stamped = Result<(Position, bool), BusError>;
+type Stamped = Result<(Position, bool), HistoryError>;
 
 struct Waiting {
-    input: StampInput,
+    event: RoomEvent,
     reply: oneshot::Sender<Stamped>,
 }
 
@@ -45,6 +48,7 @@ struct Waiting {
 pub struct StampBatcher {
     settings: HistorySettings,
     bus: Arc<RedisBus>,
+    origin: Arc<Origin>,
     script: Script,
     /// Per namespace whose task is running: the stamps waiting for its next call. A namespace
     /// is a key here exactly while its task lives (both change under this lock), so a stamp
@@ -53,24 +57,25 @@ pub struct StampBatcher {
 }
 
 impl StampBatcher {
-    pub fn new(settings: HistorySettings, bus: Arc<RedisBus>) -> Arc<Self> {
+    pub fn new(settings: HistorySettings, bus: Arc<RedisBus>, origin: Arc<Origin>) -> Arc<Self> {
         Arc::new(Self {
             settings,
             bus,
-            script: Script::new(super::STAMP_SCRIPT),
+            origin,
+            script: Script::new(STAMP_SCRIPT),
             queues: Mutex::new(HashMap::new()),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, VecDeque<Waiting>>> {
-        self.queues.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, VecDeque<Waiting>>> {
+        self.queues.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Queues one stamp and waits for the call that carries it.
-    pub async fn stamp(self: &Arc<Self>, input: StampInput) -> Stamped {
-        let namespace = input.namespace.clone();
+    pub async fn stamp(self: &Arc<Self>, event: RoomEvent) -> Stamped {
+        let namespace = event.namespace().to_owned();
         let (reply, answer) = oneshot::channel();
-        let waiting = Waiting { input, reply };
+        let waiting = Waiting { event, reply };
         let start = match self.lock().entry(namespace.clone()) {
             Entry::Occupied(mut queue) => {
                 queue.get_mut().push_back(waiting);
@@ -85,10 +90,9 @@ impl StampBatcher {
             tokio::spawn(Arc::clone(self).run(namespace));
         }
         answer.await.unwrap_or_else(|_| {
-            Err(BusError::Redis(redis::RedisError::from((
-                redis::ErrorKind::Io,
-                "the history batch ended without an answer",
-            ))))
+            Err(HistoryError::Unavailable(
+                "the history batch ended without an answer".into(),
+            ))
         })
     }
 
@@ -99,8 +103,7 @@ impl StampBatcher {
             if batch.is_empty() {
                 return;
             }
-            metrics::histogram!("switchyard_relay_history_stamp_batch_events")
-                .record(batch.len() as f64);
+            metrics::history_stamp_batch(batch.len());
             match self.call(&namespace, &batch).await {
                 Ok(stamped) => {
                     for (waiting, result) in batch.into_iter().zip(stamped) {
@@ -110,7 +113,7 @@ impl StampBatcher {
                 Err(e) => {
                     tracing::warn!(%namespace, events = batch.len(), error = %e, "history stamp failed");
                     for waiting in batch {
-                        let _ = waiting.reply.send(Err(copy_error(&e)));
+                        let _ = waiting.reply.send(Err(e.clone()));
                     }
                 }
             }
@@ -127,7 +130,7 @@ impl StampBatcher {
         let mut batch = Vec::new();
         let mut bytes = 0;
         while let Some(next) = queue.front() {
-            let len = next.input.msgpack.len();
+            let len = next.event.msgpack().len();
             let full = batch.len() >= self.settings.batch_max.max(1)
                 || (!batch.is_empty() && bytes + len > BATCH_MAX_BYTES);
             if full {
@@ -143,12 +146,15 @@ impl StampBatcher {
     }
 
     /// One `stamp.lua` run for `batch`: the position of each event, in order.
-    async fn call(&self, ns: &str, batch: &[Waiting]) -> Result<Vec<(Position, bool)>, BusError> {
-        let key = |what: &str| format!("{}:history:{ns}:{what}", self.bus.prefix);
+    async fn call(
+        &self,
+        ns: &str,
+        batch: &[Waiting],
+    ) -> Result<Vec<(Position, bool)>, HistoryError> {
         let limits = self.settings.limits(ns);
         let mut invocation = self.script.prepare_invoke();
         for what in ["seq", "stream", "epoch", "retained", "ids", "ids-old"] {
-            invocation.key(key(what));
+            invocation.key(key(&self.bus, ns, what));
         }
         invocation
             .arg(new_epoch())
@@ -157,19 +163,19 @@ impl StampBatcher {
             .arg(self.bus.publish_command()?)
             .arg(self.bus.channel(ns));
         for waiting in batch {
-            let input = &waiting.input;
+            let event = &waiting.event;
             invocation
-                .arg(&input.room)
-                .arg(&input.event)
-                .arg(input.msgpack.as_ref())
-                .arg(if input.retain { "1" } else { "0" })
-                .arg(stamped_frame(input).encode_to_vec())
-                .arg(&input.publish_id);
+                .arg(event.room())
+                .arg(event.event())
+                .arg(event.msgpack().as_ref())
+                .arg(if event.retain() { "1" } else { "0" })
+                .arg(stamped_frame(event, &self.origin).encode_to_vec())
+                .arg(event.publish_id());
         }
         let mut conn = self.bus.pool.get().await?;
         let (epoch, flat): (String, Vec<u64>) = invocation.invoke_async(&mut conn).await?;
         if flat.len() != 2 * batch.len() {
-            return Err(BusError::Invalid(format!(
+            return Err(HistoryError::Invalid(format!(
                 "stamp.lua answered {} values for {} events",
                 flat.len(),
                 batch.len()
@@ -185,19 +191,5 @@ impl StampBatcher {
                 (position, pair[1] == 1)
             })
             .collect())
-    }
-}
-
-/// The same failure for every stamp of a failed call (the pool's error is not `Clone`).
-fn copy_error(e: &BusError) -> BusError {
-    match e {
-        BusError::Redis(e) => BusError::Redis(e.clone()),
-        BusError::Pool(e) => BusError::Redis(redis::RedisError::from((
-            redis::ErrorKind::Io,
-            "redis pool",
-            e.to_string(),
-        ))),
-        BusError::NotSubscribed => BusError::NotSubscribed,
-        BusError::Invalid(m) => BusError::Invalid(m.clone()),
     }
 }

@@ -10,8 +10,8 @@
 -- ARGV[4] PUBLISH or SPUBLISH       ARGV[5] channel
 -- Then 6 arguments per event, in the order to stamp them, from ARGV[6]:
 --   room, event, data (MessagePack), '1' to retain, the encoded frame, publish id ('' = none)
--- Publishes `\0<offset>\n<epoch>\n<frame>` per stamped event (a protobuf message never starts
--- with byte 0).
+-- Publishes each stamped event in the bus's stamped form, `\0<offset>\n<epoch>\n<frame>` (the
+-- channel format is the bus's: bus/channel.rs, which decodes it).
 -- Returns {epoch, {offset 1, dup 1, offset 2, dup 2, ...}}, one pair per event in argument
 -- order; dup is 1 if the publish id was already stamped (nothing done for it), else 0.
 -- Invariant: offsets of one epoch are 1, 2, 3, ... with no gap, given in argument order; the

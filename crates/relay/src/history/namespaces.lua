@@ -1,0 +1,13 @@
+-- Namespaces: one step of a SCAN over the cluster's history epochs (a namespace has a history
+-- exactly while its epoch key exists), for the admin figures.
+--
+-- Run as a script only so that it is routed like every other history call: by KEYS[1] to the
+-- node holding the cluster's hash tag, where every history key lives. A bare SCAN on Redis
+-- Cluster goes to any node and would find nothing there.
+--
+-- KEYS[1] the cluster's `seq` key of any namespace (routes the call; not read)
+-- ARGV[1] the cursor ('0' to start)  ARGV[2] the MATCH pattern  ARGV[3] COUNT
+-- Returns {next cursor ('0': done), {epoch keys}}.
+-- Invariant: read-only; never creates an epoch. Complexity: O(COUNT) per call, like SCAN, so
+-- Redis is never blocked for the whole keyspace (as KEYS would).
+return redis.call('SCAN', ARGV[1], 'MATCH', ARGV[2], 'COUNT', ARGV[3])
