@@ -20,7 +20,9 @@
 //!
 //! **`cargo xtask k8s run <overlay> [--release]`** runs the rendered overlay as a cluster of
 //! local processes, one loopback address per pod, configured from the manifests alone ([`run`]
-//! and the modules it names).
+//! and the modules it names). The overlay tests ([`overlay_tests`]) drive the same runner with
+//! the official JS client: placement spread, broadcast across gateways, resume after a killed
+//! gateway, a rolling restart, killed relay and placement pods.
 //!
 //! Module map: [`model`] (the API subset read), [`env`] (the kubelet's environment rules),
 //! [`network`] (addresses and the few value translations), [`images`] (images as local
@@ -37,6 +39,8 @@ pub mod images;
 pub mod ingress;
 pub mod model;
 pub mod network;
+#[cfg(test)]
+mod overlay_tests;
 pub mod pods;
 pub mod probes;
 pub mod run;
