@@ -634,6 +634,10 @@ fn spawn(prepared: &Prepared, log: &Path) -> Result<Child> {
         .stdout(Stdio::from(file.try_clone()?))
         .stderr(Stdio::from(file))
         .kill_on_drop(true)
+        // Its own process group, as a container has its own PID namespace: a Ctrl-C in
+        // the terminal of `cargo xtask k8s run` reaches the runner, which stops pods
+        // the Kubernetes way, not every process at once.
+        .process_group(0)
         .spawn()
         .with_context(|| format!("spawning {}", prepared.program.path.display()))
 }
@@ -660,6 +664,8 @@ async fn terminate(child: &mut Child, prepared: &Prepared, grace: Duration, forc
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .kill_on_drop(true)
+                // Its own process group, like the container (see `pods::spawn`).
+                .process_group(0)
                 .status();
             let _ = tokio::time::timeout_at(deadline, hook).await;
         }

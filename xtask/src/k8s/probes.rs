@@ -264,6 +264,8 @@ async fn probe_once(action: &Action) -> Result<()> {
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .kill_on_drop(true)
+                // Its own process group, like the container (see `pods::spawn`).
+                .process_group(0)
                 .status()
                 .await
                 .with_context(|| format!("running {}", program.path.display()))?;
