@@ -7,7 +7,10 @@
 //! - `redis-url`: a private `redis-server` ([`RedisServer`], on 127.0.0.1 and a free port, the
 //!   "external" Redis), `redis://127.0.0.1:<port>`;
 //! - `redis-password`: a random password, set on that server for the ACL user the manifests name
-//!   in `SWITCHYARD_REDIS_USERNAME` (or the default user), so the credentials are really used;
+//!   in `SWITCHYARD_REDIS_USERNAME` (or the default user). Once the binaries read
+//!   `SWITCHYARD_REDIS_USERNAME` and `SWITCHYARD_REDIS_PASSWORD` (their `--help` says so), the
+//!   default user is switched off, so a run proves the credentials are used; before that it
+//!   stays on and the credentials are harmless;
 //! - a key ending in `.pem` or `.crt` of a non-TLS Secret (a CA bundle): the run's test CA;
 //! - `tls.crt` / `tls.key` of a Secret named in an Ingress `tls` section: a certificate for its
 //!   hosts signed by the run's test CA ([`TestPki`]), which clients must trust;
@@ -17,7 +20,7 @@
 //! and is refused with a message.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
@@ -25,6 +28,7 @@ use switchyard_testkit::redis::RedisServer;
 use switchyard_testkit::tls::TestPki;
 
 use super::controllers::random_hex;
+use super::flags::accepted_by;
 use super::model::{Container, Ingress, KeyValues, PodSpec};
 
 /// The provided Secrets and the processes and files behind them; dropping it stops the Redis
@@ -47,6 +51,7 @@ pub fn provide(
     objects: &[Value],
     rendered: &BTreeMap<String, KeyValues>,
     ingresses: &[Ingress],
+    bin_dir: &Path,
 ) -> Result<Fixtures> {
     // Secret name -> keys wanted; and the TLS Secrets with their hosts.
     let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -159,6 +164,13 @@ pub fn provide(
         if !reply.starts_with("+OK") {
             bail!("setting the test Redis password failed: {reply}");
         }
+        let user = username.as_deref().unwrap_or("default");
+        if user != "default" && credentials_are_read(bin_dir) {
+            let reply = redis.command(&["ACL", "SETUSER", "default", "off"])?;
+            if !reply.starts_with("+OK") {
+                bail!("switching the test Redis's default user off failed: {reply}");
+            }
+        }
     }
     for (name, _) in tls {
         let cert = std::fs::read(pki.file("server.pem"))?;
@@ -170,6 +182,18 @@ pub fn provide(
     }
     fixtures.pki = Some(pki);
     Ok(fixtures)
+}
+
+/// Whether placement and the relay read the Redis ACL credentials from their environment.
+fn credentials_are_read(bin_dir: &Path) -> bool {
+    ["switchyard-placement", "switchyard-relay"]
+        .iter()
+        .all(|bin| {
+            accepted_by(&bin_dir.join(bin)).is_ok_and(|names| {
+                names.env.contains("SWITCHYARD_REDIS_USERNAME")
+                    && names.env.contains("SWITCHYARD_REDIS_PASSWORD")
+            })
+        })
 }
 
 fn secret_keys(

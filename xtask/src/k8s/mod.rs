@@ -67,8 +67,8 @@ const MIN_KUBERNETES: &str = "1.30.0";
 const DEV_OVERLAYS: &[&str] = &["dev"];
 
 /// Secrets that production overlays reference without rendering them (docs/deploy.md says how
-/// to create them).
-const EXTERNAL_SECRETS: &[&str] = &["switchyard-secrets"];
+/// to create them): the tokens and Redis credentials, and the CA bundle of a TLS Redis.
+const EXTERNAL_SECRETS: &[&str] = &["switchyard-secrets", "switchyard-redis-ca"];
 
 /// The gateway StatefulSet; its pods are `<name>-<ordinal>`, each with a Service of that name.
 const GATEWAY: &str = "switchyard-gateway";
@@ -470,6 +470,24 @@ fn check_pod(id: &str, pod: &Value, index: &Index<'_>, violations: &mut Vec<Stri
             "{id}: enableServiceLinks must be false (service links inject *_PORT variables)"
         ));
     }
+    for volume in items(&pod["volumes"]) {
+        let volume_name = volume["name"].as_str().unwrap_or("?");
+        if let Some(secret) = volume["secret"]["secretName"].as_str()
+            && !index.has_secret(secret)
+        {
+            violations.push(format!(
+                "{id}: volume {volume_name} mounts Secret {secret}, neither rendered nor a \
+                 documented external one"
+            ));
+        }
+        if let Some(map) = volume["configMap"]["name"].as_str()
+            && index.config_map(map).is_none()
+        {
+            violations.push(format!(
+                "{id}: volume {volume_name} mounts ConfigMap {map}, which is not rendered"
+            ));
+        }
+    }
     let pod_seccomp = pod_sc["seccompProfile"]["type"].as_str();
     for container in items(&pod["containers"])
         .iter()
@@ -782,6 +800,8 @@ mod tests {
         c["resources"]["limits"] = json!({});
         c["readinessProbe"] = Value::Null;
         c["env"][2]["valueFrom"]["secretKeyRef"]["name"] = json!("unknown");
+        objects[1]["spec"]["template"]["spec"]["volumes"] =
+            json!([{"name": "ca", "secret": {"secretName": "nowhere"}}]);
         let found = policy_violations("prod", &objects).join("\n");
         for expected in [
             "readOnlyRootFilesystem must be true",
@@ -790,6 +810,7 @@ mod tests {
             "resources.limits.memory",
             "readinessProbe is missing",
             "refers to Secret unknown",
+            "volume ca mounts Secret nowhere",
         ] {
             assert!(
                 found.contains(expected),

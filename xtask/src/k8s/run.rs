@@ -144,7 +144,7 @@ impl Cluster {
         }
         let namespace = namespace.unwrap_or_else(|| "default".to_owned());
 
-        let fixtures = fixtures::provide(&objects, &secrets, &ingresses)?;
+        let fixtures = fixtures::provide(&objects, &secrets, &ingresses, &options.bin_dir)?;
         for secret in &fixtures.secrets {
             secrets.insert(secret.name.clone(), secret.clone());
         }
