@@ -163,7 +163,6 @@ fn path_matches(route: &Route, path: &str) -> bool {
 /// A parsed request head.
 struct Head {
     raw: Vec<u8>,
-    method: String,
     target: String,
     host: String,
     upgrade: bool,
@@ -174,7 +173,7 @@ fn parse_head(raw: Vec<u8>) -> Result<Head> {
     let mut lines = text.split("\r\n");
     let request_line = lines.next().unwrap_or_default();
     let mut parts = request_line.split(' ');
-    let method = parts.next().unwrap_or_default().to_owned();
+    let method = parts.next().unwrap_or_default();
     let target = parts.next().unwrap_or_default().to_owned();
     let mut host = String::new();
     let mut upgrade = false;
@@ -194,7 +193,6 @@ fn parse_head(raw: Vec<u8>) -> Result<Head> {
     }
     Ok(Head {
         raw,
-        method,
         target,
         host,
         upgrade,
@@ -398,7 +396,6 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     {
         return respond(&mut stream, "502 Bad Gateway", "", "upstream closed\n").await;
     }
-    let _ = head.method;
     let _ = tokio::io::copy_bidirectional(&mut stream, &mut upstream).await;
 }
 

@@ -20,7 +20,7 @@
 //!
 //! **`cargo xtask k8s run <overlay> [--release]`** runs the rendered overlay as a cluster of
 //! local processes, one loopback address per pod, configured from the manifests alone ([`run`]
-//! and the modules it names). The overlay tests ([`overlay_tests`]) drive the same runner with
+//! and the modules it names). The overlay tests (`overlay_tests.rs`) drive the same runner with
 //! the official JS client: placement spread, broadcast across gateways, resume after a killed
 //! gateway, a rolling restart, killed relay and placement pods.
 //!
