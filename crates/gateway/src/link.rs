@@ -22,6 +22,9 @@
 //!   lost to it. So when the first link comes back after all were down, before any frame of it
 //!   is handed over, every socket holding history gates is severed ([`History::sever_all`]): it
 //!   is disconnected and its client resumes from the last offset it got, replaying the gap.
+//!   The time before the very first link counts as a gap too: the gateway serves (and placement
+//!   assigns it) as soon as it listens, and a client may join a room through the `Head` RPC
+//!   before any link is up (a Kubernetes pod whose relay Service had no ready endpoint yet).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -582,11 +585,16 @@ impl LinkUp {
     fn count(inner: &std::sync::Weak<Mutex<Inner>>) -> Option<LinkUp> {
         let strong = inner.upgrade()?;
         let mut g = strong.lock().ok()?;
-        let gap = g.links_up == 0 && g.ever_up;
+        let gap = g.links_up == 0;
+        let relink = g.ever_up;
         g.links_up += 1;
         g.ever_up = true;
         if gap {
-            metrics::counter!("switchyard_gateway_relay_gaps_total").increment(1);
+            // Only a gap after a lost link counts; before the first link there is usually no
+            // gated socket and the sever below does nothing.
+            if relink {
+                metrics::counter!("switchyard_gateway_relay_gaps_total").increment(1);
+            }
             if let Some(history) = &g.history {
                 // Under the lock: no frame can be handed over before the sever.
                 history.sever_all();
