@@ -135,24 +135,36 @@ async fn exercise(overlay: &str) -> Result<()> {
         }
     }
     let everyone: Vec<String> = (0..clients).map(|i| format!("s{i}")).collect();
-    wait_all(
+    let hellos = |subs: &mut Driver, id: &str| -> BTreeSet<String> {
+        subs.events_of(id, "recv")
+            .iter()
+            .filter(|e| e["name"] == "hello")
+            .filter_map(|e| e["args"][0]["from"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let reached = wait_all(
         &mut subs,
         "every hello everywhere",
         SETTLE_TIMEOUT,
         |subs| {
-            everyone.iter().all(|id| {
-                let got: BTreeSet<String> = subs
-                    .events_of(id, "recv")
-                    .iter()
-                    .filter(|e| e["name"] == "hello")
-                    .filter_map(|e| e["args"][0]["from"].as_str().map(str::to_owned))
-                    .collect();
-                got.len() == publishers.len()
-            })
+            everyone
+                .iter()
+                .all(|id| hellos(subs, id).len() == publishers.len())
         },
     )
-    .await
-    .with_context(|| format!("{overlay}: a publish on one gateway did not reach every gateway"))?;
+    .await;
+    if let Err(e) = reached {
+        let missing: Vec<String> = everyone
+            .iter()
+            .map(|id| (id, hellos(&mut subs, id)))
+            .filter(|(_, got)| got.len() != publishers.len())
+            .map(|(id, got)| format!("{id} got hellos from {got:?} only"))
+            .collect();
+        bail!(
+            "{overlay}: a publish on one gateway did not reach every gateway ({e:#}): {}",
+            missing.join("; ")
+        );
+    }
 
     // 3. Faults and a rollout while one client publishes continuously.
     let mut pubs = Driver::node_with_env(&env).await?;
@@ -178,6 +190,10 @@ async fn exercise(overlay: &str) -> Result<()> {
         .map(|p| p.uid)
         .unwrap_or_default();
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let on_victim = clients_on(&mut subs, &victim);
+    if on_victim.is_empty() {
+        bail!("{overlay}: no subscriber on {victim} to move");
+    }
     let kill_at = now_ms();
     cluster.delete_pod(&victim, Grace::Force)?;
     cluster
@@ -191,10 +207,11 @@ async fn exercise(overlay: &str) -> Result<()> {
             },
         )
         .await?;
-    subs.wait_counts(
-        "every subscriber back after the kill",
+    wait_all(
+        &mut subs,
+        &format!("the subscribers of {victim} placed again and resumed"),
         SETTLE_TIMEOUT,
-        |c| c.connected == clients,
+        |subs| moved_and_back(subs, kill_at, &on_victim),
     )
     .await?;
     let after_kill = now_ms();
@@ -205,10 +222,12 @@ async fn exercise(overlay: &str) -> Result<()> {
     let rollout_at = now_ms();
     let grace = Duration::from_secs(120);
     let rollout = cluster.rollout_restart(GATEWAY, grace).await?;
-    subs.wait_counts(
-        "every subscriber back after the rollout",
+    // Every gateway drained, so every subscriber moved at least once.
+    wait_all(
+        &mut subs,
+        "every subscriber moved by the rollout and back",
         SETTLE_TIMEOUT,
-        |c| c.connected == clients,
+        |subs| moved_and_back(subs, rollout_at, &everyone),
     )
     .await?;
     let rollout_waits = reconnect_waits(&mut subs, rollout_at, now_ms());
@@ -440,6 +459,52 @@ fn ticks(driver: &mut Driver, id: &str) -> Vec<u64> {
         .filter(|e| e["name"] == "tick")
         .filter_map(|e| e["args"][0]["seq"].as_u64())
         .collect()
+}
+
+/// The clients whose latest connection (by their events) is to `node`.
+fn clients_on(driver: &mut Driver, node: &str) -> Vec<String> {
+    let mut latest: BTreeMap<String, String> = BTreeMap::new();
+    for e in driver.events() {
+        if (e["event"] == "connected" || e["event"] == "reconnected")
+            && let (Some(id), Some(on)) = (e["id"].as_str(), e["node_id"].as_str())
+        {
+            latest.insert(id.to_owned(), on.to_owned());
+        }
+    }
+    latest
+        .into_iter()
+        .filter(|(_, on)| on == node)
+        .map(|(id, _)| id)
+        .collect()
+}
+
+/// Whether every client in `ids` lost its connection after `since` (ms since the epoch), and
+/// every client that did is connected again (placed, connected, resumed) after its last loss.
+fn moved_and_back(driver: &mut Driver, since: u64, ids: &[String]) -> bool {
+    let mut last_loss: BTreeMap<String, u64> = BTreeMap::new();
+    let mut last_back: BTreeMap<String, u64> = BTreeMap::new();
+    for e in driver.events() {
+        let t = e["t"].as_u64().unwrap_or(0);
+        let Some(id) = e["id"].as_str() else {
+            continue;
+        };
+        if t < since {
+            continue;
+        }
+        match e["event"].as_str() {
+            Some("disconnect") => {
+                last_loss.insert(id.to_owned(), t);
+            }
+            Some("reconnected") => {
+                last_back.insert(id.to_owned(), t);
+            }
+            _ => {}
+        }
+    }
+    ids.iter().all(|id| last_loss.contains_key(id))
+        && last_loss
+            .iter()
+            .all(|(id, lost)| last_back.get(id).is_some_and(|back| back >= lost))
 }
 
 /// For every subscriber that lost its connection between `from` and `to` (ms since the epoch):
