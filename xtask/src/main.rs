@@ -5,7 +5,8 @@
 //! - `bench <scenario>`: the benchmarks, in release mode.
 //! - `soak --minutes N`: long moderate load with churn; memory slope, errors, lost events.
 //! - `fuzz <target> [--seconds N]`: one cargo-fuzz target of `fuzz/`, longer than `test` runs it.
-//! - `k8s`: render and validate the Kubernetes manifests offline.
+//! - `k8s`: render and validate the Kubernetes manifests offline; `k8s run <overlay>`: run one
+//!   overlay's pods as local processes.
 
 mod cluster;
 mod fuzz;
@@ -65,8 +66,10 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Render every Kubernetes overlay and validate it offline.
-    K8s,
+    /// Render every Kubernetes overlay and validate it offline (schemas, deployment rules,
+    /// every variable and flag known to its binary); `k8s run <overlay>` runs one overlay's
+    /// pods as local processes.
+    K8s(k8s::K8sArgs),
     /// Run one cargo-fuzz target of fuzz/ (token_verify, adapter_payload, relay_frame,
     /// assign_query) for longer than `test` does.
     Fuzz {
@@ -86,7 +89,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Down => cluster::down(),
         Cmd::Bench { scenario, args } => bench(&scenario, &args),
         Cmd::Soak { minutes, args } => soak(minutes, &args),
-        Cmd::K8s => k8s::run(),
+        Cmd::K8s(args) => k8s::main(args),
         Cmd::Fuzz { target, seconds } => {
             prereqs::ensure_cargo_fuzz()?;
             fuzz::run_target(&target, seconds, fuzz::Build::Thorough)
@@ -139,7 +142,7 @@ fn test() -> anyhow::Result<()> {
         .env("SWITCHYARD_PROFILE", "debug")
         .env("SWITCHYARD_PYTHON", venv.join("bin").join("python")))?;
     fuzz::run_all_briefly()?;
-    k8s::run()?;
+    k8s::check_all()?;
     eprintln!("cargo xtask test: all green");
     Ok(())
 }

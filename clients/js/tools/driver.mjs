@@ -13,6 +13,13 @@
  *       ids are prefix0..prefixN-1; connections are started one after another (no waiting).
  *   {"cmd":"connect_raw","id":"r1","url":"http://gw","namespace":"/","token":"..","transports":[..]}
  *       plain io() with auth {token} (omitted when token is null), no reconnect.
+ *   Every connect command may carry "connect_to": {"<host>:<port>": "<ip>:<port>", ...}, curl's
+ *       --connect-to as a map: a TCP connection for that host and port goes to that address
+ *       instead, while the URL, the Host header, TLS SNI and certificate checks keep the public
+ *       name. A key "*.example.com:443" matches one label under example.com. For names that do
+ *       not resolve here (the Kubernetes overlays' Ingress hosts, run locally by
+ *       `cargo xtask k8s run`); it applies to /v1/assign, polling and websocket alike. Trust a
+ *       test CA with NODE_EXTRA_CA_CERTS.
  *   {"cmd":"join","id":"c1","room":"r"}           -> result {ack}
  *   {"cmd":"leave","id":"c1","room":"r"}          -> result {ack}
  *   {"cmd":"publish","id":"c1","room":"r","event":"e","data":..,"retain":false} -> result {ack}
@@ -31,6 +38,8 @@
  * Binary data: a JSON object {"$bin":"<base64>"} is sent as a Buffer, and a received
  * Buffer/ArrayBuffer is reported as {"$bin":"<base64>"}.
  */
+import http from "node:http";
+import https from "node:https";
 import { createInterface } from "node:readline";
 import { io } from "socket.io-client";
 import { assign, connect, refusalReason } from "../src/switchyard.mjs";
@@ -64,6 +73,89 @@ function encode(v) {
   if (Array.isArray(v)) return v.map(encode);
   if (v && typeof v === "object") return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, encode(x)]));
   return v;
+}
+
+/** "host:port" -> {host, port}; "[::1]:80" works too. */
+function splitHostPort(s) {
+  const at = s.lastIndexOf(":");
+  return { host: s.slice(0, at).replace(/^\[|\]$/g, ""), port: Number(s.slice(at + 1)) };
+}
+
+/** Where a connection to host:port goes under a connect_to map, or null for "as usual". */
+function routeOf(connectTo, host, port) {
+  const exact = connectTo[`${host}:${port}`];
+  if (exact) return splitHostPort(exact);
+  for (const [key, target] of Object.entries(connectTo)) {
+    const k = splitHostPort(key);
+    if (!k.host.startsWith("*.") || k.port !== Number(port)) continue;
+    const suffix = k.host.slice(1);
+    const label = host.endsWith(suffix) ? host.slice(0, -suffix.length) : "";
+    if (label && !label.includes(".")) return splitHostPort(target);
+  }
+  return null;
+}
+
+/** http/https agents that dial per a connect_to map; null without one. One pair per map. */
+const routedAgents = new Map();
+function agentsFor(connectTo) {
+  if (!connectTo || Object.keys(connectTo).length === 0) return null;
+  const key = JSON.stringify(connectTo);
+  if (routedAgents.has(key)) return routedAgents.get(key);
+  // Agent.createSocket has already set `servername` from the public host name, so TLS (SNI and
+  // the certificate check) keeps it; only the TCP destination changes.
+  const reroute = (options, defaultPort) => {
+    const target = routeOf(connectTo, options.host, options.port ?? defaultPort);
+    return target ? { ...options, host: target.host, port: target.port } : options;
+  };
+  class RoutedHttp extends http.Agent {
+    createConnection(options, cb) {
+      return super.createConnection(reroute(options, 80), cb);
+    }
+  }
+  class RoutedHttps extends https.Agent {
+    createConnection(options, cb) {
+      return super.createConnection(reroute(options, 443), cb);
+    }
+  }
+  const agents = { http: new RoutedHttp(), https: new RoutedHttps() };
+  routedAgents.set(key, agents);
+  return agents;
+}
+
+function agentFor(agents, url) {
+  if (!agents) return undefined;
+  return url.startsWith("https:") || url.startsWith("wss:") ? agents.https : agents.http;
+}
+
+/** A fetch (enough of it for assign()) over node:http(s) with the routed agents. */
+function routedFetch(agents) {
+  if (!agents) return undefined;
+  return (url, init = {}) =>
+    new Promise((resolve, reject) => {
+      const u = new URL(url);
+      const mod = u.protocol === "https:" ? https : http;
+      const req = mod.request(u, { method: init.method ?? "GET", headers: init.headers, agent: agentFor(agents, u.href) }, (res) => {
+        const chunks = [];
+        res.on("data", (c) => chunks.push(c));
+        res.on("error", reject);
+        res.on("end", () => {
+          const body = Buffer.concat(chunks).toString("utf8");
+          resolve({
+            status: res.statusCode,
+            ok: res.statusCode >= 200 && res.statusCode < 300,
+            json: async () => JSON.parse(body),
+            text: async () => body,
+          });
+        });
+      });
+      req.on("error", reject);
+      req.end();
+    });
+}
+
+/** io() with the agent a connect_to map asks for. */
+function routedIo(agents) {
+  return (url, opts) => io(url, agents ? { ...opts, agent: agentFor(agents, url) } : opts);
 }
 
 function errorFields(err) {
@@ -108,7 +200,10 @@ function newEntry(id, kind) {
 
 function startHelper(id, c) {
   const entry = newEntry(id, "helper");
+  const agents = agentsFor(c.connect_to);
   const client = connect({
+    io: routedIo(agents),
+    fetch: routedFetch(agents),
     placementUrl: c.placement,
     namespace: c.namespace ?? "/",
     transports: c.transports,
@@ -150,12 +245,13 @@ function startHelper(id, c) {
 
 async function startPlain(id, c) {
   const entry = newEntry(id, "plain");
+  const agents = agentsFor(c.connect_to);
   try {
-    const a = await assign(c.placement, c.namespace ?? "/");
+    const a = await assign(c.placement, c.namespace ?? "/", routedFetch(agents) ?? globalThis.fetch);
     entry.nodeId = a.node_id;
     entry.url = a.url;
     event(id, "assigned", { node_id: a.node_id, url: a.url });
-    wireRaw(entry, io(nsUrl(a.url, c.namespace), { auth: { token: a.token }, transports: c.transports, reconnection: false, forceNew: true }));
+    wireRaw(entry, routedIo(agents)(nsUrl(a.url, c.namespace), { auth: { token: a.token }, transports: c.transports, reconnection: false, forceNew: true }));
   } catch (err) {
     entry.state = "failed";
     entry.lastError = errorFields(err);
@@ -170,7 +266,7 @@ function startRaw(id, c) {
   const opts = { transports: c.transports, reconnection: false, forceNew: true };
   if (c.token !== undefined && c.token !== null) opts.auth = { token: c.token };
   else if (c.auth) opts.auth = c.auth;
-  wireRaw(entry, io(nsUrl(c.url, c.namespace), opts));
+  wireRaw(entry, routedIo(agentsFor(c.connect_to))(nsUrl(c.url, c.namespace), opts));
 }
 
 function startClient(id, c) {

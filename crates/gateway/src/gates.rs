@@ -388,10 +388,12 @@ impl Gates {
             }
         }
         drop(gates);
-        tracing::warn!(
-            sockets = severed.len(),
-            "relay links were all down: subscribed sockets resume to replay the gap"
-        );
+        if !severed.is_empty() {
+            tracing::warn!(
+                sockets = severed.len(),
+                "relay links were all down: subscribed sockets resume to replay the gap"
+            );
+        }
         for (ns, sid) in severed {
             self.severed(&ns, sid);
         }

@@ -23,7 +23,10 @@
 //!   is handed over, the gap handler runs ([`RelayLink::on_gap`]; the gateway severs every
 //!   socket holding history gates there: it is disconnected and its client resumes from the
 //!   last offset it got, replaying the gap). The handler runs under the link's state lock, so
-//!   no frame can overtake it; it must not call back into the link.
+//!   no frame can overtake it; it must not call back into the link. The time before the very
+//!   first link counts as a gap too: the gateway serves (and placement assigns it) as soon as
+//!   it listens, and a client may join a room through the `Head` RPC before any link is up (a
+//!   Kubernetes pod whose relay Service had no ready endpoint yet).
 //! - **Bounded towards the adapter.** Each namespace's adapter takes frames from a queue of
 //!   [`LinkConfig::adapter_queue`] frames. When it is full (the relay sends faster than this
 //!   gateway applies), the frame is dropped and the relay's own policy for a slow peer applies
@@ -636,11 +639,16 @@ impl LinkUp {
     fn count(inner: &std::sync::Weak<Mutex<Inner>>) -> Option<LinkUp> {
         let strong = inner.upgrade()?;
         let mut g = strong.lock().ok()?;
-        let gap = g.links_up == 0 && g.ever_up;
+        let gap = g.links_up == 0;
+        let relink = g.ever_up;
         g.links_up += 1;
         g.ever_up = true;
         if gap {
-            ::metrics::counter!(metrics::RELAY_GAPS_TOTAL).increment(1);
+            // Only a gap after a lost link counts; before the first link there is usually no
+            // gated socket and the handler does nothing.
+            if relink {
+                ::metrics::counter!(metrics::RELAY_GAPS_TOTAL).increment(1);
+            }
             if let Some(on_gap) = &g.on_gap {
                 // Under the lock: no frame can be handed over before it ran.
                 on_gap();

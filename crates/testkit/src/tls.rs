@@ -21,6 +21,13 @@ pub struct TestPki {
 impl TestPki {
     /// Generates everything into a fresh directory under the system temp dir.
     pub fn generate(name: &str) -> anyhow::Result<TestPki> {
+        Self::generate_for(name, &[])
+    }
+
+    /// [`TestPki::generate`] with a server certificate that also covers `extra_names` (DNS
+    /// names, wildcards such as `*.gw.example.com` allowed): for a TLS endpoint reached under
+    /// public host names, like the local Kubernetes runner's ingress.
+    pub fn generate_for(name: &str, extra_names: &[&str]) -> anyhow::Result<TestPki> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -34,7 +41,9 @@ impl TestPki {
 
         let ca = issuer("Switchyard test CA")?;
         pki.write("ca.pem", &ca.pem())?;
-        let mut server = CertificateParams::new(vec!["localhost".to_owned()])?;
+        let mut names = vec!["localhost".to_owned()];
+        names.extend(extra_names.iter().map(|n| (*n).to_owned()));
+        let mut server = CertificateParams::new(names)?;
         server
             .subject_alt_names
             .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));

