@@ -5,12 +5,12 @@
 //! not rendered is filled here, key by key, from what the manifests ask for:
 //!
 //! - `redis-url`: a private `redis-server` ([`RedisServer`], on 127.0.0.1 and a free port, the
-//!   "external" Redis), `redis://127.0.0.1:<port>`;
-//! - `redis-password`: a random password, set on that server for the ACL user the manifests name
-//!   in `SWITCHYARD_REDIS_USERNAME` (or the default user). Once the binaries read
-//!   `SWITCHYARD_REDIS_USERNAME` and `SWITCHYARD_REDIS_PASSWORD` (their `--help` says so), the
-//!   default user is switched off, so a run proves the credentials are used; before that it
-//!   stays on and the credentials are harmless;
+//!   "external" Redis). When the manifests also ask for `redis-password` (an ACL user, named by
+//!   `SWITCHYARD_REDIS_USERNAME`), it runs as managed Redis does: TLS only, with the run's test
+//!   CA, and that user confined by the exact rule `docs/deploy.md` tells operators to create
+//!   (so a run proves the documented least privilege suffices; `ACL LOG` is checked after);
+//!   `rediss://127.0.0.1:<port>` then, else `redis://127.0.0.1:<port>`;
+//! - `redis-password`: that ACL user's password;
 //! - a key ending in `.pem` or `.crt` of a non-TLS Secret (a CA bundle): the run's test CA;
 //! - `tls.crt` / `tls.key` of a Secret named in an Ingress `tls` section: a certificate for its
 //!   hosts signed by the run's test CA ([`TestPki`]), which clients must trust;
@@ -21,14 +21,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
-use switchyard_testkit::redis::RedisServer;
+use switchyard_testkit::redis::{RedisOptions, RedisServer};
 use switchyard_testkit::tls::TestPki;
 
 use super::controllers::random_hex;
-use super::flags::accepted_by;
 use super::model::{Container, Ingress, KeyValues, PodSpec};
 
 /// The provided Secrets and the processes and files behind them; dropping it stops the Redis
@@ -36,7 +36,7 @@ use super::model::{Container, Ingress, KeyValues, PodSpec};
 pub struct Fixtures {
     pub secrets: Vec<KeyValues>,
     pub redis: Option<RedisServer>,
-    pub pki: Option<TestPki>,
+    pub pki: Option<Arc<TestPki>>,
 }
 
 impl Fixtures {
@@ -51,7 +51,7 @@ pub fn provide(
     objects: &[Value],
     rendered: &BTreeMap<String, KeyValues>,
     ingresses: &[Ingress],
-    bin_dir: &Path,
+    root: &Path,
 ) -> Result<Fixtures> {
     // Secret name -> keys wanted; and the TLS Secrets with their hosts.
     let mut wanted: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -116,61 +116,39 @@ pub fn provide(
         return Ok(fixtures);
     }
     let hosts: Vec<&str> = tls.values().flatten().map(String::as_str).collect();
-    let pki = TestPki::generate_for("k8s-run", &hosts)?;
+    let pki = Arc::new(TestPki::generate_for("k8s-run", &hosts)?);
     let ca = pki.ca_pem()?;
-    let password = random_hex(16)?;
+    if wanted.values().any(|keys| keys.contains("redis-url")) {
+        let options = if wanted.values().any(|keys| keys.contains("redis-password")) {
+            let user = username.as_deref().unwrap_or("default");
+            RedisOptions::managed(Arc::clone(&pki), user, &documented_acl_rule(root, user)?)
+        } else {
+            RedisOptions::default()
+        };
+        fixtures.redis = Some(RedisServer::start_with(options)?);
+    }
+    let access = fixtures.redis.as_ref().map(RedisServer::access);
     for (name, keys) in &wanted {
         let mut data = BTreeMap::new();
         for key in keys {
             let value = match key.as_str() {
-                "redis-url" => {
-                    let redis = match &fixtures.redis {
-                        Some(redis) => redis,
-                        None => fixtures.redis.insert(RedisServer::start()?),
-                    };
-                    redis.url().into_bytes()
+                "redis-url" => access.as_ref().map(|a| a.url.clone()).unwrap_or_default(),
+                "redis-password" => access
+                    .as_ref()
+                    .and_then(|a| a.password.clone())
+                    .context("the manifests ask for redis-password but name no Redis URL")?,
+                k if k.ends_with(".pem") || k.ends_with(".crt") => {
+                    data.insert(key.clone(), ca.clone());
+                    continue;
                 }
-                "redis-password" => password.clone().into_bytes(),
-                k if k.ends_with(".pem") || k.ends_with(".crt") => ca.clone(),
-                _ => random_hex(32)?.into_bytes(),
+                _ => random_hex(32)?,
             };
-            data.insert(key.clone(), value);
+            data.insert(key.clone(), value.into_bytes());
         }
         fixtures.secrets.push(KeyValues {
             name: name.clone(),
             data,
         });
-    }
-    if wanted.values().any(|keys| keys.contains("redis-password")) {
-        let redis = match &fixtures.redis {
-            Some(redis) => redis,
-            None => fixtures.redis.insert(RedisServer::start()?),
-        };
-        let reply = match username.as_deref() {
-            None | Some("default") => {
-                redis.command(&["CONFIG", "SET", "requirepass", &password])?
-            }
-            Some(user) => redis.command(&[
-                "ACL",
-                "SETUSER",
-                user,
-                "on",
-                &format!(">{password}"),
-                "~*",
-                "&*",
-                "+@all",
-            ])?,
-        };
-        if !reply.starts_with("+OK") {
-            bail!("setting the test Redis password failed: {reply}");
-        }
-        let user = username.as_deref().unwrap_or("default");
-        if user != "default" && credentials_are_read(bin_dir) {
-            let reply = redis.command(&["ACL", "SETUSER", "default", "off"])?;
-            if !reply.starts_with("+OK") {
-                bail!("switching the test Redis's default user off failed: {reply}");
-            }
-        }
     }
     for (name, _) in tls {
         let cert = std::fs::read(pki.file("server.pem"))?;
@@ -184,16 +162,31 @@ pub fn provide(
     Ok(fixtures)
 }
 
-/// Whether placement and the relay read the Redis ACL credentials from their environment.
-fn credentials_are_read(bin_dir: &Path) -> bool {
-    ["switchyard-placement", "switchyard-relay"]
-        .iter()
-        .all(|bin| {
-            accepted_by(&bin_dir.join(bin)).is_ok_and(|names| {
-                names.env.contains("SWITCHYARD_REDIS_USERNAME")
-                    && names.env.contains("SWITCHYARD_REDIS_PASSWORD")
-            })
-        })
+/// The ACL rule `docs/deploy.md` tells operators to create for `user` (the text after
+/// `ACL SETUSER <user> on >PASSWORD`): the one line of it in the document, which a unit test of
+/// `switchyard-redis` keeps equal to the rule the services need.
+fn documented_acl_rule(root: &Path, user: &str) -> Result<String> {
+    let doc = root.join("docs").join("deploy.md");
+    let text =
+        std::fs::read_to_string(&doc).with_context(|| format!("reading {}", doc.display()))?;
+    let documented = "ACL SETUSER switchyard on >PASSWORD ";
+    let rule = text
+        .lines()
+        .find_map(|line| line.trim().strip_prefix(documented))
+        .with_context(|| {
+            format!(
+                "{} has no line starting `{documented}`: the managed-Redis section must give \
+                 operators the ACL rule",
+                doc.display()
+            )
+        })?;
+    if user != "switchyard" {
+        bail!(
+            "the manifests name the Redis ACL user `{user}`, but docs/deploy.md documents the \
+             rule for `switchyard`"
+        );
+    }
+    Ok(rule.to_owned())
 }
 
 fn secret_keys(

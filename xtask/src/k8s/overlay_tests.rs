@@ -331,6 +331,13 @@ async fn exercise(overlay: &str) -> Result<()> {
         acked.len(),
         started.elapsed().as_secs_f64(),
     );
+    // The external Redis of an overlay with an ACL user runs with exactly the documented rule:
+    // nothing the services did may have been refused.
+    if let Some(redis) = cluster.external_redis()
+        && let Err(e) = redis.ensure_no_acl_denials()
+    {
+        problems.push(format!("the Redis ACL user was refused something: {e:#}"));
+    }
     if acked.is_empty() || resumes.is_empty() {
         problems.push(format!(
             "nothing to check: {} acknowledged events, {} resumes",

@@ -144,7 +144,7 @@ impl Cluster {
         }
         let namespace = namespace.unwrap_or_else(|| "default".to_owned());
 
-        let fixtures = fixtures::provide(&objects, &secrets, &ingresses, &options.bin_dir)?;
+        let fixtures = fixtures::provide(&objects, &secrets, &ingresses, &crate::workspace_root())?;
         for secret in &fixtures.secrets {
             secrets.insert(secret.name.clone(), secret.clone());
         }
@@ -311,6 +311,11 @@ impl Cluster {
     /// The CA a client must trust for the ingress's TLS hosts (prod), if any.
     pub fn ca_file(&self) -> Option<PathBuf> {
         self.fixtures.ca_file()
+    }
+
+    /// The test Redis standing in for the overlay's external one, if it has one.
+    pub fn external_redis(&self) -> Option<&switchyard_testkit::redis::RedisServer> {
+        self.fixtures.redis.as_ref()
     }
 
     /// A key of a Secret the pods see (rendered, or provided by [`super::fixtures`]), by the
