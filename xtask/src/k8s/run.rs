@@ -314,6 +314,7 @@ impl Cluster {
     }
 
     /// The test Redis standing in for the overlay's external one, if it has one.
+    #[cfg(test)]
     pub fn external_redis(&self) -> Option<&switchyard_testkit::redis::RedisServer> {
         self.fixtures.redis.as_ref()
     }
