@@ -6,8 +6,9 @@
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -31,6 +32,7 @@ pub struct RedisServer {
     program: PathBuf,
     child: Mutex<Option<Child>>,
     log_path: Mutex<PathBuf>,
+    own_process_group: bool,
 }
 
 impl RedisServer {
@@ -38,17 +40,29 @@ impl RedisServer {
     ///
     /// Retries on another port when the chosen one was taken in the meantime.
     pub fn start() -> anyhow::Result<RedisServer> {
+        Self::start_with(false)
+    }
+
+    /// [`RedisServer::start`], with the server (and every restart of it) in a process group of
+    /// its own, so a terminal's Ctrl-C reaches only the supervisor that owns it
+    /// (`cargo xtask up`, which stops the services in order and Redis last).
+    pub fn start_in_own_process_group() -> anyhow::Result<RedisServer> {
+        Self::start_with(true)
+    }
+
+    fn start_with(own_process_group: bool) -> anyhow::Result<RedisServer> {
         let program = find_on_path("redis-server").context(MISSING_REDIS)?;
         let mut last_error = None;
         for _ in 0..5 {
             let port = free_port();
-            match spawn_ready(&program, port, &[]) {
+            match spawn_ready(&program, port, &[], own_process_group) {
                 Ok((child, log_path)) => {
                     return Ok(RedisServer {
                         port,
                         program,
                         child: Mutex::new(Some(child)),
                         log_path: Mutex::new(log_path),
+                        own_process_group,
                     });
                 }
                 Err(e) => last_error = Some(e),
@@ -84,6 +98,15 @@ impl RedisServer {
         self.child().as_ref().map(Child::id)
     }
 
+    /// The exit status if the server exited (or was killed) on its own, without waiting;
+    /// `None` while it runs, and after [`RedisServer::kill`].
+    pub fn exit_status(&self) -> anyhow::Result<Option<ExitStatus>> {
+        match self.child().as_mut() {
+            Some(child) => Ok(child.try_wait()?),
+            None => Ok(None),
+        }
+    }
+
     /// SIGKILLs the server (an outage as clients see it: connections drop, the port refuses).
     /// Fine to call twice.
     pub fn kill(&self) -> anyhow::Result<()> {
@@ -102,7 +125,7 @@ impl RedisServer {
         // still reported busy.
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            match spawn_ready(&self.program, self.port, &[]) {
+            match spawn_ready(&self.program, self.port, &[], self.own_process_group) {
                 Ok((child, log_path)) => {
                     *self.child() = Some(child);
                     *self.log_path.lock().unwrap_or_else(|e| e.into_inner()) = log_path;
@@ -148,10 +171,15 @@ pub(crate) fn spawn_ready(
     program: &Path,
     port: u16,
     extra: &[String],
+    own_process_group: bool,
 ) -> anyhow::Result<(Child, PathBuf)> {
     let log_path = log_dir()?.join(format!("redis-server-{port}-{}.log", unique_suffix()));
     let log = open_log(&log_path)?;
-    let mut child = Command::new(program)
+    let mut command = Command::new(program);
+    if own_process_group {
+        command.process_group(0);
+    }
+    let mut child = command
         .args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1"])
         .args(["--save", ""])

@@ -237,7 +237,7 @@ impl RedisCluster {
                 "--dir".to_owned(),
                 self.dir.display().to_string(),
             ];
-            let (child, _log) = spawn_ready(&self.program, node.port, &extra)?;
+            let (child, _log) = spawn_ready(&self.program, node.port, &extra, false)?;
             *node.child() = Some(child);
         }
         Ok(())
