@@ -100,11 +100,56 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
-/// The cargo that runs us (`$CARGO`), so the same toolchain builds everything.
+/// The cargo that runs us (`$CARGO`), so the same toolchain builds everything, with the
+/// environment of a plain shell.
+///
+/// `cargo run` (and so `cargo xtask`) and `cargo test` hand their child the variables cargo
+/// sets for a crate: `CARGO_MANIFEST_DIR=…/xtask`, `CARGO_PKG_NAME=xtask`, … A nested cargo
+/// compares those with what build scripts declared through `cargo:rerun-if-env-changed`, and
+/// ring's build script declares exactly these (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`,
+/// `CARGO_PKG_VERSION_*`, …). So a nested `cargo build` used to rerun ring's build script and
+/// recompile ring and everything above it, and the next plain `cargo build` in a shell did it
+/// all again: minutes each way. Removing them makes a nested build see what a shell sees.
 pub fn cargo() -> Command {
     let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     command.current_dir(workspace_root());
+    for (name, _) in std::env::vars_os() {
+        if let Some(name) = name.to_str()
+            && is_set_by_cargo_for_a_crate(name)
+        {
+            command.env_remove(name);
+        }
+    }
     command
+}
+
+/// Whether `name` is one of the variables cargo sets for the crate it runs (a binary under
+/// `cargo run`, a test, a build script), as opposed to configuration a user sets for cargo
+/// itself (`CARGO_HOME`, `CARGO_TARGET_DIR`, `CARGO_BUILD_*`, `CARGO_PROFILE_*`, `RUSTFLAGS`…),
+/// which must reach the nested cargo unchanged.
+fn is_set_by_cargo_for_a_crate(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "CARGO",
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_MANIFEST_LINKS",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "CARGO_MAKEFLAGS",
+        "OUT_DIR",
+        // Set by cargo for build scripts only; a user sets RUSTFLAGS instead.
+        "CARGO_ENCODED_RUSTFLAGS",
+    ];
+    const PREFIXES: &[&str] = &[
+        "CARGO_PKG_",
+        "CARGO_BIN_EXE_",
+        "CARGO_CFG_",
+        "CARGO_FEATURE_",
+    ];
+    EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 /// Runs `command`, echoing it first; a non-zero exit is an error naming the command.
@@ -161,16 +206,17 @@ fn prereqs() -> anyhow::Result<PathBuf> {
 /// Builds every service binary in release mode first: the scenarios spawn them as processes,
 /// and a stale or debug binary would make the figures meaningless.
 fn bench(scenario: &str, args: &[String]) -> anyhow::Result<()> {
-    run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
     let scenarios: &[&str] = if scenario == "all" {
         &["placement", "fanout", "rooms", "idle", "storm", "report"]
     } else {
         &[scenario]
     };
+    let bench = release_bench_binary()?;
     for scenario in scenarios {
-        run(cargo()
-            .args(["run", "--release", "-p", "switchyard-bench", "--", scenario])
+        run(Command::new(&bench)
+            .arg(scenario)
             .args(args)
+            .current_dir(workspace_root())
             .env("SWITCHYARD_PROFILE", "release"))?;
     }
     Ok(())
@@ -178,10 +224,60 @@ fn bench(scenario: &str, args: &[String]) -> anyhow::Result<()> {
 
 /// `cargo xtask soak --minutes N`: the bench crate's `soak` scenario on release builds.
 fn soak(minutes: f64, args: &[String]) -> anyhow::Result<()> {
-    run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
-    run(cargo()
-        .args(["run", "--release", "-p", "switchyard-bench", "--", "soak"])
+    run(Command::new(release_bench_binary()?)
+        .arg("soak")
         .arg(format!("--minutes={minutes}"))
         .args(args)
+        .current_dir(workspace_root())
         .env("SWITCHYARD_PROFILE", "release"))
+}
+
+/// Builds every binary in release mode with the documented command and returns the path of
+/// `switchyard-bench`. The binary is run from `target/release/` rather than with
+/// `cargo run -p switchyard-bench`: `-p` resolves features for that one package, which
+/// compiles switchyard-common, placement and the bench a second time with another feature set.
+fn release_bench_binary() -> anyhow::Result<PathBuf> {
+    build_bins(Profile::Release)?;
+    let path = Profile::Release.bin_dir()?.join("switchyard-bench");
+    if !path.is_file() {
+        bail!("{} is missing after the release build", path.display());
+    }
+    Ok(path)
+}
+
+/// A cargo build profile of the workspace's binaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Debug,
+    Release,
+}
+
+impl Profile {
+    /// Where cargo puts this profile's binaries.
+    pub fn bin_dir(self) -> anyhow::Result<PathBuf> {
+        let dir = switchyard_testkit::process::target_dir()?;
+        Ok(dir.join(match self {
+            Profile::Debug => "debug",
+            Profile::Release => "release",
+        }))
+    }
+
+    /// The value of `SWITCHYARD_PROFILE` that makes the testkit find these binaries.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Debug => "debug",
+            Profile::Release => "release",
+        }
+    }
+}
+
+/// `cargo build [--release] --workspace --bins`: every verb builds with exactly this command,
+/// the one the README gives, so what one built the others (and a user's own build) reuse.
+pub fn build_bins(profile: Profile) -> anyhow::Result<()> {
+    let mut command = cargo();
+    command.arg("build");
+    if profile == Profile::Release {
+        command.arg("--release");
+    }
+    run(command.args(["--workspace", "--bins"]))
 }
