@@ -1,7 +1,9 @@
 //! Project chores as Rust code, run with `cargo xtask <command>` (see `.cargo/config.toml`).
 //!
 //! - `test`: install what is missing, build everything, run every test, validate the manifests.
-//! - `up` / `down`: a local cluster in the foreground / stop one left running.
+//! - `up` / `down`: a local cluster in the foreground, supervised (a service that dies is
+//!   restarted) / stop one running elsewhere. `status` and `kill <service>` for the failover
+//!   story. `--release` runs release builds.
 //! - `bench <scenario>`: the benchmarks, in release mode.
 //! - `soak --minutes N`: long moderate load with churn; memory slope, errors, lost events.
 //! - `fuzz <target> [--seconds N]`: one cargo-fuzz target of `fuzz/`, longer than `test` runs it.
@@ -14,7 +16,7 @@ mod prereqs;
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, ExitCode};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -40,11 +42,17 @@ enum Cmd {
     /// Only install or check the prerequisites of `test` (redis-server, Node and Python test
     /// clients, chromium).
     Prereqs,
-    /// Start a local cluster in the foreground: redis-server, placement, N gateways.
-    /// Ctrl-C or SIGTERM stops everything.
+    /// Start a local cluster in the foreground: redis-server, placement, relays, N gateways,
+    /// the demo page. A service that dies is restarted; Ctrl-C or SIGTERM stops everything.
     Up(cluster::UpArgs),
     /// Stop a cluster started by `up` (reads .switchyard/cluster.json).
-    Down,
+    Down(cluster::StateArgs),
+    /// What the cluster started by `up` runs: name, pid, restarts, up since, addresses. Exits
+    /// non-zero when no cluster runs.
+    Status(cluster::StateArgs),
+    /// SIGKILL one service of the cluster started by `up` (gw-2, placement, relay-1, redis …);
+    /// `up` restarts it.
+    Kill(cluster::KillArgs),
     /// Run a benchmark scenario in release mode (`cargo xtask bench placement`); `all` runs
     /// every scenario, then regenerates docs/BENCHMARKS.md.
     Bench {
@@ -77,13 +85,27 @@ enum Cmd {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Errors are expected outcomes here (a port taken, no cluster running, a failed test): they
+/// are printed with their causes on one line each, never with a backtrace (returning the error
+/// from `main` would print one whenever RUST_BACKTRACE is set), and exit with code 1.
+fn main() -> ExitCode {
+    match dispatch(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Test => test(),
         Cmd::Prereqs => prereqs().map(|_| ()),
         Cmd::Up(args) => cluster::up(args),
-        Cmd::Down => cluster::down(),
+        Cmd::Down(state) => cluster::down(state),
+        Cmd::Status(state) => cluster::status(state),
+        Cmd::Kill(args) => cluster::kill(args),
         Cmd::Bench { scenario, args } => bench(&scenario, &args),
         Cmd::Soak { minutes, args } => soak(minutes, &args),
         Cmd::K8s => k8s::run(),
