@@ -15,8 +15,10 @@
 //! running. Logs of every process go to `target/testkit-logs/`.
 
 pub mod assign;
+pub mod cargo;
 pub mod cluster;
 pub mod driver;
+pub mod feed;
 pub mod otlp;
 pub mod ports;
 pub mod process;
