@@ -104,14 +104,6 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     // Only the relay and the gateways need it; it stays out of cluster.json.
     let link_token = secret_from_env_or_random("SWITCHYARD_LINK_TOKEN")?;
 
-    if args.relays > 1 && args.no_redis {
-        bail!(
-            "--relays {} needs Redis (relay replicas share frames and history through it): \
-             drop --no-redis, pass --redis URL or install redis-server",
-            args.relays
-        );
-    }
-
     // Redis: --redis URL, or our own supervised redis-server, or (said loudly) none.
     let mut redis_unit = None;
     let redis_url = if args.no_redis {
@@ -140,7 +132,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     if args.relays > 1 && redis_url.is_none() {
         bail!(
             "--relays {} needs Redis (relay replicas share frames and history through it): \
-             pass --redis URL or install redis-server",
+             drop --no-redis, pass --redis URL or install redis-server",
             args.relays
         );
     }

@@ -16,7 +16,7 @@ mod prereqs;
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::process::{Command, ExitCode};
+use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -122,56 +122,13 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
-/// The cargo that runs us (`$CARGO`), so the same toolchain builds everything, with the
-/// environment of a plain shell.
-///
-/// `cargo run` (and so `cargo xtask`) and `cargo test` hand their child the variables cargo
-/// sets for a crate: `CARGO_MANIFEST_DIR=…/xtask`, `CARGO_PKG_NAME=xtask`, … A nested cargo
-/// compares those with what build scripts declared through `cargo:rerun-if-env-changed`, and
-/// ring's build script declares exactly these (`CARGO_MANIFEST_DIR`, `CARGO_PKG_NAME`,
-/// `CARGO_PKG_VERSION_*`, …). So a nested `cargo build` used to rerun ring's build script and
-/// recompile ring and everything above it, and the next plain `cargo build` in a shell did it
-/// all again: minutes each way. Removing them makes a nested build see what a shell sees.
+/// The cargo that runs us, in the workspace root, with the environment of a plain shell, so
+/// a nested build reuses what a user's own `cargo build` built and the other way round (see
+/// `switchyard_testkit::cargo` for why this matters: ring's build script).
 pub fn cargo() -> Command {
-    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let mut command = switchyard_testkit::cargo::command();
     command.current_dir(workspace_root());
-    for (name, _) in std::env::vars_os() {
-        if let Some(name) = name.to_str()
-            && is_set_by_cargo_for_a_crate(name)
-        {
-            command.env_remove(name);
-        }
-    }
     command
-}
-
-/// Whether `name` is one of the variables cargo sets for the crate it runs (a binary under
-/// `cargo run`, a test, a build script), as opposed to configuration a user sets for cargo
-/// itself (`CARGO_HOME`, `CARGO_TARGET_DIR`, `CARGO_BUILD_*`, `CARGO_PROFILE_*`, `RUSTFLAGS`…),
-/// which must reach the nested cargo unchanged.
-fn is_set_by_cargo_for_a_crate(name: &str) -> bool {
-    const EXACT: &[&str] = &[
-        "CARGO",
-        "CARGO_MANIFEST_DIR",
-        "CARGO_MANIFEST_PATH",
-        "CARGO_MANIFEST_LINKS",
-        "CARGO_CRATE_NAME",
-        "CARGO_BIN_NAME",
-        "CARGO_PRIMARY_PACKAGE",
-        "CARGO_TARGET_TMPDIR",
-        "CARGO_RUSTC_CURRENT_DIR",
-        "CARGO_MAKEFLAGS",
-        "OUT_DIR",
-        // Set by cargo for build scripts only; a user sets RUSTFLAGS instead.
-        "CARGO_ENCODED_RUSTFLAGS",
-    ];
-    const PREFIXES: &[&str] = &[
-        "CARGO_PKG_",
-        "CARGO_BIN_EXE_",
-        "CARGO_CFG_",
-        "CARGO_FEATURE_",
-    ];
-    EXACT.contains(&name) || PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 /// Runs `command`, echoing it first; a non-zero exit is an error naming the command.
@@ -200,7 +157,8 @@ pub fn show(command: &Command) -> String {
 /// after one failed (so one CI run shows every failure); any failure fails the command.
 fn test() -> anyhow::Result<()> {
     let venv = prereqs()?;
-    run(cargo().args(["build", "--workspace", "--bins", "--examples"]))?;
+    build_bins(Profile::Debug)?;
+    build_tests_reusing_the_build()?;
     run(cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
         .env("SWITCHYARD_PROFILE", "debug")
@@ -209,6 +167,65 @@ fn test() -> anyhow::Result<()> {
     k8s::run()?;
     eprintln!("cargo xtask test: all green");
     Ok(())
+}
+
+/// `cargo test --workspace --no-run` right after `cargo build --workspace --bins`: fails when
+/// it compiled anything but test harnesses and examples, i.e. when the libraries and binaries
+/// the tests use are not the ones the plain build made.
+///
+/// That happens when a dev-dependency turns on features of a shared dependency that normal
+/// builds lack (cargo then builds that dependency and everything above it twice, with two
+/// feature sets; proptest's defaults did exactly this through `regex-syntax` and `bitflags`).
+/// The fix is to give normal builds the same features (see the workspace `Cargo.toml`). The
+/// check costs nothing: the build had to happen anyway, and only its JSON messages are read.
+fn build_tests_reusing_the_build() -> anyhow::Result<()> {
+    let mut command = cargo();
+    command
+        .args(["test", "--workspace", "--no-run"])
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped());
+    let shown = show(&command);
+    eprintln!("$ {shown}");
+    let output = command
+        .output()
+        .with_context(|| format!("cannot run `{shown}`"))?;
+    if !output.status.success() {
+        bail!("`{shown}` failed with {}", output.status);
+    }
+    let rebuilt = rebuilt_outside_tests(&String::from_utf8_lossy(&output.stdout));
+    if !rebuilt.is_empty() {
+        bail!(
+            "`{shown}` compiled again what `cargo build --workspace --bins` had just built: {}. \
+             A dev-dependency enables features the normal build lacks; enable them in the \
+             normal build too (see the note on regex-syntax in the workspace Cargo.toml)",
+            rebuilt.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The packages of cargo's JSON messages that were compiled (not fresh) as something other
+/// than a test harness or an example: `name@version (target)`.
+fn rebuilt_outside_tests(messages: &str) -> Vec<String> {
+    messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["fresh"] == false)
+        .filter(|m| m["profile"]["test"] == false)
+        .filter(|m| {
+            !m["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "example"))
+        })
+        .map(|m| {
+            let id = m["package_id"].as_str().unwrap_or_default();
+            let package = id.rsplit_once('#').map_or(id, |(_, p)| p);
+            format!(
+                "{package} ({})",
+                m["target"]["name"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
 }
 
 /// Every prerequisite of the test suite; returns the Python venv directory.
@@ -302,4 +319,19 @@ pub fn build_bins(profile: Profile) -> anyhow::Result<()> {
         command.arg("--release");
     }
     run(command.args(["--workspace", "--bins"]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_rebuilt_libraries_and_binaries_count() {
+        let messages = r#"{"reason":"compiler-artifact","package_id":"registry+https://github.com/rust-lang/crates.io-index#ring@0.17.14","target":{"kind":["lib"],"name":"ring"},"profile":{"test":false},"fresh":false}
+{"reason":"compiler-artifact","package_id":"path+file:///w/crates/common#switchyard-common@0.1.0","target":{"kind":["lib"],"name":"switchyard_common"},"profile":{"test":false},"fresh":true}
+{"reason":"compiler-artifact","package_id":"path+file:///w/crates/common#switchyard-common@0.1.0","target":{"kind":["lib"],"name":"switchyard_common"},"profile":{"test":true},"fresh":false}
+{"reason":"compiler-artifact","package_id":"path+file:///w/crates/gateway#switchyard-gateway@0.1.0","target":{"kind":["example"],"name":"embedded"},"profile":{"test":false},"fresh":false}
+{"reason":"build-finished","success":true}"#;
+        assert_eq!(rebuilt_outside_tests(messages), ["ring@0.17.14 (ring)"]);
+    }
 }
