@@ -9,7 +9,9 @@
 //! blocks the calling thread for at most the ready timeout; a process never depends on the test's
 //! own runtime to get ready, so this does not deadlock. Only [`assign`] is async (it is HTTP).
 //! [`tls::TestPki`] writes throwaway certificates for the TLS tests. [`driver::Driver`] runs the
-//! official Socket.IO clients (Node's `socket.io-client`, `python-socketio`) as child processes.
+//! official Socket.IO clients (Node's `socket.io-client`, `python-socketio`) as child processes;
+//! [`feed`] publishes a numbered room feed and checks that every subscriber got each acknowledged
+//! event exactly once. [`cargo::command`] runs a nested cargo with a plain shell's environment.
 //!
 //! Every child process is killed when its handle is dropped, so a failing test leaves nothing
 //! running. Logs of every process go to `target/testkit-logs/`.
