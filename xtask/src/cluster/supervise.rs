@@ -266,25 +266,17 @@ pub fn watch(
                 Some(status) => describe_exit(status),
                 None => "did not start".to_owned(),
             };
-            let pid = last_pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
-            let log = last_log
-                .as_deref()
-                .map(|l| format!("; log {}", l.display()))
-                .unwrap_or_default();
-            let looping = if quick_exits >= 2 {
-                format!(
-                    "; crash loop ({quick_exits} exits in a row, each within {} s of starting), \
-                     backing off",
-                    STABLE_AFTER.as_secs()
-                )
-            } else {
-                String::new()
-            };
             println!(
-                "{}{pid} {how} after {:.1} s up{log}{looping}; restarting in {:.2} s",
-                unit.name,
-                up_for.as_secs_f64(),
-                delay.as_secs_f64()
+                "{}",
+                exit_report(&ExitReport {
+                    name: &unit.name,
+                    pid: last_pid,
+                    how: &how,
+                    up_for,
+                    log: last_log.as_deref(),
+                    quick_exits,
+                    delay,
+                })
             );
             if !sleep_unless_stopped(delay, &stop) {
                 return unit;
@@ -308,6 +300,44 @@ pub fn watch(
             }
         }
     })
+}
+
+/// What the one line about an exit says.
+struct ExitReport<'a> {
+    name: &'a str,
+    pid: Option<u32>,
+    how: &'a str,
+    up_for: Duration,
+    log: Option<&'a Path>,
+    /// Exits in a row, each within [`STABLE_AFTER`] of its start.
+    quick_exits: u32,
+    delay: Duration,
+}
+
+/// `gw-2 (pid 123) was killed by SIGKILL (signal 9) after 42.0 s up; log …; restarting in
+/// 0.31 s`, with the crash loop named from the second quick exit in a row on.
+fn exit_report(r: &ExitReport<'_>) -> String {
+    let pid = r.pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+    let log = r
+        .log
+        .map(|l| format!("; log {}", l.display()))
+        .unwrap_or_default();
+    let looping = if r.quick_exits >= 2 {
+        format!(
+            "; crash loop ({} exits in a row, each within {} s of starting), backing off",
+            r.quick_exits,
+            STABLE_AFTER.as_secs()
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        "{}{pid} {} after {:.1} s up{log}{looping}; restarting in {:.2} s",
+        r.name,
+        r.how,
+        r.up_for.as_secs_f64(),
+        r.delay.as_secs_f64()
+    )
 }
 
 /// Sleeps `delay` in short steps; `false` when `stop` was set meanwhile.
@@ -363,6 +393,34 @@ mod tests {
         assert_eq!(
             describe_exit(ExitStatus::from_raw(9)),
             "was killed by SIGKILL (signal 9)"
+        );
+    }
+
+    #[test]
+    fn one_line_says_which_how_where_and_when_and_names_a_crash_loop() {
+        let mut report = ExitReport {
+            name: "gw-2",
+            pid: Some(123),
+            how: "was killed by SIGKILL (signal 9)",
+            up_for: Duration::from_secs(42),
+            log: Some(Path::new("/t/switchyard-gateway-123.log")),
+            quick_exits: 0,
+            delay: Duration::from_millis(310),
+        };
+        assert_eq!(
+            exit_report(&report),
+            "gw-2 (pid 123) was killed by SIGKILL (signal 9) after 42.0 s up; log \
+             /t/switchyard-gateway-123.log; restarting in 0.31 s"
+        );
+        report.quick_exits = 3;
+        report.delay = Duration::from_secs(3);
+        assert!(
+            exit_report(&report).contains(
+                "; crash loop (3 exits in a row, each within 10 s of starting), backing off; \
+                 restarting in 3.00 s"
+            ),
+            "{}",
+            exit_report(&report)
         );
     }
 
