@@ -8,6 +8,13 @@
 //! - `soak --minutes N`: long moderate load with churn; memory slope, errors, lost events.
 //! - `fuzz <target> [--seconds N]`: one cargo-fuzz target of `fuzz/`, longer than `test` runs it.
 //! - `k8s`: render and validate the Kubernetes manifests offline.
+//!
+//! Builds are reused, never redone: every verb builds with `cargo build [--release]
+//! --workspace --bins` ([`build_bins`], the command the README gives users) in a plain shell's
+//! environment ([`cargo`]) and runs the binaries from `target/<profile>/`. A `cargo run -p`
+//! or a build of fewer packages would resolve another feature set, and cargo's crate variables
+//! inherited from `cargo run` would rerun build scripts: either compiles the same crates again.
+//! `cargo xtask` itself is `cargo run -p xtask`; its own dependency build is made once.
 
 mod cluster;
 mod fuzz;
