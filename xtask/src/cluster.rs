@@ -1,26 +1,44 @@
-//! `cargo xtask up` and `cargo xtask down`: a local cluster for development.
+//! `cargo xtask up`: a local cluster for development, supervised the way Kubernetes runs one.
 //!
-//! `up` builds the binaries, starts a redis-server (when installed), placement, one relay and N gateways
-//! as child processes through `switchyard_testkit` (so it reads the same `SWITCHYARD_READY`
-//! lines tests do), writes `.switchyard/cluster.json`, and stays in the foreground. Ctrl-C or
-//! SIGTERM stops everything and removes the file; so does any service dying on its own.
+//! `up` builds the binaries with the documented command (`cargo build [--release] --workspace
+//! --bins`), starts a redis-server (when installed), placement, the relays and N gateways as
+//! child processes through `switchyard_testkit` (so it reads the same `SWITCHYARD_READY`
+//! lines tests do), the demo page when Node is there, writes `cluster.json` (module [`state`])
+//! and stays in the foreground, supervising (module [`supervise`]): a service that exits on its
+//! own is reported on one line and started again, after a backoff, with the same node id,
+//! ports and arguments, while everything else keeps running. Only Ctrl-C, SIGTERM, SIGHUP or
+//! `cargo xtask down` stop the cluster: demo and gateways first (they drain), then the relays
+//! and placement, Redis last; the file is removed.
 //!
-//! `down` stops a cluster whose `up` is running elsewhere (another terminal, or one that lost
-//! its terminal): it SIGTERMs the pids in `cluster.json`.
+//! Every process runs in a process group of its own, so a terminal's Ctrl-C reaches `up`
+//! alone and the stop keeps that order. The verbs for a cluster running in another terminal
+//! (`status`, `kill`, `down`) are in module [`control`].
+
+mod control;
+mod state;
+mod supervise;
 
 use std::fs;
 use std::io::Read;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use serde::{Deserialize, Serialize};
-use switchyard_testkit::process::{Service, default_ready_timeout, send_signal, target_dir};
+use switchyard_testkit::process::default_ready_timeout;
 use switchyard_testkit::redis::{RedisServer, find_on_path};
 
-use crate::{cargo, run, workspace_root};
+pub use control::{KillArgs, down, kill, status};
+pub use state::StateArgs;
+use state::{
+    ClusterFile, DemoEntry, GatewayEntry, PlacementEntry, ProcessInfo, RedisEntry, RelayEntry,
+    is_ours, now_ms, relay_name,
+};
+use supervise::{StateFile, Unit, watch};
+
+use crate::{Profile, build_bins, workspace_root};
 
 /// Options of `cargo xtask up`.
 #[derive(Debug, Args)]
@@ -55,63 +73,30 @@ pub struct UpArgs {
     /// First gateway port; gateway i listens on base + i - 1.
     #[arg(long, default_value_t = 4000)]
     gateway_base_port: u16,
-    /// Port of the demo page server (needs node and `npm ci` in clients/js); 0 = do not serve.
+    /// Port of the demo page server (needs Node; `up` runs `npm ci` in clients/js when its
+    /// node_modules is missing or older than the lockfile); 0 = do not serve.
     #[arg(long, default_value_t = 8080)]
     demo_port: u16,
-}
-
-/// `.switchyard/cluster.json`. The first five fields are the documented contract; `xtask_pid`
-/// and `redis_pid` let `down` stop a cluster whose `up` process is gone.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct ClusterFile {
-    placement: Vec<PlacementEntry>,
-    relays: Vec<RelayEntry>,
-    gateways: Vec<GatewayEntry>,
-    redis: Option<String>,
-    admin_token: String,
-    #[serde(default)]
-    xtask_pid: Option<u32>,
-    #[serde(default)]
-    redis_pid: Option<u32>,
-    #[serde(default)]
-    demo_pid: Option<u32>,
-    /// Bearer token of the relay's `Publish` (backends, `syctl publish`).
-    #[serde(default)]
-    publish_token: Option<String>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct PlacementEntry {
-    http: String,
-    grpc: String,
-    pid: u32,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct RelayEntry {
-    grpc: String,
-    pid: u32,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-struct GatewayEntry {
-    node_id: String,
-    url: String,
-    pid: u32,
-}
-
-fn cluster_file() -> PathBuf {
-    workspace_root().join(".switchyard").join("cluster.json")
+    /// Run release builds (`cargo build --release --workspace --bins`). Slower to build, the
+    /// only meaningful choice for load tests; the default debug build starts sooner.
+    #[arg(long)]
+    release: bool,
+    #[command(flatten)]
+    state: StateArgs,
 }
 
 /// `cargo xtask up`.
 pub fn up(args: UpArgs) -> anyhow::Result<()> {
-    let state_path = cluster_file();
+    let state_path = args.state.cluster_file();
     refuse_if_running(&state_path)?;
 
-    run(cargo().args(["build", "--bins"]))?;
-    // `cargo build` without --release: the dev profile, whatever SWITCHYARD_PROFILE says.
-    let bin_dir = target_dir()?.join("debug");
+    let profile = if args.release {
+        Profile::Release
+    } else {
+        Profile::Debug
+    };
+    build_bins(profile)?;
+    let bin_dir = profile.bin_dir()?;
 
     let token_secret = secret_from_env_or_random("SWITCHYARD_TOKEN_SECRET")?;
     let admin_token = secret_from_env_or_random("SWITCHYARD_ADMIN_TOKEN")?;
@@ -119,17 +104,17 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     // Only the relay and the gateways need it; it stays out of cluster.json.
     let link_token = secret_from_env_or_random("SWITCHYARD_LINK_TOKEN")?;
 
-    // Redis: --redis URL, or our own redis-server, or (said loudly) none.
-    let mut own_redis = None;
+    // Redis: --redis URL, or our own supervised redis-server, or (said loudly) none.
+    let mut redis_unit = None;
     let redis_url = if args.no_redis {
         None
     } else if let Some(url) = args.redis.clone() {
         Some(url)
     } else if find_on_path("redis-server").is_some() {
-        let redis = RedisServer::start()?;
-        let url = redis.url();
-        own_redis = Some(redis);
-        Some(url)
+        let unit = Unit::redis(RedisServer::start_in_own_process_group()?);
+        let url = unit.redis_server().map(RedisServer::url);
+        redis_unit = Some(unit);
+        url
     } else {
         None
     };
@@ -144,7 +129,15 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         }
         eprintln!();
     }
+    if args.relays > 1 && redis_url.is_none() {
+        bail!(
+            "--relays {} needs Redis (relay replicas share frames and history through it): \
+             drop --no-redis, pass --redis URL or install redis-server",
+            args.relays
+        );
+    }
 
+    let timeout = default_ready_timeout();
     let mut placement_args = vec![
         "--http-addr".to_owned(),
         format!("127.0.0.1:{}", args.placement_http_port),
@@ -158,18 +151,16 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     if let Some(url) = &redis_url {
         placement_args.extend(["--redis-url".to_owned(), url.clone()]);
     }
-    let placement = spawn(&bin_dir, "switchyard-placement", &placement_args)?;
-    let placement_http = format!("http://{}", placement.ready_value("http")?);
-    let placement_grpc = format!("http://{}", placement.ready_value("grpc")?);
+    let placement = Unit::program(
+        "placement",
+        &binary(&bin_dir, "switchyard-placement")?,
+        placement_args,
+        timeout,
+    )?;
+    let placement_http = format!("http://{}", ready(&placement, "http")?);
+    let placement_grpc = format!("http://{}", ready(&placement, "grpc")?);
 
     // The relays: every gateway links to each, so rooms span all of them.
-    if args.relays > 1 && redis_url.is_none() {
-        anyhow::bail!(
-            "--relays {} needs Redis (relay replicas share frames and history through it): \
-             drop --no-redis, pass --redis URL or install redis-server",
-            args.relays
-        );
-    }
     let mut relays = Vec::new();
     for i in 0..args.relays {
         let port = |base: u16| base.checked_add(2 * i).context("relay port out of range");
@@ -188,11 +179,16 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
         if let Some(url) = &redis_url {
             relay_args.extend(["--redis-url".to_owned(), url.clone()]);
         }
-        relays.push(spawn(&bin_dir, "switchyard-relay", &relay_args)?);
+        relays.push(Unit::program(
+            &relay_name(usize::from(i)),
+            &binary(&bin_dir, "switchyard-relay")?,
+            relay_args,
+            timeout,
+        )?);
     }
     let relay_grpcs = relays
         .iter()
-        .map(|r| -> anyhow::Result<String> { Ok(format!("http://{}", r.ready_value("grpc")?)) })
+        .map(|r| Ok(format!("http://{}", ready(r, "grpc")?)))
         .collect::<anyhow::Result<Vec<_>>>()?;
 
     let mut gateways = Vec::new();
@@ -201,11 +197,12 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             .gateway_base_port
             .checked_add(i - 1)
             .context("gateway port out of range")?;
+        let node_id = format!("gw-{i}");
         let gateway_args = vec![
             "--listen".to_owned(),
             format!("127.0.0.1:{port}"),
             "--node-id".to_owned(),
-            format!("gw-{i}"),
+            node_id.clone(),
             "--placement-url".to_owned(),
             placement_grpc.clone(),
             "--token-secret".to_owned(),
@@ -218,147 +215,247 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             "--drain-deadline-ms".to_owned(),
             "5000".to_owned(),
         ];
-        gateways.push(spawn(&bin_dir, "switchyard-gateway", &gateway_args)?);
+        gateways.push(Unit::program(
+            &node_id,
+            &binary(&bin_dir, "switchyard-gateway")?,
+            gateway_args,
+            timeout,
+        )?);
     }
 
-    let demo = start_demo(args.demo_port)?;
+    let demo = start_demo(args.demo_port);
 
     let state = ClusterFile {
         placement: vec![PlacementEntry {
             http: placement_http.clone(),
             grpc: placement_grpc.clone(),
-            pid: placement.pid(),
+            process: process_info(&placement),
         }],
         relays: relays
             .iter()
             .zip(&relay_grpcs)
-            .map(|(r, grpc)| RelayEntry {
-                grpc: grpc.clone(),
-                pid: r.pid(),
+            .map(|(r, grpc)| {
+                Ok(RelayEntry {
+                    http: Some(format!("http://{}", ready(r, "http")?)),
+                    grpc: grpc.clone(),
+                    process: process_info(r),
+                })
             })
-            .collect(),
+            .collect::<anyhow::Result<_>>()?,
         gateways: gateways
             .iter()
-            .map(|g| -> anyhow::Result<GatewayEntry> {
+            .map(|g| {
                 Ok(GatewayEntry {
-                    node_id: g.ready_value("node")?.to_owned(),
-                    url: format!("http://{}", g.ready_value("http")?),
-                    pid: g.pid(),
+                    node_id: g.name.clone(),
+                    url: format!("http://{}", ready(g, "http")?),
+                    process: process_info(g),
                 })
             })
             .collect::<anyhow::Result<_>>()?,
         redis: redis_url.clone(),
-        admin_token: admin_token.clone(),
+        admin_token,
+        publish_token: Some(publish_token),
         xtask_pid: Some(std::process::id()),
-        redis_pid: own_redis.as_ref().and_then(RedisServer::pid),
-        demo_pid: demo.as_ref().map(Service::pid),
-        publish_token: Some(publish_token.clone()),
+        profile: Some(profile.name().to_owned()),
+        redis_server: redis_unit.as_ref().and_then(|u| {
+            Some(RedisEntry {
+                url: u.redis_server()?.url(),
+                process: process_info(u),
+            })
+        }),
+        demo: demo.as_ref().and_then(|d| {
+            Some(DemoEntry {
+                url: format!(
+                    "http://{}/demo/index.html?placement={placement_http}",
+                    ready(d, "http").ok()?
+                ),
+                process: process_info(d),
+            })
+        }),
     };
-    if let Some(dir) = state_path.parent() {
-        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    state.write(&state_path)?;
+    print_summary(&state, &state_path);
+
+    // Supervise until a stop signal.
+    let stop = Arc::new(AtomicBool::new(false));
+    let shared = Arc::new(StateFile {
+        path: state_path.clone(),
+        file: Mutex::new(state),
+    });
+    let mut watchers = Vec::new();
+    let groups = [
+        (Stage::Last, redis_unit.into_iter().collect::<Vec<_>>()),
+        (
+            Stage::Core,
+            std::iter::once(placement).chain(relays).collect(),
+        ),
+        (Stage::Edge, gateways.into_iter().chain(demo).collect()),
+    ];
+    for (stage, units) in groups {
+        for unit in units {
+            watchers.push((stage, watch(unit, shared.clone(), stop.clone())));
+        }
     }
-    fs::write(&state_path, serde_json::to_string_pretty(&state)?)
-        .with_context(|| format!("writing {}", state_path.display()))?;
-
-    print_summary(&state, demo.as_ref());
-
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    let mut services: Vec<&Service> = vec![&placement];
-    services.extend(relays.iter());
-    services.extend(gateways.iter());
-    services.extend(demo.iter());
-    let outcome = runtime.block_on(wait_for_stop(&services));
-
-    eprintln!("stopping the cluster ...");
-    // Gateways first, so they drain while placement still answers; then placement.
-    let mut stopping: Vec<&Service> = demo.iter().collect();
-    stopping.extend(gateways.iter());
-    stop_all(&stopping, Duration::from_secs(8));
-    let mut last: Vec<&Service> = relays.iter().collect();
-    last.push(&placement);
-    stop_all(&last, Duration::from_secs(5));
-    drop(own_redis);
+    let signal = wait_for_stop_signal();
+    stop.store(true, Ordering::SeqCst);
+    match &signal {
+        Ok(name) => eprintln!("{name}: stopping the cluster ..."),
+        Err(e) => eprintln!("{e:#}; stopping the cluster ..."),
+    }
+    let mut units: Vec<(Stage, Unit)> = Vec::new();
+    for (stage, watcher) in watchers {
+        match watcher.join() {
+            Ok(unit) => units.push((stage, unit)),
+            Err(_) => eprintln!("a supervisor thread panicked; its service is left to Drop"),
+        }
+    }
+    // Gateways first, so they drain while placement still answers; Redis last.
+    for (stage, grace) in [
+        (Stage::Edge, Duration::from_secs(8)),
+        (Stage::Core, Duration::from_secs(5)),
+        (Stage::Last, Duration::from_secs(5)),
+    ] {
+        let group: Vec<&Unit> = units
+            .iter()
+            .filter(|(s, _)| *s == stage)
+            .map(|(_, u)| u)
+            .collect();
+        group.iter().for_each(|u| u.terminate());
+        group.iter().for_each(|u| u.wait_stopped(grace));
+    }
     let _ = fs::remove_file(&state_path);
     eprintln!("stopped; removed {}", state_path.display());
-    outcome
+    signal.map(drop)
 }
 
-/// Spawns `bin_dir/bin` and waits for its readiness line.
-fn spawn(bin_dir: &Path, bin: &str, args: &[String]) -> anyhow::Result<Service> {
+/// When a group of services is stopped: the edge (gateways, demo) first, Redis last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Edge,
+    Core,
+    Last,
+}
+
+/// Blocks until Ctrl-C, SIGTERM or SIGHUP (a closed terminal); returns the signal's name.
+fn wait_for_stop_signal() -> anyhow::Result<&'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the signal runtime")?;
+    runtime.block_on(async {
+        let mut term = signal(SignalKind::terminate()).context("handling SIGTERM")?;
+        let mut hup = signal(SignalKind::hangup()).context("handling SIGHUP")?;
+        Ok(tokio::select! {
+            _ = tokio::signal::ctrl_c() => "Ctrl-C",
+            _ = term.recv() => "SIGTERM",
+            _ = hup.recv() => "SIGHUP",
+        })
+    })
+}
+
+/// `bin_dir/bin`, which the build just made.
+fn binary(bin_dir: &Path, bin: &str) -> anyhow::Result<PathBuf> {
     let path = bin_dir.join(bin);
     if !path.is_file() {
-        bail!("{} is missing after `cargo build --bins`", path.display());
+        bail!("{} is missing after the build", path.display());
     }
-    Service::spawn_program(&path, args, &[], default_ready_timeout())
-        .with_context(|| format!("starting {bin} (is the port already taken?)"))
+    Ok(path)
 }
 
-/// Serves `clients/js` (the demo page) with `node tools/serve.mjs` when node and the JS
-/// dependencies are there; otherwise says how to get it.
-fn start_demo(port: u16) -> anyhow::Result<Option<Service>> {
-    if port == 0 {
-        return Ok(None);
+/// One value of a unit's readiness line.
+fn ready<'a>(unit: &'a Unit, key: &str) -> anyhow::Result<&'a str> {
+    unit.service()
+        .with_context(|| format!("{} is not running", unit.name))?
+        .ready_value(key)
+}
+
+fn process_info(unit: &Unit) -> ProcessInfo {
+    ProcessInfo {
+        pid: unit.pid().unwrap_or_default(),
+        restarts: 0,
+        started_at_ms: now_ms(),
+        log: unit.log_path(),
     }
-    let js = workspace_root().join("clients").join("js");
+}
+
+/// Serves `clients/js` (the demo page) with `node tools/serve.mjs` when Node is installed,
+/// after `npm ci` when `node_modules` is missing or older than the lockfile. The demo is a
+/// convenience: whatever stands in its way is said, and the cluster starts without it.
+fn start_demo(port: u16) -> Option<Unit> {
+    if port == 0 {
+        return None;
+    }
+    let root = workspace_root();
+    let js = root.join("clients").join("js");
     let server = js.join("tools").join("serve.mjs");
     if !server.is_file() {
-        return Ok(None);
+        return None;
     }
-    if find_on_path("node").is_none() || !js.join("node_modules").is_dir() {
+    let Some(node) = find_on_path("node") else {
         eprintln!(
-            "demo page not served: it needs node and `npm ci` in clients/js \
-             (cargo xtask test runs that)"
+            "demo page not served: Node.js is not installed (Debian: `sudo apt-get install -y \
+             nodejs npm`)"
         );
-        return Ok(None);
+        return None;
+    };
+    if find_on_path("npm").is_none() {
+        eprintln!(
+            "demo page not served: npm is not installed (Debian: `sudo apt-get install -y npm`)"
+        );
+        return None;
     }
-    let args = [
+    if let Err(e) = crate::prereqs::ensure_node_deps(&root) {
+        eprintln!("demo page not served: {e:#}");
+        return None;
+    }
+    let args = vec![
         server.display().to_string(),
         "--host".to_owned(),
         "127.0.0.1".to_owned(),
         "--port".to_owned(),
         port.to_string(),
     ];
-    match Service::spawn_program(Path::new("node"), &args, &[], Duration::from_secs(15)) {
-        Ok(service) => Ok(Some(service)),
+    match Unit::program("demo", &node, args, Duration::from_secs(15)) {
+        Ok(unit) => Some(unit),
         Err(e) => {
             eprintln!("demo page not served: {e:#}");
-            Ok(None)
+            None
         }
     }
 }
 
-fn print_summary(state: &ClusterFile, demo: Option<&Service>) {
+fn print_summary(state: &ClusterFile, state_path: &Path) {
     let Some(placement) = state.placement.first() else {
         return;
     };
     println!();
-    println!("Switchyard is up.");
+    println!(
+        "Switchyard is up ({} build).",
+        state.profile.as_deref().unwrap_or("debug")
+    );
     match &state.redis {
         Some(url) => println!("  redis       {url}"),
         None => println!("  redis       none (in-memory ledger)"),
     }
     println!(
         "  placement   HTTP {}  (/v1/assign /healthz /readyz /metrics)   gRPC {}  (pid {})",
-        placement.http, placement.grpc, placement.pid
+        placement.http, placement.grpc, placement.process.pid
     );
     for r in &state.relays {
         println!(
             "  relay       gRPC {}  (Link, Members, Publish, RelayAdmin)   (pid {})",
-            r.grpc, r.pid
+            r.grpc, r.process.pid
         );
     }
     for g in &state.gateways {
-        println!("  gateway     {:<6} {}  (pid {})", g.node_id, g.url, g.pid);
-    }
-    if let Some(demo) = demo
-        && let Some(addr) = demo.ready().get("http")
-    {
         println!(
-            "  demo        http://{addr}/demo/index.html?placement={}",
-            placement.http
+            "  gateway     {:<6} {}  (pid {})",
+            g.node_id, g.url, g.process.pid
         );
+    }
+    if let Some(demo) = &state.demo {
+        println!("  demo        {}", demo.url);
     }
     println!("  admin token {}", state.admin_token);
     println!();
@@ -375,138 +472,29 @@ fn print_summary(state: &ClusterFile, demo: Option<&Service>) {
     );
     println!();
     println!(
-        "State in {}. Ctrl-C stops everything (or `cargo xtask down` elsewhere).",
-        cluster_file().display()
+        "State in {}. A service that dies is restarted (try `cargo xtask kill gw-2`, then \
+         `cargo xtask status`).",
+        state_path.display()
     );
-}
-
-/// Waits for Ctrl-C or SIGTERM (`Ok`), or for a service to die on its own (`Err` with its log).
-async fn wait_for_stop(services: &[&Service]) -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
-    loop {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => return Ok(()),
-            _ = term.recv() => return Ok(()),
-            _ = tick.tick() => {
-                for service in services {
-                    if let Some(status) = service.try_status()? {
-                        bail!(
-                            "{} (pid {}) exited on its own with {status}; last lines of {}:\n{}",
-                            service.name(),
-                            service.pid(),
-                            service.log_path().display(),
-                            service.log_tail(20)
-                        );
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// SIGTERMs every service, waits up to `grace` for each; the ones still running are SIGKILLed.
-fn stop_all(services: &[&Service], grace: Duration) {
-    for service in services {
-        // Already gone (e.g. the terminal's SIGINT reached it first) is fine.
-        let _ = service.terminate();
-    }
-    for service in services {
-        match service.wait_exit(grace) {
-            // Exit 0 after draining, or killed by the SIGTERM itself (the demo server): fine.
-            Ok(status) if status.success() || status.signal() == Some(15) => {}
-            Ok(status) => eprintln!("{} exited with {status}", service.name()),
-            Err(_) => {
-                eprintln!(
-                    "{} did not stop within {grace:?}; killing it",
-                    service.name()
-                );
-                let _ = service.kill();
-            }
-        }
-    }
-}
-
-/// `cargo xtask down`.
-pub fn down() -> anyhow::Result<()> {
-    let path = cluster_file();
-    let text = match fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            eprintln!("no cluster running ({} does not exist)", path.display());
-            return Ok(());
-        }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let state: ClusterFile =
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-
-    // The `up` process stops everything in order and removes the file; the services and redis
-    // are signalled too, in case `up` is gone.
-    let mut pids: Vec<u32> = state.xtask_pid.into_iter().collect();
-    pids.extend(state.demo_pid);
-    pids.extend(state.gateways.iter().map(|g| g.pid));
-    pids.extend(state.relays.iter().map(|r| r.pid));
-    pids.extend(state.placement.iter().map(|p| p.pid));
-    pids.extend(state.redis_pid);
-    for &pid in &pids {
-        if is_ours(pid) {
-            eprintln!("SIGTERM {pid}");
-            if let Err(e) = send_signal(pid, "TERM") {
-                eprintln!("  {e:#}");
-            }
-        }
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    while pids.iter().any(|&pid| is_ours(pid)) && std::time::Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let left: Vec<u32> = pids.into_iter().filter(|&pid| is_ours(pid)).collect();
-    let _ = fs::remove_file(&path);
-    if !left.is_empty() {
-        bail!("still running after 15 s: pids {left:?} (kill -9 them if they are stuck)");
-    }
-    eprintln!("cluster stopped");
-    Ok(())
-}
-
-/// Whether `pid` is alive and is one of ours (a Switchyard binary, redis-server, node or the
-/// xtask), so a stale file never makes us signal an unrelated process that reused the pid.
-fn is_ours(pid: u32) -> bool {
-    let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
-        return false;
-    };
-    if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat"))
-        && let Some((_, rest)) = stat.rsplit_once(") ")
-        && rest.starts_with('Z')
-    {
-        return false; // a zombie: exited, waiting to be reaped by its parent
-    }
-    let cmdline = String::from_utf8_lossy(&cmdline);
-    ["switchyard", "redis-server", "xtask", "serve.mjs"]
-        .iter()
-        .any(|name| cmdline.contains(name))
+    println!("Ctrl-C stops everything (or `cargo xtask down` elsewhere).");
 }
 
 /// Refuses to start over a cluster that is still running; removes a stale file.
 fn refuse_if_running(path: &Path) -> anyhow::Result<()> {
-    let Ok(text) = fs::read_to_string(path) else {
+    let Ok(Some(state)) = ClusterFile::read(path) else {
         return Ok(());
     };
-    if let Ok(state) = serde_json::from_str::<ClusterFile>(&text) {
-        let running = state
-            .xtask_pid
-            .into_iter()
-            .chain(state.placement.iter().map(|p| p.pid))
-            .chain(state.relays.iter().map(|r| r.pid))
-            .chain(state.gateways.iter().map(|g| g.pid))
-            .any(is_ours);
-        if running {
-            bail!(
-                "a cluster is already running ({}); stop it with `cargo xtask down`",
-                path.display()
-            );
-        }
+    let running = state
+        .xtask_pid
+        .into_iter()
+        .chain(state.services().iter().map(|s| s.process.pid))
+        .any(is_ours);
+    if running {
+        bail!(
+            "a cluster is already running ({}); stop it with `cargo xtask down`, or give this \
+             one its own --state-dir and ports",
+            path.display()
+        );
     }
     let _ = fs::remove_file(path);
     Ok(())
@@ -529,31 +517,6 @@ fn secret_from_env_or_random(var: &str) -> anyhow::Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cluster_file_has_the_documented_shape() -> anyhow::Result<()> {
-        let state = ClusterFile {
-            placement: vec![PlacementEntry {
-                http: "http://127.0.0.1:7000".into(),
-                grpc: "http://127.0.0.1:7001".into(),
-                pid: 1,
-            }],
-            gateways: vec![GatewayEntry {
-                node_id: "gw-1".into(),
-                url: "http://127.0.0.1:4000".into(),
-                pid: 2,
-            }],
-            admin_token: "t".into(),
-            ..ClusterFile::default()
-        };
-        let json = serde_json::to_value(&state)?;
-        assert_eq!(json["placement"][0]["http"], "http://127.0.0.1:7000");
-        assert_eq!(json["gateways"][0]["node_id"], "gw-1");
-        assert_eq!(json["relays"], serde_json::json!([]));
-        assert!(json["redis"].is_null());
-        assert_eq!(json["admin_token"], "t");
-        Ok(())
-    }
 
     #[test]
     fn random_secrets_differ() -> anyhow::Result<()> {

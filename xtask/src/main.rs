@@ -1,12 +1,21 @@
 //! Project chores as Rust code, run with `cargo xtask <command>` (see `.cargo/config.toml`).
 //!
 //! - `test`: install what is missing, build everything, run every test, validate the manifests.
-//! - `up` / `down`: a local cluster in the foreground / stop one left running.
+//! - `up` / `down`: a local cluster in the foreground, supervised (a service that dies is
+//!   restarted) / stop one running elsewhere. `status` and `kill <service>` for the failover
+//!   story. `--release` runs release builds.
 //! - `bench <scenario>`: the benchmarks, in release mode.
 //! - `soak --minutes N`: long moderate load with churn; memory slope, errors, lost events.
 //! - `fuzz <target> [--seconds N]`: one cargo-fuzz target of `fuzz/`, longer than `test` runs it.
 //! - `k8s`: render and validate the Kubernetes manifests offline; `k8s run <overlay>`: run one
 //!   overlay's pods as local processes.
+//!
+//! Builds are reused, never redone: every verb builds with `cargo build [--release]
+//! --workspace --bins` ([`build_bins`], the command the README gives users) in a plain shell's
+//! environment ([`cargo`]) and runs the binaries from `target/<profile>/`. A `cargo run -p`
+//! or a build of fewer packages would resolve another feature set, and cargo's crate variables
+//! inherited from `cargo run` would rerun build scripts: either compiles the same crates again.
+//! `cargo xtask` itself is `cargo run -p xtask`; its own dependency build is made once.
 
 mod cluster;
 mod fuzz;
@@ -15,7 +24,7 @@ mod prereqs;
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -41,11 +50,17 @@ enum Cmd {
     /// Only install or check the prerequisites of `test` (redis-server, Node and Python test
     /// clients, chromium).
     Prereqs,
-    /// Start a local cluster in the foreground: redis-server, placement, N gateways.
-    /// Ctrl-C or SIGTERM stops everything.
+    /// Start a local cluster in the foreground: redis-server, placement, relays, N gateways,
+    /// the demo page. A service that dies is restarted; Ctrl-C or SIGTERM stops everything.
     Up(cluster::UpArgs),
     /// Stop a cluster started by `up` (reads .switchyard/cluster.json).
-    Down,
+    Down(cluster::StateArgs),
+    /// What the cluster started by `up` runs: name, pid, restarts, up since, addresses. Exits
+    /// non-zero when no cluster runs.
+    Status(cluster::StateArgs),
+    /// SIGKILL one service of the cluster started by `up` (gw-2, placement, relay-1, redis …);
+    /// `up` restarts it.
+    Kill(cluster::KillArgs),
     /// Run a benchmark scenario in release mode (`cargo xtask bench placement`); `all` runs
     /// every scenario, then regenerates docs/BENCHMARKS.md.
     Bench {
@@ -80,13 +95,27 @@ enum Cmd {
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// Errors are expected outcomes here (a port taken, no cluster running, a failed test): they
+/// are printed with their causes on one line each, never with a backtrace (returning the error
+/// from `main` would print one whenever RUST_BACKTRACE is set), and exit with code 1.
+fn main() -> ExitCode {
+    match dispatch(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Cmd::Test => test(),
         Cmd::Prereqs => prereqs().map(|_| ()),
         Cmd::Up(args) => cluster::up(args),
-        Cmd::Down => cluster::down(),
+        Cmd::Down(state) => cluster::down(state),
+        Cmd::Status(state) => cluster::status(state),
+        Cmd::Kill(args) => cluster::kill(args),
         Cmd::Bench { scenario, args } => bench(&scenario, &args),
         Cmd::Soak { minutes, args } => soak(minutes, &args),
         Cmd::K8s(args) => k8s::main(args),
@@ -103,9 +132,11 @@ pub fn workspace_root() -> PathBuf {
     manifest.parent().map(PathBuf::from).unwrap_or(manifest)
 }
 
-/// The cargo that runs us (`$CARGO`), so the same toolchain builds everything.
+/// The cargo that runs us, in the workspace root, with the environment of a plain shell, so
+/// a nested build reuses what a user's own `cargo build` built and the other way round (see
+/// `switchyard_testkit::cargo` for why this matters: ring's build script).
 pub fn cargo() -> Command {
-    let mut command = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    let mut command = switchyard_testkit::cargo::command();
     command.current_dir(workspace_root());
     command
 }
@@ -136,7 +167,8 @@ pub fn show(command: &Command) -> String {
 /// after one failed (so one CI run shows every failure); any failure fails the command.
 fn test() -> anyhow::Result<()> {
     let venv = prereqs()?;
-    run(cargo().args(["build", "--workspace", "--bins", "--examples"]))?;
+    build_bins(Profile::Debug)?;
+    build_tests_reusing_the_build()?;
     run(cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
         .env("SWITCHYARD_PROFILE", "debug")
@@ -145,6 +177,65 @@ fn test() -> anyhow::Result<()> {
     k8s::check_all()?;
     eprintln!("cargo xtask test: all green");
     Ok(())
+}
+
+/// `cargo test --workspace --no-run` right after `cargo build --workspace --bins`: fails when
+/// it compiled anything but test harnesses and examples, i.e. when the libraries and binaries
+/// the tests use are not the ones the plain build made.
+///
+/// That happens when a dev-dependency turns on features of a shared dependency that normal
+/// builds lack (cargo then builds that dependency and everything above it twice, with two
+/// feature sets; proptest's defaults did exactly this through `regex-syntax` and `bitflags`).
+/// The fix is to give normal builds the same features (see the workspace `Cargo.toml`). The
+/// check costs nothing: the build had to happen anyway, and only its JSON messages are read.
+fn build_tests_reusing_the_build() -> anyhow::Result<()> {
+    let mut command = cargo();
+    command
+        .args(["test", "--workspace", "--no-run"])
+        .arg("--message-format=json-render-diagnostics")
+        .stdout(Stdio::piped());
+    let shown = show(&command);
+    eprintln!("$ {shown}");
+    let output = command
+        .output()
+        .with_context(|| format!("cannot run `{shown}`"))?;
+    if !output.status.success() {
+        bail!("`{shown}` failed with {}", output.status);
+    }
+    let rebuilt = rebuilt_outside_tests(&String::from_utf8_lossy(&output.stdout));
+    if !rebuilt.is_empty() {
+        bail!(
+            "`{shown}` compiled again what `cargo build --workspace --bins` had just built: {}. \
+             A dev-dependency enables features the normal build lacks; enable them in the \
+             normal build too (see the note on regex-syntax in the workspace Cargo.toml)",
+            rebuilt.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// The packages of cargo's JSON messages that were compiled (not fresh) as something other
+/// than a test harness or an example: `name@version (target)`.
+fn rebuilt_outside_tests(messages: &str) -> Vec<String> {
+    messages
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["fresh"] == false)
+        .filter(|m| m["profile"]["test"] == false)
+        .filter(|m| {
+            !m["target"]["kind"]
+                .as_array()
+                .is_some_and(|k| k.iter().any(|k| k == "example"))
+        })
+        .map(|m| {
+            let id = m["package_id"].as_str().unwrap_or_default();
+            let package = id.rsplit_once('#').map_or(id, |(_, p)| p);
+            format!(
+                "{package} ({})",
+                m["target"]["name"].as_str().unwrap_or_default()
+            )
+        })
+        .collect()
 }
 
 /// Every prerequisite of the test suite; returns the Python venv directory.
@@ -164,16 +255,17 @@ fn prereqs() -> anyhow::Result<PathBuf> {
 /// Builds every service binary in release mode first: the scenarios spawn them as processes,
 /// and a stale or debug binary would make the figures meaningless.
 fn bench(scenario: &str, args: &[String]) -> anyhow::Result<()> {
-    run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
     let scenarios: &[&str] = if scenario == "all" {
         &["placement", "fanout", "rooms", "idle", "storm", "report"]
     } else {
         &[scenario]
     };
+    let bench = release_bench_binary()?;
     for scenario in scenarios {
-        run(cargo()
-            .args(["run", "--release", "-p", "switchyard-bench", "--", scenario])
+        run(Command::new(&bench)
+            .arg(scenario)
             .args(args)
+            .current_dir(workspace_root())
             .env("SWITCHYARD_PROFILE", "release"))?;
     }
     Ok(())
@@ -181,10 +273,75 @@ fn bench(scenario: &str, args: &[String]) -> anyhow::Result<()> {
 
 /// `cargo xtask soak --minutes N`: the bench crate's `soak` scenario on release builds.
 fn soak(minutes: f64, args: &[String]) -> anyhow::Result<()> {
-    run(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
-    run(cargo()
-        .args(["run", "--release", "-p", "switchyard-bench", "--", "soak"])
+    run(Command::new(release_bench_binary()?)
+        .arg("soak")
         .arg(format!("--minutes={minutes}"))
         .args(args)
+        .current_dir(workspace_root())
         .env("SWITCHYARD_PROFILE", "release"))
+}
+
+/// Builds every binary in release mode with the documented command and returns the path of
+/// `switchyard-bench`. The binary is run from `target/release/` rather than with
+/// `cargo run -p switchyard-bench`: `-p` resolves features for that one package, which
+/// compiles switchyard-common, placement and the bench a second time with another feature set.
+fn release_bench_binary() -> anyhow::Result<PathBuf> {
+    build_bins(Profile::Release)?;
+    let path = Profile::Release.bin_dir()?.join("switchyard-bench");
+    if !path.is_file() {
+        bail!("{} is missing after the release build", path.display());
+    }
+    Ok(path)
+}
+
+/// A cargo build profile of the workspace's binaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Profile {
+    Debug,
+    Release,
+}
+
+impl Profile {
+    /// Where cargo puts this profile's binaries.
+    pub fn bin_dir(self) -> anyhow::Result<PathBuf> {
+        let dir = switchyard_testkit::process::target_dir()?;
+        Ok(dir.join(match self {
+            Profile::Debug => "debug",
+            Profile::Release => "release",
+        }))
+    }
+
+    /// The value of `SWITCHYARD_PROFILE` that makes the testkit find these binaries.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Debug => "debug",
+            Profile::Release => "release",
+        }
+    }
+}
+
+/// `cargo build [--release] --workspace --bins`: every verb builds with exactly this command,
+/// the one the README gives, so what one built the others (and a user's own build) reuse.
+pub fn build_bins(profile: Profile) -> anyhow::Result<()> {
+    let mut command = cargo();
+    command.arg("build");
+    if profile == Profile::Release {
+        command.arg("--release");
+    }
+    run(command.args(["--workspace", "--bins"]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_rebuilt_libraries_and_binaries_count() {
+        let messages = r#"{"reason":"compiler-artifact","package_id":"registry+https://github.com/rust-lang/crates.io-index#ring@0.17.14","target":{"kind":["lib"],"name":"ring"},"profile":{"test":false},"fresh":false}
+{"reason":"compiler-artifact","package_id":"path+file:///w/crates/common#switchyard-common@0.1.0","target":{"kind":["lib"],"name":"switchyard_common"},"profile":{"test":false},"fresh":true}
+{"reason":"compiler-artifact","package_id":"path+file:///w/crates/common#switchyard-common@0.1.0","target":{"kind":["lib"],"name":"switchyard_common"},"profile":{"test":true},"fresh":false}
+{"reason":"compiler-artifact","package_id":"path+file:///w/crates/gateway#switchyard-gateway@0.1.0","target":{"kind":["example"],"name":"embedded"},"profile":{"test":false},"fresh":false}
+{"reason":"build-finished","success":true}"#;
+        assert_eq!(rebuilt_outside_tests(messages), ["ring@0.17.14 (ring)"]);
+    }
 }

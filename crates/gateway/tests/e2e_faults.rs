@@ -22,8 +22,6 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -33,11 +31,13 @@ use switchyard_common::assignment::now_ms;
 use switchyard_testkit::cluster::{
     Gateway, GatewayOpts, Placement, PlacementOpts, Relay, RelayOpts,
 };
+use switchyard_testkit::feed::{
+    self, Published, Publishing, all_acked, placement_waits, resumes, ticks,
+};
 use switchyard_testkit::redis::RedisServer;
 use tokio::net::{TcpListener, TcpStream};
 
-/// The contract's bound on how long a client waits for a new placement (README: a client that
-/// loses its gateway is placed again within 5 s).
+/// The bound on how long a client waits for a new placement.
 const PLACEMENT_DEADLINE_MS: u64 = 5_000;
 /// A guard against hanging, not a measurement.
 const WAIT: Duration = Duration::from_secs(60);
@@ -51,8 +51,7 @@ fn interval() -> Duration {
     Duration::from_millis(REPORT_INTERVAL_MS.parse().unwrap_or(1000))
 }
 
-/// The contract's bound for the ledger to be right again: 3 report intervals (a dead gateway
-/// leaves the ledger within three intervals).
+/// The bound for the ledger to be right again: 3 report intervals.
 fn ledger_deadline() -> Duration {
     3 * interval()
 }
@@ -292,213 +291,33 @@ impl FaultCluster {
     }
 }
 
-/// One publish attempt and what the publisher was told.
-#[derive(Debug, Clone)]
-struct Published {
-    n: u64,
-    /// The ack said `ok: true` (the event has an offset and must reach every member).
-    acked: bool,
-    /// The driver's result: the ack, or why there was none.
-    answer: Value,
+/// The subscribers' ids: `s0` .. `s{SUBSCRIBERS - 1}`.
+fn subscriber_ids() -> Vec<String> {
+    (0..SUBSCRIBERS).map(|i| format!("s{i}")).collect()
 }
 
-/// Fails unless every publish was acknowledged, quoting the first that was not.
-fn all_acked(published: &[Published]) -> anyhow::Result<()> {
-    match published.iter().find(|p| !p.acked) {
-        Some(p) => bail!("publish {} failed: {}", p.n, p.answer),
-        None => Ok(()),
-    }
-}
-
-/// Publishes `tick {n}` from `next` on, one after the other (each waits for its answer, so
-/// offsets follow `n`), every 20 ms, until `stop`; a refused or failed publish is recorded,
-/// not fatal. Counts attempts in `progress`.
-fn spawn_publisher(
-    mut driver: Driver,
-    next: u64,
-    stop: Arc<AtomicBool>,
-    progress: Arc<AtomicU64>,
-) -> tokio::task::JoinHandle<anyhow::Result<(Driver, Vec<Published>)>> {
-    tokio::spawn(async move {
-        let mut log = Vec::new();
-        let mut n = next;
-        while !stop.load(Ordering::SeqCst) {
-            let res = driver
-                .try_request(json!({"cmd": "publish", "id": "p", "room": ROOM,
-                                    "event": "tick", "data": {"n": n}}))
-                .await
-                .with_context(|| format!("publishing {n}"))?;
-            log.push(Published {
-                n,
-                acked: res["ok"] == true && res["ack"]["ok"] == true,
-                answer: res,
-            });
-            n += 1;
-            progress.fetch_add(1, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Ok((driver, log))
-    })
-}
-
-/// A publisher running until [`Publishing::stop`].
-struct Publishing {
-    stop: Arc<AtomicBool>,
-    progress: Arc<AtomicU64>,
-    task: tokio::task::JoinHandle<anyhow::Result<(Driver, Vec<Published>)>>,
-}
-
-impl Publishing {
-    fn start(driver: Driver, next: u64) -> Publishing {
-        let stop = Arc::new(AtomicBool::new(false));
-        let progress = Arc::new(AtomicU64::new(0));
-        let task = spawn_publisher(driver, next, stop.clone(), progress.clone());
-        Publishing {
-            stop,
-            progress,
-            task,
-        }
-    }
-
-    /// Waits until `more` further publishes were attempted.
-    async fn advance(&self, more: u64) -> anyhow::Result<()> {
-        let target = self.progress.load(Ordering::SeqCst) + more;
-        let deadline = Instant::now() + WAIT;
-        while self.progress.load(Ordering::SeqCst) < target {
-            ensure!(
-                Instant::now() < deadline && !self.task.is_finished(),
-                "publisher stuck at {}",
-                self.progress.load(Ordering::SeqCst)
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(())
-    }
-
-    async fn stop(self) -> anyhow::Result<(Driver, Vec<Published>)> {
-        self.stop.store(true, Ordering::SeqCst);
-        self.task.await?
-    }
-}
-
-/// `(n, epoch)` of every `tick` client `id` received, in arrival order.
-fn ticks(driver: &mut Driver, id: &str) -> Vec<(u64, String)> {
-    driver
-        .events_of(id, "recv")
-        .iter()
-        .filter(|e| e["name"] == "tick")
-        .filter_map(|e| {
-            let n = e["args"][0]["n"].as_u64()?;
-            let epoch = e["args"][1]["epoch"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned();
-            Some((n, epoch))
-        })
-        .collect()
-}
-
-/// Publishes a **fence** (an event after every tick, acknowledged) and waits until every
-/// subscriber received it; then checks that each got every acknowledged tick, in order, none
-/// twice. Events reach a socket in offset order and the fence was stamped after every tick, so
-/// once a subscriber has the fence, every tick that will ever reach it has: the check below
-/// cannot be early. A refused publish may or may not have been delivered (its refusal may have
-/// been a lost answer), but never twice or out of order.
+/// [`feed::every_subscriber_got_exactly`] for every subscriber, the fence published by the
+/// feed's publisher `p`.
 async fn every_subscriber_got_exactly(
     subs: &mut Driver,
     publisher: &mut Driver,
     published: &[Published],
 ) -> anyhow::Result<()> {
-    let acked: Vec<u64> = published.iter().filter(|p| p.acked).map(|p| p.n).collect();
-    ensure!(!acked.is_empty(), "nothing was published");
-    static FENCES: AtomicU64 = AtomicU64::new(0);
-    let fence = FENCES.fetch_add(1, Ordering::SeqCst);
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let ack = publisher
-            .publish("p", ROOM, "fence", json!({"fence": fence}))
-            .await?;
-        if ack["ok"] == true {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "the fence was never acknowledged: {ack}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for i in 0..SUBSCRIBERS {
-        let id = format!("s{i}");
-        subs.wait_event(&format!("{id} to get fence {fence}"), WAIT, |e| {
-            e["id"] == id.as_str()
-                && e["event"] == "recv"
-                && e["name"] == "fence"
-                && e["args"][0]["fence"] == fence
-        })
-        .await?;
-    }
-    for i in 0..SUBSCRIBERS {
-        let id = format!("s{i}");
-        let got: Vec<u64> = ticks(subs, &id).into_iter().map(|(n, _)| n).collect();
-        ensure!(
-            got.windows(2).all(|w| w[0] < w[1]),
-            "{id} got events twice or out of order: {got:?}"
-        );
-        if !acked.iter().all(|n| got.contains(n)) {
-            let missing: Vec<u64> = acked.iter().copied().filter(|n| !got.contains(n)).collect();
-            bail!(
-                "{id} got {} events for {} acknowledged; missing {missing:?}; got {got:?}",
-                got.len(),
-                acked.len()
-            );
-        }
-    }
-    Ok(())
-}
-
-/// For every client that lost its connection: how long from its `disconnect` until it was
-/// `reconnected` (ms, as the driver saw them). A client still away counts from its disconnect
-/// until now.
-/// Every `resumed` event seen so far.
-fn resumes(subs: &mut Driver) -> Vec<Value> {
-    subs.events()
-        .iter()
-        .filter(|e| e["event"] == "resumed")
-        .cloned()
-        .collect()
-}
-
-fn placement_waits(subs: &mut Driver) -> Vec<(String, u64)> {
-    let events = subs.events().to_vec();
-    let mut waits = Vec::new();
-    for d in events.iter().filter(|e| e["event"] == "disconnect") {
-        let (Some(id), Some(t)) = (d["id"].as_str(), d["t"].as_u64()) else {
-            continue;
-        };
-        let back = events
-            .iter()
-            .filter(|e| e["id"] == id && e["event"] == "reconnected")
-            .filter_map(|e| e["t"].as_u64())
-            .find(|&r| r >= t)
-            .unwrap_or_else(now_ms);
-        waits.push((id.to_owned(), back - t));
-    }
-    waits
+    let fence = feed::Fence {
+        driver: publisher,
+        id: "p",
+        room: ROOM,
+    };
+    feed::every_subscriber_got_exactly(subs, &subscriber_ids(), fence, published).await
 }
 
 fn assert_waits_within_deadline(waits: &[(String, u64)]) -> anyhow::Result<()> {
-    let worst = waits.iter().max_by_key(|(_, ms)| *ms);
-    eprintln!(
-        "{} clients re-placed, longest wait {worst:?} ms",
-        waits.len()
-    );
-    if let Some((id, ms)) = worst {
-        ensure!(
-            *ms <= PLACEMENT_DEADLINE_MS,
-            "{id} waited {ms} ms for a new placement (bound {PLACEMENT_DEADLINE_MS} ms)"
-        );
-    }
-    Ok(())
+    feed::assert_waits_within(waits, PLACEMENT_DEADLINE_MS)
+}
+
+/// A publisher of [`ROOM`]'s feed on client `p` of `driver`, from `next` on.
+fn publish_feed(driver: Driver, next: u64) -> Publishing {
+    Publishing::start(driver, "p", ROOM, next)
 }
 
 /// Waits for newcomer `id`'s first `connected` (a refused attempt may come before it) and
@@ -524,7 +343,7 @@ async fn a_killed_gateways_clients_are_placed_within_5s_and_miss_nothing() -> an
     let mut subs = cluster.subscribers().await?;
     let on_dead = subs.count().await?.on("gw-0");
     ensure!(on_dead > 0, "some subscribers are on the gateway to kill");
-    let publishing = Publishing::start(cluster.publisher(1).await?, 0);
+    let publishing = publish_feed(cluster.publisher(1).await?, 0);
     publishing.advance(30).await?;
 
     cluster.gateways[0].kill()?;
@@ -560,7 +379,7 @@ async fn a_killed_gateways_clients_are_placed_within_5s_and_miss_nothing() -> an
 async fn a_killed_relay_replica_moves_no_client_and_loses_no_event() -> anyhow::Result<()> {
     let cluster = FaultCluster::start().await?;
     let mut subs = cluster.subscribers().await?;
-    let publishing = Publishing::start(cluster.publisher(1).await?, 0);
+    let publishing = publish_feed(cluster.publisher(1).await?, 0);
     publishing.advance(30).await?;
 
     cluster.relays[0].kill()?;
@@ -597,7 +416,7 @@ async fn a_killed_placement_replica_goes_unnoticed_by_clients() -> anyhow::Resul
     const NEWCOMERS: usize = 15;
     let cluster = FaultCluster::start().await?;
     let mut subs = cluster.subscribers().await?;
-    let publishing = Publishing::start(cluster.publisher(1).await?, 0);
+    let publishing = publish_feed(cluster.publisher(1).await?, 0);
     publishing.advance(30).await?;
 
     // Kill the replica holding the lease, so the other must take the singleton duties over.
@@ -673,7 +492,7 @@ async fn redis_restarted_empty_shows_a_new_epoch_and_loses_nothing_silently() ->
 {
     let cluster = FaultCluster::start().await?;
     let mut subs = cluster.subscribers().await?;
-    let publishing = Publishing::start(cluster.publisher(1).await?, 0);
+    let publishing = publish_feed(cluster.publisher(1).await?, 0);
     publishing.advance(30).await?;
     let (mut publisher, mut published) = publishing.stop().await?;
     every_subscriber_got_exactly(&mut subs, &mut publisher, &published).await?;
@@ -684,7 +503,7 @@ async fn redis_restarted_empty_shows_a_new_epoch_and_loses_nothing_silently() ->
 
     // Redis dies while events are being published: those publishes are refused, not lost.
     // The publisher stops before Redis is back, so the exact count below is well defined.
-    let publishing = Publishing::start(publisher, published.len() as u64);
+    let publishing = publish_feed(publisher, published.len() as u64);
     cluster.redis.kill()?;
     publishing.advance(5).await?;
     let (publisher, during) = publishing.stop().await?;
@@ -799,7 +618,7 @@ async fn redis_restarted_empty_shows_a_new_epoch_and_loses_nothing_silently() ->
     for relay in &cluster.relays {
         support::wait_relay_members(relay.grpc_url(), 2, WAIT).await?;
     }
-    let publishing = Publishing::start(publisher, published.len() as u64);
+    let publishing = publish_feed(publisher, published.len() as u64);
     publishing.advance(30).await?;
     let (mut publisher, after) = publishing.stop().await?;
     all_acked(&after)?;
@@ -825,7 +644,7 @@ async fn a_frozen_gateway_is_evicted_then_rejoins_counted_once() -> anyhow::Resu
     let mut subs = cluster.subscribers().await?;
     let on_frozen = subs.count().await?.on("gw-2");
     ensure!(on_frozen > 0, "some subscribers are on gw-2");
-    let publishing = Publishing::start(cluster.publisher(1).await?, 0);
+    let publishing = publish_feed(cluster.publisher(1).await?, 0);
     publishing.advance(30).await?;
 
     cluster.gateways[2].pause()?;

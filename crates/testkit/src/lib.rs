@@ -11,15 +11,19 @@
 //! blocks the calling thread for at most the ready timeout; a process never depends on the test's
 //! own runtime to get ready, so this does not deadlock. Only [`assign`] is async (it is HTTP).
 //! [`tls::TestPki`] writes throwaway certificates for the TLS tests. [`driver::Driver`] runs the
-//! official Socket.IO clients (Node's `socket.io-client`, `python-socketio`) as child processes.
-//! [`wait::eventually`] is the one way a test waits for something to happen.
+//! official Socket.IO clients (Node's `socket.io-client`, `python-socketio`) as child processes;
+//! [`feed`] publishes a numbered room feed and checks that every subscriber got each acknowledged
+//! event exactly once. [`wait::eventually`] is the one way a test waits for something to happen.
+//! [`cargo::command`] runs a nested cargo with a plain shell's environment.
 //!
 //! Every child process is killed when its handle is dropped, so a failing test leaves nothing
 //! running. Logs of every process go to `target/testkit-logs/`.
 
 pub mod assign;
+pub mod cargo;
 pub mod cluster;
 pub mod driver;
+pub mod feed;
 pub mod otlp;
 pub mod ports;
 pub mod process;

@@ -205,21 +205,29 @@ impl Service {
         env: &[(&str, &str)],
         ready_timeout: Duration,
     ) -> anyhow::Result<Service> {
+        let mut command = Command::new(program);
+        command.args(args);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        Self::spawn_command(command, ready_timeout)
+    }
+
+    /// Spawns a prepared `command` (program, arguments, environment, and whatever else the
+    /// caller set, such as its own process group) under the same rules as
+    /// [`Service::spawn_program`]; stdin, stdout and stderr are set here.
+    pub fn spawn_command(mut command: Command, ready_timeout: Duration) -> anyhow::Result<Service> {
+        let program = PathBuf::from(command.get_program());
         let name = program
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "process".to_owned());
-        let mut command = Command::new(program);
         command
-            .args(args)
             // Logs are read by people in files, not terminals.
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        for (k, v) in env {
-            command.env(k, v);
-        }
         let mut child = command
             .spawn()
             .with_context(|| format!("spawning {}", program.display()))?;

@@ -13,8 +13,9 @@
 //! file, the user, the password for `SWITCHYARD_REDIS_PASSWORD`), and
 //! [`RedisServer::acl_denials`] reads the server's `ACL LOG`: what the ACL user was refused.
 
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -47,6 +48,8 @@ pub struct RedisOptions {
     pub require_client_cert: bool,
     /// Create this ACL user (and give `default` a password of the testkit's).
     pub acl_user: Option<AclUser>,
+    /// Run the server (and every restart of it) in a process group of its own.
+    pub own_process_group: bool,
 }
 
 impl RedisOptions {
@@ -57,6 +60,7 @@ impl RedisOptions {
             tls: Some(pki),
             require_client_cert: false,
             acl_user: Some(AclUser::new(name, rule)),
+            own_process_group: false,
         }
     }
 }
@@ -348,6 +352,16 @@ impl RedisServer {
         Self::start_with(RedisOptions::default())
     }
 
+    /// [`RedisServer::start`], with the server (and every restart of it) in a process group of
+    /// its own, so a terminal's Ctrl-C reaches only the supervisor that owns it
+    /// (`cargo xtask up`, which stops the services in order and Redis last).
+    pub fn start_in_own_process_group() -> anyhow::Result<RedisServer> {
+        Self::start_with(RedisOptions {
+            own_process_group: true,
+            ..RedisOptions::default()
+        })
+    }
+
     /// [`RedisServer::start`] with TLS and/or an ACL user (see the module docs).
     pub fn start_with(options: RedisOptions) -> anyhow::Result<RedisServer> {
         let launch = Box::new(Launch::new(options)?);
@@ -418,6 +432,15 @@ impl RedisServer {
     /// The pid of the running server, if one runs.
     pub fn pid(&self) -> Option<u32> {
         self.child().as_ref().map(Child::id)
+    }
+
+    /// The exit status if the server exited (or was killed) on its own, without waiting;
+    /// `None` while it runs, and after [`RedisServer::kill`].
+    pub fn exit_status(&self) -> anyhow::Result<Option<ExitStatus>> {
+        match self.child().as_mut() {
+            Some(child) => Ok(child.try_wait()?),
+            None => Ok(None),
+        }
     }
 
     /// SIGKILLs the server (an outage as clients see it: connections drop, the port refuses).
@@ -492,7 +515,11 @@ pub(crate) fn spawn_ready(
 ) -> anyhow::Result<(Child, PathBuf)> {
     let log_path = log_dir()?.join(format!("redis-server-{port}-{}.log", unique_suffix()));
     let log = open_log(&log_path)?;
-    let mut child = Command::new(&launch.program)
+    let mut command = Command::new(&launch.program);
+    if launch.options.own_process_group {
+        command.process_group(0);
+    }
+    let mut child = command
         .args(["--bind", "127.0.0.1"])
         .args(["--save", ""])
         .args(["--appendonly", "no"])

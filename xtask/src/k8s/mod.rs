@@ -100,7 +100,7 @@ enum K8sCommand {
 pub fn main(args: K8sArgs) -> Result<()> {
     match args.command {
         None => {
-            crate::run(crate::cargo().args(["build", "--workspace", "--bins", "--examples"]))?;
+            crate::build_bins(crate::Profile::Debug)?;
             check_all()
         }
         Some(K8sCommand::Run { overlay, release }) => run::run_verb(&overlay, release),

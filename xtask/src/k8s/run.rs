@@ -478,14 +478,13 @@ impl Drop for Cluster {
 
 /// The `run` verb: build, start, print, stay in the foreground until Ctrl-C.
 pub fn run_verb(overlay: &str, release: bool) -> Result<()> {
-    let build: &[&str] = if release {
-        &["build", "--release", "--workspace", "--bins"]
+    let profile = if release {
+        crate::Profile::Release
     } else {
-        &["build", "--workspace", "--bins", "--examples"]
+        crate::Profile::Debug
     };
-    crate::run(crate::cargo().args(build))?;
-    let bin_dir =
-        switchyard_testkit::process::target_dir()?.join(if release { "release" } else { "debug" });
+    crate::build_bins(profile)?;
+    let bin_dir = profile.bin_dir()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
         let mut cluster = Cluster::start(&Options {
