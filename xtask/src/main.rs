@@ -22,6 +22,7 @@ mod fuzz;
 mod k8s;
 mod prereqs;
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{Command, ExitCode, Stdio};
@@ -167,8 +168,8 @@ pub fn show(command: &Command) -> String {
 /// after one failed (so one CI run shows every failure); any failure fails the command.
 fn test() -> anyhow::Result<()> {
     let venv = prereqs()?;
-    build_bins(Profile::Debug)?;
-    build_tests_reusing_the_build()?;
+    let built = build_bins_listing_artifacts()?;
+    build_tests_reusing_the_build(&built)?;
     run(cargo()
         .args(["test", "--workspace", "--no-fail-fast"])
         .env("SWITCHYARD_PROFILE", "debug")
@@ -179,22 +180,49 @@ fn test() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// [`build_bins`] for the debug profile, also returning what it built (fresh or compiled now)
+/// as `package_id target`, for [`build_tests_reusing_the_build`].
+fn build_bins_listing_artifacts() -> anyhow::Result<BTreeSet<String>> {
+    let mut command = cargo();
+    command.args(["build", "--workspace", "--bins"]);
+    let messages = run_with_messages(&mut command)?;
+    Ok(artifacts(&messages).map(|(key, _)| key).collect())
+}
+
 /// `cargo test --workspace --no-run` right after `cargo build --workspace --bins`: fails when
-/// it compiled anything but test harnesses and examples, i.e. when the libraries and binaries
-/// the tests use are not the ones the plain build made.
+/// it compiled again a library or binary the plain build had made (`built`), i.e. when the
+/// libraries and binaries the tests use are not the ones the plain build made. Crates only
+/// tests use (dev-dependencies such as proptest) are new here, not built again, and pass.
 ///
 /// That happens when a dev-dependency turns on features of a shared dependency that normal
 /// builds lack (cargo then builds that dependency and everything above it twice, with two
 /// feature sets; proptest's defaults did exactly this through `regex-syntax` and `bitflags`).
 /// The fix is to give normal builds the same features (see the workspace `Cargo.toml`). The
-/// check costs nothing: the build had to happen anyway, and only its JSON messages are read.
-fn build_tests_reusing_the_build() -> anyhow::Result<()> {
+/// check costs nothing: the builds had to happen anyway, and only their JSON messages are read.
+fn build_tests_reusing_the_build(built: &BTreeSet<String>) -> anyhow::Result<()> {
     let mut command = cargo();
+    command.args(["test", "--workspace", "--no-run"]);
+    let messages = run_with_messages(&mut command)?;
+    let rebuilt = rebuilt(&messages, built);
+    if !rebuilt.is_empty() {
+        bail!(
+            "`cargo test --workspace --no-run` compiled again what `cargo build --workspace \
+             --bins` had just built: {}. A dev-dependency enables features the normal build \
+             lacks; enable them in the normal build too (see the note on regex-syntax in the \
+             workspace Cargo.toml)",
+            rebuilt.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Runs `command` with `--message-format=json-render-diagnostics` (diagnostics still reach the
+/// terminal) and returns cargo's JSON messages.
+fn run_with_messages(command: &mut Command) -> anyhow::Result<String> {
     command
-        .args(["test", "--workspace", "--no-run"])
         .arg("--message-format=json-render-diagnostics")
         .stdout(Stdio::piped());
-    let shown = show(&command);
+    let shown = show(command);
     eprintln!("$ {shown}");
     let output = command
         .output()
@@ -202,38 +230,39 @@ fn build_tests_reusing_the_build() -> anyhow::Result<()> {
     if !output.status.success() {
         bail!("`{shown}` failed with {}", output.status);
     }
-    let rebuilt = rebuilt_outside_tests(&String::from_utf8_lossy(&output.stdout));
-    if !rebuilt.is_empty() {
-        bail!(
-            "`{shown}` compiled again what `cargo build --workspace --bins` had just built: {}. \
-             A dev-dependency enables features the normal build lacks; enable them in the \
-             normal build too (see the note on regex-syntax in the workspace Cargo.toml)",
-            rebuilt.join(", ")
-        );
-    }
-    Ok(())
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
-/// The packages of cargo's JSON messages that were compiled (not fresh) as something other
-/// than a test harness or an example: `name@version (target)`.
-fn rebuilt_outside_tests(messages: &str) -> Vec<String> {
+/// The compiled artifacts of cargo's JSON messages that are not test harnesses or examples:
+/// (`package_id target`, compiled now rather than fresh).
+fn artifacts(messages: &str) -> impl Iterator<Item = (String, bool)> + '_ {
     messages
         .lines()
         .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["fresh"] == false)
-        .filter(|m| m["profile"]["test"] == false)
+        .filter(|m| m["reason"] == "compiler-artifact" && m["profile"]["test"] == false)
         .filter(|m| {
             !m["target"]["kind"]
                 .as_array()
                 .is_some_and(|k| k.iter().any(|k| k == "example"))
         })
         .map(|m| {
-            let id = m["package_id"].as_str().unwrap_or_default();
-            let package = id.rsplit_once('#').map_or(id, |(_, p)| p);
-            format!(
-                "{package} ({})",
+            let key = format!(
+                "{} {}",
+                m["package_id"].as_str().unwrap_or_default(),
                 m["target"]["name"].as_str().unwrap_or_default()
-            )
+            );
+            (key, m["fresh"] == false)
+        })
+}
+
+/// What of `messages` was compiled now although `built` has it: `name@version (target)`.
+fn rebuilt(messages: &str, built: &BTreeSet<String>) -> Vec<String> {
+    artifacts(messages)
+        .filter(|(key, compiled)| *compiled && built.contains(key))
+        .map(|(key, _)| {
+            let (id, target) = key.rsplit_once(' ').unwrap_or((&key, ""));
+            let package = id.rsplit_once('#').map_or(id, |(_, p)| p);
+            format!("{package} ({target})")
         })
         .collect()
 }
@@ -336,12 +365,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_rebuilt_libraries_and_binaries_count() {
+    fn only_libraries_and_binaries_the_plain_build_made_count() {
         let messages = r#"{"reason":"compiler-artifact","package_id":"registry+https://github.com/rust-lang/crates.io-index#ring@0.17.14","target":{"kind":["lib"],"name":"ring"},"profile":{"test":false},"fresh":false}
 {"reason":"compiler-artifact","package_id":"path+file:///w/crates/common#switchyard-common@0.1.0","target":{"kind":["lib"],"name":"switchyard_common"},"profile":{"test":false},"fresh":true}
 {"reason":"compiler-artifact","package_id":"path+file:///w/crates/common#switchyard-common@0.1.0","target":{"kind":["lib"],"name":"switchyard_common"},"profile":{"test":true},"fresh":false}
 {"reason":"compiler-artifact","package_id":"path+file:///w/crates/gateway#switchyard-gateway@0.1.0","target":{"kind":["example"],"name":"embedded"},"profile":{"test":false},"fresh":false}
 {"reason":"build-finished","success":true}"#;
-        assert_eq!(rebuilt_outside_tests(messages), ["ring@0.17.14 (ring)"]);
+        let built: BTreeSet<String> = [
+            "registry+https://github.com/rust-lang/crates.io-index#ring@0.17.14 ring",
+            "path+file:///w/crates/common#switchyard-common@0.1.0 switchyard_common",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+        assert_eq!(rebuilt(messages, &built), ["ring@0.17.14 (ring)"]);
+        // A dev-only crate compiled for the first time is not compiled "again".
+        assert!(rebuilt(messages, &BTreeSet::new()).is_empty());
     }
 }
