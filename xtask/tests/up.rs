@@ -33,6 +33,7 @@ use switchyard_testkit::feed::{
 use switchyard_testkit::ports::free_port;
 use switchyard_testkit::process::{log_dir, send_signal, tail, workspace_root};
 use switchyard_testkit::redis::{MISSING_REDIS, find_on_path};
+use switchyard_testkit::wait::eventually;
 
 /// The bound on how long a client waits for a new placement.
 const PLACEMENT_DEADLINE: Duration = Duration::from_secs(5);
@@ -396,20 +397,17 @@ async fn up_restarts_a_killed_gateway_and_relay_while_clients_lose_nothing() -> 
 
     // The gateway comes back with a new pid, one restart, and registers with placement; the
     // rest of the cluster never stopped.
-    let deadline = Instant::now() + WAIT;
-    let back = loop {
+    let back = eventually(format!("{victim} back"), WAIT, || async {
         let entry = up.gateway(victim)?;
         let pid = pid_of(&entry)?;
-        if pid != old_pid && entry["restarts"] == 1 && alive(pid) {
-            break pid;
-        }
         ensure!(
-            Instant::now() < deadline,
+            pid != old_pid && entry["restarts"] == 1 && alive(pid),
             "{victim} not back: {entry}\n{}",
             up.output()
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        Ok(pid)
+    })
+    .await?;
     up.wait_listed(&[victim]).await?;
     eprintln!(
         "{victim} back as pid {back} (was {old_pid}) and listed by placement {:?} after the kill",
@@ -484,15 +482,15 @@ async fn up_restarts_a_killed_gateway_and_relay_while_clients_lose_nothing() -> 
     publishing.advance(20).await?;
     let killed = up.xtask("kill", &["relay-1"])?;
     ensure!(killed.status.success(), "kill relay-1: {killed:?}");
-    let deadline = Instant::now() + WAIT;
-    loop {
+    eventually("relay-1 back", WAIT, || async {
         let relay = &up.file()?["relays"][0];
-        if relay["restarts"] == 1 && pid_of(relay)? != relay_pid && alive(pid_of(relay)?) {
-            break;
-        }
-        ensure!(Instant::now() < deadline, "relay-1 not back: {relay}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        ensure!(
+            relay["restarts"] == 1 && pid_of(relay)? != relay_pid && alive(pid_of(relay)?),
+            "relay-1 not back: {relay}"
+        );
+        Ok(())
+    })
+    .await?;
     publishing.advance(60).await?;
     subs.wait_counts(
         "every subscriber connected after the relay came back",

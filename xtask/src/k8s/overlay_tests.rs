@@ -23,9 +23,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
 use switchyard_testkit::driver::{Driver, spread_evenly};
+use switchyard_testkit::wait::eventually;
 
 use super::run::{Cluster, Options};
 use super::state::Grace;
@@ -405,30 +406,29 @@ async fn wait_for_ledger(cluster: &Cluster, gateways: &[String]) -> Result<()> {
     let token = cluster
         .secret("switchyard-secrets", "admin-token")
         .context("no admin-token in switchyard-secrets")?;
-    let deadline = Instant::now() + SETTLE_TIMEOUT;
-    loop {
-        let output = tokio::process::Command::new(&syctl)
-            .args(["--placement", &format!("http://{grpc}"), "--json", "nodes"])
-            .env("SWITCHYARD_ADMIN_TOKEN", &token)
-            .output()
-            .await
-            .context("running syctl nodes")?;
-        let listed = String::from_utf8_lossy(&output.stdout).into_owned();
-        if output.status.success()
-            && gateways
-                .iter()
-                .all(|g| listed.contains(&format!("\"{g}\"")))
-        {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "placement's ledger does not list every gateway {gateways:?}: {listed}{}",
+    eventually(
+        "placement's ledger to list every gateway",
+        SETTLE_TIMEOUT,
+        || async {
+            let output = tokio::process::Command::new(&syctl)
+                .args(["--placement", &format!("http://{grpc}"), "--json", "nodes"])
+                .env("SWITCHYARD_ADMIN_TOKEN", &token)
+                .output()
+                .await
+                .context("running syctl nodes")?;
+            let listed = String::from_utf8_lossy(&output.stdout).into_owned();
+            ensure!(
+                output.status.success()
+                    && gateways
+                        .iter()
+                        .all(|g| listed.contains(&format!("\"{g}\""))),
+                "the ledger does not list every gateway {gateways:?}: {listed}{}",
                 String::from_utf8_lossy(&output.stderr)
             );
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
+            Ok(())
+        },
+    )
+    .await
 }
 
 /// The continuous publisher's record.
@@ -549,14 +549,11 @@ async fn wait_all(
     timeout: Duration,
     condition: impl Fn(&mut Driver) -> bool,
 ) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if condition(driver) {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("{what}: not within {timeout:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let driver = tokio::sync::Mutex::new(driver);
+    eventually(what, timeout, || async {
+        let mut driver = driver.lock().await;
+        ensure!(condition(&mut driver), "not yet");
+        Ok(())
+    })
+    .await
 }
