@@ -8,12 +8,14 @@
 //! - [`shutdown`]: one signal future so every service reacts to SIGTERM and Ctrl-C alike.
 //! - [`config`]: helpers for configuration values (redacting secrets in URLs).
 //! - [`backoff`]: the one jittered exponential backoff policy used for every reconnect.
+//! - [`clock`]: the wall clock in Unix milliseconds, read one way everywhere.
 //! - [`tls`]: TLS (rustls) for the HTTP and gRPC listeners, mutual TLS between services, and
 //!   the trust and client certificate of outgoing gRPC connections.
 //! - [`assignment`]: the signed token placement issues and gateways verify.
 
 pub mod assignment;
 pub mod backoff;
+pub mod clock;
 pub mod config;
 pub mod grpc;
 pub mod ops;

@@ -291,7 +291,7 @@ pub async fn run(
                 println!("No gateway is linked to relay {}.", res.relay_id);
                 return Ok(());
             }
-            let now = switchyard_common::assignment::now_ms();
+            let now = switchyard_common::clock::now_ms();
             let rows: Vec<Vec<String>> = res
                 .links
                 .iter()

@@ -64,7 +64,7 @@ fn empty_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!(
         "syctl-relay-admin-{}-{}",
         std::process::id(),
-        switchyard_common::assignment::now_ms()
+        switchyard_common::clock::now_ms()
     ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)

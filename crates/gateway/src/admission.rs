@@ -41,7 +41,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use switchyard_common::assignment::{AssignmentClaims, TokenError, TokenKey, now_ms};
+use switchyard_common::assignment::{AssignmentClaims, TokenError, TokenKey};
+use switchyard_common::clock::now_ms;
 
 use crate::rooms::RoomGrant;
 

@@ -33,10 +33,10 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::Bytes;
-use switchyard_common::backoff::Backoff;
+use switchyard_common::{backoff::Backoff, clock};
 use switchyard_proto::relay::v1::{
     Frame, FrameKind, Hello, LinkMessage, Members, Position, StampCall, StampRequest, StampResult,
     link_message::Kind, relay_client::RelayClient,
@@ -84,12 +84,10 @@ pub struct LinkConfig {
 /// What runs at the end of a gap, and when an adapter's queue overflowed (see the module docs).
 pub type GapHandler = Arc<dyn Fn() + Send + Sync>;
 
-/// The process start time in Unix milliseconds, the `incarnation` every link announces.
+/// The process start time in Unix milliseconds, the `incarnation` every link announces; never
+/// 0 (an unset proto field), even with a clock set before 1970.
 pub fn incarnation_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(1)
+    clock::now_ms().max(1)
 }
 
 /// A frame the relay forwarded to this gateway (already deduplicated).

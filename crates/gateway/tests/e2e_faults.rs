@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 use support::{Admin, Driver, REPORT_INTERVAL_MS};
-use switchyard_common::assignment::now_ms;
+use switchyard_common::clock::now_ms;
 use switchyard_testkit::cluster::{
     Gateway, GatewayOpts, Placement, PlacementOpts, Relay, RelayOpts,
 };

@@ -21,7 +21,8 @@ use axum::{
     routing::get,
 };
 use serde::{Deserialize, Serialize};
-use switchyard_common::assignment::{AssignmentClaims, TokenKey, now_ms};
+use switchyard_common::assignment::{AssignmentClaims, TokenKey};
+use switchyard_common::clock::now_ms;
 use tracing::Instrument;
 
 use crate::{

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use switchyard_common::assignment::{TokenKey, now_ms};
+use switchyard_common::assignment::TokenKey;
+use switchyard_common::clock::now_ms;
 use switchyard_testkit::{
     cluster::{Gateway, GatewayOpts, Placement, PlacementOpts, TEST_TOKEN_SECRET},
     reqwest,

@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use switchyard_common::{
-    assignment::now_ms,
+    clock::now_ms,
     grpc::{AdminAuth, BearerAuth},
     ops::{self, Readiness},
     shutdown::Servers,

@@ -17,7 +17,7 @@ use socketioxide_core::{
     },
 };
 use support::{Gw, WAIT, client, grpc_url, start_relay};
-use switchyard_common::assignment::now_ms;
+use switchyard_common::clock::now_ms;
 use switchyard_proto::{
     admin::v1::{
         ListHistoryRequest, ListLinksRequest, ListRoomsRequest,

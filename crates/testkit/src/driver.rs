@@ -22,7 +22,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
-use crate::process::{log_dir, workspace_root};
+use crate::process::{log_dir, unique_suffix, workspace_root};
 
 /// How long one driver command may take before the test fails (a guard against hanging).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -123,14 +123,7 @@ impl Driver {
     }
 
     async fn spawn(name: &'static str, mut cmd: Command) -> anyhow::Result<Driver> {
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default();
-        let log_path = log_dir()?.join(format!(
-            "driver-{name}-{}-{started}.log",
-            std::process::id(),
-        ));
+        let log_path = log_dir()?.join(format!("driver-{name}-{}.log", unique_suffix()));
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
         cmd.stdin(Stdio::piped())

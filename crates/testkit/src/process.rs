@@ -92,6 +92,18 @@ pub fn log_dir() -> anyhow::Result<PathBuf> {
     Ok(dir)
 }
 
+/// `<pid>-<counter>`, unique within this process, for the names of log files and scratch
+/// directories (a port, or a driver's name, can be reused within one test run).
+pub(crate) fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// Path of a built binary or example called `bin` in the current profile.
 ///
 /// Binaries are looked up first, then `examples/`. A missing file is an error that says how to

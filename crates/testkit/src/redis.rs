@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::ports::free_port;
-use crate::process::{log_dir, open_log, tail};
+use crate::process::{log_dir, open_log, tail, unique_suffix};
 use crate::resp::{AdminLink, Resp, tls_client_config};
 use crate::tls::TestPki;
 
@@ -534,17 +534,6 @@ pub(crate) fn spawn_ready(
         }
         thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// A process-unique counter for log names (a port can be reused within one test run).
-pub(crate) fn unique_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 #[cfg(test)]

@@ -23,10 +23,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::ports::free_port;
-use crate::process::{log_dir, open_log, tail};
+use crate::process::{log_dir, open_log, tail, unique_suffix};
 use crate::redis::{
     Launch, RedisAccess, RedisOptions, RedisServer, find_on_path, no_denials, spawn_ready,
-    unique_suffix,
 };
 
 /// Masters in a test cluster: the fewest `redis-cli --cluster create` accepts.
