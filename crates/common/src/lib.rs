@@ -12,12 +12,14 @@
 //! - [`tls`]: TLS (rustls) for the HTTP and gRPC listeners, mutual TLS between services, and
 //!   the trust and client certificate of outgoing gRPC connections.
 //! - [`assignment`]: the signed token placement issues and gateways verify.
+//! - [`namespace`]: what a Socket.IO namespace name may be, for every service.
 
 pub mod assignment;
 pub mod backoff;
 pub mod clock;
 pub mod config;
 pub mod grpc;
+pub mod namespace;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;

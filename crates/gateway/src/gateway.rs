@@ -10,6 +10,7 @@ use socketioxide::{
     handler::ConnectHandler,
 };
 use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
+use switchyard_common::namespace::{self, NamespaceError};
 use switchyard_common::{assignment::TokenKey, ops::Readiness};
 use tokio::sync::watch;
 
@@ -38,8 +39,8 @@ pub enum SetupError {
     EmptyNodeId,
     #[error("no namespace configured")]
     NoNamespaces,
-    #[error("namespace {0:?} must start with '/'")]
-    BadNamespace(String),
+    #[error("{0:?}: {1}")]
+    BadNamespace(String, NamespaceError),
     #[error("the report interval must be positive")]
     ZeroReportInterval,
     #[error("Switchyard::start was already called")]
@@ -67,8 +68,8 @@ impl Switchyard {
         if settings.namespaces.is_empty() {
             return Err(SetupError::NoNamespaces);
         }
-        if let Some(bad) = settings.namespaces.iter().find(|n| !n.starts_with('/')) {
-            return Err(SetupError::BadNamespace(bad.clone()));
+        for ns in &settings.namespaces {
+            namespace::check(ns).map_err(|e| SetupError::BadNamespace(ns.clone(), e))?;
         }
         if settings.report_interval.is_zero() {
             return Err(SetupError::ZeroReportInterval);
