@@ -5,6 +5,7 @@
 //! - [`trace_context`]: W3C trace context in gRPC metadata, HTTP headers and relay frames.
 //! - [`ops`]: the HTTP endpoints every service exposes (`/healthz`, `/readyz`, `/metrics`).
 //! - [`grpc`]: gRPC health and reflection (v1 and v1alpha), and the bearer check for admin calls.
+//! - [`bearer`]: the `authorization: Bearer <token>` header every token travels in.
 //! - [`shutdown`]: one signal future so every service reacts to SIGTERM and Ctrl-C alike.
 //! - [`config`]: helpers for configuration values (redacting secrets in URLs).
 //! - [`backoff`]: the one jittered exponential backoff policy used for every reconnect.
@@ -16,6 +17,7 @@
 
 pub mod assignment;
 pub mod backoff;
+pub mod bearer;
 pub mod clock;
 pub mod config;
 pub mod grpc;

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use switchyard_common::{backoff::Backoff, clock};
+use switchyard_common::{backoff::Backoff, bearer::Bearer, clock};
 use switchyard_proto::relay::v1::{
     Frame, FrameKind, Hello, LinkMessage, Members, Position, StampCall, StampRequest, StampResult,
     link_message::Kind, relay_client::RelayClient,
@@ -521,12 +521,9 @@ async fn link_once(
         .await
         .map_err(|_| "hello not sent".to_owned())?;
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        if let Some(token) = &cfg.token {
-            let value = format!("Bearer {token}")
-                .parse()
-                .map_err(|_| "the link token is not a valid header value".to_owned())?;
-            request.metadata_mut().insert("authorization", value);
-        }
+        Bearer::new(cfg.token.as_deref())
+            .map_err(|e| format!("the link token: {e}"))?
+            .apply(request.metadata_mut());
         let mut inbound = client
             .link(request)
             .await

@@ -23,7 +23,7 @@ use axum::{
 use serde::{Deserialize, Serialize};
 use switchyard_common::assignment::{AssignmentClaims, TokenKey};
 use switchyard_common::clock::now_ms;
-use switchyard_common::namespace;
+use switchyard_common::{bearer, namespace};
 use tracing::Instrument;
 
 use crate::{
@@ -334,13 +334,6 @@ struct AssignQuery {
     token: Option<String>,
 }
 
-/// The bearer token of an `Authorization` header, if any (`None` for other schemes).
-pub fn bearer(value: Option<&str>) -> Option<&str> {
-    let v = value?.trim();
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
 async fn http_assign(
     State(assigner): State<Arc<Assigner>>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
@@ -359,7 +352,7 @@ async fn http_assign(
     let header = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let app_token = bearer(header).or(query.token.as_deref());
+    let app_token = header.and_then(bearer::token_of).or(query.token.as_deref());
     assigner
         .assign_in(span, &ns, Some(peer.ip()), app_token)
         .await

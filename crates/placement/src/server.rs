@@ -17,6 +17,7 @@ use http::Method;
 use metrics_exporter_prometheus::PrometheusHandle;
 use switchyard_common::{
     assignment::TokenKey,
+    bearer,
     grpc::AdminAuth,
     ops::{self, Readiness},
     tls::HttpListener,
@@ -67,12 +68,12 @@ impl Placement for PlacementGrpc {
         let client = req.remote_addr().map(|a| a.ip());
         let span = Assigner::span();
         switchyard_common::trace_context::set_parent_from_metadata(&span, req.metadata());
-        let app_token = crate::assign::bearer(
-            req.metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok()),
-        )
-        .map(str::to_owned);
+        let app_token = req
+            .metadata()
+            .get(bearer::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer::token_of)
+            .map(str::to_owned);
         let namespace = req.into_inner().namespace;
         let a = self
             .assigner
