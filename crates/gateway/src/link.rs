@@ -35,10 +35,9 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use switchyard_common::{backoff::Backoff, bearer::Bearer, clock};
 use switchyard_proto::relay::v1::{
-    Frame, FrameKind, Hello, LinkMessage, Members, Position, StampCall, StampRequest, StampResult,
+    Frame, Hello, LinkMessage, Members, Position, StampCall, StampRequest, StampResult,
     link_message::Kind, relay_client::RelayClient,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -271,31 +270,19 @@ impl RelayLink {
         self.stamper.clone()
     }
 
-    /// Queues a frame on every link, numbered in call order.
-    pub fn send(
-        &self,
-        namespace: &str,
-        kind: FrameKind,
-        target: &str,
-        payload: Bytes,
-    ) -> Result<u64, LinkError> {
-        if payload.len() > MAX_PAYLOAD_BYTES {
+    /// Queues `frame` on every link, numbered in call order: the link sets its `seq` (the
+    /// relay sets `origin` and `incarnation`); the caller sets the rest.
+    pub fn send(&self, mut frame: Frame) -> Result<u64, LinkError> {
+        if frame.payload.len() > MAX_PAYLOAD_BYTES {
             ::metrics::counter!(metrics::RELAY_FRAMES_OVERSIZED_TOTAL).increment(1);
-            return Err(LinkError::TooLarge(payload.len()));
+            return Err(LinkError::TooLarge(frame.payload.len()));
         }
         let mut g = self.inner.lock().map_err(|_| LinkError::Poisoned)?;
         if g.outboxes.is_empty() {
             return Err(LinkError::NoLinks);
         }
         g.next_seq += 1;
-        let frame = Frame {
-            namespace: namespace.to_owned(),
-            seq: g.next_seq,
-            payload,
-            target: target.to_owned(),
-            kind: kind as i32,
-            ..Default::default()
-        };
+        frame.seq = g.next_seq;
         let mut queued = false;
         for out in &g.outboxes {
             queued |= out.send(frame.clone()).is_ok();
@@ -736,7 +723,7 @@ mod tests {
             .enumerate()
             .map(|(i, n)| Frame {
                 seq: i as u64 + 1,
-                payload: Bytes::from(vec![0; *n]),
+                payload: bytes::Bytes::from(vec![0; *n]),
                 ..Default::default()
             })
             .collect();

@@ -29,7 +29,7 @@ use crate::{
     hub::LinkHandle,
     metrics,
     state::{RelayState, stamp_span},
-    validate::check_namespace,
+    validate::{MAX_REQUEST_ID, check_namespace},
 };
 
 /// The response stream of `Link`.
@@ -181,6 +181,11 @@ fn admit(
     }
     check_namespace(&frame.namespace)
         .map_err(|e| Status::invalid_argument(format!("Frame: {e}")))?;
+    if frame.request_id.len() > MAX_REQUEST_ID {
+        return Err(Status::invalid_argument(format!(
+            "Frame.request_id must be at most {MAX_REQUEST_ID} bytes"
+        )));
+    }
     match FrameKind::try_from(frame.kind) {
         Ok(FrameKind::Broadcast | FrameKind::Request) => {}
         Ok(FrameKind::Response) if !frame.target.is_empty() => {}
@@ -465,15 +470,19 @@ mod tests {
             ".{0,20}",
             any::<u64>(),
             proptest::collection::vec(any::<u8>(), 0..2 * MAX),
+            prop_oneof![Just(String::new()), "[a-zA-Z0-9]{1,80}"],
         )
-            .prop_map(|(namespace, kind, target, seq, payload)| Frame {
-                namespace,
-                kind,
-                target,
-                seq,
-                payload: payload.into(),
-                ..Frame::default()
-            })
+            .prop_map(
+                |(namespace, kind, target, seq, payload, request_id)| Frame {
+                    namespace,
+                    kind,
+                    target,
+                    seq,
+                    payload: payload.into(),
+                    request_id,
+                    ..Frame::default()
+                },
+            )
     }
 
     proptest! {
@@ -491,6 +500,7 @@ mod tests {
             let expect_ok = frame.payload.len() <= MAX
                 && (1..MAX_COUNTER).contains(&frame.seq)
                 && check_namespace(&frame.namespace).is_ok()
+                && frame.request_id.len() <= MAX_REQUEST_ID
                 && match FrameKind::try_from(frame.kind) {
                     Ok(FrameKind::Broadcast | FrameKind::Request) => true,
                     Ok(FrameKind::Response) => !frame.target.is_empty(),

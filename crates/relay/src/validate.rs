@@ -20,6 +20,10 @@ use tonic::Status;
 /// Longest publish id accepted, in bytes.
 pub const MAX_PUBLISH_ID: usize = 256;
 
+/// Longest `Frame.request_id` accepted, in bytes. The id travels beside the payload, so it is
+/// bounded on its own (`--max-frame-bytes` bounds the payload); socketioxide's are 16 bytes.
+pub const MAX_REQUEST_ID: usize = 64;
+
 /// Input the relay refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Invalid {
