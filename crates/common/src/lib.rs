@@ -14,6 +14,7 @@
 //!   the trust and client certificate of outgoing gRPC connections.
 //! - [`assignment`]: the signed token placement issues and gateways verify.
 //! - [`namespace`]: what a Socket.IO namespace name may be, for every service.
+//! - [`node_id`]: what a gateway's node id may be, for every service.
 
 pub mod assignment;
 pub mod backoff;
@@ -22,6 +23,7 @@ pub mod clock;
 pub mod config;
 pub mod grpc;
 pub mod namespace;
+pub mod node_id;
 pub mod ops;
 pub mod shutdown;
 pub mod telemetry;

@@ -11,6 +11,7 @@ use socketioxide::{
 };
 use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
 use switchyard_common::namespace::{self, NamespaceError};
+use switchyard_common::node_id::{self, NodeIdError};
 use switchyard_common::{assignment::TokenKey, ops::Readiness};
 use tokio::sync::watch;
 
@@ -35,8 +36,8 @@ pub enum SetupError {
         "a token secret is required (--token-secret / SWITCHYARD_TOKEN_SECRET) unless --allow-anonymous is set"
     )]
     MissingSecret,
-    #[error("the node id must not be empty")]
-    EmptyNodeId,
+    #[error("{0:?}: {1}")]
+    BadNodeId(String, NodeIdError),
     #[error("no namespace configured")]
     NoNamespaces,
     #[error("{0:?}: {1}")]
@@ -62,9 +63,8 @@ impl Switchyard {
         if settings.token_secret.as_deref().is_none_or(str::is_empty) && !settings.allow_anonymous {
             return Err(SetupError::MissingSecret);
         }
-        if settings.node_id.trim().is_empty() {
-            return Err(SetupError::EmptyNodeId);
-        }
+        node_id::check(&settings.node_id)
+            .map_err(|e| SetupError::BadNodeId(settings.node_id.clone(), e))?;
         if settings.namespaces.is_empty() {
             return Err(SetupError::NoNamespaces);
         }

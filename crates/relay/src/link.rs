@@ -16,6 +16,7 @@ use std::{
 };
 
 use futures::Stream;
+use switchyard_common::node_id;
 use switchyard_proto::relay::v1::{
     Ack, Frame, FrameKind, Hello, LinkMessage, Position, StampCall, StampResult, Welcome,
     link_message::Kind,
@@ -37,9 +38,6 @@ pub type LinkStream = Pin<Box<dyn Stream<Item = Result<LinkMessage, Status>> + S
 
 /// How long a new link may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Longest node id accepted, in bytes.
-const MAX_NODE_ID: usize = 256;
 
 /// `StampCall`s of one link being stamped at once (see [`stamp_call`]).
 const MAX_STAMPS_IN_FLIGHT: usize = 4096;
@@ -126,12 +124,8 @@ pub async fn open(
     Ok(outbound(queue_rx, cut_rx, ack_rx, accepted_seq))
 }
 
-fn validate_hello(node_id: &str, namespaces: Vec<String>) -> Result<Vec<String>, Status> {
-    if node_id.is_empty() || node_id.len() > MAX_NODE_ID {
-        return Err(Status::invalid_argument(
-            "Hello.node_id must be 1..=256 bytes",
-        ));
-    }
+fn validate_hello(id: &str, namespaces: Vec<String>) -> Result<Vec<String>, Status> {
+    node_id::check(id).map_err(|e| Status::invalid_argument(format!("Hello: {e}")))?;
     let mut namespaces = namespaces;
     namespaces.sort();
     namespaces.dedup();
@@ -522,10 +516,10 @@ mod tests {
         }
 
         #[test]
-        fn hello_names_are_checked(node_id in ".{0,300}", namespaces in proptest::collection::vec(".{0,300}", 0..4)) {
-            match validate_hello(&node_id, namespaces.clone()) {
+        fn hello_names_are_checked(id in ".{0,300}", namespaces in proptest::collection::vec(".{0,300}", 0..4)) {
+            match validate_hello(&id, namespaces.clone()) {
                 Ok(ns) => {
-                    prop_assert!(!node_id.is_empty() && node_id.len() <= MAX_NODE_ID);
+                    prop_assert!(node_id::check(&id).is_ok());
                     prop_assert!(!ns.is_empty());
                     prop_assert!(ns.iter().all(|n| check_namespace(n).is_ok()));
                 }
