@@ -148,6 +148,7 @@ fn test() -> anyhow::Result<()> {
 fn prereqs() -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     prereqs::ensure_redis()?;
+    prereqs::ensure_promtool()?;
     prereqs::ensure_cargo_fuzz()?;
     prereqs::ensure_node_deps(&root)?;
     let venv = prereqs::ensure_venv(&root)?;

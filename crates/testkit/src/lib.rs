@@ -13,6 +13,8 @@
 //! [`tls::TestPki`] writes throwaway certificates for the TLS tests. [`driver::Driver`] runs the
 //! official Socket.IO clients (Node's `socket.io-client`, `python-socketio`) as child processes.
 //! [`wait::eventually`] is the one way a test waits for something to happen.
+//! [`metrics_check::check`] holds a service's `/metrics` against `promtool` and
+//! `docs/operations.md`.
 //!
 //! Every child process is killed when its handle is dropped, so a failing test leaves nothing
 //! running. Logs of every process go to `target/testkit-logs/`.
@@ -20,6 +22,7 @@
 pub mod assign;
 pub mod cluster;
 pub mod driver;
+pub mod metrics_check;
 pub mod otlp;
 pub mod ports;
 pub mod process;

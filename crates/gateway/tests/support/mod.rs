@@ -230,9 +230,9 @@ impl Admin {
     }
 }
 
-/// GET `<gateway>/metrics`.
-pub async fn metrics(gateway_url: &str) -> anyhow::Result<String> {
-    let res = switchyard_testkit::reqwest::get(format!("{gateway_url}/metrics")).await?;
+/// GET `<url>/metrics` of any service's HTTP port.
+pub async fn metrics(http_url: &str) -> anyhow::Result<String> {
+    let res = switchyard_testkit::reqwest::get(format!("{http_url}/metrics")).await?;
     Ok(res.error_for_status()?.text().await?)
 }
 
