@@ -23,6 +23,7 @@ use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
 use crate::process::{log_dir, unique_suffix, workspace_root};
+use crate::wait::eventually;
 
 /// How long one driver command may take before the test fails (a guard against hanging).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -369,17 +370,12 @@ impl Driver {
         timeout: Duration,
         pred: impl Fn(&Counts) -> bool,
     ) -> anyhow::Result<Counts> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        eventually(what, timeout, async || {
             let counts = self.count().await?;
-            if pred(&counts) {
-                return Ok(counts);
-            }
-            if Instant::now() >= deadline {
-                bail!("{what}: not within {timeout:?}; last counts {counts:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            anyhow::ensure!(pred(&counts), "last counts {counts:?}");
+            Ok(counts)
+        })
+        .await
     }
 
     /// Closes every client and stops the driver.
