@@ -246,7 +246,7 @@ async fn wait_readyz(
     .await
 }
 
-/// The "relay killed mid-stream" at the relay level: the sender's relay dies while it
+/// A relay killed mid-stream, at the relay level: the sender's relay dies while it
 /// streams; the sender relinks to the other replica and resends what `Welcome` says is
 /// missing; a receiver linked to both replicas (deduplicating by origin + seq, as a gateway
 /// adapter does) and a receiver on the surviving replica both end with every frame once.
