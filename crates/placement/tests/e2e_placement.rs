@@ -942,15 +942,7 @@ async fn redis_loss_answers_503_and_heals_after_the_next_reports() -> anyhow::Re
 
 /// `switchyard_placement_lease_holder` on `p`'s `/metrics`.
 async fn lease_holder(p: &Placement) -> anyhow::Result<Option<f64>> {
-    let text = reqwest::get(format!("{}/metrics", p.http_url()))
-        .await?
-        .text()
-        .await?;
-    Ok(text
-        .lines()
-        .find(|l| l.starts_with("switchyard_placement_lease_holder "))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok()))
+    metric(p, "switchyard_placement_lease_holder", &[]).await
 }
 
 /// Whether `p`'s lease-holder gauge reads `want`, for [`eventually`].
