@@ -54,6 +54,12 @@ pub fn check_namespace(ns: &str) -> Result<(), Invalid> {
     namespace::check(ns).map_err(|e| Invalid::Argument(e.to_string()))
 }
 
+/// [`namespace::normalize`] (empty means `/`, for the admin calls that allow it), refused as
+/// [`Invalid::Argument`].
+pub fn normalize_namespace(ns: &str) -> Result<&str, Invalid> {
+    namespace::normalize(ns).map_err(|e| Invalid::Argument(e.to_string()))
+}
+
 /// Event data in MessagePack (`field` names it in the refusal): at most `max` bytes, one
 /// valid value.
 pub fn check_msgpack(field: &str, data: &[u8], max: usize) -> Result<(), Invalid> {
