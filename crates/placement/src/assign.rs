@@ -343,7 +343,8 @@ async fn http_assign(
     let span = Assigner::span();
     switchyard_common::trace_context::set_parent_from_headers(&span, &headers);
     let Query(query) = query.map_err(|e| AssignError::BadRequest(e.body_text()))?;
-    let ns = query.namespace.unwrap_or_else(|| "/".into());
+    // Absent means the default namespace; present but empty is a mistake in the URL.
+    let ns = query.namespace.unwrap_or_else(|| namespace::DEFAULT.into());
     if ns.is_empty() {
         return Err(AssignError::BadRequest(
             "namespace must not be empty".into(),
