@@ -42,7 +42,7 @@ use socketioxide_core::adapter::{
 };
 use socketioxide_core::packet::Packet;
 use socketioxide_core::{Sid, Uid};
-use switchyard_proto::relay::v1::FrameKind;
+use switchyard_proto::relay::v1::{Frame, FrameKind};
 use tokio::sync::mpsc;
 
 use crate::cluster::ClusterState;
@@ -99,9 +99,14 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
         self.local.server_id()
     }
 
-    fn send_req(&self, req: &RequestOut<'_>, kind: FrameKind) -> Result<(), ClusterError> {
-        self.link.send(request_frame(&self.ns, kind, req)?)?;
+    /// Queues `frame` on the relay links (the link numbers it).
+    fn send_frame(&self, frame: Frame) -> Result<(), ClusterError> {
+        self.link.send(frame)?;
         Ok(())
+    }
+
+    fn send_req(&self, req: &RequestOut<'_>, kind: FrameKind) -> Result<(), ClusterError> {
+        self.send_frame(request_frame(&self.ns, kind, req)?)
     }
 
     /// Registers a pending request; responses go to the returned stream.
@@ -232,7 +237,7 @@ impl<E: SocketEmitter> RemoteRequestHandler<E> for ClusterAdapter<E> {
         let result = match target {
             Some(target) => response_frame(&self.ns, &target, req_id, &res)
                 .map_err(ClusterError::from)
-                .and_then(|frame| Ok(self.link.send(frame).map(|_| ())?)),
+                .and_then(|frame| self.send_frame(frame)),
             None => {
                 tracing::warn!(%req_origin, "response to an unknown gateway dropped");
                 Ok(())
