@@ -271,6 +271,7 @@ fn rebuilt(messages: &str, built: &BTreeSet<String>) -> Vec<String> {
 fn prereqs() -> anyhow::Result<PathBuf> {
     let root = workspace_root();
     prereqs::ensure_redis()?;
+    prereqs::ensure_promtool()?;
     prereqs::ensure_cargo_fuzz()?;
     prereqs::ensure_node_deps(&root)?;
     let venv = prereqs::ensure_venv(&root)?;

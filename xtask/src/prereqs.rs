@@ -33,6 +33,14 @@ pub fn ensure_redis() -> anyhow::Result<()> {
     ensure_program(&["redis-server"], "redis-server", "redis-server")
 }
 
+/// `promtool` on PATH (the metrics test checks every service's `/metrics` with `promtool check
+/// metrics`), installed from Debian's `prometheus` package in CI. Only the tool is used; the
+/// package's Prometheus server is not needed (where systemd starts packaged services, stop it
+/// with `systemctl disable --now prometheus`).
+pub fn ensure_promtool() -> anyhow::Result<()> {
+    ensure_program(&["promtool"], "prometheus", "promtool")
+}
+
 /// `cargo fuzz` (cargo-fuzz), installed with `cargo install cargo-fuzz --locked` in CI.
 pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
     let installed = crate::cargo()

@@ -35,7 +35,8 @@ use switchyard_testkit::process::{log_dir, send_signal, tail, workspace_root};
 use switchyard_testkit::redis::{MISSING_REDIS, find_on_path};
 use switchyard_testkit::wait::eventually;
 
-/// The bound on how long a client waits for a new placement.
+/// The contract's bound on how long a client waits for a new placement (README: a client that
+/// loses its gateway is placed again within 5 s).
 const PLACEMENT_DEADLINE: Duration = Duration::from_secs(5);
 /// A guard against hanging, not a measurement. Generous: the first `cargo xtask up` of a fresh
 /// clone compiles xtask itself.

@@ -5,8 +5,6 @@
 //! is shared by placement (which signs) and every gateway (which verifies) and comes from the
 //! environment (`SWITCHYARD_TOKEN_SECRET`).
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, errors::ErrorKind};
 use serde::{Deserialize, Serialize};
 
@@ -50,14 +48,6 @@ impl TokenError {
     }
 }
 
-/// Milliseconds since the Unix epoch, by the local clock.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Signs and verifies assignment tokens with one shared secret.
 #[derive(Clone)]
 pub struct TokenKey {
@@ -86,7 +76,7 @@ impl TokenKey {
 
     /// Checks signature and expiry (to the millisecond, with no leeway) and returns the claims.
     pub fn verify(&self, token: &str) -> Result<AssignmentClaims, TokenError> {
-        self.verify_at(token, now_ms())
+        self.verify_at(token, crate::clock::now_ms())
     }
 
     /// [`TokenKey::verify`] at a given time, for tests and for callers that already read the clock.

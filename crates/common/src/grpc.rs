@@ -62,7 +62,8 @@ pub fn reflection() -> anyhow::Result<(
     Ok((builder().build_v1()?, builder().build_v1alpha()?))
 }
 
-/// Checks `authorization: Bearer <token>` against one configured token, in constant time.
+/// Checks `authorization: Bearer <token>` ([`crate::bearer`]) against one configured token, in
+/// constant time.
 ///
 /// A service with no token configured for a purpose refuses every call of that purpose:
 /// security by default. Admin calls and the relay's backend `Publish` each have their own
@@ -100,7 +101,7 @@ impl BearerAuth {
         token: Option<&str>,
     ) -> anyhow::Result<Self> {
         let expected = match token {
-            Some(t) if !t.is_empty() => Some(format!("Bearer {t}").parse()?),
+            Some(t) if !t.is_empty() => Some(crate::bearer::header_value(t)?),
             _ => None,
         };
         Ok(Self {
@@ -118,7 +119,7 @@ impl BearerAuth {
                 self.purpose, self.setting
             )));
         };
-        match metadata.get("authorization") {
+        match metadata.get(crate::bearer::AUTHORIZATION) {
             Some(got) if constant_time_eq(got.as_bytes(), expected.as_bytes()) => Ok(()),
             Some(_) => Err(Status::unauthenticated(format!(
                 "invalid {} token",

@@ -3,12 +3,84 @@
 //! Traces are exported over OTLP/gRPC only when `OTEL_EXPORTER_OTLP_ENDPOINT` is set; with it
 //! unset nothing is exported and nothing is dialled. The W3C trace-context propagator is
 //! installed globally so a span can be continued across gRPC calls (see [`crate::grpc`]).
+//!
+//! Every service lists the metrics it emits once, as a table of [`Metric`]s in its own
+//! `metrics.rs` (`ALL`), and gives them their `# HELP` lines with [`describe`]. Each service's
+//! metrics test reads the same table: every name, type and HELP text must match
+//! `docs/operations.md`, and a scrape of `/metrics` must pass `promtool check metrics`.
 
 use clap::{Args, ValueEnum};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{Resource, propagation::TraceContextPropagator, trace::SdkTracerProvider};
 use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+
+/// What a metric is, as its `# TYPE` line (and `docs/operations.md`) says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    /// Rendered as a Prometheus summary (quantiles, sum and count) by the exporter.
+    Histogram,
+}
+
+impl MetricKind {
+    /// The word `docs/operations.md` uses for it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricKind::Counter => "counter",
+            MetricKind::Gauge => "gauge",
+            MetricKind::Histogram => "histogram",
+        }
+    }
+}
+
+/// One metric a service emits: its name, its kind and its `# HELP` text, which is also the first
+/// sentence of its row in `docs/operations.md`.
+#[derive(Debug, Clone, Copy)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: MetricKind,
+    pub help: &'static str,
+}
+
+impl Metric {
+    pub const fn counter(name: &'static str, help: &'static str) -> Metric {
+        Metric {
+            name,
+            kind: MetricKind::Counter,
+            help,
+        }
+    }
+
+    pub const fn gauge(name: &'static str, help: &'static str) -> Metric {
+        Metric {
+            name,
+            kind: MetricKind::Gauge,
+            help,
+        }
+    }
+
+    pub const fn histogram(name: &'static str, help: &'static str) -> Metric {
+        Metric {
+            name,
+            kind: MetricKind::Histogram,
+            help,
+        }
+    }
+}
+
+/// Gives every metric of `all` its `# HELP` line on `/metrics` (shown once a series exists).
+/// Idempotent; without an installed recorder it does nothing.
+pub fn describe(all: &[Metric]) {
+    for m in all {
+        match m.kind {
+            MetricKind::Counter => metrics::describe_counter!(m.name, m.help),
+            MetricKind::Gauge => metrics::describe_gauge!(m.name, m.help),
+            MetricKind::Histogram => metrics::describe_histogram!(m.name, m.help),
+        }
+    }
+}
 
 /// Log format of a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -317,8 +317,9 @@ impl ClientTls {
 /// With TLS, a background task accepts connections and runs each handshake in its own task
 /// (at most [`MAX_PENDING_HANDSHAKES`] at once, each bounded by [`HANDSHAKE_TIMEOUT`]), so a
 /// slow or hostile client never holds up the others; only completed handshakes reach axum. A
-/// failed handshake is counted in `switchyard_<service>_tls_handshake_failures_total` and logged
-/// at DEBUG. The task ends when the listener is dropped.
+/// failed handshake is counted in the service's handshake-failure counter
+/// (`switchyard_<service>_tls_handshake_failures_total`, named and described in the service's
+/// `metrics.rs`) and logged at DEBUG. The task ends when the listener is dropped.
 ///
 /// Every accepted connection has `TCP_NODELAY` on ([`nodelay`]).
 pub struct HttpListener {
@@ -333,33 +334,29 @@ enum Inner {
 
 impl HttpListener {
     /// Binds `addr`; with `tls`, every accepted connection completes a TLS handshake first.
-    /// `service` names the handshake-failure metric (`switchyard_<service>_…`).
+    /// `handshake_failures` is the counter of failed handshakes (the service's
+    /// `switchyard_<service>_tls_handshake_failures_total`).
     pub async fn bind(
         addr: SocketAddr,
         tls: Option<&ServerTls>,
-        service: &'static str,
+        handshake_failures: &'static str,
     ) -> std::io::Result<HttpListener> {
-        Self::from_tcp(TcpListener::bind(addr).await?, tls, service)
+        Self::from_tcp(TcpListener::bind(addr).await?, tls, handshake_failures)
     }
 
     /// Wraps an already bound listener (see [`HttpListener::bind`]).
     pub fn from_tcp(
         listener: TcpListener,
         tls: Option<&ServerTls>,
-        service: &'static str,
+        handshake_failures: &'static str,
     ) -> std::io::Result<HttpListener> {
         let local_addr = listener.local_addr()?;
         let inner = match tls {
             None => Inner::Plain(listener),
             Some(tls) => {
-                let failures = format!("switchyard_{service}_tls_handshake_failures_total");
-                metrics::describe_counter!(
-                    failures.clone(),
-                    "TLS handshakes that failed or timed out on the HTTP listener"
-                );
                 let (tx, rx) = mpsc::channel(64);
                 let acceptor = TlsAcceptor::from(Arc::clone(&tls.http));
-                tokio::spawn(accept_tls(listener, acceptor, tx, failures));
+                tokio::spawn(accept_tls(listener, acceptor, tx, handshake_failures));
                 Inner::Tls(rx)
             }
         };
@@ -411,7 +408,7 @@ async fn accept_tls(
     mut listener: TcpListener,
     acceptor: TlsAcceptor,
     tx: mpsc::Sender<(HttpStream, SocketAddr)>,
-    failures: String,
+    failures: &'static str,
 ) {
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
     loop {
@@ -428,7 +425,6 @@ async fn accept_tls(
         };
         let acceptor = acceptor.clone();
         let tx = tx.clone();
-        let failures = failures.clone();
         tokio::spawn(async move {
             let _permit = permit;
             match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(nodelay(tcp))).await {
@@ -591,7 +587,12 @@ mod tests {
 
     #[tokio::test]
     async fn accepted_http_connections_have_nodelay_on() -> anyhow::Result<()> {
-        let mut listener = HttpListener::bind("127.0.0.1:0".parse()?, None, "test").await?;
+        let mut listener = HttpListener::bind(
+            "127.0.0.1:0".parse()?,
+            None,
+            "test_tls_handshake_failures_total",
+        )
+        .await?;
         let _client = TcpStream::connect(listener.local_addr()?).await?;
         let (stream, _) = axum::serve::Listener::accept(&mut listener).await;
         assert!(stream.tcp().nodelay()?);

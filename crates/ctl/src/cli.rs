@@ -117,7 +117,7 @@ pub enum Command {
     /// Rooms of a namespace with their member counts, across every gateway (through a relay).
     Rooms {
         /// Socket.IO namespace.
-        #[arg(long, default_value = "/")]
+        #[arg(long, default_value = "/", value_parser = parse_namespace)]
         namespace: String,
         #[command(flatten)]
         relay: RelayArg,
@@ -126,7 +126,7 @@ pub enum Command {
     Sockets {
         room: String,
         /// Socket.IO namespace.
-        #[arg(long, default_value = "/")]
+        #[arg(long, default_value = "/", value_parser = parse_namespace)]
         namespace: String,
         #[command(flatten)]
         relay: RelayArg,
@@ -140,7 +140,7 @@ pub enum Command {
         #[arg(long)]
         room: Option<String>,
         /// Socket.IO namespace.
-        #[arg(long, default_value = "/")]
+        #[arg(long, default_value = "/", value_parser = parse_namespace)]
         namespace: String,
         #[command(flatten)]
         relay: RelayArg,
@@ -153,7 +153,7 @@ pub enum Command {
     /// History per namespace: epoch, length, oldest and head offsets, limits.
     History {
         /// Namespace to describe (repeatable); none means every namespace with a history.
-        #[arg(long = "namespace", value_name = "NAMESPACE")]
+        #[arg(long = "namespace", value_name = "NAMESPACE", value_parser = parse_namespace)]
         namespaces: Vec<String>,
         #[command(flatten)]
         relay: RelayArg,
@@ -172,7 +172,7 @@ pub enum Command {
         #[arg(long = "except", value_name = "ROOM")]
         except: Vec<String>,
         /// Socket.IO namespace.
-        #[arg(long, default_value = "/")]
+        #[arg(long, default_value = "/", value_parser = parse_namespace)]
         namespace: String,
         /// The relay's gRPC endpoint, e.g. http://127.0.0.1:7101.
         #[arg(long, env = "SWITCHYARD_RELAY_URL", value_name = "URL")]
@@ -194,6 +194,14 @@ pub struct RelayArg {
     /// The relay's gRPC endpoint, e.g. http://127.0.0.1:7101.
     #[arg(long, env = "SWITCHYARD_RELAY_URL", value_name = "URL")]
     pub relay: Option<String>,
+}
+
+/// A namespace as every service takes it ([`switchyard_common::namespace::check`]), refused
+/// here as a usage error rather than by the relay after connecting.
+pub fn parse_namespace(text: &str) -> Result<String, String> {
+    switchyard_common::namespace::check(text)
+        .map(|()| text.to_owned())
+        .map_err(|e| e.to_string())
 }
 
 /// Accepts one JSON value and returns it unchanged (checked here so a typo is a usage error,
@@ -247,5 +255,19 @@ mod tests {
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    #[test]
+    fn a_bad_namespace_is_a_usage_error() {
+        let parse = |ns: &str| Cli::try_parse_from(["syctl", "rooms", "--namespace", ns]);
+        assert!(parse("/chat").is_ok());
+        for bad in ["chat", "/a\nb"] {
+            let kind = parse(bad).err().map(|e| e.kind());
+            assert_eq!(
+                kind,
+                Some(clap::error::ErrorKind::ValueValidation),
+                "{bad:?}"
+            );
+        }
     }
 }

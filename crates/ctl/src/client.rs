@@ -14,17 +14,14 @@ use std::{
     time::Duration,
 };
 
-use switchyard_common::tls::ClientTls;
+use switchyard_common::{bearer::Bearer, tls::ClientTls};
 use switchyard_proto::admin::v1::{
     ClusterStatsRequest, ClusterStatsResponse, DrainNodeRequest, ListNodesRequest, Node,
     RebalanceRequest, RebalanceResponse, SetWeightRequest, UndrainNodeRequest,
     admin_client::AdminClient,
 };
 use tonic::{
-    Request, Response, Status,
-    metadata::{Ascii, MetadataValue},
-    service::{Interceptor, interceptor::InterceptedService},
-    transport::Channel,
+    Request, Response, Status, service::interceptor::InterceptedService, transport::Channel,
 };
 
 use crate::{
@@ -102,36 +99,10 @@ impl Target {
     }
 }
 
-/// Adds `authorization: Bearer <token>` to every call; sends nothing when there is no token,
-/// so placement answers `UNAUTHENTICATED` and the operator gets the hint.
-#[derive(Debug, Clone)]
-pub struct Bearer(Option<MetadataValue<Ascii>>);
-
-impl Bearer {
-    /// Fails when the token cannot travel in a gRPC header (non-visible-ASCII characters).
-    pub fn new(token: Option<&str>) -> Result<Bearer, CtlError> {
-        token
-            .map(|t| {
-                format!("Bearer {t}").parse().map_err(|_| {
-                    CtlError::Config(
-                        "the admin token contains characters that cannot be sent in a gRPC \
-                         header (only visible ASCII is allowed)"
-                            .to_owned(),
-                    )
-                })
-            })
-            .transpose()
-            .map(Bearer)
-    }
-}
-
-impl Interceptor for Bearer {
-    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
-        if let Some(value) = &self.0 {
-            req.metadata_mut().insert("authorization", value.clone());
-        }
-        Ok(req)
-    }
+/// The token sender for calls with `token` (what it is for is named in the refusal): a
+/// configuration error when the token cannot travel in a gRPC header.
+pub fn bearer(token: Option<&str>, purpose: &str) -> Result<Bearer, CtlError> {
+    Bearer::new(token).map_err(|e| CtlError::Config(format!("the {purpose} token: {e}")))
 }
 
 /// An authenticated client of one placement replica's `switchyard.admin.v1.Admin`.
@@ -150,7 +121,7 @@ impl Admin {
         timeout: Duration,
         tls: &ClientTls,
     ) -> Result<Admin, CtlError> {
-        let bearer = Bearer::new(target.token.as_deref())?;
+        let bearer = bearer(target.token.as_deref(), "admin")?;
         let mut failures = Vec::new();
         for endpoint in &target.endpoints {
             let ep = tls
@@ -338,9 +309,11 @@ mod tests {
 
     #[test]
     fn a_token_that_cannot_be_a_header_is_refused() {
-        assert!(Bearer::new(Some("ok-token")).is_ok());
-        assert!(Bearer::new(None).is_ok());
-        let err = Bearer::new(Some("bad\ntoken")).err().map(|e| e.exit_code());
+        assert!(bearer(Some("ok-token"), "admin").is_ok());
+        assert!(bearer(None, "admin").is_ok());
+        let err = bearer(Some("bad\ntoken"), "admin")
+            .err()
+            .map(|e| e.exit_code());
         assert_eq!(err, Some(1));
     }
 }

@@ -14,7 +14,7 @@ use switchyard_proto::relay::v1::{PublishRequest, publish_request, relay_client:
 use tonic::{Code, Request};
 
 use crate::{
-    cluster_file,
+    client, cluster_file,
     error::{CtlError, error_chain},
     output,
 };
@@ -92,16 +92,7 @@ pub async fn run(
     tls: &ClientTls,
     json: bool,
 ) -> Result<(), CtlError> {
-    let bearer: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> = match &target.token
-    {
-        Some(t) => Some(format!("Bearer {t}").parse().map_err(|_| {
-            CtlError::Config(
-                "the publish token contains characters that cannot be sent in a gRPC header"
-                    .to_owned(),
-            )
-        })?),
-        None => None,
-    };
+    let bearer = client::bearer(target.token.as_deref(), "publish")?;
     let mut failures = Vec::new();
     for endpoint in &target.endpoints {
         let ep = tls
@@ -127,9 +118,7 @@ pub async fn run(
             data: Some(publish_request::Data::Json(publication.json.clone())),
         });
         req.set_timeout(timeout);
-        if let Some(b) = &bearer {
-            req.metadata_mut().insert("authorization", b.clone());
-        }
+        bearer.apply(req.metadata_mut());
         let answer = tokio::time::timeout(timeout, RelayClient::new(channel).publish(req)).await;
         let response = match answer {
             Ok(Ok(r)) => r.into_inner(),

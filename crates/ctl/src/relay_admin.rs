@@ -25,8 +25,10 @@ use switchyard_proto::admin::v1::{
 };
 use tonic::{Code, Request, Status, service::interceptor::InterceptedService, transport::Channel};
 
+use switchyard_common::bearer::Bearer;
+
 use crate::{
-    client::Bearer,
+    client::bearer,
     error::{CtlError, error_chain},
     output::{self, format_age, table},
     publish::RelayTarget,
@@ -67,7 +69,7 @@ impl RelayAdmin {
         timeout: Duration,
         tls: &ClientTls,
     ) -> Result<RelayAdmin, CtlError> {
-        let bearer = Bearer::new(target.token.as_deref())?;
+        let bearer = bearer(target.token.as_deref(), "admin")?;
         let mut failures = Vec::new();
         for endpoint in &target.endpoints {
             let ep = tls
@@ -291,7 +293,7 @@ pub async fn run(
                 println!("No gateway is linked to relay {}.", res.relay_id);
                 return Ok(());
             }
-            let now = switchyard_common::assignment::now_ms();
+            let now = switchyard_common::clock::now_ms();
             let rows: Vec<Vec<String>> = res
                 .links
                 .iter()

@@ -5,14 +5,15 @@
 
 use std::{
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use serde_json::Value;
 use switchyard_testkit::cluster::{
     Gateway, GatewayOpts, Placement, PlacementOpts, Relay, RelayOpts, TEST_PUBLISH_TOKEN,
 };
+use switchyard_testkit::wait::{eventually_blocking, give_up};
 
 /// The variables syctl reads; removed from every run so the developer's shell cannot leak in.
 const SYCTL_ENV: &[&str] = &[
@@ -67,21 +68,16 @@ fn publish_reaches_the_linked_gateways_and_checks_the_token() -> anyhow::Result<
         "--json",
     ];
     // The gateway links to the relay shortly after it is ready.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    eventually_blocking("the gateway to link", Duration::from_secs(15), || {
         let (code, stdout, stderr) = syctl(&args, &cwd)?;
         if code != Some(0) {
-            bail!("syctl publish exited {code:?}: {stdout} {stderr}");
+            let failed = anyhow::anyhow!("syctl publish exited {code:?}: {stdout} {stderr}");
+            return Err(give_up(failed));
         }
         let answer: Value = serde_json::from_str(&stdout).context(stdout.clone())?;
-        if answer["gateways"] == 1 {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the gateway never linked: {answer}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        anyhow::ensure!(answer["gateways"] == 1, "syctl publish answered {answer}");
+        Ok(())
+    })?;
 
     let (code, _, stderr) = syctl(
         &[

@@ -11,15 +11,16 @@ mod support;
 use std::{
     collections::{BTreeMap, BTreeSet},
     path::PathBuf,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use serde_json::{Value, json};
 use support::{Driver, metric_value};
 use switchyard_testkit::{
     cluster::{Gateway, GatewayOpts, Placement, PlacementOpts, Relay, RelayOpts, TEST_ADMIN_TOKEN},
     redis::RedisServer,
+    wait::eventually,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -64,7 +65,7 @@ fn empty_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!(
         "syctl-relay-admin-{}-{}",
         std::process::id(),
-        switchyard_common::assignment::now_ms()
+        switchyard_common::clock::now_ms()
     ));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
@@ -100,22 +101,17 @@ async fn until(
     what: &str,
     check: impl Fn(&Value) -> bool,
 ) -> anyhow::Result<Value> {
-    let deadline = Instant::now() + WAIT;
     let mut all = args.to_vec();
     all.push("--json");
-    loop {
+    eventually(what, WAIT, async || {
         let json = syctl(relay, Some(TEST_ADMIN_TOKEN), &all)
             .await?
             .ok()?
             .json()?;
-        if check(&json) {
-            return Ok(json);
-        }
-        if Instant::now() >= deadline {
-            bail!("{what}: not within {WAIT:?}; last answer {json}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+        ensure!(check(&json), "last answer {json}");
+        Ok(json)
+    })
+    .await
 }
 
 /// room -> members, from `syctl rooms --json`.

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use serde_json::Value;
 use switchyard_proto::placement::v1::{
     Directive, GatewayReport, Load, Register, directive, gateway_report,
@@ -22,6 +22,7 @@ use switchyard_testkit::{
     cluster::{Placement, PlacementOpts, TEST_ADMIN_TOKEN},
     ports::free_port,
     redis::RedisServer,
+    wait::eventually,
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::ReceiverStream;
@@ -115,21 +116,16 @@ async fn nodes_until(
     what: &str,
     check: impl Fn(&[Value]) -> bool,
 ) -> anyhow::Result<Vec<Value>> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
+    eventually(what, Duration::from_secs(10), async || {
         let json = syctl(p, &["nodes", "--json"]).await?.ok()?.json()?;
         let nodes = json["nodes"]
             .as_array()
             .cloned()
             .context("`nodes` is not an array")?;
-        if check(&nodes) {
-            return Ok(nodes);
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out waiting for {what}; last nodes: {nodes:#?}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        ensure!(check(&nodes), "last nodes: {nodes:#?}");
+        Ok(nodes)
+    })
+    .await
 }
 
 fn find<'a>(nodes: &'a [Value], id: &str) -> Option<&'a Value> {

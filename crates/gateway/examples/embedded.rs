@@ -115,7 +115,12 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let telemetry = switchyard_common::telemetry::init("switchyard-embedded", &args.telemetry)?;
     let tls = args.gateway.tls.server.load()?;
-    let listener = HttpListener::bind(args.gateway.listen, tls.as_ref(), "gateway").await?;
+    let listener = HttpListener::bind(
+        args.gateway.listen,
+        tls.as_ref(),
+        switchyard_gateway::metrics::TLS_HANDSHAKE_FAILURES_TOTAL,
+    )
+    .await?;
     let gateway = Switchyard::new(args.gateway.settings(listener.local_addr()?)?)?;
     let metrics = telemetry.metrics.clone();
     // With --relay-urls the cluster adapter (rooms span every gateway), else the local one.

@@ -19,7 +19,7 @@
 //!   [`crate::delivery`], which delivers them to the local sockets (stamped ones through the
 //!   gates, as runs).
 //!
-//! The frames' payloads are socketioxide-core requests and responses in the wire format of
+//! The frames carry socketioxide-core requests and responses in the wire format of
 //! [`crate::codec`].
 //!
 //! While the link is down, frames queue and are resent after the relink (see [`crate::link`]);
@@ -42,12 +42,12 @@ use socketioxide_core::adapter::{
 };
 use socketioxide_core::packet::Packet;
 use socketioxide_core::{Sid, Uid};
-use switchyard_proto::relay::v1::FrameKind;
+use switchyard_proto::relay::v1::{Frame, FrameKind};
 use tokio::sync::mpsc;
 
 use crate::cluster::ClusterState;
 use crate::codec::{
-    decode_ack, decode_request, decode_response, encode_request, join_response, split_response,
+    decode_ack, decode_request, decode_response, read_response, request_frame, response_frame,
 };
 use crate::delivery::Delivery;
 use crate::gates::Gates;
@@ -99,21 +99,14 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
         self.local.server_id()
     }
 
-    fn send_frame(
-        &self,
-        kind: FrameKind,
-        target: &str,
-        payload: Vec<u8>,
-    ) -> Result<(), ClusterError> {
-        self.link
-            .send(&self.ns, kind, target, Bytes::from(payload))
-            .map(|_| ())
-            .map_err(ClusterError::from)
+    /// Queues `frame` on the relay links (the link numbers it).
+    fn send_frame(&self, frame: Frame) -> Result<(), ClusterError> {
+        self.link.send(frame)?;
+        Ok(())
     }
 
     fn send_req(&self, req: &RequestOut<'_>, kind: FrameKind) -> Result<(), ClusterError> {
-        let payload = encode_request(req)?;
-        self.send_frame(kind, "", payload)
+        self.send_frame(request_frame(&self.ns, kind, req)?)
     }
 
     /// Registers a pending request; responses go to the returned stream.
@@ -180,7 +173,7 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
     /// Handles a frame that is not an event: an adapter request, broadcast or response.
     fn on_control(self: &Arc<Self>, frame: Incoming) {
         match FrameKind::try_from(frame.kind) {
-            Ok(FrameKind::Response) => self.on_response(frame.payload),
+            Ok(FrameKind::Response) => self.on_response(frame),
             Ok(FrameKind::Broadcast | FrameKind::Request) => match decode_request(&frame.payload) {
                 Ok(req) => {
                     self.peers
@@ -198,9 +191,10 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
         }
     }
 
-    fn on_response(&self, payload: Bytes) {
-        let Some((req_id, body)) = split_response(payload) else {
-            tracing::warn!("undecodable adapter response");
+    fn on_response(&self, frame: Incoming) {
+        let origin = frame.origin.clone();
+        let Some((req_id, body)) = read_response(frame) else {
+            tracing::warn!(%origin, "adapter response without a valid request id");
             ::metrics::counter!(metrics::ADAPTER_BAD_FRAMES_TOTAL).increment(1);
             return;
         };
@@ -241,9 +235,9 @@ impl<E: SocketEmitter> RemoteRequestHandler<E> for ClusterAdapter<E> {
             .get(&*req_origin)
             .cloned();
         let result = match target {
-            Some(target) => join_response(req_id, &res)
+            Some(target) => response_frame(&self.ns, &target, req_id, &res)
                 .map_err(ClusterError::from)
-                .and_then(|payload| self.send_frame(FrameKind::Response, &target, payload)),
+                .and_then(|frame| self.send_frame(frame)),
             None => {
                 tracing::warn!(%req_origin, "response to an unknown gateway dropped");
                 Ok(())

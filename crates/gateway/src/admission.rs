@@ -41,7 +41,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use switchyard_common::assignment::{AssignmentClaims, TokenError, TokenKey, now_ms};
+use switchyard_common::assignment::{AssignmentClaims, TokenError, TokenKey};
+use switchyard_common::clock::now_ms;
+use switchyard_common::namespace;
 
 use crate::rooms::RoomGrant;
 
@@ -171,7 +173,7 @@ impl Admission {
         if claims.sub != self.node_id {
             return Err(Refusal::WrongNode);
         }
-        if normalize_ns(&claims.ns) != normalize_ns(ns) {
+        if namespace::normalize(&claims.ns) != Ok(ns) {
             return Err(Refusal::WrongNamespace);
         }
         if claims.rid.is_empty() {
@@ -255,15 +257,6 @@ impl Drop for Claim {
                 .unwrap_or_else(PoisonError::into_inner)
                 .remove(&self.rid);
         }
-    }
-}
-
-/// `""` and `"/"` are the same namespace; others compare with a leading slash.
-fn normalize_ns(ns: &str) -> String {
-    if ns.starts_with('/') {
-        ns.to_owned()
-    } else {
-        format!("/{ns}")
     }
 }
 

@@ -1,10 +1,12 @@
 //! The adapter's wire format: socketioxide-core requests and responses between gateways,
-//! encoded with MessagePack (binary attachments stay raw bytes). Every gateway of a cluster must
-//! use the same Socket.IO parser (the common one, forced by [`crate::Switchyard::configure`]),
-//! since payload values inside are already parser-encoded.
+//! encoded with MessagePack (binary attachments stay raw bytes), each in the payload of one relay
+//! [`Frame`]. Every gateway of a cluster must use the same Socket.IO parser (the common one,
+//! forced by [`crate::Switchyard::configure`]), since payload values inside are already
+//! parser-encoded.
 //!
-//! A response frame's payload is `[n][request id (n bytes)][Response]`: the relay routes it to
-//! the requesting gateway, which finds the pending request by its id.
+//! A response frame carries the id of the request it answers in `Frame.request_id` (see
+//! `relay.proto`): the relay routes it to the requesting node, which finds the pending request
+//! by that id. The relay's admin requests read the same field.
 
 use std::str::FromStr;
 
@@ -12,15 +14,51 @@ use bytes::Bytes;
 use serde::{Serialize, de::DeserializeOwned};
 use socketioxide_core::Sid;
 use socketioxide_core::adapter::remote_packet::{RequestIn, RequestOut, Response};
+use switchyard_proto::relay::v1::{Frame, FrameKind};
 
-/// A request or broadcast to other gateways, encoded.
-pub fn encode_request(req: &RequestOut<'_>) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-    rmp_serde::to_vec_named(req)
+/// A request or broadcast to the other gateways of `namespace`, as the frame that carries it
+/// (`kind` is `BROADCAST` or `REQUEST`; the link numbers it).
+pub fn request_frame(
+    namespace: &str,
+    kind: FrameKind,
+    req: &RequestOut<'_>,
+) -> Result<Frame, rmp_serde::encode::Error> {
+    Ok(Frame {
+        namespace: namespace.to_owned(),
+        kind: kind as i32,
+        payload: Bytes::from(rmp_serde::to_vec_named(req)?),
+        ..Frame::default()
+    })
 }
 
 /// A request or broadcast from another gateway, decoded.
 pub fn decode_request(payload: &[u8]) -> Result<RequestIn, rmp_serde::decode::Error> {
     rmp_serde::from_slice(payload)
+}
+
+/// The answer `res` to request `req_id`, as the `RESPONSE` frame that carries it to the node
+/// `target` in `namespace` (the link numbers it).
+pub fn response_frame<T: Serialize>(
+    namespace: &str,
+    target: &str,
+    req_id: Sid,
+    res: &Response<T>,
+) -> Result<Frame, rmp_serde::encode::Error> {
+    Ok(Frame {
+        namespace: namespace.to_owned(),
+        kind: FrameKind::Response as i32,
+        target: target.to_owned(),
+        request_id: req_id.to_string(),
+        payload: Bytes::from(rmp_serde::to_vec_named(res)?),
+        ..Frame::default()
+    })
+}
+
+/// A `RESPONSE` frame → (the request it answers, its `Response` bytes); `None` when its
+/// `request_id` is not a request id.
+pub fn read_response(frame: Frame) -> Option<(Sid, Bytes)> {
+    let req_id = Sid::from_str(&frame.request_id).ok()?;
+    Some((req_id, frame.payload))
 }
 
 /// A response, decoded; `None` (logged) when it does not decode.
@@ -41,51 +79,45 @@ pub fn decode_ack<D: DeserializeOwned>(
     rmp_serde::from_slice(&b).map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send>)
 }
 
-/// `[n][request id][Response]` → (request id, Response bytes); `None` when malformed.
-pub fn split_response(payload: Bytes) -> Option<(Sid, Bytes)> {
-    let n = usize::from(*payload.first()?);
-    let id = payload.get(1..1 + n)?;
-    let sid = Sid::from_str(std::str::from_utf8(id).ok()?).ok()?;
-    Some((sid, payload.slice(1 + n..)))
-}
-
-/// (request id, Response) → `[n][request id][Response]`.
-pub fn join_response<T: Serialize>(
-    req_id: Sid,
-    res: &Response<T>,
-) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-    let id = req_id.to_string();
-    let mut out = Vec::with_capacity(1 + id.len() + 64);
-    out.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
-    out.extend_from_slice(&id.as_bytes()[..id.len().min(255)]);
-    out.extend_from_slice(&rmp_serde::to_vec_named(res)?);
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message;
     use socketioxide_core::Uid;
     use socketioxide_core::adapter::RemoteSocketData;
     use socketioxide_core::adapter::remote_packet::ResponseType;
 
+    /// What crosses the relay: the frame, encoded and decoded by prost.
+    fn over_the_wire(frame: &Frame) -> anyhow::Result<Frame> {
+        Ok(Frame::decode(frame.encode_to_vec().as_slice())?)
+    }
+
     #[test]
-    fn response_envelope_round_trips() -> anyhow::Result<()> {
+    fn a_response_frame_names_its_request_and_target() -> anyhow::Result<()> {
         let id = Sid::new();
         let res = Response::<()> {
             node_id: Uid::new(),
             r#type: ResponseType::BroadcastAckCount(3),
         };
-        let bytes = join_response(id, &res)?;
-        let (got_id, body) = split_response(Bytes::from(bytes)).ok_or(anyhow::anyhow!("split"))?;
+        let frame = over_the_wire(&response_frame("/chat", "gw-2", id, &res)?)?;
+        assert_eq!(frame.kind, FrameKind::Response as i32);
+        assert_eq!(
+            (frame.namespace.as_str(), frame.target.as_str()),
+            ("/chat", "gw-2")
+        );
+        let (got_id, body) = read_response(frame).ok_or(anyhow::anyhow!("no request id"))?;
         assert_eq!(got_id, id);
-        let back: Response<()> = rmp_serde::from_slice(&body)?;
-        assert_eq!(back, res);
-        assert!(split_response(Bytes::from_static(&[200, b'x'])).is_none());
+        assert_eq!(decode_response::<()>(body), Some(res));
+        let without_id = Frame {
+            kind: FrameKind::Response as i32,
+            request_id: "not a request id".into(),
+            ..Frame::default()
+        };
+        assert!(read_response(without_id).is_none());
         Ok(())
     }
 
-    /// Properties over arbitrary frame payloads: whatever another gateway (or a corrupted
+    /// Properties over arbitrary frames and payloads: whatever another gateway (or a corrupted
     /// frame) sends, decoding answers an error or a value and never panics.
     mod properties {
         use super::*;
@@ -97,11 +129,16 @@ mod tests {
 
         proptest! {
             #[test]
-            fn arbitrary_response_envelopes_never_panic(bytes in any_bytes()) {
-                if let Some((_, body)) = split_response(Bytes::from(bytes)) {
-                    let _ = decode_response::<RemoteSocketData>(body.clone());
-                    let _ = decode_response::<()>(body.clone());
-                    let _ = decode_ack::<serde_json::Value>(body);
+            fn arbitrary_response_frames_never_panic(bytes in any_bytes(), request_id in ".{0,40}") {
+                for frame in [
+                    Frame::decode(bytes.as_slice()).ok(),
+                    Some(Frame { request_id, payload: Bytes::from(bytes), ..Frame::default() }),
+                ].into_iter().flatten() {
+                    if let Some((_, body)) = read_response(frame) {
+                        let _ = decode_response::<RemoteSocketData>(body.clone());
+                        let _ = decode_response::<()>(body.clone());
+                        let _ = decode_ack::<serde_json::Value>(body);
+                    }
                 }
             }
 
@@ -111,15 +148,18 @@ mod tests {
             }
 
             #[test]
-            fn response_envelopes_round_trip(count in any::<u32>()) {
+            fn response_frames_round_trip(count in any::<u32>(), target in ".{0,40}") {
                 let id = Sid::new();
                 let res = Response::<()> {
                     node_id: Uid::new(),
                     r#type: ResponseType::BroadcastAckCount(count),
                 };
-                let bytes = join_response(id, &res).map_err(|e| TestCaseError::fail(e.to_string()))?;
-                let (got, body) = split_response(Bytes::from(bytes))
-                    .ok_or_else(|| TestCaseError::fail("split"))?;
+                let frame = response_frame("/", &target, id, &res)
+                    .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                let frame = over_the_wire(&frame).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(&frame.target, &target);
+                let (got, body) = read_response(frame)
+                    .ok_or_else(|| TestCaseError::fail("no request id"))?;
                 prop_assert_eq!(got, id);
                 prop_assert_eq!(decode_response::<()>(body), Some(res));
             }

@@ -10,6 +10,8 @@ use socketioxide::{
     handler::ConnectHandler,
 };
 use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
+use switchyard_common::namespace::{self, NamespaceError};
+use switchyard_common::node_id::{self, NodeIdError};
 use switchyard_common::{assignment::TokenKey, ops::Readiness};
 use tokio::sync::watch;
 
@@ -34,12 +36,12 @@ pub enum SetupError {
         "a token secret is required (--token-secret / SWITCHYARD_TOKEN_SECRET) unless --allow-anonymous is set"
     )]
     MissingSecret,
-    #[error("the node id must not be empty")]
-    EmptyNodeId,
+    #[error("{0:?}: {1}")]
+    BadNodeId(String, NodeIdError),
     #[error("no namespace configured")]
     NoNamespaces,
-    #[error("namespace {0:?} must start with '/'")]
-    BadNamespace(String),
+    #[error("{0:?}: {1}")]
+    BadNamespace(String, NamespaceError),
     #[error("the report interval must be positive")]
     ZeroReportInterval,
     #[error("Switchyard::start was already called")]
@@ -61,14 +63,13 @@ impl Switchyard {
         if settings.token_secret.as_deref().is_none_or(str::is_empty) && !settings.allow_anonymous {
             return Err(SetupError::MissingSecret);
         }
-        if settings.node_id.trim().is_empty() {
-            return Err(SetupError::EmptyNodeId);
-        }
+        node_id::check(&settings.node_id)
+            .map_err(|e| SetupError::BadNodeId(settings.node_id.clone(), e))?;
         if settings.namespaces.is_empty() {
             return Err(SetupError::NoNamespaces);
         }
-        if let Some(bad) = settings.namespaces.iter().find(|n| !n.starts_with('/')) {
-            return Err(SetupError::BadNamespace(bad.clone()));
+        for ns in &settings.namespaces {
+            namespace::check(ns).map_err(|e| SetupError::BadNamespace(ns.clone(), e))?;
         }
         if settings.report_interval.is_zero() {
             return Err(SetupError::ZeroReportInterval);

@@ -196,7 +196,8 @@ mod tests {
     use std::net::SocketAddr;
 
     use socketioxide::SocketIo;
-    use switchyard_common::assignment::{AssignmentClaims, TokenKey, now_ms};
+    use switchyard_common::assignment::{AssignmentClaims, TokenKey};
+    use switchyard_common::clock::now_ms;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use crate::{Settings, Switchyard};

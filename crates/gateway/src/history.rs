@@ -17,7 +17,10 @@
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use switchyard_common::tls::ClientTls;
+use switchyard_common::{
+    bearer::{Bearer, UnsendableToken},
+    tls::ClientTls,
+};
 use switchyard_proto::relay::v1::{
     HeadRequest, HistoryEvent, Position, ReplayRequest, StampRequest, relay_client::RelayClient,
 };
@@ -44,8 +47,8 @@ pub enum HistoryError {
     NoPosition,
     #[error("no relay configured")]
     NoRelay,
-    #[error("the link token is not a valid header value")]
-    Token,
+    #[error("the link token: {0}")]
+    Token(#[from] UnsendableToken),
 }
 
 /// Whether a failed history call may succeed on another relay: one that died mid-call ends it
@@ -106,8 +109,8 @@ pub struct History {
     publishes: AtomicU64,
     /// Stamps on the relay links; the `Stamp` RPC is the fallback.
     stamper: Stamper,
-    /// `authorization` metadata of every call (from the link token).
-    authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+    /// Sends the link token with every call.
+    bearer: Bearer,
 }
 
 impl History {
@@ -122,10 +125,7 @@ impl History {
         stamper: Stamper,
         link_token: Option<&str>,
     ) -> Result<Self, HistoryError> {
-        let authorization = link_token
-            .map(|t| format!("Bearer {t}").parse())
-            .transpose()
-            .map_err(|_| HistoryError::Token)?;
+        let bearer = Bearer::new(link_token)?;
         let mut clients = Vec::new();
         for url in urls {
             let channel = tls
@@ -144,7 +144,7 @@ impl History {
             publisher,
             publishes: AtomicU64::new(0),
             stamper,
-            authorization,
+            bearer,
         })
     }
 
@@ -250,9 +250,7 @@ impl History {
     /// A call's request, with the link token when there is one.
     fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut req = tonic::Request::new(message);
-        if let Some(value) = &self.authorization {
-            req.metadata_mut().insert("authorization", value.clone());
-        }
+        self.bearer.apply(req.metadata_mut());
         req
     }
 

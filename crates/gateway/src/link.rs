@@ -36,12 +36,11 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use bytes::Bytes;
-use switchyard_common::backoff::Backoff;
+use switchyard_common::{backoff::Backoff, bearer::Bearer, clock};
 use switchyard_proto::relay::v1::{
-    Frame, FrameKind, Hello, LinkMessage, Members, Position, StampCall, StampRequest, StampResult,
+    Frame, Hello, LinkMessage, Members, Position, StampCall, StampRequest, StampResult,
     link_message::Kind, relay_client::RelayClient,
 };
 use tokio::sync::{mpsc, oneshot};
@@ -87,12 +86,10 @@ pub struct LinkConfig {
 /// What runs at the end of a gap, and when an adapter's queue overflowed (see the module docs).
 pub type GapHandler = Arc<dyn Fn() + Send + Sync>;
 
-/// The process start time in Unix milliseconds, the `incarnation` every link announces.
+/// The process start time in Unix milliseconds, the `incarnation` every link announces; never
+/// 0 (an unset proto field), even with a clock set before 1970.
 pub fn incarnation_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(1)
+    clock::now_ms().max(1)
 }
 
 /// A frame the relay forwarded to this gateway (already deduplicated).
@@ -276,31 +273,19 @@ impl RelayLink {
         self.stamper.clone()
     }
 
-    /// Queues a frame on every link, numbered in call order.
-    pub fn send(
-        &self,
-        namespace: &str,
-        kind: FrameKind,
-        target: &str,
-        payload: Bytes,
-    ) -> Result<u64, LinkError> {
-        if payload.len() > MAX_PAYLOAD_BYTES {
+    /// Queues `frame` on every link, numbered in call order: the link sets its `seq` (the
+    /// relay sets `origin` and `incarnation`); the caller sets the rest.
+    pub fn send(&self, mut frame: Frame) -> Result<u64, LinkError> {
+        if frame.payload.len() > MAX_PAYLOAD_BYTES {
             ::metrics::counter!(metrics::RELAY_FRAMES_OVERSIZED_TOTAL).increment(1);
-            return Err(LinkError::TooLarge(payload.len()));
+            return Err(LinkError::TooLarge(frame.payload.len()));
         }
         let mut g = self.inner.lock().map_err(|_| LinkError::Poisoned)?;
         if g.outboxes.is_empty() {
             return Err(LinkError::NoLinks);
         }
         g.next_seq += 1;
-        let frame = Frame {
-            namespace: namespace.to_owned(),
-            seq: g.next_seq,
-            payload,
-            target: target.to_owned(),
-            kind: kind as i32,
-            ..Default::default()
-        };
+        frame.seq = g.next_seq;
         let mut queued = false;
         for out in &g.outboxes {
             queued |= out.send(frame.clone()).is_ok();
@@ -526,12 +511,9 @@ async fn link_once(
         .await
         .map_err(|_| "hello not sent".to_owned())?;
         let mut request = tonic::Request::new(ReceiverStream::new(rx));
-        if let Some(token) = &cfg.token {
-            let value = format!("Bearer {token}")
-                .parse()
-                .map_err(|_| "the link token is not a valid header value".to_owned())?;
-            request.metadata_mut().insert("authorization", value);
-        }
+        Bearer::new(cfg.token.as_deref())
+            .map_err(|e| format!("the link token: {e}"))?
+            .apply(request.metadata_mut());
         let mut inbound = client
             .link(request)
             .await
@@ -749,7 +731,7 @@ mod tests {
             .enumerate()
             .map(|(i, n)| Frame {
                 seq: i as u64 + 1,
-                payload: Bytes::from(vec![0; *n]),
+                payload: bytes::Bytes::from(vec![0; *n]),
                 ..Default::default()
             })
             .collect();

@@ -15,9 +15,13 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let telemetry = switchyard_common::telemetry::init("switchyard-gateway", &cli.telemetry)?;
     let tls = cli.gateway.tls.server.load()?;
-    let listener = HttpListener::bind(cli.gateway.listen, tls.as_ref(), "gateway")
-        .await
-        .with_context(|| format!("binding {}", cli.gateway.listen))?;
+    let listener = HttpListener::bind(
+        cli.gateway.listen,
+        tls.as_ref(),
+        switchyard_gateway::metrics::TLS_HANDSHAKE_FAILURES_TOTAL,
+    )
+    .await
+    .with_context(|| format!("binding {}", cli.gateway.listen))?;
     let bound = listener.local_addr()?;
     let gateway = Switchyard::new(cli.gateway.settings(bound)?)?;
     let metrics = telemetry.metrics.clone();

@@ -1,8 +1,10 @@
 //! Every metric the gateway emits: its name, once, and its description (the `# HELP` line of
-//! `/metrics`). Emitting sites use these constants, so a name cannot drift between the code,
-//! the description and `docs/operations.md` (a test checks that every name is documented there).
+//! `/metrics`), in [`ALL`]. Emitting sites use these constants, so a name cannot drift between
+//! the code, the description and `docs/operations.md`; the metrics test
+//! (`tests/e2e_metrics.rs`) checks a scrape with `promtool` and every entry of [`ALL`] against
+//! that page.
 
-use metrics::{describe_counter, describe_gauge, describe_histogram};
+use switchyard_common::telemetry::{self, Metric};
 
 pub const CONNECTIONS: &str = "switchyard_gateway_connections";
 pub const CONNECTS_TOTAL: &str = "switchyard_gateway_connects_total";
@@ -35,92 +37,107 @@ pub const RELAY_FRAMES_DUPLICATE_TOTAL: &str = "switchyard_gateway_relay_frames_
 pub const RELAY_FRAMES_OVERSIZED_TOTAL: &str = "switchyard_gateway_relay_frames_oversized_total";
 pub const RELAY_FRAMES_OVERFLOW_TOTAL: &str = "switchyard_gateway_relay_frames_overflow_total";
 pub const RELAY_BACKLOG_DROPPED_TOTAL: &str = "switchyard_gateway_relay_backlog_dropped_total";
+/// Counted by `switchyard_common::tls::HttpListener` (named here, passed to it).
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "switchyard_gateway_tls_handshake_failures_total";
+
+/// Every metric above, with its type and HELP text (the first sentence of its row in
+/// `docs/operations.md`).
+pub const ALL: &[Metric] = &[
+    Metric::gauge(CONNECTIONS, "Sockets connected, all namespaces."),
+    Metric::counter(
+        CONNECTS_TOTAL,
+        "CONNECT attempts by outcome and refusal reason.",
+    ),
+    Metric::counter(DISCONNECTS_TOTAL, "Socket disconnects by reason."),
+    Metric::counter(EVENTS_TOTAL, "Built-in client events by event and outcome."),
+    Metric::histogram(
+        PUBLISH_PAYLOAD_BYTES,
+        "Estimated size of published data, in bytes.",
+    ),
+    Metric::counter(RESUMES_TOTAL, "Resume attempts by outcome."),
+    Metric::counter(
+        HISTORY_EVENTS_TOTAL,
+        "Events with a history position applied to local sockets.",
+    ),
+    Metric::counter(
+        HISTORY_SKIPPED_TOTAL,
+        "Stamped events skipped because the socket already had them.",
+    ),
+    Metric::counter(
+        HISTORY_SEVERED_TOTAL,
+        "Sockets severed because a stamped event could not reach them.",
+    ),
+    Metric::counter(
+        EVENTS_UNDECODABLE_TOTAL,
+        "Events whose data did not decode, dropped, by path.",
+    ),
+    Metric::counter(
+        BACKEND_EVENTS_TOTAL,
+        "Backend events (relay Publish) emitted to local sockets.",
+    ),
+    Metric::counter(
+        ADAPTER_BAD_FRAMES_TOTAL,
+        "Relay frames the adapter could not decode.",
+    ),
+    Metric::gauge(DRAINING, "1 while the gateway drains."),
+    Metric::gauge(DRAIN_REMAINING, "Sockets left to move during a drain."),
+    Metric::counter(
+        DRAIN_DISCONNECTS_TOTAL,
+        "Clients told to re-assign, by cause.",
+    ),
+    Metric::counter(DRAINS_TOTAL, "Drains started, by cause."),
+    Metric::counter(REPORTS_TOTAL, "Load reports sent to placement."),
+    Metric::gauge(REPORT_STREAM_UP, "1 while registered with placement."),
+    Metric::counter(REPORT_STREAM_ERRORS_TOTAL, "Report stream failures."),
+    Metric::counter(
+        DIRECTIVES_TOTAL,
+        "Directives received from placement, by kind.",
+    ),
+    Metric::gauge(RELAY_LINK_UP, "1 while linked to that relay."),
+    Metric::counter(RELAY_LINK_ERRORS_TOTAL, "Relay link failures."),
+    Metric::counter(
+        RELAY_GAPS_TOTAL,
+        "Gaps ended: a relay link came up after every link was down.",
+    ),
+    Metric::gauge(
+        RELAY_MEMBERS,
+        "Gateways of the namespace according to the relay.",
+    ),
+    Metric::counter(RELAY_FRAMES_SENT_TOTAL, "Frames sent to the relay."),
+    Metric::counter(
+        RELAY_FRAMES_RESENT_TOTAL,
+        "Unacknowledged frames resent after a relink.",
+    ),
+    Metric::counter(
+        RELAY_FRAMES_RECEIVED_TOTAL,
+        "Frames received from the relay, duplicates excluded.",
+    ),
+    Metric::counter(
+        RELAY_FRAMES_DUPLICATE_TOTAL,
+        "Received frames dropped as duplicates.",
+    ),
+    Metric::counter(
+        RELAY_FRAMES_OVERSIZED_TOTAL,
+        "Frames not sent, or refused by the relay, because they exceed the relay's frame limit.",
+    ),
+    Metric::counter(
+        RELAY_FRAMES_OVERFLOW_TOTAL,
+        "Frames from the relay dropped because the namespace's adapter queue was full.",
+    ),
+    Metric::counter(
+        RELAY_BACKLOG_DROPPED_TOTAL,
+        "Unacknowledged frames dropped because the resend backlog was full.",
+    ),
+    Metric::counter(
+        TLS_HANDSHAKE_FAILURES_TOTAL,
+        "TLS handshakes that failed or timed out on the HTTP listener, by reason.",
+    ),
+];
 
 /// Describes every metric and sets the gauges to zero, so dashboards see each series before
 /// the first client. Idempotent.
 pub fn describe() {
-    describe_gauge!(CONNECTIONS, "Sockets connected (all namespaces).");
-    describe_counter!(
-        CONNECTS_TOTAL,
-        "CONNECT attempts by outcome and refusal reason."
-    );
-    describe_counter!(DISCONNECTS_TOTAL, "Socket disconnects by reason.");
-    describe_counter!(EVENTS_TOTAL, "Built-in events by event and outcome.");
-    describe_histogram!(
-        PUBLISH_PAYLOAD_BYTES,
-        "Estimated size of published data, in bytes."
-    );
-    describe_counter!(
-        RESUMES_TOTAL,
-        "Resume attempts by outcome (recovered, or lost: the client re-syncs)."
-    );
-    describe_counter!(
-        HISTORY_EVENTS_TOTAL,
-        "Stamped events (with a history position) applied to local sockets."
-    );
-    describe_counter!(
-        HISTORY_SKIPPED_TOTAL,
-        "Stamped events a socket's gate held back because the socket already had them."
-    );
-    describe_counter!(
-        HISTORY_SEVERED_TOTAL,
-        "Sockets severed because a stamped event could not reach them; they resume."
-    );
-    describe_counter!(
-        EVENTS_UNDECODABLE_TOTAL,
-        "Events whose data did not decode, dropped, by path (live, retained, replay)."
-    );
-    describe_counter!(
-        BACKEND_EVENTS_TOTAL,
-        "Backend events (relay Publish) emitted to local sockets."
-    );
-    describe_counter!(
-        ADAPTER_BAD_FRAMES_TOTAL,
-        "Relay frames the adapter could not decode."
-    );
-    describe_gauge!(DRAINING, "1 while the gateway drains.");
-    describe_gauge!(DRAIN_REMAINING, "Sockets left to move during a drain.");
-    describe_counter!(
-        DRAIN_DISCONNECTS_TOTAL,
-        "Clients told to re-assign, by cause."
-    );
-    describe_counter!(DRAINS_TOTAL, "Drains started, by cause.");
-    describe_counter!(REPORTS_TOTAL, "Load reports sent to placement.");
-    describe_gauge!(REPORT_STREAM_UP, "1 while registered with placement.");
-    describe_counter!(REPORT_STREAM_ERRORS_TOTAL, "Report stream failures.");
-    describe_counter!(
-        DIRECTIVES_TOTAL,
-        "Directives received from placement, by kind."
-    );
-    describe_gauge!(RELAY_LINK_UP, "1 while the link to a relay is up.");
-    describe_counter!(RELAY_LINK_ERRORS_TOTAL, "Relay links lost.");
-    describe_counter!(
-        RELAY_GAPS_TOTAL,
-        "Gaps ended: a relay link came up after every link was down (gated sockets resume)."
-    );
-    describe_gauge!(RELAY_MEMBERS, "Gateways linked for a namespace.");
-    describe_counter!(RELAY_FRAMES_SENT_TOTAL, "Frames queued to the relay.");
-    describe_counter!(RELAY_FRAMES_RESENT_TOTAL, "Frames resent after a relink.");
-    describe_counter!(
-        RELAY_FRAMES_RECEIVED_TOTAL,
-        "Frames from the relay handed to the adapter."
-    );
-    describe_counter!(
-        RELAY_FRAMES_DUPLICATE_TOTAL,
-        "Frames from the relay dropped as duplicates."
-    );
-    describe_counter!(
-        RELAY_FRAMES_OVERSIZED_TOTAL,
-        "Frames not sent (or refused by the relay) as larger than the relay frame limit."
-    );
-    describe_counter!(
-        RELAY_FRAMES_OVERFLOW_TOTAL,
-        "Frames from the relay dropped because the namespace's adapter queue was full (the link is cut)."
-    );
-    describe_counter!(
-        RELAY_BACKLOG_DROPPED_TOTAL,
-        "Unacknowledged frames dropped because a link's backlog was full."
-    );
+    telemetry::describe(ALL);
     metrics::gauge!(CONNECTIONS).set(0.0);
     metrics::gauge!(DRAINING).set(0.0);
     metrics::gauge!(REPORT_STREAM_UP).set(0.0);

@@ -10,7 +10,7 @@ use anyhow::Context;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use support::{Cluster, Driver};
-use switchyard_common::assignment::now_ms;
+use switchyard_common::clock::now_ms;
 use switchyard_testkit::reqwest;
 
 const WAIT: Duration = Duration::from_secs(20);

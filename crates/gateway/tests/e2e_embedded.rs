@@ -4,13 +4,14 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::ensure;
 use serde_json::json;
 use support::{Cluster, Driver, REPORT_INTERVAL_MS, bin};
 use switchyard_testkit::cluster::TEST_TOKEN_SECRET;
 use switchyard_testkit::process::Service;
+use switchyard_testkit::wait::eventually;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -36,13 +37,19 @@ async fn embedded_example_serves_its_custom_event_next_to_switchyards() -> anyho
     )?;
     let url = format!("http://{}", app.ready_value("http")?);
     let mut admin = cluster.admin().await?;
-    let deadline = Instant::now() + WAIT;
-    while !admin.nodes().await?.contains_key("embedded-0") {
-        if Instant::now() >= deadline {
-            bail!("the embedded app never registered with placement");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the embedded app to register with placement",
+        WAIT,
+        async || {
+            let nodes = admin.nodes().await?;
+            ensure!(
+                nodes.contains_key("embedded-0"),
+                "placement lists {nodes:?}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
 
     let mut js = Driver::node().await?;
     js.connect(

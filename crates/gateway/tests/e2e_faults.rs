@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 use support::{Admin, Driver, REPORT_INTERVAL_MS};
-use switchyard_common::assignment::now_ms;
+use switchyard_common::clock::now_ms;
 use switchyard_testkit::cluster::{
     Gateway, GatewayOpts, Placement, PlacementOpts, Relay, RelayOpts,
 };
@@ -35,9 +35,11 @@ use switchyard_testkit::feed::{
     self, Published, Publishing, all_acked, placement_waits, resumes, ticks,
 };
 use switchyard_testkit::redis::RedisServer;
+use switchyard_testkit::wait::eventually;
 use tokio::net::{TcpListener, TcpStream};
 
-/// The issue's bound on how long a client waits for a new placement.
+/// The contract's bound on how long a client waits for a new placement (README: a client that
+/// loses its gateway is placed again within 5 s).
 const PLACEMENT_DEADLINE_MS: u64 = 5_000;
 /// A guard against hanging, not a measurement.
 const WAIT: Duration = Duration::from_secs(60);
@@ -51,7 +53,8 @@ fn interval() -> Duration {
     Duration::from_millis(REPORT_INTERVAL_MS.parse().unwrap_or(1000))
 }
 
-/// The issue's bound for the ledger to be right again: 3 report intervals.
+/// The contract's bound for the ledger to be right again: 3 report intervals (a dead gateway
+/// leaves the ledger within three intervals).
 fn ledger_deadline() -> Duration {
     3 * interval()
 }
@@ -186,15 +189,12 @@ impl FaultCluster {
     /// Waits until placement lists exactly `want` (a guard, not a measurement).
     async fn wait_listed(&self, want: &[&str]) -> anyhow::Result<Duration> {
         let start = Instant::now();
-        let mut last = Err(anyhow::anyhow!("never asked"));
-        while start.elapsed() < WAIT {
-            last = self.listed().await;
-            if last.as_ref().is_ok_and(|l| l == want) {
-                return Ok(start.elapsed());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        bail!("placement never listed {want:?}: {last:?}")
+        eventually(format!("placement to list {want:?}"), WAIT, async || {
+            let listed = self.listed().await?;
+            ensure!(listed == want, "it lists {listed:?}");
+            Ok(start.elapsed())
+        })
+        .await
     }
 
     /// Subscribers through placement (the JS helper), all connected and in [`ROOM`].
@@ -244,7 +244,8 @@ impl FaultCluster {
         publisher_on: &Gateway,
         since: Instant,
     ) -> anyhow::Result<Duration> {
-        loop {
+        let within = ledger_deadline().saturating_sub(since.elapsed());
+        eventually("the ledger to be right", within, async || {
             let counts = subs.count().await?;
             let mut real: BTreeMap<String, usize> =
                 live.iter().map(|n| ((*n).to_owned(), 0)).collect();
@@ -252,42 +253,27 @@ impl FaultCluster {
                 *real.entry(node.clone()).or_default() += n;
             }
             *real.entry(publisher_on.node_id().to_owned()).or_default() += 1;
-            let view = async {
-                let mut admin = self.admin().await?;
-                let nodes = admin.nodes().await?;
-                let stats = admin.stats().await?;
-                anyhow::Ok((nodes, stats))
-            }
-            .await;
-            let last = match view {
-                Ok((nodes, stats)) => {
-                    let ledger: BTreeMap<String, usize> = nodes
-                        .iter()
-                        .map(|(id, n)| (id.clone(), n.connections as usize))
-                        .collect();
-                    let total: usize = real.values().sum();
-                    let settled = counts.connected == counts.clients
-                        && ledger == real
-                        && stats.connections as usize == total;
-                    if settled {
-                        return Ok(since.elapsed());
-                    }
-                    format!(
-                        "clients {real:?} ({} of {} connected), ListNodes {ledger:?}, \
-                         ClusterStats connections {}",
-                        counts.connected, counts.clients, stats.connections
-                    )
-                }
-                Err(e) => format!("placement unreachable: {e:#}"),
-            };
-            if since.elapsed() > ledger_deadline() {
-                bail!(
-                    "the ledger was not right within {:?}: {last}",
-                    ledger_deadline()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            let mut admin = self.admin().await.context("placement unreachable")?;
+            let nodes = admin.nodes().await.context("placement unreachable")?;
+            let stats = admin.stats().await.context("placement unreachable")?;
+            let ledger: BTreeMap<String, usize> = nodes
+                .iter()
+                .map(|(id, n)| (id.clone(), n.connections as usize))
+                .collect();
+            let total: usize = real.values().sum();
+            ensure!(
+                counts.connected == counts.clients
+                    && ledger == real
+                    && stats.connections as usize == total,
+                "clients {real:?} ({} of {} connected), ListNodes {ledger:?}, \
+                 ClusterStats connections {}",
+                counts.connected,
+                counts.clients,
+                stats.connections
+            );
+            Ok(since.elapsed())
+        })
+        .await
     }
 }
 
@@ -420,8 +406,7 @@ async fn a_killed_placement_replica_goes_unnoticed_by_clients() -> anyhow::Resul
     publishing.advance(30).await?;
 
     // Kill the replica holding the lease, so the other must take the singleton duties over.
-    let deadline = Instant::now() + WAIT;
-    let holder = 'found: loop {
+    let holder = eventually("a replica to take the lease", WAIT, async || {
         for (i, p) in cluster.placements.iter().enumerate() {
             if Admin::connect(p.grpc_url())
                 .await?
@@ -429,12 +414,12 @@ async fn a_killed_placement_replica_goes_unnoticed_by_clients() -> anyhow::Resul
                 .await?
                 .lease_holder
             {
-                break 'found i;
+                return Ok(i);
             }
         }
-        ensure!(Instant::now() < deadline, "no replica took the lease");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        bail!("no replica holds it")
+    })
+    .await?;
     let survivor = &cluster.placements[1 - holder];
     cluster.placements[holder].kill()?;
 
@@ -464,19 +449,12 @@ async fn a_killed_placement_replica_goes_unnoticed_by_clients() -> anyhow::Resul
         .await?;
     eprintln!("ledger right {took:?} after the newcomers connected");
 
-    let deadline = Instant::now() + WAIT;
-    while !Admin::connect(survivor.grpc_url())
-        .await?
-        .stats()
-        .await?
-        .lease_holder
-    {
-        ensure!(
-            Instant::now() < deadline,
-            "the survivor never took the lease"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("the survivor to take the lease", WAIT, async || {
+        let stats = Admin::connect(survivor.grpc_url()).await?.stats().await?;
+        ensure!(stats.lease_holder, "it does not hold it yet");
+        Ok(())
+    })
+    .await?;
     publishing.advance(30).await?;
     let (mut publisher, published) = publishing.stop().await?;
     all_acked(&published)?;
@@ -515,28 +493,25 @@ async fn redis_restarted_empty_shows_a_new_epoch_and_loses_nothing_silently() ->
     // never reached it. So at relink each gateway severs its subscribed sockets: every
     // subscriber reconnects and resumes, told `recovered: false` in the new epoch — never a
     // silent gap.
-    let deadline = Instant::now() + WAIT;
     // A gateway whose links drop again while Redis settles severs again, so a subscriber may
     // resume more than once; what matters is that each one resumes and is told.
-    let resumed_ids = |subs: &mut Driver| -> BTreeSet<String> {
-        resumes(subs)
-            .iter()
-            .filter_map(|r| r["id"].as_str().map(str::to_owned))
-            .collect()
-    };
-    while resumed_ids(&mut subs).len() < SUBSCRIBERS {
-        ensure!(
-            Instant::now() < deadline,
-            "every subscriber resumes after the relay links came back: {} of {SUBSCRIBERS}",
-            resumed_ids(&mut subs).len()
-        );
-        subs.wait_event("a resume", deadline - Instant::now(), |e| {
-            e["event"] == "resumed"
-        })
-        .await
-        .ok();
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "every subscriber to resume after the relay links came back",
+        WAIT,
+        async || {
+            let resumed: BTreeSet<String> = resumes(&mut subs)
+                .iter()
+                .filter_map(|r| r["id"].as_str().map(str::to_owned))
+                .collect();
+            ensure!(
+                resumed.len() >= SUBSCRIBERS,
+                "{} of {SUBSCRIBERS}",
+                resumed.len()
+            );
+            Ok(())
+        },
+    )
+    .await?;
     let resumed = resumes(&mut subs);
     let new_epoch = resumed
         .first()

@@ -17,10 +17,12 @@ use anyhow::{Context, bail, ensure};
 use futures::future::join_all;
 use serde_json::{Value, json};
 use support::Cluster;
-use switchyard_common::assignment::{AssignmentClaims, TokenKey, now_ms};
+use switchyard_common::assignment::{AssignmentClaims, TokenKey};
+use switchyard_common::clock::now_ms;
 use switchyard_testkit::assign::assign;
 use switchyard_testkit::cluster::{Gateway, TEST_TOKEN_SECRET};
 use switchyard_testkit::raw::RawSocket;
+use switchyard_testkit::wait::eventually;
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -211,16 +213,10 @@ async fn concurrent_assigns_stop_at_exactly_a_gateways_capacity() -> anyhow::Res
     let placement = setup.placement.http_url().to_owned();
     // Wait until placement knows the gateway (one assignment succeeds), then give it back by
     // using it, so the burst starts from one connection.
-    let deadline = Instant::now() + WAIT;
-    let first = loop {
-        match assign(&placement, "/").await {
-            Ok(a) => break a,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(e) => return Err(e.context("placement never assigned the gateway")),
-        }
-    };
+    let first = eventually("placement to assign the gateway", WAIT, async || {
+        assign(&placement, "/").await
+    })
+    .await?;
     let _held = RawSocket::connect(&first.url, &first.token).await?;
     let client = switchyard_testkit::reqwest::Client::new();
     let burst = join_all((0..30).map(|_| {

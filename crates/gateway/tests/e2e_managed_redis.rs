@@ -10,9 +10,9 @@
 mod support;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use serde_json::json;
 use support::{Admin, Driver, REPORT_INTERVAL_MS};
 use switchyard_redis::acl;
@@ -21,6 +21,7 @@ use switchyard_testkit::cluster::{
 };
 use switchyard_testkit::redis::{RedisOptions, RedisServer};
 use switchyard_testkit::tls::TestPki;
+use switchyard_testkit::wait::eventually;
 
 const WAIT: Duration = Duration::from_secs(30);
 const CLIENTS: usize = 4;
@@ -57,13 +58,12 @@ async fn a_room_spans_gateways_with_placement_and_relay_on_tls_redis_as_a_least_
     }
     support::wait_relay_members(relay.grpc_url(), gateways.len(), WAIT).await?;
     let mut admin = Admin::connect(placement.grpc_url()).await?;
-    let deadline = Instant::now() + WAIT;
-    while admin.nodes().await?.len() < gateways.len() {
-        if Instant::now() >= deadline {
-            bail!("placement did not list both gateways");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("placement to list both gateways", WAIT, async || {
+        let nodes = admin.nodes().await?;
+        ensure!(nodes.len() >= gateways.len(), "placement lists {nodes:?}");
+        Ok(())
+    })
+    .await?;
 
     // Placed through placement's ledger (a Lua script on TLS Redis, as the ACL user).
     let mut js = Driver::node().await?;

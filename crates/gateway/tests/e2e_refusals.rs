@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::{Cluster, Driver};
-use switchyard_common::assignment::{AssignmentClaims, TokenKey, now_ms};
+use switchyard_common::assignment::{AssignmentClaims, TokenKey};
+use switchyard_common::clock::now_ms;
 use switchyard_testkit::assign::assign;
 use switchyard_testkit::cluster::TEST_TOKEN_SECRET;
 

@@ -12,12 +12,13 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 use serde_json::json;
 use support::{Cluster, Driver};
 use switchyard_testkit::cluster::Gateway;
+use switchyard_testkit::wait::eventually;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -70,14 +71,12 @@ fn spawn_publisher(
 }
 
 async fn wait_progress(progress: &AtomicU64, at_least: u64) -> anyhow::Result<()> {
-    let deadline = Instant::now() + WAIT;
-    while progress.load(Ordering::SeqCst) < at_least {
-        if Instant::now() > deadline {
-            bail!("publisher stuck at {}", progress.load(Ordering::SeqCst));
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    Ok(())
+    eventually(format!("{at_least} publishes"), WAIT, async || {
+        let n = progress.load(Ordering::SeqCst);
+        ensure!(n >= at_least, "publisher stuck at {n}");
+        Ok(())
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -183,10 +182,12 @@ async fn resume_is_exact_within_the_window_and_refused_outside_it() -> anyhow::R
         .clone();
     assert_eq!(ack["recovered"], true, "{ack}");
     assert_eq!(ack["replayed"], 3, "{ack}");
-    let deadline = Instant::now() + WAIT;
-    while ticks(&mut js, "b").len() < 3 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("b to get the replay", WAIT, async || {
+        let got = ticks(&mut js, "b");
+        ensure!(got.len() >= 3, "b got {got:?}");
+        Ok(())
+    })
+    .await?;
     assert_eq!(ticks(&mut js, "b"), [2, 3, 4]);
     // ... then live events.
     js.publish("p", "feed", "tick", json!({"n": 5})).await?;
@@ -220,8 +221,7 @@ async fn resume_is_exact_within_the_window_and_refused_outside_it() -> anyhow::R
     // History lost (Redis restarted empty): the epoch changed, refused.
     cluster.redis.restart_empty()?;
     connect_raw(&mut js, "d", &cluster.gateways[1]).await?;
-    let deadline = Instant::now() + WAIT;
-    let ack = loop {
+    let ack = eventually("d's resume to be answered", WAIT, async || {
         let res = js
             .request(
                 json!({"cmd": "emit", "id": "d", "event": "resume", "ack": true,
@@ -229,11 +229,10 @@ async fn resume_is_exact_within_the_window_and_refused_outside_it() -> anyhow::R
             )
             .await?;
         let ack = res["ack"].clone();
-        if ack["ok"] == true || Instant::now() > deadline {
-            break ack;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+        ensure!(ack["ok"] == true, "answered {ack}");
+        Ok(ack)
+    })
+    .await?;
     assert_eq!(ack["recovered"], false, "{ack}");
     assert_ne!(ack["epoch"], json!(epoch), "a new epoch: {ack}");
     assert!(ticks(&mut js, "c").is_empty() && ticks(&mut js, "d").is_empty());

@@ -4,10 +4,11 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::json;
 use support::{Cluster, Driver, metric_value, metrics, spread_evenly};
+use switchyard_testkit::wait::eventually;
 
 const SETTLE: Duration = Duration::from_secs(60);
 
@@ -59,20 +60,14 @@ async fn clients_spread_evenly(
     // Each gateway's own view: its `switchyard_gateway_connections` gauge.
     for gw in &cluster.gateways {
         let want = counts.on(gw.node_id()) as f64;
-        let deadline = Instant::now() + SETTLE;
-        loop {
+        let what = format!("{} to report {want} connections in /metrics", gw.node_id());
+        eventually(what, SETTLE, async || {
             let text = metrics(gw.url()).await?;
             let got = metric_value(&text, "switchyard_gateway_connections");
-            if got == Some(want) {
-                break;
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{} reports {got:?} connections in /metrics, clients see {want}",
-                gw.node_id()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            anyhow::ensure!(got == Some(want), "it reports {got:?}");
+            Ok(())
+        })
+        .await?;
     }
 
     // Placement's view, from the gateways' own reports.

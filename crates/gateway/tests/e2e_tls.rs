@@ -18,6 +18,7 @@ use switchyard_testkit::cluster::{
     Gateway, GatewayOpts, Placement, PlacementOpts, Relay, RelayOpts,
 };
 use switchyard_testkit::tls::TestPki;
+use switchyard_testkit::wait::eventually;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -69,17 +70,19 @@ async fn socket_io_clients_reach_a_mutual_tls_cluster_over_https_and_wss() -> an
     let refused = members(&tls_client(&pki, false)?, &relay).await;
     ensure!(refused.is_err(), "no client certificate: {refused:?}");
     let linked = tls_client(&pki, true)?;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !members(&linked, &relay)
-        .await?
-        .contains(&"tls-gw".to_owned())
-    {
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "the gateway never linked to the relay over mutual TLS"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "the gateway to link to the relay over mutual TLS",
+        WAIT,
+        async || {
+            let members = members(&linked, &relay).await?;
+            ensure!(
+                members.contains(&"tls-gw".to_owned()),
+                "members {members:?}"
+            );
+            Ok(())
+        },
+    )
+    .await?;
 
     let ca = pki.file("ca.pem");
     let mut driver = Driver::node_with_env(&[("NODE_EXTRA_CA_CERTS", ca.as_os_str())]).await?;

@@ -189,7 +189,7 @@ mod tests {
     }
 
     fn in_an_hour() -> u64 {
-        switchyard_common::assignment::now_ms() / 1000 + 3600
+        switchyard_common::clock::now_ms() / 1000 + 3600
     }
 
     #[test]

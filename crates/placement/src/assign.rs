@@ -21,7 +21,9 @@ use axum::{
     routing::get,
 };
 use serde::{Deserialize, Serialize};
-use switchyard_common::assignment::{AssignmentClaims, TokenKey, now_ms};
+use switchyard_common::assignment::{AssignmentClaims, TokenKey};
+use switchyard_common::clock::now_ms;
+use switchyard_common::{bearer, namespace};
 use tracing::Instrument;
 
 use crate::{
@@ -29,9 +31,6 @@ use crate::{
     ledger::{Ledger, LedgerError},
     rate_limit::RateLimiter,
 };
-
-/// Longest namespace accepted.
-pub const MAX_NAMESPACE_LEN: usize = 256;
 
 /// A successful assignment, as both front ends return it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -119,30 +118,6 @@ impl IntoResponse for AssignError {
         }
         (self.http_status(), Json(body)).into_response()
     }
-}
-
-/// Checks a namespace the way the gateway names them: `/`-prefixed, at most
-/// [`MAX_NAMESPACE_LEN`] bytes, no control characters. Empty means `/`.
-pub fn normalize_namespace(ns: &str) -> Result<String, AssignError> {
-    if ns.is_empty() {
-        return Ok("/".into());
-    }
-    if !ns.starts_with('/') {
-        return Err(AssignError::BadRequest(
-            "namespace must start with `/`".into(),
-        ));
-    }
-    if ns.len() > MAX_NAMESPACE_LEN {
-        return Err(AssignError::BadRequest(format!(
-            "namespace is longer than {MAX_NAMESPACE_LEN} bytes"
-        )));
-    }
-    if ns.chars().any(char::is_control) {
-        return Err(AssignError::BadRequest(
-            "namespace contains control characters".into(),
-        ));
-    }
-    Ok(ns.to_owned())
 }
 
 /// Assignments per second over a sliding minute, for `ClusterStats`. One bucket per second;
@@ -296,8 +271,9 @@ impl Assigner {
         {
             return Err(AssignError::RateLimited);
         }
-        let ns = normalize_namespace(namespace)?;
-        span.record("namespace", ns.as_str());
+        let ns =
+            namespace::normalize(namespace).map_err(|e| AssignError::BadRequest(e.to_string()))?;
+        span.record("namespace", ns);
         // Before the ledger: a refused client must not hold a reservation.
         let identity = self.app_tokens.verify(app_token)?.unwrap_or_default();
         if let Some(uid) = &identity.uid {
@@ -306,7 +282,7 @@ impl Assigner {
         // An info-level span of its own (the ledger's are debug) so the Redis round trip shows
         // up as a child of the assignment in exported traces.
         let ledger_span = tracing::info_span!("ledger_assign", namespace = %ns);
-        let reservation = match self.ledger.assign(&ns).instrument(ledger_span).await {
+        let reservation = match self.ledger.assign(ns).instrument(ledger_span).await {
             Ok(Some(r)) => r,
             Ok(None) => return Err(AssignError::NoGateway),
             Err(LedgerError::Unavailable(detail)) => {
@@ -323,7 +299,7 @@ impl Assigner {
         let exp_ms = reservation.expires_at_ms;
         let claims = AssignmentClaims {
             sub: reservation.node_id.clone(),
-            ns,
+            ns: ns.to_owned(),
             rid: reservation.reservation_id,
             exp: exp_ms.div_ceil(1000),
             exp_ms,
@@ -358,13 +334,6 @@ struct AssignQuery {
     token: Option<String>,
 }
 
-/// The bearer token of an `Authorization` header, if any (`None` for other schemes).
-pub fn bearer(value: Option<&str>) -> Option<&str> {
-    let v = value?.trim();
-    let (scheme, token) = v.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
-}
-
 async fn http_assign(
     State(assigner): State<Arc<Assigner>>,
     ConnectInfo(peer): ConnectInfo<std::net::SocketAddr>,
@@ -374,7 +343,8 @@ async fn http_assign(
     let span = Assigner::span();
     switchyard_common::trace_context::set_parent_from_headers(&span, &headers);
     let Query(query) = query.map_err(|e| AssignError::BadRequest(e.body_text()))?;
-    let ns = query.namespace.unwrap_or_else(|| "/".into());
+    // Absent means the default namespace; present but empty is a mistake in the URL.
+    let ns = query.namespace.unwrap_or_else(|| namespace::DEFAULT.into());
     if ns.is_empty() {
         return Err(AssignError::BadRequest(
             "namespace must not be empty".into(),
@@ -383,7 +353,7 @@ async fn http_assign(
     let header = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let app_token = bearer(header).or(query.token.as_deref());
+    let app_token = header.and_then(bearer::token_of).or(query.token.as_deref());
     assigner
         .assign_in(span, &ns, Some(peer.ip()), app_token)
         .await
@@ -393,15 +363,6 @@ async fn http_assign(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn namespaces_are_checked() {
-        assert_eq!(normalize_namespace("").ok().as_deref(), Some("/"));
-        assert_eq!(normalize_namespace("/chat").ok().as_deref(), Some("/chat"));
-        assert!(normalize_namespace("chat").is_err());
-        assert!(normalize_namespace(&format!("/{}", "a".repeat(256))).is_err());
-        assert!(normalize_namespace("/a\nb").is_err());
-    }
 
     #[test]
     fn errors_map_to_the_contract() {

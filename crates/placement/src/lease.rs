@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::Script;
-use switchyard_redis::{Connection, Endpoint, Pool};
+use switchyard_redis::{Connection, Endpoint, Pool, key_prefix};
 
-use crate::ledger::{FencingToken, LedgerError, build_pool, key_prefix, unavailable};
+use crate::ledger::{FencingToken, LedgerError, build_pool, unavailable};
 
 /// A fenced lease on the singleton duties.
 #[async_trait]

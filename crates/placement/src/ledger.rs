@@ -26,10 +26,9 @@ pub(crate) mod validate;
 
 pub use memory::MemoryLedger;
 pub use redis::RedisLedger;
-pub(crate) use redis::{build_pool, key_prefix, unavailable};
+pub(crate) use redis::{build_pool, unavailable};
 pub use validate::{
-    MAX_CAPACITY, MAX_CONNECTIONS, MAX_CONSUMED_PER_REPORT, MAX_NAMESPACE_LEN, MAX_NAMESPACES,
-    MAX_NODE_ID_LEN, MAX_URL_LEN, MAX_WEIGHT,
+    MAX_CAPACITY, MAX_CONNECTIONS, MAX_CONSUMED_PER_REPORT, MAX_NAMESPACES, MAX_URL_LEN, MAX_WEIGHT,
 };
 
 /// A gateway as it registers on the report stream.

@@ -1,8 +1,10 @@
 //! Every metric placement emits: its name, once, and its description (the `# HELP` line of
-//! `/metrics`). Emitting sites use these constants, so a name cannot drift between the code,
-//! the description and `docs/operations.md` (a test checks that every name is documented there).
+//! `/metrics`), in [`ALL`]. Emitting sites use these constants, so a name cannot drift between
+//! the code, the description and `docs/operations.md`; the metrics test (in the gateway crate,
+//! `tests/e2e_metrics.rs`, which runs every service) checks a scrape with `promtool` and every
+//! entry of [`ALL`] against that page.
 
-use metrics::{describe_counter, describe_gauge, describe_histogram};
+use switchyard_common::telemetry::{self, Metric};
 
 pub const ASSIGNMENTS_TOTAL: &str = "switchyard_placement_assignments_total";
 pub const ASSIGN_DURATION_SECONDS: &str = "switchyard_placement_assign_duration_seconds";
@@ -16,49 +18,55 @@ pub const LEASE_HOLDER: &str = "switchyard_placement_lease_holder";
 pub const REAP_TOTAL: &str = "switchyard_placement_reap_total";
 pub const REAPED_NODES_TOTAL: &str = "switchyard_placement_reaped_nodes_total";
 pub const ADMIN_TOTAL: &str = "switchyard_placement_admin_total";
+/// Counted by `switchyard_common::tls::HttpListener` (named here, passed to it).
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "switchyard_placement_tls_handshake_failures_total";
+
+/// Every metric above, with its type and HELP text (the first sentence of its row in
+/// `docs/operations.md`).
+pub const ALL: &[Metric] = &[
+    Metric::counter(
+        ASSIGNMENTS_TOTAL,
+        "Assignment requests (HTTP /v1/assign and gRPC Assign) by outcome.",
+    ),
+    Metric::histogram(
+        ASSIGN_DURATION_SECONDS,
+        "Time to answer one assignment, ledger round trip and signing included.",
+    ),
+    Metric::counter(
+        LEDGER_CALLS_TOTAL,
+        "Ledger operations by backend, operation and outcome.",
+    ),
+    Metric::histogram(LEDGER_CALL_SECONDS, "Latency of one ledger operation."),
+    Metric::counter(
+        REGISTRATIONS_TOTAL,
+        "Gateways registering on a report stream, by outcome.",
+    ),
+    Metric::counter(REPORTS_TOTAL, "Load reports received from gateways."),
+    Metric::gauge(
+        REPORT_STREAMS,
+        "Report streams (registered gateways) open on this replica.",
+    ),
+    Metric::counter(
+        STREAMS_CLOSED_TOTAL,
+        "Report streams that ended, by reason; each removes its gateway from the ledger.",
+    ),
+    Metric::gauge(
+        LEASE_HOLDER,
+        "1 on the replica holding the singleton lease (reaping, rebalancing), 0 elsewhere.",
+    ),
+    Metric::counter(REAP_TOTAL, "Reaper passes over the ledger, by outcome."),
+    Metric::counter(REAPED_NODES_TOTAL, "Dead gateways removed by the reaper."),
+    Metric::counter(ADMIN_TOTAL, "Admin calls that changed something, by call."),
+    Metric::counter(
+        TLS_HANDSHAKE_FAILURES_TOTAL,
+        "TLS handshakes that failed or timed out on the HTTP listener, by reason.",
+    ),
+];
 
 /// Describes every metric and sets the gauges to zero, so dashboards see each series before
 /// the first event. Idempotent.
 pub fn describe() {
-    describe_counter!(
-        ASSIGNMENTS_TOTAL,
-        "Assignment requests (HTTP /v1/assign and gRPC Assign) by outcome."
-    );
-    describe_histogram!(
-        ASSIGN_DURATION_SECONDS,
-        "Time to answer one assignment, ledger round trip and signing included."
-    );
-    describe_counter!(
-        LEDGER_CALLS_TOTAL,
-        "Ledger operations by backend, operation and outcome."
-    );
-    describe_histogram!(
-        LEDGER_CALL_SECONDS,
-        "Latency of one ledger operation, by backend and operation."
-    );
-    describe_counter!(
-        REGISTRATIONS_TOTAL,
-        "Gateways registering on a report stream, by outcome."
-    );
-    describe_counter!(
-        REPORTS_TOTAL,
-        "Load reports received from gateways, by outcome."
-    );
-    describe_gauge!(
-        REPORT_STREAMS,
-        "Report streams (registered gateways) open on this replica."
-    );
-    describe_counter!(
-        STREAMS_CLOSED_TOTAL,
-        "Report streams that ended, by reason; each removes its gateway from the ledger."
-    );
-    describe_gauge!(
-        LEASE_HOLDER,
-        "1 on the replica holding the singleton lease, 0 elsewhere."
-    );
-    describe_counter!(REAP_TOTAL, "Reaper passes over the ledger, by outcome.");
-    describe_counter!(REAPED_NODES_TOTAL, "Dead gateways removed by the reaper.");
-    describe_counter!(ADMIN_TOTAL, "Admin calls that changed something, by call.");
+    telemetry::describe(ALL);
     metrics::gauge!(REPORT_STREAMS).set(0.0);
     metrics::gauge!(LEASE_HOLDER).set(0.0);
 }

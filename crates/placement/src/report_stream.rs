@@ -32,6 +32,7 @@ use std::{
     time::Duration,
 };
 
+use switchyard_common::namespace;
 use switchyard_proto::placement::v1::{
     Directive, Drain, GatewayReport, Load, Register, Registered, Superseded, Undrain, directive,
     gateway_report,
@@ -41,11 +42,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 use tracing::Instrument;
 
-use crate::{
-    assign::normalize_namespace,
-    ledger::{
-        Ledger, LedgerError, LoadReport, MAX_NAMESPACES, NodeRegistration, NodeView, validate,
-    },
+use crate::ledger::{
+    Ledger, LedgerError, LoadReport, MAX_NAMESPACES, NodeRegistration, NodeView, validate,
 };
 
 /// How many reports between two reads of the node's draining flag in the ledger.
@@ -186,9 +184,9 @@ pub fn validate_registration(r: Register, liveness: Duration) -> Result<NodeRegi
     }
     let mut namespaces = Vec::with_capacity(r.namespaces.len().max(1));
     for ns in &r.namespaces {
-        let ns = normalize_namespace(ns).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        if !namespaces.contains(&ns) {
-            namespaces.push(ns);
+        let ns = namespace::normalize(ns).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if !namespaces.iter().any(|n| n == ns) {
+            namespaces.push(ns.to_owned());
         }
     }
     validate::registration(&NodeRegistration {

@@ -17,6 +17,7 @@ use http::Method;
 use metrics_exporter_prometheus::PrometheusHandle;
 use switchyard_common::{
     assignment::TokenKey,
+    bearer,
     grpc::AdminAuth,
     ops::{self, Readiness},
     tls::HttpListener,
@@ -67,12 +68,12 @@ impl Placement for PlacementGrpc {
         let client = req.remote_addr().map(|a| a.ip());
         let span = Assigner::span();
         switchyard_common::trace_context::set_parent_from_metadata(&span, req.metadata());
-        let app_token = crate::assign::bearer(
-            req.metadata()
-                .get("authorization")
-                .and_then(|v| v.to_str().ok()),
-        )
-        .map(str::to_owned);
+        let app_token = req
+            .metadata()
+            .get(bearer::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer::token_of)
+            .map(str::to_owned);
         let namespace = req.into_inner().namespace;
         let a = self
             .assigner
@@ -171,9 +172,13 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     };
 
     let tls = config.tls.load()?;
-    let http_listener = HttpListener::bind(config.http_addr, tls.as_ref(), "placement")
-        .await
-        .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+    let http_listener = HttpListener::bind(
+        config.http_addr,
+        tls.as_ref(),
+        crate::metrics::TLS_HANDSHAKE_FAILURES_TOTAL,
+    )
+    .await
+    .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
     let grpc_listener = TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;

@@ -2,12 +2,14 @@
 //! RS256, as a bearer header or a `token` query parameter), copies `sub` and `rooms` into the
 //! assignment, and with `--require-app-token` refuses clients without a valid one (401).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use switchyard_common::assignment::{TokenKey, now_ms};
+use switchyard_common::assignment::TokenKey;
+use switchyard_common::clock::now_ms;
+use switchyard_testkit::wait::eventually;
 use switchyard_testkit::{
     cluster::{Gateway, GatewayOpts, Placement, PlacementOpts, TEST_TOKEN_SECRET},
     reqwest,
@@ -82,17 +84,16 @@ async fn cluster() -> anyhow::Result<(Placement, Gateway)> {
     let gateway = Gateway::start(GatewayOpts::new(&placement, "gw-app"))?;
     // Wait until the gateway's first report made it assignable.
     let token = hs256(APP_SECRET, &claims("probe", None))?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let (status, body) = assign(&placement, Some(&token), None).await?;
-        if status == 200 {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the gateway never became assignable: {status} {body}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "the gateway to become assignable",
+        Duration::from_secs(15),
+        async || {
+            let (status, body) = assign(&placement, Some(&token), None).await?;
+            anyhow::ensure!(status == 200, "{status} {body}");
+            Ok(())
+        },
+    )
+    .await?;
     Ok((placement, gateway))
 }
 

@@ -20,6 +20,7 @@ use switchyard_proto::{
         placement_client::PlacementClient,
     },
 };
+use switchyard_testkit::wait::eventually;
 use switchyard_testkit::{
     assign::assign,
     cluster::{Gateway, GatewayOpts, Placement, PlacementOpts, TEST_ADMIN_TOKEN},
@@ -33,14 +34,10 @@ const WAIT: Duration = Duration::from_secs(20);
 async fn placement_with_a_gateway() -> anyhow::Result<(Placement, Gateway)> {
     let p = Placement::start(PlacementOpts::default())?;
     let gw = Gateway::start(GatewayOpts::new(&p, "gw-0"))?;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while assign(p.http_url(), "/").await.is_err() {
-        ensure!(
-            tokio::time::Instant::now() < deadline,
-            "gw-0 never became assignable"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually("gw-0 to become assignable", WAIT, async || {
+        assign(p.http_url(), "/").await
+    })
+    .await?;
     Ok((p, gw))
 }
 

@@ -4,7 +4,6 @@
 
 use std::{
     collections::HashMap,
-    future::Future,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -29,6 +28,7 @@ use switchyard_testkit::{
     cluster::{Placement, PlacementOpts, TEST_ADMIN_TOKEN, TEST_TOKEN_SECRET},
     process::Service,
     redis::RedisServer,
+    wait::eventually,
 };
 use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::ReceiverStream;
@@ -87,27 +87,6 @@ async fn list_nodes(admin: &mut Admin) -> anyhow::Result<Vec<Node>> {
         .await?
         .into_inner()
         .nodes)
-}
-
-/// Polls `check` until it returns `Some`, or fails after `timeout`.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = Instant::now() + timeout;
-    let mut last_err = None;
-    loop {
-        match check().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}; last error: {last_err:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 /// A test gateway: one real report stream, reporting absolute figures twice per report
@@ -336,9 +315,10 @@ async fn spread_stays_within_one(redis: Option<&RedisServer>) -> anyhow::Result<
     let ids = node_ids("gw", NODES);
     let _gateways = connect_all(&p, &ids, Duration::from_secs(1)).await?;
     let mut admin = admin(&p).await?;
-    eventually(Duration::from_secs(5), "16 nodes listed", || {
-        let mut admin = admin.clone();
-        async move { Ok((list_nodes(&mut admin).await?.len() == NODES).then_some(())) }
+    eventually("16 nodes listed", Duration::from_secs(5), async || {
+        let listed = list_nodes(&mut admin).await?.len();
+        ensure!(listed == NODES, "{listed} listed");
+        Ok(())
     })
     .await?;
 
@@ -468,27 +448,23 @@ async fn reservations_expire_and_consumed_ones_become_connections() -> anyhow::R
         c.push(rids[0].clone());
     }
     eventually(
-        Duration::from_secs(5),
         "the consumed reservation to become a connection",
-        || {
-            let mut admin = admin.clone();
-            async move {
-                let n = list_nodes(&mut admin).await?.pop().context("one node")?;
-                Ok((n.connections == 1 && n.pending == 2).then_some(()))
-            }
+        Duration::from_secs(5),
+        async || {
+            let n = list_nodes(&mut admin).await?.pop().context("one node")?;
+            ensure!(n.connections == 1 && n.pending == 2, "{n:?}");
+            Ok(())
         },
     )
     .await?;
     // The two others never connect: they stop counting when they expire.
     eventually(
-        Duration::from_secs(10),
         "the unused reservations to expire",
-        || {
-            let mut admin = admin.clone();
-            async move {
-                let n = list_nodes(&mut admin).await?.pop().context("one node")?;
-                Ok((n.connections == 1 && n.pending == 0).then_some(()))
-            }
+        Duration::from_secs(10),
+        async || {
+            let n = list_nodes(&mut admin).await?.pop().context("one node")?;
+            ensure!(n.connections == 1 && n.pending == 0, "{n:?}");
+            Ok(())
         },
     )
     .await?;
@@ -509,17 +485,13 @@ async fn a_node_whose_stream_drops_is_gone_within_three_intervals() -> anyhow::R
     drop(drops);
     let dropped_at = Instant::now();
     eventually(
-        WITHIN_THREE_INTERVALS,
         "`drops` to leave the ledger",
-        || {
-            let mut admin = admin.clone();
-            async move {
-                let nodes = list_nodes(&mut admin).await?;
-                Ok(
-                    (nodes.iter().map(|n| n.node_id.as_str()).collect::<Vec<_>>() == ["stays"])
-                        .then_some(()),
-                )
-            }
+        WITHIN_THREE_INTERVALS,
+        async || {
+            let nodes = list_nodes(&mut admin).await?;
+            let ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
+            ensure!(ids == ["stays"], "the ledger lists {ids:?}");
+            Ok(())
         },
     )
     .await?;
@@ -531,7 +503,7 @@ async fn a_node_whose_stream_drops_is_gone_within_three_intervals() -> anyhow::R
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_stream_is_closed_and_its_node_leaves() -> anyhow::Result<()> {
     let p = placement(None, &[])?;
-    let admin = admin(&p).await?;
+    let mut admin = admin(&p).await?;
     let mut quiet = TestGateway::connect(&p, "quiet").await?;
     quiet.silent.store(true, Ordering::Relaxed);
     let status = quiet
@@ -541,9 +513,10 @@ async fn a_silent_stream_is_closed_and_its_node_leaves() -> anyhow::Result<()> {
         .map(|e| format!("{e:#}"))
         .unwrap_or_default();
     ensure!(status.contains("no report for 3 intervals"), "{status}");
-    eventually(WITHIN_THREE_INTERVALS, "`quiet` to leave", || {
-        let mut admin = admin.clone();
-        async move { Ok(list_nodes(&mut admin).await?.is_empty().then_some(())) }
+    eventually("`quiet` to leave", WITHIN_THREE_INTERVALS, async || {
+        let nodes = list_nodes(&mut admin).await?;
+        ensure!(nodes.is_empty(), "the ledger lists {nodes:?}");
+        Ok(())
     })
     .await?;
     Ok(())
@@ -607,11 +580,15 @@ async fn a_draining_node_gets_no_assignment_and_is_told_to_drain() -> anyhow::Re
         matches!(k, directive::Kind::Undrain(_)).then_some(())
     })
     .await?;
-    eventually(Duration::from_secs(5), "`a` to take clients again", || {
-        let client = client.clone();
-        let url = p.http_url().to_owned();
-        async move { Ok((assign_with(&client, &url, "/").await?.node_id == "a").then_some(())) }
-    })
+    eventually(
+        "`a` to take clients again",
+        Duration::from_secs(5),
+        async || {
+            let got = assign_with(&client, p.http_url(), "/").await?.node_id;
+            ensure!(got == "a", "assigned to {got}");
+            Ok(())
+        },
+    )
     .await?;
 
     let stats = admin
@@ -740,18 +717,16 @@ async fn rebalance_asks_the_busiest_nodes_to_shed() -> anyhow::Result<()> {
         gw.connections.store(connections, Ordering::Relaxed);
     }
     eventually(
-        Duration::from_secs(5),
         "the reports to reach the ledger",
-        || {
-            let mut admin = admin.clone();
-            async move {
-                let total: u64 = list_nodes(&mut admin)
-                    .await?
-                    .iter()
-                    .map(|n| n.connections)
-                    .sum();
-                Ok((total == 120).then_some(()))
-            }
+        Duration::from_secs(5),
+        async || {
+            let total: u64 = list_nodes(&mut admin)
+                .await?
+                .iter()
+                .map(|n| n.connections)
+                .sum();
+            ensure!(total == 120, "{total} connections");
+            Ok(())
         },
     )
     .await?;
@@ -919,31 +894,42 @@ async fn redis_loss_answers_503_and_heals_after_the_next_reports() -> anyhow::Re
     let _b = TestGateway::connect(&p, "b").await?;
     let (status, body) = try_assign(p.http_url(), "/").await?;
     ensure!(status == 200, "{status} {body}");
-    let admin = admin(&p).await?;
+    let mut admin = admin(&p).await?;
 
     redis.kill()?;
-    let body = eventually(Duration::from_secs(10), "503 ledger_unavailable", || {
-        let url = p.http_url().to_owned();
-        async move {
-            let (status, body) = try_assign(&url, "/").await?;
-            Ok((status == 503 && body["error"] == "ledger_unavailable").then_some(body))
-        }
-    })
+    let body = eventually(
+        "503 ledger_unavailable",
+        Duration::from_secs(10),
+        async || {
+            let (status, body) = try_assign(p.http_url(), "/").await?;
+            ensure!(
+                status == 503 && body["error"] == "ledger_unavailable",
+                "{status} {body}"
+            );
+            Ok(body)
+        },
+    )
     .await?;
     ensure!(body["detail"].is_string(), "{body}");
 
     redis.restart_empty()?;
-    eventually(Duration::from_secs(10), "assignments to work again", || {
-        let url = p.http_url().to_owned();
-        async move { Ok((try_assign(&url, "/").await?.0 == 200).then_some(())) }
-    })
+    eventually(
+        "assignments to work again",
+        Duration::from_secs(10),
+        async || {
+            let (status, body) = try_assign(p.http_url(), "/").await?;
+            ensure!(status == 200, "{status} {body}");
+            Ok(())
+        },
+    )
     .await?;
     eventually(
-        Duration::from_secs(5),
         "both nodes back in the ledger",
-        || {
-            let mut admin = admin.clone();
-            async move { Ok((list_nodes(&mut admin).await?.len() == 2).then_some(())) }
+        Duration::from_secs(5),
+        async || {
+            let listed = list_nodes(&mut admin).await?.len();
+            ensure!(listed == 2, "{listed} listed");
+            Ok(())
         },
     )
     .await?;
@@ -954,33 +940,27 @@ async fn redis_loss_answers_503_and_heals_after_the_next_reports() -> anyhow::Re
     Ok(())
 }
 
+/// `switchyard_placement_lease_holder` on `p`'s `/metrics`.
+async fn lease_holder(p: &Placement) -> anyhow::Result<Option<f64>> {
+    metric(p, "switchyard_placement_lease_holder", &[]).await
+}
+
+/// Whether `p`'s lease-holder gauge reads `want`, for [`eventually`].
+async fn holds(p: &Placement, want: f64) -> anyhow::Result<()> {
+    let got = lease_holder(p).await?;
+    ensure!(got == Some(want), "the gauge reads {got:?}");
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_lease_holder_is_fenced_after_another_replica_takes_over() -> anyhow::Result<()> {
     let redis = RedisServer::start()?;
     let lease = ["--lease-ttl-ms", "1000"];
     let first = placement(Some(&redis), &lease)?;
-    let holder = |p: &Placement| {
-        let url = p.http_url().to_owned();
-        move || {
-            let url = url.clone();
-            async move {
-                let text = reqwest::get(format!("{url}/metrics")).await?.text().await?;
-                Ok::<_, anyhow::Error>(
-                    text.lines()
-                        .find(|l| l.starts_with("switchyard_placement_lease_holder "))
-                        .and_then(|l| l.rsplit(' ').next())
-                        .and_then(|v| v.parse::<f64>().ok()),
-                )
-            }
-        }
-    };
     eventually(
-        Duration::from_secs(10),
         "the first replica to hold the lease",
-        || {
-            let h = holder(&first);
-            async move { Ok((h().await? == Some(1.0)).then_some(())) }
-        },
+        Duration::from_secs(10),
+        async || holds(&first, 1.0).await,
     )
     .await?;
     let second = placement(Some(&redis), &lease)?;
@@ -990,28 +970,22 @@ async fn a_paused_lease_holder_is_fenced_after_another_replica_takes_over() -> a
     ensure!(list_nodes(&mut first_admin).await?.len() == 1);
     tokio::time::sleep(Duration::from_millis(500)).await;
     ensure!(
-        holder(&second)().await? == Some(0.0),
+        lease_holder(&second).await? == Some(0.0),
         "only one replica holds the lease"
     );
 
     first.pause()?;
     eventually(
-        Duration::from_secs(10),
         "the second replica to take the lease over",
-        || {
-            let h = holder(&second);
-            async move { Ok((h().await? == Some(1.0)).then_some(())) }
-        },
+        Duration::from_secs(10),
+        async || holds(&second, 1.0).await,
     )
     .await?;
     first.resume()?;
     eventually(
-        Duration::from_secs(10),
         "the resumed replica to step down",
-        || {
-            let h = holder(&first);
-            async move { Ok((h().await? == Some(0.0)).then_some(())) }
-        },
+        Duration::from_secs(10),
+        async || holds(&first, 0.0).await,
     )
     .await?;
     // Its first write after waking carried the stale fencing token and was refused.
@@ -1030,7 +1004,7 @@ async fn a_paused_lease_holder_is_fenced_after_another_replica_takes_over() -> a
         eprintln!("note: the pause fell between reap and renew; the renewal refused it");
     }
     ensure!(
-        holder(&second)().await? == Some(1.0),
+        lease_holder(&second).await? == Some(1.0),
         "the new holder keeps the lease"
     );
     let mut second_admin = admin(&second).await?;

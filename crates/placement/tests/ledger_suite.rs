@@ -19,6 +19,7 @@ use switchyard_placement::ledger::{
 };
 use switchyard_testkit::redis::RedisServer;
 use switchyard_testkit::redis_cluster::{RedisCluster, RedisDeployment};
+use switchyard_testkit::wait::eventually;
 
 type Result<T = ()> = anyhow::Result<T>;
 
@@ -556,15 +557,15 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = std::result::Result<T, LedgerError>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match f().await {
-            Err(LedgerError::Unavailable(_)) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => return Ok(other),
-        }
-    }
+    eventually(
+        "an answer other than Unavailable",
+        Duration::from_secs(10),
+        async || match f().await {
+            Err(e @ LedgerError::Unavailable(_)) => Err(anyhow::anyhow!("{e}")),
+            other => Ok(other),
+        },
+    )
+    .await
 }
 
 async fn redis_outage_is_unavailable_and_reports_rebuild_the_ledger_after_it<R: RedisDeployment>()

@@ -24,6 +24,7 @@ use switchyard_testkit::cluster::{Placement, PlacementOpts};
 use switchyard_testkit::redis::{RedisAccess, RedisOptions, RedisServer};
 use switchyard_testkit::redis_cluster::{RedisCluster, RedisDeployment};
 use switchyard_testkit::tls::TestPki;
+use switchyard_testkit::wait::{eventually, give_up};
 
 /// Placement's `--cluster` (the default), which the ACL rule is written for.
 const CLUSTER: &str = "switchyard";
@@ -139,13 +140,13 @@ async fn ledger_and_lease<R: RedisDeployment>() -> anyhow::Result<()> {
     ledger.report("gw-2", &LoadReport::default()).await?;
     tokio::time::sleep(Duration::from_millis(800)).await;
     ledger.report("gw-2", &LoadReport::default()).await?;
-    let fence_b = loop {
-        // A stopped renewing; B takes over once A's lease runs out.
-        if let Some(fence) = holder_b.acquire().await? {
-            break fence;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    // A stopped renewing; B takes over once A's lease runs out.
+    let fence_b = eventually(
+        "B to take the lease over",
+        Duration::from_secs(10),
+        async || holder_b.acquire().await?.context("A's lease still runs"),
+    )
+    .await?;
     match ledger.reap(fence_a).await {
         Err(LedgerError::Fenced(token)) if token == fence_a => {}
         other => bail!("A's stale token must be fenced, got {other:?}"),
@@ -157,21 +158,18 @@ async fn ledger_and_lease<R: RedisDeployment>() -> anyhow::Result<()> {
     // Redis loses everything: scripts are loaded again (NOSCRIPT, then SCRIPT LOAD) and the
     // next reports rebuild the ledger.
     redis.restart_empty()?;
-    let mut rebuilt = false;
-    for _ in 0..50 {
-        match ledger.report("gw-2", &LoadReport::default()).await {
-            Err(LedgerError::UnknownNode(_)) => {
-                ledger.register(&node("gw-2", 1)).await?;
-                rebuilt = true;
-                break;
-            }
-            Err(LedgerError::Unavailable(_)) => {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            other => bail!("a report to an empty Redis: {other:?}"),
-        }
-    }
-    ensure!(rebuilt, "the ledger did not come back after the restart");
+    eventually(
+        "the ledger to come back after the restart",
+        Duration::from_secs(5),
+        async || match ledger.report("gw-2", &LoadReport::default()).await {
+            Err(LedgerError::UnknownNode(_)) => Ok(ledger.register(&node("gw-2", 1)).await?),
+            Err(e @ LedgerError::Unavailable(_)) => Err(anyhow::anyhow!("{e}")),
+            other => Err(give_up(anyhow::anyhow!(
+                "a report to an empty Redis: {other:?}"
+            ))),
+        },
+    )
+    .await?;
     ledger.report("gw-2", &LoadReport::default()).await?;
     assert_eq!(
         ledger.assign("/").await?.map(|r| r.node_id).as_deref(),

@@ -112,7 +112,8 @@ pub fn commands() -> Vec<&'static str> {
 /// placement and the relay of Switchyard cluster `cluster` (`--cluster`, default
 /// `switchyard`): its keys, its channels and [`commands`], nothing else.
 pub fn rule(cluster: &str) -> String {
-    let mut rule = format!("resetkeys ~{{sy:{cluster}}}:* resetchannels &{{sy:{cluster}}}:* -@all");
+    let prefix = crate::key_prefix(cluster);
+    let mut rule = format!("resetkeys ~{prefix}:* resetchannels &{prefix}:* -@all");
     for c in commands() {
         rule.push_str(" +");
         rule.push_str(c);

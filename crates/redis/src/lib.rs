@@ -62,6 +62,14 @@ pub use error::{Error, Hint};
 
 use endpoint::Topology;
 
+/// `{sy:<cluster>}`: the prefix and hash tag of every key and channel of the Switchyard cluster
+/// named `cluster` (the services' `--cluster`). Keys and channels are `<prefix>:<rest>`. One hash
+/// tag per cluster puts all of them in one slot, so every script runs unchanged on a Redis
+/// Cluster, and [`acl::rule`] confines a user to them.
+pub fn key_prefix(cluster: &str) -> String {
+    format!("{{sy:{cluster}}}")
+}
+
 /// How connections are opened and how long a caller waits.
 #[derive(Debug, Clone, Copy)]
 pub struct Settings {
@@ -475,6 +483,19 @@ impl ConnectionLike for Connection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_clusters_keys_share_one_hash_tag() {
+        let prefix = key_prefix("blue");
+        assert_eq!(prefix, "{sy:blue}");
+        // Redis hashes only what is between the first `{` and the next `}`.
+        for key in [
+            format!("{prefix}:nodes"),
+            format!("{prefix}:relay:ns:/chat"),
+        ] {
+            assert_eq!(key.split_once('}').map(|(tag, _)| tag), Some("{sy:blue"));
+        }
+    }
 
     #[test]
     fn hello_replies_give_the_version_in_both_protocols() {

@@ -40,7 +40,7 @@ use switchyard_proto::{
 use tonic::{Request, Response as GrpcResponse, Status};
 use tracing::Instrument;
 
-use crate::{metrics, state::RelayState, validate::check_namespace};
+use crate::{metrics, state::RelayState, validate::normalize_namespace};
 use requests::{Covered, Requests};
 
 /// How long a cluster-wide request waits for the gateways when the call names no timeout.
@@ -118,9 +118,7 @@ fn target_opts(room: &str, socket_id: &str) -> Result<BroadcastOptions, Status> 
 
 /// The namespace a call names; empty: `/`.
 fn namespace_of(ns: String) -> Result<String, Status> {
-    let ns = if ns.is_empty() { "/".to_owned() } else { ns };
-    check_namespace(&ns)?;
-    Ok(ns)
+    Ok(normalize_namespace(&ns)?.to_owned())
 }
 
 fn timeout_of(ms: u32) -> Result<Duration, Status> {

@@ -40,7 +40,7 @@ use prost::Message;
 use redis::Script;
 use switchyard_common::backoff::Backoff;
 use switchyard_proto::relay::v1::Frame;
-use switchyard_redis::{Endpoint, Pool};
+use switchyard_redis::{Endpoint, Pool, key_prefix};
 use tokio::sync::{Mutex, Notify, watch};
 use tonic::Status;
 
@@ -173,11 +173,6 @@ pub fn build_pool(endpoint: &Endpoint) -> Result<Pool, BusError> {
         response_timeout: RESPONSE_TIMEOUT,
     };
     Pool::new(endpoint, settings).map_err(|e| BusError::Invalid(e.to_string()))
-}
-
-/// `{sy:<cluster>}`: the prefix and hash tag of every key and channel of one cluster.
-pub fn key_prefix(cluster: &str) -> String {
-    format!("{{sy:{cluster}}}")
 }
 
 /// Which pub/sub commands the relay uses (`--pubsub`).

@@ -150,7 +150,7 @@ impl Hub {
             namespaces,
             stats: Arc::new(LinkStats {
                 incarnation,
-                connected_since_ms: switchyard_common::assignment::now_ms(),
+                connected_since_ms: switchyard_common::clock::now_ms(),
                 ..LinkStats::default()
             }),
             queue,

@@ -16,6 +16,7 @@ use std::{
 };
 
 use futures::Stream;
+use switchyard_common::node_id;
 use switchyard_proto::relay::v1::{
     Ack, Frame, FrameKind, Hello, LinkMessage, Position, StampCall, StampResult, Welcome,
     link_message::Kind,
@@ -29,7 +30,7 @@ use crate::{
     hub::LinkHandle,
     metrics,
     state::{RelayState, stamp_span},
-    validate::check_namespace,
+    validate::{MAX_REQUEST_ID, check_namespace},
 };
 
 /// The response stream of `Link`.
@@ -37,9 +38,6 @@ pub type LinkStream = Pin<Box<dyn Stream<Item = Result<LinkMessage, Status>> + S
 
 /// How long a new link may take to say Hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Longest node id accepted, in bytes.
-const MAX_NODE_ID: usize = 256;
 
 /// `StampCall`s of one link being stamped at once (see [`stamp_call`]).
 const MAX_STAMPS_IN_FLIGHT: usize = 4096;
@@ -126,12 +124,8 @@ pub async fn open(
     Ok(outbound(queue_rx, cut_rx, ack_rx, accepted_seq))
 }
 
-fn validate_hello(node_id: &str, namespaces: Vec<String>) -> Result<Vec<String>, Status> {
-    if node_id.is_empty() || node_id.len() > MAX_NODE_ID {
-        return Err(Status::invalid_argument(
-            "Hello.node_id must be 1..=256 bytes",
-        ));
-    }
+fn validate_hello(id: &str, namespaces: Vec<String>) -> Result<Vec<String>, Status> {
+    node_id::check(id).map_err(|e| Status::invalid_argument(format!("Hello: {e}")))?;
     let mut namespaces = namespaces;
     namespaces.sort();
     namespaces.dedup();
@@ -181,6 +175,11 @@ fn admit(
     }
     check_namespace(&frame.namespace)
         .map_err(|e| Status::invalid_argument(format!("Frame: {e}")))?;
+    if frame.request_id.len() > MAX_REQUEST_ID {
+        return Err(Status::invalid_argument(format!(
+            "Frame.request_id must be at most {MAX_REQUEST_ID} bytes"
+        )));
+    }
     match FrameKind::try_from(frame.kind) {
         Ok(FrameKind::Broadcast | FrameKind::Request) => {}
         Ok(FrameKind::Response) if !frame.target.is_empty() => {}
@@ -465,15 +464,19 @@ mod tests {
             ".{0,20}",
             any::<u64>(),
             proptest::collection::vec(any::<u8>(), 0..2 * MAX),
+            prop_oneof![Just(String::new()), "[a-zA-Z0-9]{1,80}"],
         )
-            .prop_map(|(namespace, kind, target, seq, payload)| Frame {
-                namespace,
-                kind,
-                target,
-                seq,
-                payload: payload.into(),
-                ..Frame::default()
-            })
+            .prop_map(
+                |(namespace, kind, target, seq, payload, request_id)| Frame {
+                    namespace,
+                    kind,
+                    target,
+                    seq,
+                    payload: payload.into(),
+                    request_id,
+                    ..Frame::default()
+                },
+            )
     }
 
     proptest! {
@@ -491,6 +494,7 @@ mod tests {
             let expect_ok = frame.payload.len() <= MAX
                 && (1..MAX_COUNTER).contains(&frame.seq)
                 && check_namespace(&frame.namespace).is_ok()
+                && frame.request_id.len() <= MAX_REQUEST_ID
                 && match FrameKind::try_from(frame.kind) {
                     Ok(FrameKind::Broadcast | FrameKind::Request) => true,
                     Ok(FrameKind::Response) => !frame.target.is_empty(),
@@ -512,10 +516,10 @@ mod tests {
         }
 
         #[test]
-        fn hello_names_are_checked(node_id in ".{0,300}", namespaces in proptest::collection::vec(".{0,300}", 0..4)) {
-            match validate_hello(&node_id, namespaces.clone()) {
+        fn hello_names_are_checked(id in ".{0,300}", namespaces in proptest::collection::vec(".{0,300}", 0..4)) {
+            match validate_hello(&id, namespaces.clone()) {
                 Ok(ns) => {
-                    prop_assert!(!node_id.is_empty() && node_id.len() <= MAX_NODE_ID);
+                    prop_assert!(node_id::check(&id).is_ok());
                     prop_assert!(!ns.is_empty());
                     prop_assert!(ns.iter().all(|n| check_namespace(n).is_ok()));
                 }

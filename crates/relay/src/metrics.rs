@@ -3,11 +3,15 @@
 //!
 //! Modules never name a metric themselves: they call the function here (`metrics::link_cut`),
 //! so a name, its type and its labels exist in one place, [`describe`] gives every one of them
-//! a HELP line, and `docs/operations.md` lists each (a test below checks the list).
+//! a HELP line from [`ALL`], and `docs/operations.md` lists each (the metrics test, in the
+//! gateway crate's `tests/e2e_metrics.rs`, which runs every service, checks a scrape with
+//! `promtool` and [`ALL`] against that page). The one exception is the TLS handshake counter,
+//! which the listener in `switchyard-common` counts under the name given here.
 
 use std::time::Duration;
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use metrics::{counter, gauge, histogram};
+use switchyard_common::telemetry::{self, Metric};
 
 const LINKS: &str = "switchyard_relay_links";
 const MEMBERS: &str = "switchyard_relay_members";
@@ -32,130 +36,95 @@ const ADMIN_REQUESTS: &str = "switchyard_relay_admin_requests_total";
 const ADMIN_GATEWAYS_MISSING: &str = "switchyard_relay_admin_gateways_missing_total";
 const ADMIN_DISCONNECTS: &str = "switchyard_relay_admin_disconnects_total";
 
-#[derive(Clone, Copy)]
-enum Kind {
-    Counter,
-    Gauge,
-    Histogram,
-}
+/// Counted by `switchyard_common::tls::HttpListener` (named here, passed to it).
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "switchyard_relay_tls_handshake_failures_total";
 
-/// `(name, type, HELP)` of every metric above.
-const ALL: &[(&str, Kind, &str)] = &[
-    (LINKS, Kind::Gauge, "Gateways linked to this replica"),
-    (
-        MEMBERS,
-        Kind::Gauge,
-        "Gateways linked for a namespace, cluster-wide",
-    ),
-    (
+/// Every metric above, with its type and HELP text (the first sentence of its row in
+/// `docs/operations.md`).
+pub const ALL: &[Metric] = &[
+    Metric::gauge(LINKS, "Gateways linked to this replica."),
+    Metric::gauge(MEMBERS, "Gateways linked for a namespace, cluster-wide."),
+    Metric::counter(
         FRAMES_IN,
-        Kind::Counter,
-        "Frames received from gateways on links of this replica",
+        "Frames received from gateways on links of this replica.",
     ),
-    (
+    Metric::counter(
         FRAMES_OUT,
-        Kind::Counter,
-        "Frames queued towards gateways linked to this replica",
+        "Frames queued towards gateways linked to this replica.",
     ),
-    (
+    Metric::counter(
         FRAMES_DUPLICATE,
-        Kind::Counter,
-        "Retransmitted frames dropped by the per-origin high-water mark",
+        "Retransmitted frames dropped by the per-origin high-water mark.",
     ),
-    (
+    Metric::histogram(
         LINK_QUEUE_DEPTH,
-        Kind::Histogram,
-        "Depth of a link's queue right after a message was queued",
+        "Depth of a link's outbound queue right after a message was queued.",
     ),
-    (
-        LINKS_CUT,
-        Kind::Counter,
-        "Links cut by the relay, by reason (queue_full, superseded, frame_too_large, ...)",
-    ),
-    (
+    Metric::counter(LINKS_CUT, "Links the relay cut, by reason."),
+    Metric::counter(
         LINKS_REFUSED,
-        Kind::Counter,
-        "Links (before Hello) and gateway history calls (Stamp, Head, Replay) refused, by reason \
-         (token: missing or wrong --link-token)",
+        "Links refused before Hello, and gateway history calls (Stamp, Head, Replay) refused, \
+         by reason.",
     ),
-    (
+    Metric::counter(
         LINK_STAMPS,
-        Kind::Counter,
-        "Stamps asked for on links (StampCall), by outcome: ok, error, busy (too many in flight)",
+        "Stamps gateways asked for on their links (StampCall), by outcome.",
     ),
-    (
+    Metric::histogram(
         SUBMIT_SECONDS,
-        Kind::Histogram,
-        "Time to dedup and hand one frame to the bus",
+        "Time to deduplicate one frame and hand it to the bus.",
     ),
-    (
-        BUS_FRAMES_IN,
-        Kind::Counter,
-        "Frames received from Redis pub/sub",
-    ),
-    (
+    Metric::counter(BUS_FRAMES_IN, "Frames received from Redis pub/sub."),
+    Metric::counter(
         BUS_DISCONNECTS,
-        Kind::Counter,
-        "Times the Redis pub/sub subscription was lost",
+        "Times the Redis pub/sub subscription was lost.",
     ),
-    (
-        PUBLISH,
-        Kind::Counter,
-        "Backend events accepted by Publish, by path (history: one room, stamped; live: \
-         fan-out only)",
-    ),
-    (
+    Metric::counter(PUBLISH, "Backend events accepted by Publish, by path."),
+    Metric::counter(
         HISTORY_STAMPED,
-        Kind::Counter,
-        "Room events stamped with an offset and appended to history",
+        "Room events stamped with an offset and appended to history.",
     ),
-    (
+    Metric::counter(
         HISTORY_STAMP_DUPLICATES,
-        Kind::Counter,
-        "Stamps whose publish id was already stamped (a retry): answered, not stamped again",
+        "Stamps whose publish id was already stamped.",
     ),
-    (
+    Metric::histogram(
         HISTORY_STAMP_SECONDS,
-        Kind::Histogram,
-        "Time to stamp, record and publish one history event (waiting for its batch included)",
+        "Time to stamp and record one event in history, including the wait for its batch.",
     ),
-    (
+    Metric::histogram(
         HISTORY_STAMP_BATCH_EVENTS,
-        Kind::Histogram,
-        "Events stamped by one Redis round trip (stamp.lua run) of one namespace",
+        "Events of one namespace stamped by one Redis round trip.",
     ),
-    (
+    Metric::counter(
         HISTORY_REPLAYS,
-        Kind::Counter,
-        "Replays by outcome (recovered, lost)",
+        "History replays asked by gateways for resuming clients, by outcome.",
     ),
-    (ADMIN_CALLS, Kind::Counter, "RelayAdmin calls by operation"),
-    (
+    Metric::counter(
+        ADMIN_CALLS,
+        "RelayAdmin calls that passed the admin token check, by operation.",
+    ),
+    Metric::counter(
         ADMIN_REQUESTS,
-        Kind::Counter,
-        "Adapter requests the relay sent to gateways for admin calls",
+        "Adapter requests the relay sent to gateways for admin calls.",
     ),
-    (
+    Metric::counter(
         ADMIN_GATEWAYS_MISSING,
-        Kind::Counter,
-        "Gateways that did not answer an admin request in time (partial answers)",
+        "Gateways that did not answer an admin request in time.",
     ),
-    (
+    Metric::counter(
         ADMIN_DISCONNECTS,
-        Kind::Counter,
-        "Sockets an admin call asked the gateways to disconnect",
+        "Sockets an admin call asked the gateways to disconnect.",
+    ),
+    Metric::counter(
+        TLS_HANDSHAKE_FAILURES_TOTAL,
+        "TLS handshakes that failed or timed out on the HTTP listener, by reason.",
     ),
 ];
 
 /// Gives every relay metric its HELP line on `/metrics`; call once, at startup.
 pub fn describe() {
-    for &(name, kind, help) in ALL {
-        match kind {
-            Kind::Counter => describe_counter!(name, help),
-            Kind::Gauge => describe_gauge!(name, help),
-            Kind::Histogram => describe_histogram!(name, help),
-        }
-    }
+    telemetry::describe(ALL);
 }
 
 /// Links on this replica, after one joined or left.
@@ -268,24 +237,4 @@ pub fn admin_gateways_missing(count: usize) {
 /// Sockets an admin call asked the gateways to disconnect.
 pub fn admin_disconnects(count: usize) {
     counter!(ADMIN_DISCONNECTS).increment(count as u64);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn every_metric_is_named_for_the_relay_and_listed_in_the_operations_guide() {
-        let guide = include_str!("../../../docs/operations.md");
-        let mut names = std::collections::BTreeSet::new();
-        for &(name, _, help) in ALL {
-            assert!(name.starts_with("switchyard_relay_"), "{name}");
-            assert!(!help.is_empty(), "{name} has no HELP");
-            assert!(names.insert(name), "{name} is listed twice");
-            assert!(
-                guide.contains(&format!("`{name}`")),
-                "{name} is missing from docs/operations.md"
-            );
-        }
-    }
 }

@@ -12,7 +12,7 @@ use std::{sync::Arc, time::Duration};
 use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 use switchyard_common::{
-    assignment::now_ms,
+    clock::now_ms,
     grpc::{AdminAuth, BearerAuth},
     ops::{self, Readiness},
     shutdown::Servers,
@@ -136,9 +136,13 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     }
 
     let tls = config.tls.load()?;
-    let http_listener = HttpListener::bind(config.http_addr, tls.as_ref(), "relay")
-        .await
-        .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+    let http_listener = HttpListener::bind(
+        config.http_addr,
+        tls.as_ref(),
+        crate::metrics::TLS_HANDSHAKE_FAILURES_TOTAL,
+    )
+    .await
+    .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
     let grpc_listener = TcpListener::bind(config.grpc_addr)
         .await
         .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;

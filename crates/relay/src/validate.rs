@@ -1,7 +1,8 @@
 //! What the relay accepts from outside: one rule for each thing, in one place.
 //!
 //! - [`check_namespace`]: every namespace a caller names (Hello, frames, history calls,
-//!   `Publish`, admin calls, `--history-namespace`).
+//!   `Publish`, admin calls, `--history-namespace`), by the rule every service shares
+//!   ([`switchyard_common::namespace`]).
 //! - [`check_msgpack`] / [`check_json`]: event data, refused at the door rather than dropped by
 //!   every gateway that cannot decode it.
 //! - [`RoomEvent`]: a room event bound for history. It can only be built by [`RoomEvent::new`],
@@ -12,14 +13,16 @@
 use std::collections::HashMap;
 
 use prost::bytes::Bytes;
+use switchyard_common::namespace;
 use switchyard_proto::relay::v1::StampRequest;
 use tonic::Status;
 
-/// Longest namespace accepted, in bytes.
-pub const MAX_NAMESPACE: usize = 256;
-
 /// Longest publish id accepted, in bytes.
 pub const MAX_PUBLISH_ID: usize = 256;
+
+/// Longest `Frame.request_id` accepted, in bytes. The id travels beside the payload, so it is
+/// bounded on its own (`--max-frame-bytes` bounds the payload); socketioxide's are 16 bytes.
+pub const MAX_REQUEST_ID: usize = 64;
 
 /// Input the relay refuses.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -46,15 +49,15 @@ impl From<Invalid> for Status {
     }
 }
 
-/// A namespace starts with `/` and is at most [`MAX_NAMESPACE`] bytes.
-pub fn check_namespace(namespace: &str) -> Result<(), Invalid> {
-    if namespace.starts_with('/') && namespace.len() <= MAX_NAMESPACE {
-        Ok(())
-    } else {
-        Err(Invalid::Argument(format!(
-            "namespace must start with `/` and be at most {MAX_NAMESPACE} bytes"
-        )))
-    }
+/// [`namespace::check`], refused as [`Invalid::Argument`].
+pub fn check_namespace(ns: &str) -> Result<(), Invalid> {
+    namespace::check(ns).map_err(|e| Invalid::Argument(e.to_string()))
+}
+
+/// [`namespace::normalize`] (empty means `/`, for the admin calls that allow it), refused as
+/// [`Invalid::Argument`].
+pub fn normalize_namespace(ns: &str) -> Result<&str, Invalid> {
+    namespace::normalize(ns).map_err(|e| Invalid::Argument(e.to_string()))
 }
 
 /// Event data in MessagePack (`field` names it in the refusal): at most `max` bytes, one
@@ -208,7 +211,7 @@ mod tests {
         assert!(event("/chat", "r", "e", &[0x2a], &"i".repeat(MAX_PUBLISH_ID)).is_ok());
         let invalid = Some(tonic::Code::InvalidArgument);
         assert_eq!(code(event("chat", "r", "e", &[0x2a], "")), invalid);
-        let long = format!("/{}", "n".repeat(MAX_NAMESPACE));
+        let long = format!("/{}", "n".repeat(namespace::MAX_LEN));
         assert_eq!(code(event(&long, "r", "e", &[0x2a], "")), invalid);
         assert_eq!(code(event("/", "", "e", &[0x2a], "")), invalid);
         assert_eq!(code(event("/", "r", "", &[0x2a], "")), invalid);
@@ -253,12 +256,6 @@ mod tests {
             let decodes = rmp_serde::from_slice::<serde::de::IgnoredAny>(&data).is_ok();
             let ok = check_msgpack("data", &data, MAX).is_ok();
             prop_assert_eq!(ok, decodes && data.len() <= MAX);
-        }
-
-        #[test]
-        fn namespaces_start_with_a_slash_and_are_short(ns in ".{0,300}") {
-            let ok = check_namespace(&ns).is_ok();
-            prop_assert_eq!(ok, ns.starts_with('/') && ns.len() <= MAX_NAMESPACE);
         }
     }
 }

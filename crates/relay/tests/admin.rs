@@ -17,7 +17,7 @@ use socketioxide_core::{
     },
 };
 use support::{Gw, WAIT, client, grpc_url, start_relay};
-use switchyard_common::assignment::now_ms;
+use switchyard_common::clock::now_ms;
 use switchyard_proto::{
     admin::v1::{
         ListHistoryRequest, ListLinksRequest, ListRoomsRequest,
@@ -204,26 +204,26 @@ async fn next_request(gw: &mut Gw) -> anyhow::Result<(Frame, RequestIn)> {
     }
 }
 
-/// Answers `req` (from `frame`) the way a gateway's adapter does: `[n][id][Response]`.
+/// Answers `req` (from `frame`) the way a gateway's adapter does: a `RESPONSE` frame to the
+/// request's origin, naming the request in `request_id`, the `Response` as its payload.
 async fn answer<D: serde::Serialize>(
     gw: &mut Gw,
     frame: &Frame,
     req: &RequestIn,
     ty: ResponseType<D>,
 ) -> anyhow::Result<()> {
-    let id = req.id.to_string();
-    let mut payload = vec![u8::try_from(id.len())?];
-    payload.extend_from_slice(id.as_bytes());
-    payload.extend(rmp_serde::to_vec_named(&Response {
+    let payload = rmp_serde::to_vec_named(&Response {
         node_id: Uid::new(),
         r#type: ty,
-    })?);
-    gw.send(
-        &frame.namespace,
-        FrameKind::Response,
-        &payload,
-        &frame.origin,
-    )
+    })?;
+    gw.send_frame(Frame {
+        namespace: frame.namespace.clone(),
+        kind: FrameKind::Response as i32,
+        target: frame.origin.clone(),
+        request_id: req.id.to_string(),
+        payload: payload.into(),
+        ..Frame::default()
+    })
     .await?;
     Ok(())
 }

@@ -27,6 +27,7 @@ use switchyard_relay::{
 };
 use switchyard_testkit::redis::RedisServer;
 use switchyard_testkit::redis_cluster::{RedisCluster, RedisDeployment};
+use switchyard_testkit::wait::eventually;
 use tokio::sync::{mpsc, oneshot, watch};
 
 type Result<T = ()> = anyhow::Result<T>;
@@ -512,16 +513,10 @@ async fn an_outage_is_unavailable_and_a_history_lost_with_redis_gets_a_new_epoch
     }
     f.redis::<R>()?.restart_empty()?;
     // The first calls after the restart may still meet broken connections.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let after = loop {
-        match stamp(h, "/", "a", 3).await {
-            Ok(position) => break position,
-            Err(_) if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            Err(e) => return Err(e.context("Redis came back, the history did not")),
-        }
-    };
+    let after = eventually("the history to come back with Redis", WAIT, async || {
+        stamp(h, "/", "a", 3).await
+    })
+    .await?;
     ensure!(after.epoch != before.epoch, "a new epoch: {after:?}");
     assert_eq!(after.offset, 1);
     let replay = h

@@ -7,6 +7,7 @@ use support::*;
 use switchyard_proto::relay::v1::FrameKind;
 use switchyard_testkit::redis::RedisServer;
 use switchyard_testkit::redis_cluster::{RedisCluster, RedisDeployment};
+use switchyard_testkit::wait::eventually;
 
 /// Runs each case once per kind of Redis: `redis::<case>` and `cluster::<case>`.
 macro_rules! on_every_redis {
@@ -217,17 +218,10 @@ async fn losing_redis_cuts_links_and_they_can_relink_once_it_is_back<R: RedisDep
     redis.restart_empty()?;
     wait_readyz(&r1, 200).await?;
     // The relay resubscribes by itself; relinking succeeds once it has.
-    let deadline = std::time::Instant::now() + WAIT;
-    let mut a = loop {
-        match Gw::link(&r1, "a", &["/"]).await {
-            Ok(gw) => break gw,
-            Err(e) if std::time::Instant::now() < deadline => {
-                tracing_free_sleep().await;
-                let _ = e;
-            }
-            Err(e) => return Err(e),
-        }
-    };
+    let mut a = eventually("a relink once the relay resubscribed", WAIT, async || {
+        Gw::link(&r1, "a", &["/"]).await
+    })
+    .await?;
     let mut b = Gw::link(&r1, "b", &["/"]).await?;
     a.wait_members("/", 2).await?;
     b.broadcast("back").await?;
@@ -241,28 +235,18 @@ async fn wait_readyz(
     code: u16,
 ) -> anyhow::Result<()> {
     let url = format!("{}/readyz", http_url(relay)?);
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
+    eventually(format!("/readyz to answer {code}"), WAIT, async || {
         let got = switchyard_testkit::reqwest::get(&url)
             .await?
             .status()
             .as_u16();
-        if got == code {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "/readyz stayed {got}, want {code}"
-        );
-        tracing_free_sleep().await;
-    }
+        anyhow::ensure!(got == code, "it answers {got}");
+        Ok(())
+    })
+    .await
 }
 
-async fn tracing_free_sleep() {
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-}
-
-/// The "relay killed mid-stream" at the relay level: the sender's relay dies while it
+/// A relay killed mid-stream, at the relay level: the sender's relay dies while it
 /// streams; the sender relinks to the other replica and resends what `Welcome` says is
 /// missing; a receiver linked to both replicas (deduplicating by origin + seq, as a gateway
 /// adapter does) and a receiver on the surviving replica both end with every frame once.

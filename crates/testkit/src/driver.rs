@@ -22,7 +22,8 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::mpsc;
 
-use crate::process::{log_dir, workspace_root};
+use crate::process::{log_dir, unique_suffix, workspace_root};
+use crate::wait::eventually;
 
 /// How long one driver command may take before the test fails (a guard against hanging).
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -123,14 +124,7 @@ impl Driver {
     }
 
     async fn spawn(name: &'static str, mut cmd: Command) -> anyhow::Result<Driver> {
-        let started = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis())
-            .unwrap_or_default();
-        let log_path = log_dir()?.join(format!(
-            "driver-{name}-{}-{started}.log",
-            std::process::id(),
-        ));
+        let log_path = log_dir()?.join(format!("driver-{name}-{}.log", unique_suffix()));
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
         cmd.stdin(Stdio::piped())
@@ -376,17 +370,12 @@ impl Driver {
         timeout: Duration,
         pred: impl Fn(&Counts) -> bool,
     ) -> anyhow::Result<Counts> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        eventually(what, timeout, async || {
             let counts = self.count().await?;
-            if pred(&counts) {
-                return Ok(counts);
-            }
-            if Instant::now() >= deadline {
-                bail!("{what}: not within {timeout:?}; last counts {counts:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            anyhow::ensure!(pred(&counts), "last counts {counts:?}");
+            Ok(counts)
+        })
+        .await
     }
 
     /// Closes every client and stops the driver.

@@ -10,12 +10,13 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use serde_json::{Value, json};
 
 use crate::driver::Driver;
+use crate::wait::{eventually, give_up};
 
 /// The event name of the feed.
 pub const TICK: &str = "tick";
@@ -88,16 +89,19 @@ impl Publishing {
     /// Waits until `more` further publishes were attempted.
     pub async fn advance(&self, more: u64) -> anyhow::Result<()> {
         let target = self.progress.load(Ordering::SeqCst) + more;
-        let deadline = Instant::now() + WAIT;
-        while self.progress.load(Ordering::SeqCst) < target {
-            ensure!(
-                Instant::now() < deadline && !self.task.is_finished(),
-                "publisher stuck at {}",
-                self.progress.load(Ordering::SeqCst)
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        Ok(())
+        eventually(format!("{more} more publishes"), WAIT, async || {
+            let progress = self.progress.load(Ordering::SeqCst);
+            if progress >= target {
+                return Ok(());
+            }
+            let stuck = anyhow::anyhow!("publisher stuck at {progress}");
+            Err(if self.task.is_finished() {
+                give_up(stuck)
+            } else {
+                stuck
+            })
+        })
+        .await
     }
 
     /// Stops publishing; returns the driver and every attempt, in order.
@@ -151,11 +155,9 @@ pub async fn every_subscriber_got_exactly(
     ensure!(!acked.is_empty(), "nothing was published");
     static FENCES: AtomicU64 = AtomicU64::new(0);
     let number = FENCES.fetch_add(1, Ordering::SeqCst);
-    let publisher = tokio::sync::Mutex::new(fence.driver);
-    crate::wait::eventually("the fence to be acknowledged", WAIT, || async {
+    let publisher = fence.driver;
+    eventually("the fence to be acknowledged", WAIT, async || {
         let ack = publisher
-            .lock()
-            .await
             .publish(fence.id, fence.room, FENCE, json!({ "fence": number }))
             .await?;
         ensure!(ack["ok"] == true, "the fence was refused: {ack}");

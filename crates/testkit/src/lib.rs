@@ -14,7 +14,8 @@
 //! official Socket.IO clients (Node's `socket.io-client`, `python-socketio`) as child processes;
 //! [`feed`] publishes a numbered room feed and checks that every subscriber got each acknowledged
 //! event exactly once. [`wait::eventually`] is the one way a test waits for something to happen.
-//! [`cargo::command`] runs a nested cargo with a plain shell's environment.
+//! [`metrics_check::check`] holds a service's `/metrics` against `promtool` and
+//! `docs/operations.md`. [`cargo::command`] runs a nested cargo with a plain shell's environment.
 //!
 //! Every child process is killed when its handle is dropped, so a failing test leaves nothing
 //! running. Logs of every process go to `target/testkit-logs/`.
@@ -24,6 +25,7 @@ pub mod cargo;
 pub mod cluster;
 pub mod driver;
 pub mod feed;
+pub mod metrics_check;
 pub mod otlp;
 pub mod ports;
 pub mod process;

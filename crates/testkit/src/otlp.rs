@@ -8,9 +8,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+
+use crate::wait::eventually_blocking;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
     trace_service_server::{TraceService, TraceServiceServer},
@@ -165,21 +167,17 @@ impl Collector {
         timeout: Duration,
         mut done: impl FnMut(&[SpanRecord]) -> bool,
     ) -> anyhow::Result<Vec<SpanRecord>> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        eventually_blocking("the expected spans", timeout, || {
             let spans = self.spans();
             if done(&spans) {
                 return Ok(spans);
             }
-            if Instant::now() >= deadline {
-                let seen: Vec<String> = spans
-                    .iter()
-                    .map(|s| format!("{}:{}", s.service, s.name))
-                    .collect();
-                bail!("the expected spans did not arrive within {timeout:?}; got {seen:?}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+            let seen: Vec<String> = spans
+                .iter()
+                .map(|s| format!("{}:{}", s.service, s.name))
+                .collect();
+            bail!("got {seen:?}");
+        })
     }
 }
 

@@ -23,9 +23,11 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
+
+use crate::wait::eventually_blocking;
 
 /// The line prefix a service prints on stdout once it serves.
 pub const READY_PREFIX: &str = "SWITCHYARD_READY";
@@ -90,6 +92,18 @@ pub fn log_dir() -> anyhow::Result<PathBuf> {
     let dir = target_dir()?.join("testkit-logs");
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     Ok(dir)
+}
+
+/// `<pid>-<counter>`, unique within this process, for the names of log files and scratch
+/// directories (a port, or a driver's name, can be reused within one test run).
+pub(crate) fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// Path of a built binary or example called `bin` in the current profile.
@@ -385,22 +399,17 @@ impl Service {
     /// Waits up to `timeout` for the process to exit and returns its status; an error if it is
     /// still running at the deadline (it is left running).
     pub fn wait_exit(&self, timeout: Duration) -> anyhow::Result<ExitStatus> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child().try_wait()? {
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "{} (pid {}) still running after {timeout:?}\n--- last lines of {} ---\n{}",
-                    self.name,
-                    self.pid,
-                    self.log_path.display(),
-                    self.log_tail(20)
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
+        let what = format!("{} (pid {}) to exit", self.name, self.pid);
+        eventually_blocking(what, timeout, || {
+            self.child().try_wait()?.context("still running")
+        })
+        .with_context(|| {
+            format!(
+                "--- last lines of {} ---\n{}",
+                self.log_path.display(),
+                self.log_tail(20)
+            )
+        })
     }
 }
 
@@ -431,14 +440,10 @@ pub fn send_signal(pid: u32, name: &str) -> anyhow::Result<()> {
 
 /// Waits for `child` up to `timeout`; `None` if it is still running.
 fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return Some(status),
-            Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(20)),
-            _ => return None,
-        }
-    }
+    eventually_blocking("the process to exit", timeout, || {
+        child.try_wait()?.context("still running")
+    })
+    .ok()
 }
 
 /// Copies `from` into the log line by line until EOF. With `ready` set (stdout), reports the
@@ -539,7 +544,7 @@ mod tests {
 
     #[test]
     fn never_ready_is_a_timeout_error() {
-        let started = Instant::now();
+        let started = std::time::Instant::now();
         let err = sh(
             "echo waiting-forever; exec sleep 30",
             Duration::from_millis(500),

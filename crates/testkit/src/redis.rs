@@ -17,15 +17,15 @@ use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
 use crate::ports::free_port;
-use crate::process::{log_dir, open_log, tail};
+use crate::process::{log_dir, open_log, tail, unique_suffix};
 use crate::resp::{AdminLink, Resp, tls_client_config};
 use crate::tls::TestPki;
+use crate::wait::{eventually_blocking, give_up};
 
 pub use crate::resp::Resp as RespValue;
 
@@ -459,20 +459,13 @@ impl RedisServer {
         self.kill()?;
         // The old socket is gone with the process, but give the kernel a moment if the port is
         // still reported busy.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match spawn_ready(&self.launch, self.port, &[]) {
-                Ok((child, log_path)) => {
-                    *self.child() = Some(child);
-                    *self.log_path.lock().unwrap_or_else(|e| e.into_inner()) = log_path;
-                    return Ok(());
-                }
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(e.context(format!("restarting redis on port {}", self.port)));
-                }
-                Err(_) => thread::sleep(Duration::from_millis(100)),
-            }
-        }
+        let what = format!("restarting redis on port {}", self.port);
+        let (child, log_path) = eventually_blocking(what, Duration::from_secs(10), || {
+            spawn_ready(&self.launch, self.port, &[])
+        })?;
+        *self.child() = Some(child);
+        *self.log_path.lock().unwrap_or_else(|e| e.into_inner()) = log_path;
+        Ok(())
     }
 
     /// Sends one command over a fresh connection (TLS and the testkit's admin password when
@@ -536,42 +529,25 @@ pub(crate) fn spawn_ready(
         .spawn()
         .with_context(|| format!("spawning {}", launch.program.display()))?;
     let admin = launch.admin(port);
-    let deadline = Instant::now() + READY_TIMEOUT;
-    loop {
+    let what = format!("redis-server on port {port} to answer PING");
+    let answered = eventually_blocking(what, READY_TIMEOUT, || {
         if let Some(status) = child.try_wait()? {
-            bail!(
-                "redis-server on port {port} exited with {status} before answering PING\n\
-                 --- last lines of {} ---\n{}",
-                log_path.display(),
-                tail(&log_path, 20)
-            );
+            return Err(give_up(anyhow::anyhow!("it exited with {status}")));
         }
-        if matches!(admin.command(&["PING"]), Ok(reply) if reply.starts_with("+PONG")) {
-            return Ok((child, log_path));
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!(
-                "redis-server on port {port} did not answer PING within {READY_TIMEOUT:?}\n\
-                 --- last lines of {} ---\n{}",
-                log_path.display(),
-                tail(&log_path, 20)
-            );
-        }
-        thread::sleep(Duration::from_millis(20));
+        let reply = admin.command(&["PING"])?;
+        anyhow::ensure!(reply.starts_with("+PONG"), "PING answered {reply:?}");
+        Ok(())
+    });
+    if let Err(e) = answered {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(e.context(format!(
+            "--- last lines of {} ---\n{}",
+            log_path.display(),
+            tail(&log_path, 20)
+        )));
     }
-}
-
-/// A process-unique counter for log names (a port can be reused within one test run).
-pub(crate) fn unique_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    Ok((child, log_path))
 }
 
 #[cfg(test)]

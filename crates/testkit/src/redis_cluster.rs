@@ -17,17 +17,16 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Mutex, MutexGuard};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, bail, ensure};
 
 use crate::ports::free_port;
-use crate::process::{log_dir, open_log, tail};
+use crate::process::{log_dir, open_log, tail, unique_suffix};
 use crate::redis::{
     Launch, RedisAccess, RedisOptions, RedisServer, find_on_path, no_denials, spawn_ready,
-    unique_suffix,
 };
+use crate::wait::eventually_blocking;
 
 /// Masters in a test cluster: the fewest `redis-cli --cluster create` accepts.
 pub const MASTERS: usize = 3;
@@ -269,19 +268,16 @@ impl RedisCluster {
     /// `nodes.conf`, slots spread again); returns once it is up. A cluster that lost all data.
     pub fn restart_empty(&self) -> anyhow::Result<()> {
         self.kill()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            match self.spawn_all() {
-                Ok(()) => break,
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(e.context("restarting the redis cluster"));
-                }
-                Err(_) => {
+        eventually_blocking(
+            "restarting the redis cluster",
+            Duration::from_secs(10),
+            || {
+                self.spawn_all().or_else(|e| {
                     self.kill()?;
-                    thread::sleep(Duration::from_millis(100));
-                }
-            }
-        }
+                    Err(e)
+                })
+            },
+        )?;
         self.create()
     }
 
@@ -344,36 +340,29 @@ impl RedisCluster {
 
     /// Polls `CLUSTER INFO` on every node until all say the cluster is ok and know each other.
     fn wait_ok(&self, log_path: &Path) -> anyhow::Result<()> {
-        let deadline = Instant::now() + CLUSTER_READY_TIMEOUT;
         let known = format!("cluster_known_nodes:{MASTERS}");
-        loop {
-            let mut last = String::new();
-            let mut all_ok = true;
+        eventually_blocking("the redis cluster to be ok", CLUSTER_READY_TIMEOUT, || {
             for node in &self.nodes {
                 let info = self
                     .launch
                     .admin(node.port)
                     .command(&["CLUSTER", "INFO"])
                     .unwrap_or_default();
-                if !(info.contains("cluster_state:ok") && info.contains(&known)) {
-                    all_ok = false;
-                    last = format!("node {}: {info}", node.port);
-                    break;
-                }
-            }
-            if all_ok {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!(
-                    "the redis cluster was not ok within {CLUSTER_READY_TIMEOUT:?}: {last}\n\
-                     --- last lines of {} ---\n{}",
-                    log_path.display(),
-                    tail(log_path, 20)
+                ensure!(
+                    info.contains("cluster_state:ok") && info.contains(&known),
+                    "node {}: {info}",
+                    node.port
                 );
             }
-            thread::sleep(Duration::from_millis(50));
-        }
+            Ok(())
+        })
+        .with_context(|| {
+            format!(
+                "--- last lines of {} ---\n{}",
+                log_path.display(),
+                tail(log_path, 20)
+            )
+        })
     }
 }
 

@@ -8,9 +8,9 @@
 #![allow(dead_code, unused_imports)] // Each test binary uses a different part of this module.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::bail;
+use anyhow::ensure;
 use switchyard_proto::admin::v1 as admin;
 use switchyard_testkit::cluster::{
     Gateway, GatewayOpts, Placement, PlacementOpts, Relay, RelayOpts, TEST_ADMIN_TOKEN,
@@ -19,6 +19,7 @@ pub use switchyard_testkit::driver::{
     COMMAND_TIMEOUT, Counts, Driver, bin, metric_value, repo_root, spread_evenly,
 };
 use switchyard_testkit::redis::RedisServer;
+use switchyard_testkit::wait::eventually;
 
 /// Redis, placement, optionally one relay (history on), and some gateways linked to it: all
 /// real processes, all stopped on drop.
@@ -122,17 +123,19 @@ impl Cluster {
     pub async fn wait_registered(&self, timeout: Duration) -> anyhow::Result<()> {
         let mut admin = self.admin().await?;
         let want = self.node_ids();
-        let deadline = Instant::now() + timeout;
-        loop {
-            let nodes = admin.nodes().await?;
-            if want.iter().all(|id| nodes.contains_key(id)) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                bail!("gateways {want:?} not all registered within {timeout:?}: {nodes:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(
+            format!("gateways {want:?} to register"),
+            timeout,
+            async || {
+                let nodes = admin.nodes().await?;
+                ensure!(
+                    want.iter().all(|id| nodes.contains_key(id)),
+                    "placement lists {nodes:?}"
+                );
+                Ok(())
+            },
+        )
+        .await
     }
 }
 
@@ -211,28 +214,23 @@ impl Admin {
         timeout: Duration,
         pred: impl Fn(&BTreeMap<String, usize>) -> bool,
     ) -> anyhow::Result<BTreeMap<String, usize>> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        eventually(what, timeout, async || {
             let view: BTreeMap<String, usize> = self
                 .nodes()
                 .await?
                 .into_iter()
                 .map(|(id, n)| (id, usize::try_from(n.connections).unwrap_or(usize::MAX)))
                 .collect();
-            if pred(&view) {
-                return Ok(view);
-            }
-            if Instant::now() >= deadline {
-                bail!("{what}: not within {timeout:?}; placement says {view:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            ensure!(pred(&view), "placement says {view:?}");
+            Ok(view)
+        })
+        .await
     }
 }
 
-/// GET `<gateway>/metrics`.
-pub async fn metrics(gateway_url: &str) -> anyhow::Result<String> {
-    let res = switchyard_testkit::reqwest::get(format!("{gateway_url}/metrics")).await?;
+/// GET `<url>/metrics` of any service's HTTP port.
+pub async fn metrics(http_url: &str) -> anyhow::Result<String> {
+    let res = switchyard_testkit::reqwest::get(format!("{http_url}/metrics")).await?;
     Ok(res.error_for_status()?.text().await?)
 }
 
@@ -240,20 +238,23 @@ pub async fn metrics(gateway_url: &str) -> anyhow::Result<String> {
 pub async fn wait_relay_members(grpc: &str, n: usize, timeout: Duration) -> anyhow::Result<()> {
     use switchyard_proto::relay::v1::{MembersRequest, relay_client::RelayClient};
     let mut client = RelayClient::connect(grpc.to_owned()).await?;
-    let deadline = Instant::now() + timeout;
-    loop {
-        let members = client
-            .members(MembersRequest {
-                namespace: "/".into(),
-            })
-            .await?
-            .into_inner();
-        if members.node_ids.len() == n {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!("relay members {:?}, want {n}", members.node_ids);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        format!("{n} gateways linked to the relay"),
+        timeout,
+        async || {
+            let members = client
+                .members(MembersRequest {
+                    namespace: "/".into(),
+                })
+                .await?
+                .into_inner();
+            ensure!(
+                members.node_ids.len() == n,
+                "relay members {:?}",
+                members.node_ids
+            );
+            Ok(())
+        },
+    )
+    .await
 }

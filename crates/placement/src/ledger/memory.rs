@@ -15,7 +15,7 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use switchyard_common::assignment::now_ms;
+use switchyard_common::clock::now_ms;
 
 use super::observe::observe;
 use super::{

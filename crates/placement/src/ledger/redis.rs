@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redis::{FromRedisValue, RedisError, Script, ScriptInvocation};
-use switchyard_redis::{Connection, Endpoint, Pool};
+use switchyard_redis::{Connection, Endpoint, Pool, key_prefix};
 
 use super::observe::observe;
 use super::{
@@ -51,11 +51,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// catches a Redis that hangs (paused, swapping) and is generous so that a loaded machine is
 /// not mistaken for an outage.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// `{sy:<cluster>}`: the prefix and hash tag of every key of one cluster.
-pub(crate) fn key_prefix(cluster: &str) -> String {
-    format!("{{sy:{cluster}}}")
-}
 
 /// Builds the connection pool (a single server's or a cluster's). Never connects: connections
 /// are opened on first use, so this succeeds while Redis is down.

@@ -14,9 +14,8 @@ pub const MAX_CONNECTIONS: u64 = 100_000_000;
 pub const MAX_CAPACITY: u64 = 100_000_000;
 /// Weights are relative shares; ten thousand to one is already absurd.
 pub const MAX_WEIGHT: u32 = 10_000;
-/// Longest node id (a Kubernetes pod name is at most 63), namespace and URL accepted (bytes).
-pub const MAX_NODE_ID_LEN: usize = 128;
-pub const MAX_NAMESPACE_LEN: usize = 256;
+/// Longest URL accepted (bytes). Node ids and namespaces follow the rules every service shares
+/// ([`switchyard_common::node_id`], [`switchyard_common::namespace`]).
 pub const MAX_URL_LEN: usize = 2048;
 /// Most namespaces one node may serve.
 pub const MAX_NAMESPACES: usize = 64;
@@ -29,36 +28,14 @@ fn invalid(msg: impl Into<String>) -> LedgerError {
     LedgerError::Invalid(msg.into())
 }
 
+/// [`switchyard_common::node_id::check`], refused as [`LedgerError::Invalid`].
 pub(crate) fn node_id(id: &str) -> Result<(), LedgerError> {
-    if id.is_empty() {
-        return Err(invalid("empty node id"));
-    }
-    if id.len() > MAX_NODE_ID_LEN {
-        return Err(invalid(format!(
-            "node id longer than {MAX_NODE_ID_LEN} bytes"
-        )));
-    }
-    if id.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        return Err(invalid(
-            "node id must not contain whitespace or control characters",
-        ));
-    }
-    Ok(())
+    switchyard_common::node_id::check(id).map_err(|e| invalid(e.to_string()))
 }
 
+/// [`switchyard_common::namespace::check`], refused as [`LedgerError::Invalid`].
 pub(crate) fn namespace(ns: &str) -> Result<(), LedgerError> {
-    if ns.is_empty() {
-        return Err(invalid("empty namespace"));
-    }
-    if ns.len() > MAX_NAMESPACE_LEN {
-        return Err(invalid(format!(
-            "namespace longer than {MAX_NAMESPACE_LEN} bytes"
-        )));
-    }
-    if ns.chars().any(char::is_control) {
-        return Err(invalid("namespace contains control characters"));
-    }
-    Ok(())
+    switchyard_common::namespace::check(ns).map_err(|e| invalid(e.to_string()))
 }
 
 /// 0 is treated as 1 (documented on [`NodeRegistration::weight`]).

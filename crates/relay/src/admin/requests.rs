@@ -5,7 +5,8 @@
 //! socketioxide-core `RequestOut` (MessagePack) in a `REQUEST` frame of the namespace, from the
 //! relay's own origin (`relay:<relay_id>`, see `crate::origin`); every gateway of the namespace
 //! applies it through its `RemoteRequestHandler` and answers with a `RESPONSE` frame targeted at
-//! that origin, whose payload is `[n][request id (n bytes)][Response]`. The hub hands those
+//! that origin, carrying the request's id in `Frame.request_id` and the `Response` (MessagePack)
+//! as its payload. The hub hands those
 //! frames to [`Requests`] (through the callback [`Requests::install`] gives it) instead of a
 //! link. A request waits for every gateway the membership listed when it was sent, or the
 //! timeout, whichever comes first; gateways that did not answer are reported as missing, so the
@@ -75,12 +76,12 @@ impl Requests {
 
     /// A response frame addressed to this replica: to its pending request, if still waiting.
     fn on_response(&self, frame: &Frame) {
-        let Some((req_id, body)) = split_response(&frame.payload) else {
-            tracing::warn!(origin = %frame.origin, "undecodable response to an admin request");
+        let Ok(req_id) = Sid::from_str(&frame.request_id) else {
+            tracing::warn!(origin = %frame.origin, "response to an admin request without a valid request id");
             return;
         };
         if let Some(tx) = self.pending().get(&req_id) {
-            let _ = tx.send((frame.origin.clone(), body));
+            let _ = tx.send((frame.origin.clone(), frame.payload.clone()));
         }
     }
 
@@ -181,15 +182,6 @@ pub(super) struct Gathered<D> {
     pub(super) answers: Vec<(String, Response<D>)>,
 }
 
-/// `[n][request id][Response]` → (request id, Response bytes): the envelope gateways put on
-/// responses (written by `join_response` in `crates/gateway/src/adapter.rs`).
-fn split_response(payload: &Bytes) -> Option<(Sid, Bytes)> {
-    let n = usize::from(*payload.first()?);
-    let id = payload.get(1..1 + n)?;
-    let sid = Sid::from_str(std::str::from_utf8(id).ok()?).ok()?;
-    Some((sid, payload.slice(1 + n..)))
-}
-
 /// Coverage of several requests: every gateway asked, and every one that missed any of them.
 #[derive(Default)]
 pub(super) struct Covered {
@@ -219,26 +211,32 @@ impl Covered {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use socketioxide_core::adapter::remote_packet::ResponseType;
 
     #[test]
-    fn the_response_envelope_matches_the_gateways() -> anyhow::Result<()> {
-        // What the gateway's `join_response` writes: [n][id][Response].
-        let id = Sid::new();
-        let res = Response::<()> {
-            node_id: Uid::new(),
-            r#type: ResponseType::AllRooms(["a".into()].into_iter().collect()),
+    fn a_response_reaches_the_request_its_request_id_names() -> anyhow::Result<()> {
+        let requests = Requests {
+            uid: Uid::new(),
+            pending: Mutex::new(HashMap::new()),
         };
-        let text = id.to_string();
-        let mut payload = vec![u8::try_from(text.len())?];
-        payload.extend_from_slice(text.as_bytes());
-        payload.extend(rmp_serde::to_vec_named(&res)?);
-        let (got, body) =
-            split_response(&Bytes::from(payload)).ok_or_else(|| anyhow::anyhow!("split"))?;
-        assert_eq!(got, id);
-        let back: Response<()> = rmp_serde::from_slice(&body)?;
-        assert_eq!(back, res);
-        assert!(split_response(&Bytes::from_static(&[9, b'x'])).is_none());
+        let id = Sid::new();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        requests.pending().insert(id, tx);
+        let response = |request_id: String| Frame {
+            origin: "gw-1".into(),
+            kind: FrameKind::Response as i32,
+            request_id,
+            payload: Bytes::from_static(b"answer"),
+            ..Frame::default()
+        };
+        for other in [Sid::new().to_string(), "not an id".into(), String::new()] {
+            requests.on_response(&response(other));
+        }
+        assert!(rx.try_recv().is_err(), "only its own id reaches a request");
+        requests.on_response(&response(id.to_string()));
+        assert_eq!(
+            rx.try_recv()?,
+            ("gw-1".to_owned(), Bytes::from_static(b"answer"))
+        );
         Ok(())
     }
 }

@@ -202,6 +202,20 @@ impl Gw {
             .context("link closed")
     }
 
+    /// Sends `frame` as the next of this link's frames (its `seq` is set here).
+    pub async fn send_frame(&mut self, frame: Frame) -> anyhow::Result<u64> {
+        self.seq += 1;
+        let frame = Frame {
+            seq: self.seq,
+            ..frame
+        };
+        self.send_message(LinkMessage {
+            kind: Some(Kind::Frame(frame)),
+        })
+        .await?;
+        Ok(self.seq)
+    }
+
     /// Sends any message on the link (a `StampCall`, …).
     pub async fn send_message(&self, msg: LinkMessage) -> anyhow::Result<()> {
         self.tx.send(msg).await.context("link closed")
