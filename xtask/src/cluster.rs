@@ -38,7 +38,7 @@ use state::{
 };
 use supervise::{StateFile, Unit, watch};
 
-use crate::{Profile, build_bins, workspace_root};
+use crate::exec::{Profile, build_bins, workspace_root};
 
 /// Options of `cargo xtask up`.
 #[derive(Debug, Args)]

@@ -4,7 +4,7 @@
 //! untrusted input. cargo-fuzz needs nightly-only rustc flags (`-Zsanitizer`); the project
 //! builds on stable, so they are enabled with `RUSTC_BOOTSTRAP=1` for these builds only.
 
-use crate::{cargo, run};
+use crate::exec::{cargo, run};
 
 /// Every fuzz target, in the order `cargo xtask test` runs them.
 pub const TARGETS: &[&str] = &[

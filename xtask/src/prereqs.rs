@@ -15,7 +15,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use switchyard_testkit::redis::find_on_path;
 
-use crate::run;
+use crate::exec::run;
 
 /// Whether we run in CI (`CI=true` or `CI=1`, as most CI systems set it).
 pub fn in_ci() -> bool {
@@ -43,7 +43,7 @@ pub fn ensure_promtool() -> anyhow::Result<()> {
 
 /// `cargo fuzz` (cargo-fuzz), installed with `cargo install cargo-fuzz --locked` in CI.
 pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
-    let installed = crate::cargo()
+    let installed = crate::exec::cargo()
         .args(["fuzz", "--version"])
         .output()
         .is_ok_and(|o| o.status.success());
@@ -56,7 +56,7 @@ pub fn ensure_cargo_fuzz() -> anyhow::Result<()> {
              Install it with `cargo install cargo-fuzz --locked` (CI=true makes cargo xtask test do this)."
         );
     }
-    run(crate::cargo().args(["install", "cargo-fuzz", "--locked"]))
+    run(crate::exec::cargo().args(["install", "cargo-fuzz", "--locked"]))
 }
 
 /// Chromium for the headless demo check, installed from Debian's `chromium` in CI.

@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
-use crate::workspace_root;
+use crate::exec::workspace_root;
 
 /// Where the cluster file lives; every verb that works on a running cluster takes it.
 #[derive(Debug, Clone, Args)]

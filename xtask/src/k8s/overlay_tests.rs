@@ -368,7 +368,7 @@ fn prerequisites() -> Result<()> {
     if switchyard_testkit::redis::find_on_path("node").is_none() {
         missing.push("node is not on PATH (Debian: apt-get install nodejs npm)".to_owned());
     }
-    let js = crate::workspace_root().join("clients/js/node_modules/socket.io-client");
+    let js = crate::exec::workspace_root().join("clients/js/node_modules/socket.io-client");
     if !js.is_dir() {
         missing.push(
             "clients/js/node_modules is missing: run `npm ci --prefix clients/js` (cargo xtask \

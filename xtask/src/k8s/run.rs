@@ -61,7 +61,7 @@ impl Cluster {
     /// Renders `options.overlay` and starts it (see the module docs). Returns once everything
     /// is started, not once it is ready: see [`Cluster::wait_ready`].
     pub async fn start(options: &Options) -> Result<Cluster> {
-        let root = crate::workspace_root();
+        let root = crate::exec::workspace_root();
         let dir = root
             .join("deploy")
             .join("k8s")
@@ -75,15 +75,15 @@ impl Cluster {
             );
         }
         let venv = crate::prereqs::ensure_venv(&root)?;
-        let kubectl = super::find_kubectl(&venv)?;
+        let kubectl = super::render::find_kubectl(&venv)?;
         let python = venv.join("bin").join("python");
         let out_dir = root.join("target").join("k8s");
         std::fs::create_dir_all(&out_dir)
             .with_context(|| format!("creating {}", out_dir.display()))?;
         let render = out_dir.join(format!("run-{}.yaml", options.overlay));
-        std::fs::write(&render, super::render(&kubectl, &dir)?)
+        std::fs::write(&render, super::render::render(&kubectl, &dir)?)
             .with_context(|| format!("writing {}", render.display()))?;
-        let objects = super::load(&python, &render)?;
+        let objects = super::render::load(&python, &render)?;
         Self::from_objects(options, objects, render).await
     }
 
@@ -144,7 +144,12 @@ impl Cluster {
         }
         let namespace = namespace.unwrap_or_else(|| "default".to_owned());
 
-        let fixtures = fixtures::provide(&objects, &secrets, &ingresses, &crate::workspace_root())?;
+        let fixtures = fixtures::provide(
+            &objects,
+            &secrets,
+            &ingresses,
+            &crate::exec::workspace_root(),
+        )?;
         for secret in &fixtures.secrets {
             secrets.insert(secret.name.clone(), secret.clone());
         }
@@ -162,7 +167,7 @@ impl Cluster {
             };
             entries.push(ServiceEntry { service, ip });
         }
-        let run_dir = crate::workspace_root()
+        let run_dir = crate::exec::workspace_root()
             .join("target")
             .join("k8s")
             .join("run")
@@ -479,11 +484,11 @@ impl Drop for Cluster {
 /// The `run` verb: build, start, print, stay in the foreground until Ctrl-C.
 pub fn run_verb(overlay: &str, release: bool) -> Result<()> {
     let profile = if release {
-        crate::Profile::Release
+        crate::exec::Profile::Release
     } else {
-        crate::Profile::Debug
+        crate::exec::Profile::Debug
     };
-    crate::build_bins(profile)?;
+    crate::exec::build_bins(profile)?;
     let bin_dir = profile.bin_dir()?;
     let runtime = tokio::runtime::Runtime::new().context("starting the tokio runtime")?;
     runtime.block_on(async {
