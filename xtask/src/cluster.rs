@@ -14,6 +14,7 @@
 //! alone and the stop keeps that order. The verbs for a cluster running in another terminal
 //! (`status`, `kill`, `down`) are in module [`control`].
 
+mod admin_ui;
 mod control;
 mod state;
 mod supervise;
@@ -77,6 +78,11 @@ pub struct UpArgs {
     /// node_modules is missing or older than the lockfile); 0 = do not serve.
     #[arg(long, default_value_t = 8080)]
     demo_port: u16,
+    /// Port of the admin UI page (`@socket.io/admin-ui`'s dashboard, served with Node; every
+    /// gateway serves its `/admin` namespace with a generated login); 0 = do not serve the
+    /// page (the gateways still serve the namespace).
+    #[arg(long, default_value_t = 8090)]
+    admin_ui_port: u16,
     /// Run release builds (`cargo build --release --workspace --bins`). Slower to build, the
     /// only meaningful choice for load tests; the default debug build starts sooner.
     #[arg(long)]
@@ -103,6 +109,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     let publish_token = secret_from_env_or_random("SWITCHYARD_PUBLISH_TOKEN")?;
     // Only the relay and the gateways need it; it stays out of cluster.json.
     let link_token = secret_from_env_or_random("SWITCHYARD_LINK_TOKEN")?;
+    let login = admin_ui::login()?;
 
     // Redis: --redis URL, or our own supervised redis-server, or (said loudly) none.
     let mut redis_unit = None;
@@ -177,7 +184,12 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             link_token.clone(),
         ];
         if let Some(url) = &redis_url {
-            relay_args.extend(["--redis-url".to_owned(), url.clone()]);
+            // With Redis, backends can also use Socket.IO's own @socket.io/redis-emitter.
+            relay_args.extend([
+                "--redis-url".to_owned(),
+                url.clone(),
+                "--emitter".to_owned(),
+            ]);
         }
         relays.push(Unit::program(
             &relay_name(usize::from(i)),
@@ -198,7 +210,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             .checked_add(i - 1)
             .context("gateway port out of range")?;
         let node_id = format!("gw-{i}");
-        let gateway_args = vec![
+        let mut gateway_args = vec![
             "--listen".to_owned(),
             format!("127.0.0.1:{port}"),
             "--node-id".to_owned(),
@@ -215,6 +227,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             "--drain-deadline-ms".to_owned(),
             "5000".to_owned(),
         ];
+        gateway_args.extend(admin_ui::gateway_args(&login));
         gateways.push(Unit::program(
             &node_id,
             &binary(&bin_dir, "switchyard-gateway")?,
@@ -224,6 +237,12 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
     }
 
     let demo = start_demo(args.demo_port);
+    let admin_page = admin_ui::start_ui(&workspace_root(), args.admin_ui_port);
+    let first_gateway = gateways
+        .first()
+        .map(|g| Ok::<_, anyhow::Error>(format!("http://{}", ready(g, "http")?)))
+        .transpose()?
+        .unwrap_or_default();
 
     let state = ClusterFile {
         placement: vec![PlacementEntry {
@@ -272,6 +291,7 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
                 process: process_info(d),
             })
         }),
+        admin_ui: Some(admin_ui::entry(&login, admin_page.as_ref(), &first_gateway)),
     };
     state.write(&state_path)?;
     print_summary(&state, &state_path);
@@ -289,7 +309,10 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             Stage::Core,
             std::iter::once(placement).chain(relays).collect(),
         ),
-        (Stage::Edge, gateways.into_iter().chain(demo).collect()),
+        (
+            Stage::Edge,
+            gateways.into_iter().chain(demo).chain(admin_page).collect(),
+        ),
     ];
     for (stage, units) in groups {
         for unit in units {
@@ -456,6 +479,13 @@ fn print_summary(state: &ClusterFile, state_path: &Path) {
     }
     if let Some(demo) = &state.demo {
         println!("  demo        {}", demo.url);
+    }
+    if let Some(ui) = &state.admin_ui {
+        let page = ui.url.as_deref().unwrap_or("(page not served)");
+        println!(
+            "  admin UI    {page}  server URL {}  namespace {}  user {}  password {}",
+            ui.server_url, ui.namespace, ui.username, ui.password
+        );
     }
     println!("  admin token {}", state.admin_token);
     println!();

@@ -120,9 +120,19 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// `npm ci` in `clients/js` when it has a lockfile and `node_modules` is older than it.
+/// The Node tool directories installed from their lockfiles: the JS client (and its drivers and
+/// demo check), and Socket.IO's own tools (`@socket.io/redis-emitter`, `@socket.io/admin-ui`).
+pub const NODE_DIRS: &[&str] = &["clients/js", "clients/socketio-tools"];
+
+/// `npm ci` in every one of [`NODE_DIRS`] that has a lockfile and a `node_modules` older than it.
 pub fn ensure_node_deps(root: &Path) -> anyhow::Result<()> {
-    let dir = root.join("clients").join("js");
+    for dir in NODE_DIRS {
+        ensure_node_dir(&root.join(dir), dir)?;
+    }
+    Ok(())
+}
+
+fn ensure_node_dir(dir: &Path, name: &str) -> anyhow::Result<()> {
     let lockfile = dir.join("package-lock.json");
     if !lockfile.exists() {
         return Ok(());
@@ -132,7 +142,7 @@ pub fn ensure_node_deps(root: &Path) -> anyhow::Result<()> {
             apt_install(&["nodejs", "npm"])?;
         } else {
             bail!(
-                "Node.js is needed for the JS client tests (clients/js) but `node`/`npm` are not \
+                "Node.js is needed for the JS client tests ({name}) but `node`/`npm` are not \
                  on PATH; install them (Debian: `sudo apt-get install -y nodejs npm`)"
             );
         }
@@ -141,10 +151,10 @@ pub fn ensure_node_deps(root: &Path) -> anyhow::Result<()> {
     // the install postdates the lockfile.
     let installed = dir.join("node_modules").join(".package-lock.json");
     if is_newer(&installed, &lockfile) {
-        eprintln!("clients/js: node_modules is up to date");
+        eprintln!("{name}: node_modules is up to date");
         return Ok(());
     }
-    run(Command::new("npm").arg("ci").current_dir(&dir))
+    run(Command::new("npm").arg("ci").current_dir(dir))
 }
 
 /// A Python virtualenv at `<root>/.venv` with `requirements.txt` installed; returns the venv

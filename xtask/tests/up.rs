@@ -77,6 +77,7 @@ impl Up {
             .args(["--relay-grpc-port", &port(free_port())])
             .args(["--gateway-base-port", &port(gateway_base)])
             .args(["--demo-port", &port(free_port())])
+            .args(["--admin-ui-port", &port(free_port())])
             .stdin(Stdio::null());
         // One open file for both (a shared offset), so stdout and stderr interleave as written.
         let file = fs::File::create(&log)?;
@@ -237,6 +238,7 @@ fn all_pids(file: &Value) -> Vec<u32> {
     }
     pids.extend(file["redis_server"]["pid"].as_u64());
     pids.extend(file["demo"]["pid"].as_u64());
+    pids.extend(file["admin_ui"]["process"]["pid"].as_u64());
     pids.into_iter()
         .filter_map(|p| u32::try_from(p).ok())
         .collect()
@@ -342,6 +344,40 @@ async fn up_restarts_a_killed_gateway_and_relay_while_clients_lose_nothing() -> 
         let ack = subs.join(id, ROOM).await?;
         ensure!(ack["ok"] == true, "{id} joins {ROOM}: {ack}");
     }
+    // Socket.IO's own tools, unchanged, against the cluster `up` started: the official emitter
+    // on its Redis reaches every subscriber, and the admin UI's login from cluster.json works.
+    let file = up.file()?;
+    let mut tools = Driver::emitter(&str_of(&file["redis"])?).await?;
+    tools
+        .request(json!({"cmd": "emit", "to": [ROOM], "event": "from-emitter", "args": [1]}))
+        .await?;
+    for id in &ids {
+        subs.wait_event(&format!("{id} gets the emitted event"), WAIT, |e| {
+            e["id"] == id.as_str() && e["event"] == "recv" && e["name"] == "from-emitter"
+        })
+        .await?;
+    }
+    tools.shutdown().await?;
+    let ui = &file["admin_ui"];
+    ensure!(ui["url"].is_string(), "the dashboard is served: {ui}");
+    let mut admin = Driver::node().await?;
+    admin
+        .connect_raw(
+            "admin",
+            &str_of(&ui["server_url"])?,
+            None,
+            json!({"namespace": ui["namespace"], "transports": ["websocket"],
+                   "auth": {"username": ui["username"], "password": ui["password"]}}),
+        )
+        .await?;
+    admin.connected("admin", WAIT).await?;
+    admin
+        .wait_event("the admin UI's config", WAIT, |e| {
+            e["event"] == "recv" && e["name"] == "config"
+        })
+        .await?;
+    admin.shutdown().await?;
+
     let spread = merged(&subs.count().await?, &publisher.count().await?);
     ensure!(
         spread.values().max().unwrap_or(&0) - spread.values().min().unwrap_or(&0) <= 1
@@ -471,6 +507,7 @@ async fn up_restarts_a_killed_gateway_and_relay_while_clients_lose_nothing() -> 
         "gw-2",
         "gw-3",
         "demo",
+        "admin-ui",
     ] {
         ensure!(
             text.lines().any(|l| l.starts_with(name)),

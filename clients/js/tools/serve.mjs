@@ -21,6 +21,8 @@ const TYPES = {
   ".map": "application/json",
   ".json": "application/json",
   ".css": "text/css",
+  ".svg": "image/svg+xml",
+  ".png": "image/png",
 };
 
 /**

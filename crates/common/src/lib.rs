@@ -22,6 +22,7 @@ pub mod bearer;
 pub mod clock;
 pub mod config;
 pub mod grpc;
+pub mod iso8601;
 pub mod namespace;
 pub mod node_id;
 pub mod ops;

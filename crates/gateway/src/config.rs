@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use switchyard_common::telemetry::TelemetryArgs;
 
-use crate::settings::Settings;
+use crate::settings::{AdminUiSettings, Settings};
 
 /// `switchyard-gateway` flags.
 #[derive(Debug, Clone, Args)]
@@ -118,11 +118,42 @@ pub struct GatewayArgs {
         )
     )]
     pub adapter_queue: usize,
+    /// Serve `@socket.io/admin-ui` (the official dashboard) on `--admin-ui-namespace`, with
+    /// its own login (`--admin-ui-username`, `--admin-ui-password-hash`). Every gateway of a
+    /// cluster should have the same settings: one dashboard connection on any gateway sees and
+    /// acts on all of them.
+    #[arg(long, env = "SWITCHYARD_ADMIN_UI")]
+    pub admin_ui: bool,
+    /// The admin UI's namespace.
+    #[arg(long, env = "SWITCHYARD_ADMIN_UI_NAMESPACE", default_value = "/admin")]
+    pub admin_ui_namespace: String,
+    /// The admin UI login's username.
+    #[arg(long, env = "SWITCHYARD_ADMIN_UI_USERNAME", default_value = "admin")]
+    pub admin_ui_username: String,
+    /// bcrypt hash of the admin UI login's password (`$2b$10$…`); required with --admin-ui.
+    /// From a Secret: it also keys the session ids every gateway accepts.
+    #[arg(
+        long,
+        env = "SWITCHYARD_ADMIN_UI_PASSWORD_HASH",
+        hide_env_values = true
+    )]
+    pub admin_ui_password_hash: Option<String>,
+    /// `development`: the dashboard sees every client connect, disconnect, room change and
+    /// event (a relay frame each); `production`: only the server stats every 2 s.
+    #[arg(long, env = "SWITCHYARD_ADMIN_UI_MODE", value_enum, default_value_t = AdminUiMode::Development)]
+    pub admin_ui_mode: AdminUiMode,
     /// TLS for the listener (`--tls-cert`, `--tls-key`) and for the `https://` placement and
     /// relay URLs (`--tls-ca`, `--tls-client-cert`, `--tls-client-key`). The gateway has no
     /// gRPC listener, so `--tls-client-ca` does not apply to it.
     #[command(flatten)]
     pub tls: switchyard_common::tls::TlsArgs,
+}
+
+/// `--admin-ui-mode`, as the package's `mode` option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AdminUiMode {
+    Development,
+    Production,
 }
 
 /// The binary's whole command line.
@@ -208,12 +239,18 @@ impl GatewayArgs {
             ws_read_buffer_bytes: self.ws_read_buffer_bytes,
             max_buffered_packets: self.max_buffered_packets,
             adapter_queue: self.adapter_queue,
+            admin_ui: self.admin_ui.then(|| AdminUiSettings {
+                namespace: self.admin_ui_namespace.trim().to_owned(),
+                username: self.admin_ui_username.clone(),
+                password_hash: self.admin_ui_password_hash.clone().unwrap_or_default(),
+                development: self.admin_ui_mode == AdminUiMode::Development,
+            }),
         })
     }
 }
 
-/// The machine's host name, for the default node id.
-fn hostname() -> String {
+/// The machine's host name, for the default node id (and the admin UI's `hostname`).
+pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())

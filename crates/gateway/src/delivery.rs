@@ -71,6 +71,14 @@ impl<E: SocketEmitter> Delivery<'_, E> {
                                            run = tracing::field::Empty);
             switchyard_common::trace_context::set_parent_from_map(&span, &frame.trace_context);
             match frame.position {
+                Some(position)
+                    if !self
+                        .gates
+                        .first_arrival(self.ns, &position.epoch, position.offset) =>
+                {
+                    // The same event from another relay link: delivered already.
+                    continue;
+                }
                 Some(position) => {
                     let Some((stamped, packet)) =
                         span.in_scope(|| self.encode_stamped(ev, position))

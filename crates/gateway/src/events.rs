@@ -54,6 +54,7 @@ use crate::cluster::ClusterState;
 use crate::gates::{Opening, Stamped};
 use crate::history::Head;
 use crate::metrics;
+use crate::observe::AdminEvent;
 use crate::payload::Payload;
 use crate::rooms::MAX_ROOM_LEN;
 
@@ -98,7 +99,7 @@ pub struct Delivery {
 }
 
 /// The argument of `publish`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PublishRequest {
     pub room: String,
     pub event: String,
@@ -109,7 +110,7 @@ pub struct PublishRequest {
 }
 
 /// The argument of `resume`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ResumeRequest {
     #[serde(default)]
     pub epoch: Option<String>,
@@ -166,8 +167,17 @@ pub(crate) fn register<A: Adapter>(
         move |s: SocketRef<A>, TryData(room): TryData<Payload>, ack: AckSender<A>| {
             let cx = c.clone();
             async move {
+                let name = room.as_ref().ok().and_then(valid_room).map(str::to_owned);
+                seen(&s, "join", room.as_ref().ok());
                 let result = join(&s, &cx, room.ok()).await;
                 count("join", result.as_ref().map(|_| ()).map_err(|e| *e));
+                if let (Ok(_), Some(room)) = (&result, name) {
+                    crate::observe::report(&s, || AdminEvent::RoomJoined {
+                        ns: s.ns().to_owned(),
+                        room,
+                        sid: s.id.to_string(),
+                    });
+                }
                 let _ = match result {
                     Ok(answer) => ack.send(&answer),
                     Err(e) => ack.send(&json!({"ok": false, "error": e.code()})),
@@ -181,9 +191,15 @@ pub(crate) fn register<A: Adapter>(
         move |s: SocketRef<A>, TryData(room): TryData<Payload>, ack: AckSender<A>| {
             let cx = c.clone();
             async move {
+                seen(&s, "leave", room.as_ref().ok());
                 let result = match room.ok().as_ref().and_then(valid_room) {
                     Some(room) => {
                         s.leave(room.to_owned());
+                        crate::observe::report(&s, || AdminEvent::RoomLeft {
+                            ns: s.ns().to_owned(),
+                            room: room.to_owned(),
+                            sid: s.id.to_string(),
+                        });
                         if let Some(cluster) = &cx.cluster {
                             cluster.gates().forget(s.ns(), s.id, room);
                         }
@@ -205,6 +221,7 @@ pub(crate) fn register<A: Adapter>(
         move |s: SocketRef<A>, TryData(req): TryData<ResumeRequest>, ack: AckSender<A>| {
             let cx = c.clone();
             async move {
+                seen(&s, "resume", req.as_ref().ok());
                 let reply = resume(&s, &cx, req.ok()).await;
                 count("resume", reply.as_ref().map(|_| ()).map_err(|e| *e));
                 let _ = match reply {
@@ -219,6 +236,7 @@ pub(crate) fn register<A: Adapter>(
         move |s: SocketRef<A>, TryData(req): TryData<PublishRequest>, ack: AckSender<A>| {
             let cx = cx.clone();
             async move {
+                seen(&s, "publish", req.as_ref().ok());
                 let result = publish(&s, &cx, req.ok()).await;
                 count("publish", result.map(|_| ()));
                 let _ = match result {
@@ -228,6 +246,19 @@ pub(crate) fn register<A: Adapter>(
             }
         },
     );
+}
+
+/// Tells the admin UI (when on) that `event` arrived with `arg`.
+fn seen<A: Adapter>(s: &SocketRef<A>, event: &str, arg: Option<&impl Serialize>) {
+    crate::observe::report(s, || AdminEvent::Received {
+        ns: s.ns().to_owned(),
+        sid: s.id.to_string(),
+        args: vec![
+            serde_json::Value::String(event.to_owned()),
+            arg.and_then(|a| serde_json::to_value(a).ok())
+                .unwrap_or_default(),
+        ],
+    });
 }
 
 fn count(event: &'static str, result: Result<(), EventError>) {
@@ -275,7 +306,9 @@ fn join_checked<A: Adapter>(
         .0
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    let current = s.rooms();
+    // The socket's own room (with the admin UI on, see `crate::handler`) is not the client's.
+    let own = s.id.to_string();
+    let current: Vec<_> = s.rooms().into_iter().filter(|r| *r != own).collect();
     let new = rooms
         .iter()
         .filter(|r| !current.iter().any(|c| c == *r))

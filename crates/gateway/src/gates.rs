@@ -46,6 +46,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use socketioxide_core::Sid;
 use tokio::sync::mpsc;
 
+use crate::marks::StampedMarks;
 use crate::metrics;
 use crate::payload::Payload;
 
@@ -215,6 +216,8 @@ fn socket_gates<'a>(gates: &'a mut Table, ns: &str, sid: Sid) -> &'a mut SocketG
 #[derive(Debug)]
 pub struct Gates {
     table: Mutex<Table>,
+    /// Stamped events already seen on another relay link (see [`crate::marks`]).
+    marks: StampedMarks,
     stamped: AtomicU64,
     severed_tx: mpsc::UnboundedSender<Severed>,
     severed_rx: Mutex<Option<mpsc::UnboundedReceiver<Severed>>>,
@@ -225,6 +228,7 @@ impl Default for Gates {
         let (severed_tx, severed_rx) = mpsc::unbounded_channel();
         Self {
             table: Mutex::new(HashMap::new()),
+            marks: StampedMarks::default(),
             stamped: AtomicU64::new(0),
             severed_tx,
             severed_rx: Mutex::new(Some(severed_rx)),
@@ -233,6 +237,12 @@ impl Default for Gates {
 }
 
 impl Gates {
+    /// True iff this stamped event of `ns` arrives for the first time on any relay link; a
+    /// repeat (the same event from another replica) is dropped before any socket sees it.
+    pub fn first_arrival(&self, ns: &str, epoch: &str, offset: u64) -> bool {
+        self.marks.first_arrival(ns, epoch, offset)
+    }
+
     /// The gate table. A poisoned lock is recovered: every update leaves the table consistent
     /// (a panic cannot stop one half-way through a gate change that matters for exactness).
     fn lock(&self) -> MutexGuard<'_, Table> {

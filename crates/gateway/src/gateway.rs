@@ -15,6 +15,7 @@ use switchyard_common::node_id::{self, NodeIdError};
 use switchyard_common::{assignment::TokenKey, ops::Readiness};
 use tokio::sync::watch;
 
+use crate::admin_ui::AdminUi;
 use crate::admission::Admission;
 use crate::cluster::ClusterState;
 use crate::drain::{DrainCause, DrainController, DrainEnd, DrainState};
@@ -50,12 +51,18 @@ pub enum SetupError {
     NoRuntime,
     #[error("the relay history client: {0}")]
     Relay(String),
+    #[error("the admin UI: {0}")]
+    AdminUi(#[from] crate::admin_ui::auth::CredentialsError),
+    #[error("the admin UI namespace {0:?} must start with '/' and not be a client namespace")]
+    AdminUiNamespace(String),
 }
 
 /// A gateway: mount it on a socketioxide instance, start it, serve it. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Switchyard {
     shared: Arc<Shared>,
+    /// `Some` with `--admin-ui`.
+    admin_ui: Option<Arc<AdminUi>>,
 }
 
 impl Switchyard {
@@ -75,6 +82,20 @@ impl Switchyard {
             return Err(SetupError::ZeroReportInterval);
         }
         metrics::describe();
+        let admin_ui = match &settings.admin_ui {
+            Some(ui) => {
+                if !ui.namespace.starts_with('/') || settings.namespaces.contains(&ui.namespace) {
+                    return Err(SetupError::AdminUiNamespace(ui.namespace.clone()));
+                }
+                Some(Arc::new(AdminUi::new(
+                    ui.clone(),
+                    &settings.node_id,
+                    &settings.namespaces,
+                    settings.token_secret.as_deref(),
+                )?))
+            }
+            None => None,
+        };
         let key = settings
             .token_secret
             .as_deref()
@@ -102,7 +123,9 @@ impl Switchyard {
                 limits,
                 drain_inbox: Mutex::new(Some(inbox)),
                 cluster: OnceLock::new(),
+                observer: OnceLock::new(),
             }),
+            admin_ui,
         })
     }
 
@@ -146,10 +169,15 @@ impl Switchyard {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(SetupError::NoRuntime);
         }
+        // The admin UI's namespace rides the links too, so its events reach every gateway.
+        let mut namespaces = s.namespaces.clone();
+        if let Some(ui) = &self.admin_ui {
+            namespaces.push(ui.namespace().to_owned());
+        }
         let cfg = LinkConfig {
             urls: s.relay_urls.clone(),
             node_id: s.node_id.clone(),
-            namespaces: s.namespaces.clone(),
+            namespaces,
             incarnation: incarnation_now(),
             tls: s.tls.clone(),
             token: s.link_token.clone(),
@@ -178,10 +206,21 @@ impl Switchyard {
         )
     }
 
-    /// Registers every configured namespace with only the built-in behaviour.
+    /// Registers every configured namespace with only the built-in behaviour, and the admin
+    /// UI's namespace when it is on ([`Switchyard::mount_admin_ui`]).
     pub fn mount<A: Adapter + DefinedAdapter>(&self, io: &SocketIo<A>) {
         for ns in &self.shared.settings.namespaces {
             self.ns(io, ns.clone(), async || {}).spawn();
+        }
+        self.mount_admin_ui(io);
+    }
+
+    /// Registers the admin UI's namespace (no token, no seat; its own login), if it is on.
+    /// [`Switchyard::mount`] does it; call it yourself when you register namespaces with
+    /// [`Switchyard::ns`].
+    pub fn mount_admin_ui<A: Adapter + DefinedAdapter>(&self, io: &SocketIo<A>) {
+        if let Some(ui) = &self.admin_ui {
+            ui.mount(io);
         }
     }
 
@@ -207,6 +246,10 @@ impl Switchyard {
             .and_then(|cluster| cluster.gates().take_severed())
         {
             tokio::spawn(severed::disconnect_severed(io.clone(), severed));
+        }
+        if let Some(ui) = &self.admin_ui {
+            let observer = ui.start(io.clone(), self.shared.load.clone());
+            let _ = self.shared.observer.set(observer);
         }
         let (drain_task, finished) = DrainController::spawn(
             io,

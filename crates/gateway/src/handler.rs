@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use socketioxide::{
     adapter::Adapter,
-    extract::{SocketRef, TryData},
+    extract::{Data, Event, SocketRef, TryData},
     handler::{ConnectHandler, FromConnectParts, Value},
     socket::{DisconnectReason, Socket},
 };
@@ -32,6 +32,7 @@ use tracing::Instrument;
 use crate::admission::{Claim, Refusal};
 use crate::load::Seat;
 use crate::metrics;
+use crate::observe::{AdminEvent, Observer};
 use crate::shared::Shared;
 
 type MiddlewareResult = Result<(), Box<dyn std::fmt::Display + Send>>;
@@ -72,6 +73,9 @@ where
             connections = self.shared.load.connections(),
             "client connected"
         );
+        crate::observe::report(&s, || {
+            AdminEvent::Connected(Box::new(crate::observe::describe(&s)))
+        });
         self.inner.call(s, auth);
     }
 
@@ -160,19 +164,50 @@ fn admit<A: Adapter>(
     }
     s.extensions.insert(Arc::new(admitted));
     let sref = SocketRef::from(s.clone());
+    if let Some(observer) = shared.observer.get() {
+        watched_by_admin_ui(&sref, observer.clone());
+    }
     let cluster = shared.cluster();
     crate::events::register(&sref, shared.limits, cluster.clone());
     let disconnect_seat = seat.clone();
     let (ns, sid) = (sref.ns().to_owned(), sref.id);
-    sref.on_disconnect(move |reason: DisconnectReason| async move {
-        disconnect_seat.release();
-        if let Some(cluster) = &cluster {
-            cluster.gates().forget_socket(&ns, sid);
-        }
-        ::metrics::counter!(metrics::DISCONNECTS_TOTAL, "reason" => disconnect_label(reason))
-            .increment(1);
-    });
+    sref.on_disconnect(
+        move |s: SocketRef<A>, reason: DisconnectReason| async move {
+            crate::observe::report(&s, || AdminEvent::Disconnected {
+                ns: s.ns().to_owned(),
+                sid: s.id.to_string(),
+                reason: crate::observe::reason_name(reason),
+            });
+            disconnect_seat.release();
+            if let Some(cluster) = &cluster {
+                cluster.gates().forget_socket(&ns, sid);
+            }
+            ::metrics::counter!(metrics::DISCONNECTS_TOTAL, "reason" => disconnect_label(reason))
+                .increment(1);
+        },
+    );
     Ok(seat)
+}
+
+/// With the admin UI on: the socket carries the UI's observer, is in a room named after its own
+/// id (as in Node, so the UI can name one socket as a room on any gateway), and the events no
+/// handler takes are reported as received (an application's own fallback replaces this).
+fn watched_by_admin_ui<A: Adapter>(s: &SocketRef<A>, observer: Observer) {
+    s.extensions.insert(observer);
+    s.join(s.id.to_string());
+    s.on_fallback(
+        |s: SocketRef<A>, Event(name): Event, Data(args): Data<crate::observe::Args>| async move {
+            crate::observe::report(&s, || {
+                let mut all = vec![serde_json::Value::String(name)];
+                all.extend(args.0);
+                AdminEvent::Received {
+                    ns: s.ns().to_owned(),
+                    sid: s.id.to_string(),
+                    args: all,
+                }
+            });
+        },
+    );
 }
 
 fn disconnect_label(reason: DisconnectReason) -> &'static str {

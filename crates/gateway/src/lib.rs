@@ -49,13 +49,16 @@
 //!
 //! **Reading order**, which is also the import order (a module uses only modules after it):
 //! [`server`] (listener, READY line, shutdown) → [`gateway`] ([`Switchyard`]: mount, start) →
-//! [`handler`] (the connect-handler wrapper) → `shared` (the state handlers share) →
+//! [`admin_ui`] (`@socket.io/admin-ui`'s server side, cluster-wide) → [`handler`] (the
+//! connect-handler wrapper) → `shared` (the state handlers share) →
 //! [`events`] (the built-in events) and [`adapter`] (the cluster adapter's protocol) →
 //! [`cluster`] ([`ClusterState`]: relay links, history client and gates, owned together) →
 //! [`history`] (the relay history client), [`delivery`] (stamped runs and backend events to
 //! local sockets), [`severed`] (disconnects what the gates severed), [`report_stream`]
-//! (placement) → [`gates`] (per-socket gates, a synchronous state machine), [`drain`] →
-//! [`link`] (relay streams), [`admission`] (token, rate, claim), [`load`], [`payload`],
+//! (placement) → [`gates`] (per-socket gates, a synchronous state machine; [`marks`], the
+//! first arrival of a stamped event across relay links), [`drain`] →
+//! [`link`] (relay streams), [`admission`] (token, rate, claim), [`load`], [`observe`] (what the
+//! admin UI learns of client sockets, through a callback), [`payload`],
 //! [`config`] (flags) → [`codec`] (the adapter's wire format), [`rooms`], [`settings`],
 //! [`metrics`].
 //!
@@ -65,6 +68,7 @@
 //! update that matters); where a recovered value could be wrong, the code says so. Locks nest
 //! in one place only: the relay link's state lock, then the gates' lock (see [`gates`]).
 pub mod adapter;
+pub mod admin_ui;
 pub mod admission;
 pub mod cluster;
 pub mod codec;
@@ -78,7 +82,9 @@ pub mod handler;
 pub mod history;
 pub mod link;
 pub mod load;
+pub mod marks;
 pub mod metrics;
+pub mod observe;
 pub mod payload;
 pub mod report_stream;
 pub mod rooms;

@@ -37,6 +37,9 @@ pub const RELAY_FRAMES_DUPLICATE_TOTAL: &str = "switchyard_gateway_relay_frames_
 pub const RELAY_FRAMES_OVERSIZED_TOTAL: &str = "switchyard_gateway_relay_frames_oversized_total";
 pub const RELAY_FRAMES_OVERFLOW_TOTAL: &str = "switchyard_gateway_relay_frames_overflow_total";
 pub const RELAY_BACKLOG_DROPPED_TOTAL: &str = "switchyard_gateway_relay_backlog_dropped_total";
+pub const ADMIN_UI_LOGINS_TOTAL: &str = "switchyard_gateway_admin_ui_logins_total";
+pub const ADMIN_UI_COMMANDS_TOTAL: &str = "switchyard_gateway_admin_ui_commands_total";
+pub const ADMIN_UI_EVENTS_DROPPED_TOTAL: &str = "switchyard_gateway_admin_ui_events_dropped_total";
 /// Counted by `switchyard_common::tls::HttpListener` (named here, passed to it).
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "switchyard_gateway_tls_handshake_failures_total";
 
@@ -49,6 +52,15 @@ pub const ALL: &[Metric] = &[
         "CONNECT attempts by outcome and refusal reason.",
     ),
     Metric::counter(DISCONNECTS_TOTAL, "Socket disconnects by reason."),
+    Metric::counter(ADMIN_UI_LOGINS_TOTAL, "Admin UI connections by outcome."),
+    Metric::counter(
+        ADMIN_UI_COMMANDS_TOTAL,
+        "Admin UI commands carried out cluster-wide, by op.",
+    ),
+    Metric::counter(
+        ADMIN_UI_EVENTS_DROPPED_TOTAL,
+        "Development-mode admin UI events dropped because their queue was full.",
+    ),
     Metric::counter(EVENTS_TOTAL, "Built-in client events by event and outcome."),
     Metric::histogram(
         PUBLISH_PAYLOAD_BYTES,

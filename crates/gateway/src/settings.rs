@@ -23,6 +23,20 @@ pub const DEFAULT_MAX_BUFFERED_PACKETS: usize = 1024;
 /// relay cuts a slow gateway's link before this queue fills in the common case.
 pub const DEFAULT_ADAPTER_QUEUE: usize = 4096;
 
+/// The admin UI's settings (`--admin-ui`; see [`crate::admin_ui`]).
+#[derive(Debug, Clone)]
+pub struct AdminUiSettings {
+    /// The namespace the dashboard connects to (`/admin`).
+    pub namespace: String,
+    /// The login's username.
+    pub username: String,
+    /// bcrypt hash of the login's password.
+    pub password_hash: String,
+    /// Development mode: every client connect, disconnect, room change and event is shown
+    /// (the package's default); production mode: only the 2-second server stats.
+    pub development: bool,
+}
+
 /// Everything the gateway library needs; the binary fills it from flags ([`crate::config`]).
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -72,6 +86,8 @@ pub struct Settings {
     /// Frames from the relay queued per namespace for its adapter. When full, the link is cut
     /// and relinks, and sockets holding history gates resume (see [`crate::link`]).
     pub adapter_queue: usize,
+    /// The admin UI on this gateway; `None`: off.
+    pub admin_ui: Option<AdminUiSettings>,
 }
 
 impl Settings {
@@ -99,6 +115,7 @@ impl Settings {
             ws_read_buffer_bytes: DEFAULT_WS_READ_BUFFER_BYTES,
             max_buffered_packets: DEFAULT_MAX_BUFFERED_PACKETS,
             adapter_queue: DEFAULT_ADAPTER_QUEUE,
+            admin_ui: None,
         }
     }
 }

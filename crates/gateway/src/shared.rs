@@ -8,6 +8,7 @@ use crate::cluster::ClusterState;
 use crate::drain::{DrainInbox, DrainState};
 use crate::events::EventLimits;
 use crate::load::Load;
+use crate::observe::Observer;
 use crate::settings::Settings;
 
 /// State shared by every socket handler, the reporter and the drain controller.
@@ -21,6 +22,9 @@ pub(crate) struct Shared {
     pub(crate) drain_inbox: Mutex<Option<DrainInbox>>,
     /// Set once by [`Switchyard::cluster_state`]: `Some` with relay URLs.
     pub(crate) cluster: OnceLock<Option<ClusterState>>,
+    /// Set once by [`Switchyard::start`] when the admin UI is on: given to every admitted
+    /// socket (see [`crate::observe`]).
+    pub(crate) observer: OnceLock<Observer>,
 }
 
 impl Shared {

@@ -121,6 +121,25 @@ pub fn rule(cluster: &str) -> String {
     rule
 }
 
+/// What the relay's `--emitter` adds to [`rule`] (append it, space first): the channels of
+/// `@socket.io/redis-emitter` with key `key` for `namespaces`, which live outside the
+/// cluster's hash tag, and `PSUBSCRIBE`. Redis checks a `PSUBSCRIBE` pattern literally
+/// against the user's channel patterns, so the grant is the exact pattern the relay subscribes
+/// to, `&<key>#<namespace>#*` (a namespace's broadcasts and its room channels), then the exact
+/// request channel `&<key>-request#<namespace>#` per namespace. Keys are untouched: the relay's
+/// emitter lease is a key of the cluster (`{sy:<cluster>}:relay:emitter:lease`).
+pub fn emitter_rule(key: &str, namespaces: &[String]) -> String {
+    let mut rule = String::new();
+    for ns in namespaces {
+        rule.push_str(&format!(" &{key}#{ns}#*"));
+    }
+    for ns in namespaces {
+        rule.push_str(&format!(" &{key}-request#{ns}#"));
+    }
+    rule.push_str(" +psubscribe");
+    rule
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -145,6 +164,11 @@ mod tests {
         let docs = std::fs::read_to_string(
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/deploy.md"),
         )?;
+        let emitter = emitter_rule("socket.io", &["/".to_owned()]);
+        assert!(
+            docs.contains(&emitter),
+            "docs/deploy.md must show the emitter's addition exactly:\n{emitter}"
+        );
         let rule = rule("switchyard");
         assert!(
             docs.contains(&rule),

@@ -130,6 +130,25 @@ pub struct Config {
     #[arg(long, env = "SWITCHYARD_HISTORY_BATCH_MAX", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..=10_000))]
     pub history_batch_max: u64,
+    /// Turn the messages of `@socket.io/redis-emitter` (Socket.IO's own emitter, unchanged
+    /// backend code) into cluster operations: the relay subscribes to the emitter's channels on
+    /// this Redis (needs `--redis-url`). Off by default. Its channels are outside the cluster's
+    /// hash tag: the Redis ACL rule must grant them (see docs/deploy.md).
+    #[arg(long, env = "SWITCHYARD_EMITTER")]
+    pub emitter: bool,
+    /// The emitter's `key` option: channels are `<key>#<namespace>#…` and
+    /// `<key>-request#<namespace>#`.
+    #[arg(long, env = "SWITCHYARD_EMITTER_KEY", default_value = "socket.io")]
+    pub emitter_key: String,
+    /// Namespaces whose emitter channels the relay subscribes to, comma separated
+    /// (`emitter.of("/chat")` needs `/chat` here).
+    #[arg(
+        long,
+        env = "SWITCHYARD_EMITTER_NAMESPACES",
+        default_value = "/",
+        value_delimiter = ','
+    )]
+    pub emitter_namespaces: Vec<String>,
     #[command(flatten)]
     pub tls: switchyard_common::tls::ServerTlsArgs,
     #[command(flatten)]
@@ -154,6 +173,9 @@ impl std::fmt::Debug for Config {
             .field("history_ttl_ms", &self.history_ttl_ms)
             .field("history_namespace", &self.history_namespace)
             .field("history_batch_max", &self.history_batch_max)
+            .field("emitter", &self.emitter)
+            .field("emitter_key", &self.emitter_key)
+            .field("emitter_namespaces", &self.emitter_namespaces)
             .field("tls", &self.tls)
             .finish()
     }
@@ -166,6 +188,10 @@ pub enum ConfigError {
     BadCluster(String),
     #[error(transparent)]
     Redis(#[from] switchyard_redis::EndpointError),
+    #[error("--emitter needs --redis-url: the emitter publishes on Redis")]
+    EmitterWithoutRedis,
+    #[error("--emitter-key and --emitter-namespaces: {0}")]
+    BadEmitter(String),
 }
 
 impl Config {
@@ -180,7 +206,14 @@ impl Config {
         if !cluster_ok {
             return Err(ConfigError::BadCluster(self.cluster.clone()));
         }
-        self.redis.endpoint()?;
+        let redis = self.redis.endpoint()?;
+        if self.emitter {
+            if redis.is_none() {
+                return Err(ConfigError::EmitterWithoutRedis);
+            }
+            crate::emitter::Channels::new(&self.emitter_key, &self.emitter_namespaces)
+                .map_err(ConfigError::BadEmitter)?;
+        }
         Ok(())
     }
 

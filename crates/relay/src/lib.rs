@@ -12,17 +12,21 @@
 //! 4. `link`: one gateway's stream.
 //! 5. `publish`: events from backends.
 //! 6. `admin`: the operator API; `admin/requests.rs` asks the gateways and gathers answers.
-//! 7. `state`: what a replica shares, and `RelayState::stamp`, the one way into history.
-//! 8. `membership`: who is linked for a namespace, cluster-wide.
-//! 9. `history`: offsets, epochs, the bounded log, retained state, replay: the `History`
-//!    trait, `history/memory.rs`, and `history/redis.rs` with its batcher, keys and scripts.
-//! 10. `origin`: the frames the relay writes itself, and their one sequence.
-//! 11. `bus`: frames between replicas; `bus/channel.rs` the channel format,
+//! 7. `emitter`: `@socket.io/redis-emitter`'s messages as cluster operations, on the one
+//!    replica holding the emitter lease (`emitter/lease.rs`); `emitter/channel.rs` its
+//!    channels, `emitter/message.rs` what a message means, `emitter/value.rs` its
+//!    MessagePack, `emitter/apply.rs` how it is carried out.
+//! 8. `state`: what a replica shares, and `RelayState::stamp`, the one way into history.
+//! 9. `membership`: who is linked for a namespace, cluster-wide.
+//! 10. `history`: offsets, epochs, the bounded log, retained state, replay: the `History`
+//!     trait, `history/memory.rs`, and `history/redis.rs` with its batcher, keys and scripts.
+//! 11. `origin`: the frames the relay writes itself, and their one sequence.
+//! 12. `bus`: frames between replicas; `bus/channel.rs` the channel format,
 //!     `bus/subscription.rs` the subscriber connection.
-//! 12. `dedup`: the per-origin high-water mark.
-//! 13. `hub`: the local fan-out and its backpressure policy.
-//! 14. `validate`: what the relay accepts from outside.
-//! 15. `metrics`: every metric's name and HELP.
+//! 13. `dedup`: the per-origin high-water mark.
+//! 14. `hub`: the local fan-out and its backpressure policy.
+//! 15. `validate`: what the relay accepts from outside.
+//! 16. `metrics`: every metric's name and HELP.
 //!
 //! # Guarantees (the contract the gateway adapter builds on)
 //!
@@ -48,6 +52,12 @@
 //!   offset per namespace, enter a bounded history and reach every gateway (the caller too)
 //!   in offset order; `Head` and `Replay` let a gateway join "state, then every later event"
 //!   and resume a client exactly (see [`history`]).
+//!
+//! - **Emitter, once.** With `--emitter`, each message of `@socket.io/redis-emitter` is carried
+//!   out by at most one replica, the holder of the emitter lease (see [`emitter`] for the
+//!   argument); a room emit is then one stamp like any room publish, anything else one frame
+//!   from the relay's origin. Messages published while no replica is subscribed (a handler's
+//!   death, until its lease expires) are lost, as with Socket.IO's own servers.
 //!
 //! What is NOT guaranteed: adapter frames delivered to a gateway while its link is down are
 //! not kept (stamped events are: clients resume them from history); a replica that loses its
@@ -111,6 +121,8 @@ pub mod link;
 pub mod publish;
 
 pub mod admin;
+
+pub mod emitter;
 
 // What the calls share, and the parts it is made of.
 pub mod state;

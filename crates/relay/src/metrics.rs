@@ -35,6 +35,8 @@ const ADMIN_CALLS: &str = "switchyard_relay_admin_calls_total";
 const ADMIN_REQUESTS: &str = "switchyard_relay_admin_requests_total";
 const ADMIN_GATEWAYS_MISSING: &str = "switchyard_relay_admin_gateways_missing_total";
 const ADMIN_DISCONNECTS: &str = "switchyard_relay_admin_disconnects_total";
+const EMITTER_MESSAGES: &str = "switchyard_relay_emitter_messages_total";
+const EMITTER_HANDLER: &str = "switchyard_relay_emitter_handler";
 
 /// Counted by `switchyard_common::tls::HttpListener` (named here, passed to it).
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "switchyard_relay_tls_handshake_failures_total";
@@ -119,6 +121,14 @@ pub const ALL: &[Metric] = &[
     Metric::counter(
         TLS_HANDSHAKE_FAILURES_TOTAL,
         "TLS handshakes that failed or timed out on the HTTP listener, by reason.",
+    ),
+    Metric::counter(
+        EMITTER_MESSAGES,
+        "Messages of @socket.io/redis-emitter handled by this replica, by outcome.",
+    ),
+    Metric::gauge(
+        EMITTER_HANDLER,
+        "1 while this replica holds the emitter lease and is subscribed to the emitter's channels.",
     ),
 ];
 
@@ -237,4 +247,14 @@ pub fn admin_gateways_missing(count: usize) {
 /// Sockets an admin call asked the gateways to disconnect.
 pub fn admin_disconnects(count: usize) {
     counter!(ADMIN_DISCONNECTS).increment(count as u64);
+}
+
+/// A message of `@socket.io/redis-emitter`, and what became of it.
+pub fn emitter_message(outcome: &'static str) {
+    counter!(EMITTER_MESSAGES, "outcome" => outcome).increment(1);
+}
+
+/// Whether this replica is the emitter's handler right now.
+pub fn emitter_handler(active: bool) {
+    gauge!(EMITTER_HANDLER).set(if active { 1.0 } else { 0.0 });
 }

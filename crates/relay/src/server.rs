@@ -28,6 +28,7 @@ use crate::{
     admin::RelayAdminGrpc,
     bus::{Bus, RedisBus},
     config::Config,
+    emitter::{Channels, Emitter},
     history::{History, MemoryHistory, RedisHistory},
     hub::Hub,
     membership::Membership,
@@ -124,6 +125,21 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
             }
         },
     });
+
+    if config.emitter
+        && let Some(redis) = &redis
+    {
+        let channels = Channels::new(&config.emitter_key, &config.emitter_namespaces)
+            .map_err(|e| anyhow::anyhow!("--emitter-key / --emitter-namespaces: {e}"))?;
+        tracing::info!(key = %channels.key(), namespaces = ?channels.namespaces(),
+                       "emitter on: the replica holding the emitter lease handles its messages");
+        let emitter = Arc::new(Emitter::new(
+            Arc::clone(&state),
+            Arc::clone(redis),
+            channels,
+        ));
+        tasks.push(tokio::spawn(emitter.run(shutdown_rx.clone())));
+    }
 
     // Wait (bounded) for the first subscription, so a gateway linking right after READY is
     // not refused; Redis being down is not fatal: links are refused until it is back.

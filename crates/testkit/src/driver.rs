@@ -104,6 +104,22 @@ impl Driver {
         Self::spawn("node", cmd).await
     }
 
+    /// `clients/socketio-tools/emitter.mjs`: the official `@socket.io/redis-emitter` on the
+    /// Redis at `redis_url`, driven with the same JSON-lines protocol (its commands are
+    /// described at the top of the script). Needs `npm ci --prefix clients/socketio-tools`.
+    pub async fn emitter(redis_url: &str) -> anyhow::Result<Driver> {
+        let tools = repo_root().join("clients/socketio-tools");
+        if !tools.join("node_modules/@socket.io/redis-emitter").is_dir() {
+            bail!(
+                "clients/socketio-tools/node_modules is missing: run `npm ci --prefix \
+                 clients/socketio-tools` (cargo xtask test does it)"
+            );
+        }
+        let mut cmd = Command::new("node");
+        cmd.arg(tools.join("emitter.mjs")).arg(redis_url);
+        Self::spawn("emitter", cmd).await
+    }
+
     /// `tests/python/driver.py` under `$SWITCHYARD_PYTHON` (set by `cargo xtask test`), else the
     /// repo's `.venv/bin/python` (needs python-socketio from `requirements.txt`).
     pub async fn python() -> anyhow::Result<Driver> {

@@ -62,6 +62,10 @@ pub struct ClusterFile {
     /// The demo page server.
     #[serde(default)]
     pub demo: Option<DemoEntry>,
+    /// The admin UI: every gateway serves `@socket.io/admin-ui`'s namespace with this login;
+    /// the dashboard page, when served.
+    #[serde(default)]
+    pub admin_ui: Option<AdminUiEntry>,
 }
 
 /// The process behind one service, as the supervisor last started it.
@@ -116,6 +120,20 @@ pub struct DemoEntry {
     pub url: String,
     #[serde(flatten)]
     pub process: ProcessInfo,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AdminUiEntry {
+    /// The dashboard page (`@socket.io/admin-ui`'s `ui/dist`); `None` when not served.
+    pub url: Option<String>,
+    /// What to type as the dashboard's server URL: any gateway.
+    pub server_url: String,
+    pub namespace: String,
+    pub username: String,
+    pub password: String,
+    /// The page server's process.
+    #[serde(default)]
+    pub process: Option<ProcessInfo>,
 }
 
 /// One service of the file, by the name `kill` and `status` use.
@@ -195,6 +213,15 @@ impl ClusterFile {
                 process: &d.process,
             });
         }
+        if let Some(a) = &self.admin_ui
+            && let (Some(url), Some(process)) = (&a.url, &a.process)
+        {
+            out.push(Named {
+                name: "admin-ui".to_owned(),
+                addresses: url.clone(),
+                process,
+            });
+        }
         out
     }
 
@@ -205,6 +232,9 @@ impl ClusterFile {
         }
         if name == "demo" {
             return self.demo.as_mut().map(|d| &mut d.process);
+        }
+        if name == "admin-ui" {
+            return self.admin_ui.as_mut().and_then(|a| a.process.as_mut());
         }
         let placements = self.placement.len();
         if let Some(p) = self

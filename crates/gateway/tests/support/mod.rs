@@ -60,11 +60,32 @@ impl Cluster {
         Self::build(n, &[], gateway_args, Some(relay_args))
     }
 
+    /// [`Cluster::with_relay`] with `relays` replicas sharing the cluster's Redis; every gateway
+    /// links to all of them.
+    pub fn with_relays(
+        n: usize,
+        relays: usize,
+        gateway_args: &[&str],
+        relay_args: &[&str],
+    ) -> anyhow::Result<Cluster> {
+        Self::build_with(n, &[], gateway_args, Some(relay_args), relays)
+    }
+
     fn build(
         n: usize,
         placement_args: &[&str],
         gateway_args: &[&str],
         relay_args: Option<&[&str]>,
+    ) -> anyhow::Result<Cluster> {
+        Self::build_with(n, placement_args, gateway_args, relay_args, 1)
+    }
+
+    fn build_with(
+        n: usize,
+        placement_args: &[&str],
+        gateway_args: &[&str],
+        relay_args: Option<&[&str]>,
+        replicas: usize,
     ) -> anyhow::Result<Cluster> {
         let redis = RedisServer::start()?;
         let placement = Placement::start(PlacementOpts {
@@ -73,10 +94,12 @@ impl Cluster {
         })?;
         let mut relays = Vec::new();
         if let Some(relay_args) = relay_args {
-            relays.push(Relay::start(RelayOpts {
-                redis_url: Some(redis.url()),
-                extra_args: relay_args.iter().map(|a| (*a).to_owned()).collect(),
-            })?);
+            for _ in 0..replicas {
+                relays.push(Relay::start(RelayOpts {
+                    redis_url: Some(redis.url()),
+                    extra_args: relay_args.iter().map(|a| (*a).to_owned()).collect(),
+                })?);
+            }
         }
         let mut gateways = Vec::new();
         for i in 0..n {
