@@ -48,7 +48,8 @@ use tokio::sync::mpsc;
 
 use crate::load::Load;
 use crate::metrics;
-use crate::observe::{AdminEvent, Args, Observer, transport_name};
+use crate::observe::{AdminEvent, Observer, transport_name};
+use crate::payload::Args;
 use crate::settings::AdminUiSettings;
 use auth::{AuthPayload, Credentials, CredentialsError};
 use stats::{EventBuffer, Identity, NamespaceDetails, STATS_INTERVAL, ServerStats};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::Args;
 use switchyard_common::telemetry::TelemetryArgs;
 
-use crate::settings::{AdminUiSettings, Settings};
+use crate::settings::{AdminUiSettings, ConnectFailure, HookSettings, Settings};
 
 /// `switchyard-gateway` flags.
 #[derive(Debug, Clone, Args)]
@@ -142,6 +142,32 @@ pub struct GatewayArgs {
     /// event (a relay frame each); `production`: only the server stats every 2 s.
     #[arg(long, env = "SWITCHYARD_ADMIN_UI_MODE", value_enum, default_value_t = AdminUiMode::Development)]
     pub admin_ui_mode: AdminUiMode,
+    /// Base URL of the application's backend for hooks (`POST {url}/connect`, `/event`,
+    /// `/disconnect`; see docs/hooks.md); unset or empty: no hooks.
+    #[arg(long, env = "SWITCHYARD_HOOKS_URL")]
+    pub hooks_url: Option<String>,
+    /// Application event names forwarded to the event hook, comma-separated globs (`*` = any
+    /// run of characters). Built-in events are never forwarded.
+    #[arg(long, env = "SWITCHYARD_HOOK_EVENTS", value_delimiter = ',')]
+    pub hook_events: Vec<String>,
+    /// Bearer token sent to the backend with every hook call.
+    #[arg(long, env = "SWITCHYARD_HOOK_TOKEN", hide_env_values = true)]
+    pub hook_token: Option<String>,
+    /// Timeout of one hook call, in milliseconds.
+    #[arg(long, env = "SWITCHYARD_HOOK_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub hook_timeout_ms: u64,
+    /// Hook calls in flight at once on this gateway; more wait up to the timeout.
+    #[arg(long, env = "SWITCHYARD_HOOK_CONCURRENCY", default_value_t = 256,
+          value_parser = clap::builder::TypedValueParser::map(
+              clap::value_parser!(u32).range(1..),
+              |v| usize::try_from(v).unwrap_or(usize::MAX)
+          ))]
+    pub hook_concurrency: usize,
+    /// When the connect hook fails (timeout, unreachable, 5xx, invalid answer): `deny` refuses
+    /// the CONNECT with `backend_unavailable`, `allow` admits the client with no data.
+    #[arg(long, env = "SWITCHYARD_HOOK_CONNECT_FAILURE", value_enum, default_value_t = ConnectFailure::Deny)]
+    pub hook_connect_failure: ConnectFailure,
     /// TLS for the listener (`--tls-cert`, `--tls-key`) and for the `https://` placement and
     /// relay URLs (`--tls-ca`, `--tls-client-cert`, `--tls-client-key`). The gateway has no
     /// gRPC listener, so `--tls-client-ca` does not apply to it.
@@ -245,6 +271,24 @@ impl GatewayArgs {
                 password_hash: self.admin_ui_password_hash.clone().unwrap_or_default(),
                 development: self.admin_ui_mode == AdminUiMode::Development,
             }),
+            hooks: self
+                .hooks_url
+                .as_deref()
+                .map(str::trim)
+                .filter(|u| !u.is_empty())
+                .map(|url| HookSettings {
+                    url: url.to_owned(),
+                    events: self
+                        .hook_events
+                        .iter()
+                        .map(|e| e.trim().to_owned())
+                        .filter(|e| !e.is_empty())
+                        .collect(),
+                    token: self.hook_token.clone().filter(|t| !t.is_empty()),
+                    timeout: Duration::from_millis(self.hook_timeout_ms),
+                    concurrency: self.hook_concurrency,
+                    connect_failure: self.hook_connect_failure,
+                }),
         })
     }
 }

@@ -194,15 +194,7 @@ pub(crate) fn register<A: Adapter>(
                 seen(&s, "leave", room.as_ref().ok());
                 let result = match room.ok().as_ref().and_then(valid_room) {
                     Some(room) => {
-                        s.leave(room.to_owned());
-                        crate::observe::report(&s, || AdminEvent::RoomLeft {
-                            ns: s.ns().to_owned(),
-                            room: room.to_owned(),
-                            sid: s.id.to_string(),
-                        });
-                        if let Some(cluster) = &cx.cluster {
-                            cluster.gates().forget(s.ns(), s.id, room);
-                        }
+                        leave_room(&s, cx.cluster.as_ref(), room);
                         Ok(())
                     }
                     None => Err(EventError::BadRequest),
@@ -246,6 +238,20 @@ pub(crate) fn register<A: Adapter>(
             }
         },
     );
+}
+
+/// Takes `s` out of `room` (and its history gate), for every path that does: the built-in
+/// `leave`, the event hook's `leave`.
+pub(crate) fn leave_room<A: Adapter>(s: &SocketRef<A>, cluster: Option<&ClusterState>, room: &str) {
+    s.leave(room.to_owned());
+    crate::observe::report(s, || AdminEvent::RoomLeft {
+        ns: s.ns().to_owned(),
+        room: room.to_owned(),
+        sid: s.id.to_string(),
+    });
+    if let Some(cluster) = cluster {
+        cluster.gates().forget(s.ns(), s.id, room);
+    }
 }
 
 /// Tells the admin UI (when on) that `event` arrived with `arg`.
@@ -370,31 +376,56 @@ async fn publish<A: Adapter>(
 ) -> Result<Option<u64>, EventError> {
     let req = check_publish(s, &cx.limits, req)?;
     ::metrics::histogram!(metrics::PUBLISH_PAYLOAD_BYTES).record(req.data.encoded_size() as f64);
-    if let Some(cluster) = &cx.cluster {
-        let retain = req.retain == Some(true);
+    let retain = req.retain == Some(true);
+    publish_to_room(
+        s,
+        cx.cluster.as_ref(),
+        &req.room,
+        &req.event,
+        &req.data,
+        retain,
+    )
+    .await
+}
+
+/// A room emit as `publish` makes it, for every path that emits to a room on a client's
+/// behalf (the built-in `publish`, the event hook's emits): with a relay, stamped into the
+/// room's history (so `resume` covers it) and delivered by the relay to every member on every
+/// gateway as `event(data, {room, epoch, offset})`; without one, to the local members as
+/// `event(data, {room})`. The offset when stamped. The caller has checked the room, the event
+/// name and the data's size.
+pub(crate) async fn publish_to_room<A: Adapter>(
+    s: &SocketRef<A>,
+    cluster: Option<&ClusterState>,
+    room: &str,
+    event: &str,
+    data: &Payload,
+    retain: bool,
+) -> Result<Option<u64>, EventError> {
+    if let Some(cluster) = cluster {
         return cluster
             .history()
-            .stamp(s.ns(), &req.room, &req.event, &req.data, retain)
+            .stamp(s.ns(), room, event, data, retain)
             .await
             .map(Some)
             .map_err(|e| {
                 // Debug, not warn: under overload this is every publish, and the refusals are
                 // counted (`switchyard_gateway_events_total`).
-                tracing::debug!(room = %req.room, error = %e, "publish: history unavailable");
+                tracing::debug!(%room, error = %e, "publish: history unavailable");
                 EventError::Unavailable
             });
     }
     let delivery = Delivery {
-        room: req.room.clone(),
+        room: room.to_owned(),
     };
     // `within` selects every member of the room, the publisher included when it is one.
     if let Err(e) = s
-        .within(req.room.clone())
-        .emit(&req.event, &(&req.data, &delivery))
+        .within(room.to_owned())
+        .emit(event, &(data, &delivery))
         .await
     {
         // Per-socket send failures (a full buffer) do not undo the publish.
-        tracing::debug!(room = %req.room, error = %e, "publish: some members could not be reached");
+        tracing::debug!(%room, error = %e, "publish: some members could not be reached");
     }
     Ok(None)
 }

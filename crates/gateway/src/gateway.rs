@@ -21,6 +21,8 @@ use crate::cluster::ClusterState;
 use crate::drain::{DrainCause, DrainController, DrainEnd, DrainState};
 use crate::events::EventLimits;
 use crate::handler::GatewayHandler;
+use crate::hooks::Hooks;
+use crate::hooks::contract::AnswerLimits;
 use crate::link::{LinkConfig, incarnation_now};
 use crate::load::{Load, Seat};
 use crate::metrics;
@@ -55,6 +57,8 @@ pub enum SetupError {
     AdminUi(#[from] crate::admin_ui::auth::CredentialsError),
     #[error("the admin UI namespace {0:?} must start with '/' and not be a client namespace")]
     AdminUiNamespace(String),
+    #[error("hooks: {0}")]
+    Hooks(String),
 }
 
 /// A gateway: mount it on a socketioxide instance, start it, serve it. Cheap to clone.
@@ -114,6 +118,24 @@ impl Switchyard {
             max_rooms_per_socket: settings.max_rooms_per_socket,
             max_payload_bytes: usize::try_from(settings.max_payload_bytes).unwrap_or(usize::MAX),
         };
+        let hooks = match &settings.hooks {
+            Some(h) => {
+                let answers = AnswerLimits {
+                    max_payload_bytes: limits.max_payload_bytes,
+                    max_rooms: limits.max_rooms_per_socket,
+                };
+                // An answer may carry an ack and emits: one payload's worth in all, plus the
+                // envelope a client's packet gets too.
+                let max_answer =
+                    usize::try_from(settings.max_payload_bytes.saturating_add(ENVELOPE_HEADROOM))
+                        .unwrap_or(usize::MAX);
+                Some(Arc::new(
+                    Hooks::new(h, answers, max_answer, settings.tls.ca_pem())
+                        .map_err(|e| SetupError::Hooks(e.to_string()))?,
+                ))
+            }
+            None => None,
+        };
         Ok(Self {
             shared: Arc::new(Shared {
                 load: Arc::new(Load::new(settings.max_connections)),
@@ -121,6 +143,7 @@ impl Switchyard {
                 admission,
                 drain,
                 limits,
+                hooks,
                 drain_inbox: Mutex::new(Some(inbox)),
                 cluster: OnceLock::new(),
                 observer: OnceLock::new(),
@@ -171,6 +194,9 @@ impl Switchyard {
         }
         // The admin UI's namespace rides the links too, so its events reach every gateway.
         let mut namespaces = s.namespaces.clone();
+        if let Some(hooks) = &self.shared.hooks {
+            hooks.start();
+        }
         if let Some(ui) = &self.admin_ui {
             namespaces.push(ui.namespace().to_owned());
         }

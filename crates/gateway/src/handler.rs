@@ -95,9 +95,20 @@ where
         );
         Box::pin(
             async move {
-                let token = token_of(&s, auth);
+                let auth_value = auth_of(&s, auth);
+                let token = token_of(&auth_value);
                 match admit(&self.shared, &s, token.as_deref()) {
                     Ok(seat) => {
+                        if let Some(hooks) = &self.shared.hooks
+                            && let Err(reason) = crate::backend::connect(hooks, &s, auth_value, &self.shared.settings.node_id).await
+                        {
+                            seat.release();
+                            tracing::Span::current().record("outcome", "refused").record("reason", "backend");
+                            tracing::info!(%reason, "connect refused by the backend");
+                            ::metrics::counter!(metrics::CONNECTS_TOTAL, "outcome" => "refused", "reason" => "backend")
+                                .increment(1);
+                            return Err(Box::new(reason) as Box<dyn std::fmt::Display + Send>);
+                        }
                         let result = self.inner.call_middleware(s, auth).await;
                         if result.is_err() {
                             // The application refused: give the seat back now.
@@ -132,11 +143,16 @@ where
     }
 }
 
+/// The CONNECT's `auth` object as JSON (null when it carried none or it does not parse).
+fn auth_of<A: Adapter>(s: &Arc<Socket<A>>, auth: &Option<Value>) -> serde_json::Value {
+    match TryData::<serde_json::Value>::from_connect_parts(s, auth) {
+        Ok(TryData(Ok(auth))) => auth,
+        _ => serde_json::Value::Null,
+    }
+}
+
 /// `auth.token` as a string, if the CONNECT carried one.
-fn token_of<A: Adapter>(s: &Arc<Socket<A>>, auth: &Option<Value>) -> Option<String> {
-    let Ok(TryData(Ok(auth))) = TryData::<serde_json::Value>::from_connect_parts(s, auth) else {
-        return None;
-    };
+fn token_of(auth: &serde_json::Value) -> Option<String> {
     match auth.get("token")? {
         serde_json::Value::String(t) => Some(t.clone()),
         _ => None,
@@ -169,6 +185,14 @@ fn admit<A: Adapter>(
     }
     let cluster = shared.cluster();
     crate::events::register(&sref, shared.limits, cluster.clone());
+    let hooks = shared.hooks.clone();
+    if let Some(hooks) = &hooks {
+        // Replaces the admin UI's fallback and reports to it as that one does.
+        sref.on_fallback(crate::backend::Forwarder::spawn(
+            hooks.clone(),
+            cluster.clone(),
+        ));
+    }
     let disconnect_seat = seat.clone();
     let (ns, sid) = (sref.ns().to_owned(), sref.id);
     sref.on_disconnect(
@@ -179,6 +203,9 @@ fn admit<A: Adapter>(
                 reason: crate::observe::reason_name(reason),
             });
             disconnect_seat.release();
+            if let Some(hooks) = &hooks {
+                crate::backend::disconnected(hooks, &s, reason);
+            }
             if let Some(cluster) = &cluster {
                 cluster.gates().forget_socket(&ns, sid);
             }
@@ -196,7 +223,7 @@ fn watched_by_admin_ui<A: Adapter>(s: &SocketRef<A>, observer: Observer) {
     s.extensions.insert(observer);
     s.join(s.id.to_string());
     s.on_fallback(
-        |s: SocketRef<A>, Event(name): Event, Data(args): Data<crate::observe::Args>| async move {
+        |s: SocketRef<A>, Event(name): Event, Data(args): Data<crate::payload::Args>| async move {
             crate::observe::report(&s, || {
                 let mut all = vec![serde_json::Value::String(name)];
                 all.extend(args.0);

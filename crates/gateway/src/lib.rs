@@ -50,7 +50,8 @@
 //! **Reading order**, which is also the import order (a module uses only modules after it):
 //! [`server`] (listener, READY line, shutdown) → [`gateway`] ([`Switchyard`]: mount, start) →
 //! [`admin_ui`] (`@socket.io/admin-ui`'s server side, cluster-wide) → [`handler`] (the
-//! connect-handler wrapper) → `shared` (the state handlers share) →
+//! connect-handler wrapper) → `shared` (the state handlers share) → [`backend`] (what the
+//! hooks' answers do to sockets: connect verdicts, forwarded events in order, disconnects) →
 //! [`events`] (the built-in events) and [`adapter`] (the cluster adapter's protocol) →
 //! [`cluster`] ([`ClusterState`]: relay links, history client and gates, owned together) →
 //! [`history`] (the relay history client), [`delivery`] (stamped runs and backend events to
@@ -58,7 +59,8 @@
 //! (placement) → [`gates`] (per-socket gates, a synchronous state machine; [`marks`], the
 //! first arrival of a stamped event across relay links), [`drain`] →
 //! [`link`] (relay streams), [`admission`] (token, rate, claim), [`load`], [`observe`] (what the
-//! admin UI learns of client sockets, through a callback), [`payload`],
+//! admin UI learns of client sockets, through a callback), [`hooks`] (the calls to the
+//! application's backend: contract, client, breaker, disconnect queue), [`payload`],
 //! [`config`] (flags) → [`codec`] (the adapter's wire format), [`rooms`], [`settings`],
 //! [`metrics`].
 //!
@@ -70,6 +72,7 @@
 pub mod adapter;
 pub mod admin_ui;
 pub mod admission;
+pub mod backend;
 pub mod cluster;
 pub mod codec;
 pub mod config;
@@ -80,6 +83,7 @@ pub mod gates;
 pub mod gateway;
 pub mod handler;
 pub mod history;
+pub mod hooks;
 pub mod link;
 pub mod load;
 pub mod marks;

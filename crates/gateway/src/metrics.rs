@@ -40,12 +40,33 @@ pub const RELAY_BACKLOG_DROPPED_TOTAL: &str = "switchyard_gateway_relay_backlog_
 pub const ADMIN_UI_LOGINS_TOTAL: &str = "switchyard_gateway_admin_ui_logins_total";
 pub const ADMIN_UI_COMMANDS_TOTAL: &str = "switchyard_gateway_admin_ui_commands_total";
 pub const ADMIN_UI_EVENTS_DROPPED_TOTAL: &str = "switchyard_gateway_admin_ui_events_dropped_total";
+pub const HOOK_DURATION_SECONDS: &str = "switchyard_gateway_hook_duration_seconds";
+pub const HOOK_ERRORS_TOTAL: &str = "switchyard_gateway_hook_errors_total";
+pub const HOOK_DISCONNECTS_DROPPED_TOTAL: &str =
+    "switchyard_gateway_hook_disconnects_dropped_total";
+pub const HOOK_EVENTS_REFUSED_TOTAL: &str = "switchyard_gateway_hook_events_refused_total";
 /// Counted by `switchyard_common::tls::HttpListener` (named here, passed to it).
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "switchyard_gateway_tls_handshake_failures_total";
 
 /// Every metric above, with its type and HELP text (the first sentence of its row in
 /// `docs/operations.md`).
 pub const ALL: &[Metric] = &[
+    Metric::histogram(
+        HOOK_DURATION_SECONDS,
+        "Duration of hook calls to the application's backend, in seconds, by hook.",
+    ),
+    Metric::counter(
+        HOOK_ERRORS_TOTAL,
+        "Hook calls that gave no usable answer, by hook and reason.",
+    ),
+    Metric::counter(
+        HOOK_DISCONNECTS_DROPPED_TOTAL,
+        "Disconnect hooks never delivered, by cause.",
+    ),
+    Metric::counter(
+        HOOK_EVENTS_REFUSED_TOTAL,
+        "Forwarded events refused before the hook because the socket's queue was full.",
+    ),
     Metric::gauge(CONNECTIONS, "Sockets connected, all namespaces."),
     Metric::counter(
         CONNECTS_TOTAL,

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 
 use serde::Serialize;
-use serde::de::{Deserialize, Deserializer, SeqAccess, Visitor};
 use socketioxide::{
     TransportType,
     adapter::Adapter,
@@ -152,30 +151,6 @@ pub fn describe<A: Adapter>(s: &Socket<A>) -> SerializedSocket {
             xdomain: header("origin").is_some(),
         },
         rooms: s.rooms().iter().map(|r| r.to_string()).collect(),
-    }
-}
-
-/// Every argument of an event, however many: a tuple to socketioxide's parser (which then
-/// hands over the whole argument list), collected into a vector.
-pub struct Args(pub Vec<serde_json::Value>);
-
-impl<'de> Deserialize<'de> for Args {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct All;
-        impl<'de> Visitor<'de> for All {
-            type Value = Args;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("event arguments")
-            }
-            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Args, S::Error> {
-                let mut out = Vec::new();
-                while let Some(v) = seq.next_element::<serde_json::Value>()? {
-                    out.push(v);
-                }
-                Ok(Args(out))
-            }
-        }
-        d.deserialize_tuple(usize::MAX, All)
     }
 }
 

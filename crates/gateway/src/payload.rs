@@ -63,6 +63,46 @@ impl Payload {
     }
 }
 
+/// Every argument of an event, however many: a tuple to socketioxide's parser (which then
+/// hands over the whole argument list), collected into a vector. `Args<Payload>` keeps
+/// binary arguments.
+pub struct Args<T = serde_json::Value>(pub Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Args<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct All<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for All<T> {
+            type Value = Args<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("event arguments")
+            }
+            fn visit_seq<S: SeqAccess<'de>>(self, mut seq: S) -> Result<Args<T>, S::Error> {
+                let mut out = Vec::new();
+                while let Some(v) = seq.next_element::<T>()? {
+                    out.push(v);
+                }
+                Ok(Args(out))
+            }
+        }
+        d.deserialize_tuple(usize::MAX, All(std::marker::PhantomData))
+    }
+}
+
+/// Several arguments for an emit or an ack: a tuple to socketioxide's parser, so each element
+/// is an argument of its own (a `Vec` would be one array argument).
+pub struct ArgList<'a>(pub &'a [Payload]);
+
+impl Serialize for ArgList<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let mut t = s.serialize_tuple(self.0.len())?;
+        for item in self.0 {
+            t.serialize_element(item)?;
+        }
+        t.end()
+    }
+}
+
 /// Event data as it travels through the relay.
 #[derive(Debug, Clone, Copy)]
 pub enum Encoded<'a> {

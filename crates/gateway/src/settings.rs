@@ -37,6 +37,46 @@ pub struct AdminUiSettings {
     pub development: bool,
 }
 
+/// What the connect hook's failure means for the client (`--hook-connect-failure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConnectFailure {
+    /// Refuse the CONNECT with `backend_unavailable`.
+    Deny,
+    /// Admit the client as if the backend had allowed it with no data and no rooms.
+    Allow,
+}
+
+/// The hooks to the application's backend (see [`crate::hooks`] and `docs/hooks.md`).
+#[derive(Debug, Clone)]
+pub struct HookSettings {
+    /// `http://` or `https://` base URL; the hooks are `POST {url}/connect`, `/event`,
+    /// `/disconnect`.
+    pub url: String,
+    /// Globs of the application event names forwarded to the event hook (built-ins never are).
+    pub events: Vec<String>,
+    /// Sent as `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Whole-call timeout of one hook call.
+    pub timeout: Duration,
+    /// Hook calls in flight at once, per gateway.
+    pub concurrency: usize,
+    pub connect_failure: ConnectFailure,
+}
+
+impl HookSettings {
+    /// The defaults of the binary's flags, for the backend at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            events: Vec::new(),
+            token: None,
+            timeout: Duration::from_millis(5000),
+            concurrency: 256,
+            connect_failure: ConnectFailure::Deny,
+        }
+    }
+}
+
 /// Everything the gateway library needs; the binary fills it from flags ([`crate::config`]).
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -88,6 +128,8 @@ pub struct Settings {
     pub adapter_queue: usize,
     /// The admin UI on this gateway; `None`: off.
     pub admin_ui: Option<AdminUiSettings>,
+    /// Hooks to the application's backend; `None`: off.
+    pub hooks: Option<HookSettings>,
 }
 
 impl Settings {
@@ -116,6 +158,7 @@ impl Settings {
             max_buffered_packets: DEFAULT_MAX_BUFFERED_PACKETS,
             adapter_queue: DEFAULT_ADAPTER_QUEUE,
             admin_ui: None,
+            hooks: None,
         }
     }
 }

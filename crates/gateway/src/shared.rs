@@ -7,6 +7,7 @@ use crate::admission::Admission;
 use crate::cluster::ClusterState;
 use crate::drain::{DrainInbox, DrainState};
 use crate::events::EventLimits;
+use crate::hooks::Hooks;
 use crate::load::Load;
 use crate::observe::Observer;
 use crate::settings::Settings;
@@ -19,6 +20,8 @@ pub(crate) struct Shared {
     pub(crate) load: Arc<Load>,
     pub(crate) drain: Arc<DrainState>,
     pub(crate) limits: EventLimits,
+    /// The hooks to the application's backend (`--hooks-url`); `None`: off.
+    pub(crate) hooks: Option<Arc<Hooks>>,
     pub(crate) drain_inbox: Mutex<Option<DrainInbox>>,
     /// Set once by [`Switchyard::cluster_state`]: `Some` with relay URLs.
     pub(crate) cluster: OnceLock<Option<ClusterState>>,

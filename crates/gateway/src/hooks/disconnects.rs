@@ -1,0 +1,84 @@
+//! The disconnect hook's delivery: at least once, with retries, off the socket's path.
+//!
+//! A socket's disconnect only puts its [`DisconnectRequest`] on a bounded queue
+//! ([`DISCONNECT_QUEUE`]; `try_send`, never waiting): when the queue is full the request is
+//! dropped and counted (`switchyard_gateway_hook_disconnects_dropped_total{cause="queue_full"}`),
+//! so a backend that is down never holds a disconnect up or grows memory. One task takes
+//! requests off the queue and runs each in a task of its own, at most [`DISCONNECT_IN_FLIGHT`]
+//! at once (so at most that many more wait beyond the queue). Each is retried with the one
+//! backoff policy while the backend is unavailable, up to [`DISCONNECT_ATTEMPTS`] times, then
+//! dropped and counted (`cause="gave_up"`). Any answer the backend gives (2xx, 4xx, or a body
+//! that is not JSON) means it received the request: no retry. The backend may get a request
+//! twice (an answer lost after it was handled), so it should treat `sid` as the key.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use switchyard_common::backoff::Backoff;
+use tokio::sync::{Semaphore, mpsc};
+
+use super::client::{Hook, HookClient, HookError};
+use super::contract::DisconnectRequest;
+use crate::metrics;
+
+/// Disconnect requests waiting for the backend, per gateway.
+pub const DISCONNECT_QUEUE: usize = 10_000;
+/// Disconnect requests being delivered (or retried) at once.
+pub const DISCONNECT_IN_FLIGHT: usize = 64;
+/// Tries per request before it is dropped.
+pub const DISCONNECT_ATTEMPTS: u32 = 8;
+
+/// The sending half: where sockets put their disconnects.
+#[derive(Debug, Clone)]
+pub struct Disconnects(mpsc::Sender<DisconnectRequest>);
+
+/// The receiving half, until [`deliver`] takes it.
+pub type DisconnectQueue = mpsc::Receiver<DisconnectRequest>;
+
+impl Disconnects {
+    pub fn new() -> (Self, DisconnectQueue) {
+        let (tx, rx) = mpsc::channel(DISCONNECT_QUEUE);
+        (Self(tx), rx)
+    }
+
+    /// Queues `req`, or drops and counts it when the queue is full. Never waits.
+    pub fn push(&self, req: DisconnectRequest) {
+        if self.0.try_send(req).is_err() {
+            dropped("queue_full");
+        }
+    }
+}
+
+fn dropped(cause: &'static str) {
+    tracing::warn!(cause, "disconnect hook dropped");
+    ::metrics::counter!(metrics::HOOK_DISCONNECTS_DROPPED_TOTAL, "cause" => cause).increment(1);
+}
+
+/// Delivers what arrives on `queue` until every sender is gone. Spawn it once.
+pub async fn deliver(client: Arc<HookClient>, mut queue: DisconnectQueue) {
+    let in_flight = Arc::new(Semaphore::new(DISCONNECT_IN_FLIGHT));
+    while let Some(req) = queue.recv().await {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            return;
+        };
+        let client = client.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            deliver_one(&client, req).await;
+        });
+    }
+}
+
+async fn deliver_one(client: &HookClient, req: DisconnectRequest) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    for _ in 0..DISCONNECT_ATTEMPTS {
+        match client
+            .call::<_, serde::de::IgnoredAny>(Hook::Disconnect, &req)
+            .await
+        {
+            Ok(_) | Err(HookError::Refused(_) | HookError::Invalid(_)) => return,
+            Err(HookError::Unavailable(_)) => tokio::time::sleep(backoff.next_delay()).await,
+        }
+    }
+    dropped("gave_up");
+}
