@@ -83,6 +83,15 @@ pub struct UpArgs {
     /// page (the gateways still serve the namespace).
     #[arg(long, default_value_t = 8090)]
     admin_ui_port: u16,
+    /// Base URL of the application's backend: every gateway calls its hooks (`POST
+    /// {url}/connect`, `/event`, `/disconnect`; docs/hooks.md), e.g. the chat backend of
+    /// `examples/chat-backend` at http://127.0.0.1:8000. A `--hook-token` comes from
+    /// `SWITCHYARD_HOOK_TOKEN` in the environment, as the gateways read it.
+    #[arg(long)]
+    hooks_url: Option<String>,
+    /// Application events the gateways forward to the event hook (comma-separated globs).
+    #[arg(long, default_value = "*", requires = "hooks_url")]
+    hook_events: String,
     /// Run release builds (`cargo build --release --workspace --bins`). Slower to build, the
     /// only meaningful choice for load tests; the default debug build starts sooner.
     #[arg(long)]
@@ -228,6 +237,14 @@ pub fn up(args: UpArgs) -> anyhow::Result<()> {
             "5000".to_owned(),
         ];
         gateway_args.extend(admin_ui::gateway_args(&login));
+        if let Some(url) = &args.hooks_url {
+            gateway_args.extend([
+                "--hooks-url".to_owned(),
+                url.clone(),
+                "--hook-events".to_owned(),
+                args.hook_events.clone(),
+            ]);
+        }
         gateways.push(Unit::program(
             &node_id,
             &binary(&bin_dir, "switchyard-gateway")?,
