@@ -205,6 +205,49 @@ async fn a_chat_message_is_stored_once_and_reaches_members_on_every_gateway() ->
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_one_socket_reach_the_backend_in_the_order_sent() -> anyhow::Result<()> {
+    const N: usize = 40;
+    let backend = Backend::chat()?;
+    let cluster = cluster_for(&backend).await?;
+    let mut js = Driver::node().await?;
+    connect(&mut js, "ada", &cluster.gateways[0], json!({"name": "ada"})).await?;
+    connect(&mut js, "bob", &cluster.gateways[1], json!({"name": "bob"})).await?;
+    // Sent back to back, without waiting for acks: socketioxide would run them at once.
+    for n in 0..N {
+        js.request(json!({"cmd": "emit", "id": "ada", "event": "chat",
+                          "args": [{"text": format!("{n}")}]}))
+            .await?;
+    }
+    let want: Vec<Value> = (0..N).map(|n| json!(n.to_string())).collect();
+    eventually("every message stored", WAIT, async || {
+        let stored = backend.get("/messages?room=lobby").await?;
+        let stored = stored.as_array().context("messages")?;
+        ensure!(stored.len() == N, "{} stored", stored.len());
+        Ok(())
+    })
+    .await?;
+    let stored = backend.get("/messages?room=lobby").await?;
+    let texts: Vec<Value> = stored
+        .as_array()
+        .context("messages")?
+        .iter()
+        .map(|m| m["text"].clone())
+        .collect();
+    assert_eq!(texts, want, "stored in the order sent");
+    eventually("bob to get every message", WAIT, async || {
+        let got: Vec<Value> = chats(&mut js, "bob")
+            .into_iter()
+            .map(|(m, _)| m["text"].clone())
+            .collect();
+        ensure!(got == want, "bob got {got:?}");
+        Ok(())
+    })
+    .await?;
+    js.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_connect_is_refused_with_the_backends_reason() -> anyhow::Result<()> {
     let backend = Backend::chat()?;
     let cluster = cluster_for(&backend).await?;
@@ -468,6 +511,12 @@ async fn a_backend_that_is_down_follows_the_connect_failure_policy_and_trips_the
             && l.contains(r#"reason="breaker_open""#)
     });
     assert!(open, "the breaker opened after failures in a row:\n{text}");
+    // The hook metrics as scraped (labels and all) are what docs/operations.md says.
+    let table: Vec<_> = switchyard_gateway::metrics::ALL
+        .iter()
+        .map(|m| (m.name, m.kind.as_str(), m.help))
+        .collect();
+    switchyard_testkit::metrics_check::check("gateway", &text, &table)?;
     js.shutdown().await?;
     Ok(())
 }
