@@ -12,6 +12,7 @@ use anyhow::{Context, ensure};
 use serde_json::{Value, json};
 use support::{Cluster, Driver, repo_root};
 use switchyard_testkit::cluster::{Gateway, GatewayOpts};
+use switchyard_testkit::otlp::{Collector, SpanRecord};
 use switchyard_testkit::process::Service;
 use switchyard_testkit::wait::eventually;
 
@@ -518,5 +519,64 @@ async fn a_backend_that_is_down_follows_the_connect_failure_policy_and_trips_the
         .collect();
     switchyard_testkit::metrics_check::check("gateway", &text, &table)?;
     js.shutdown().await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_call_is_a_span_of_the_events_trace_and_the_backend_gets_its_traceparent()
+-> anyhow::Result<()> {
+    let collector = Collector::start()?;
+    let odd = Backend::odd()?;
+    let cluster = Cluster::start(0, &[])?;
+    let mut opts = GatewayOpts::new(&cluster.placement, "gw-traced");
+    opts.extra_args = hook_args(&odd.url);
+    opts.extra_args.extend([
+        "--otlp-endpoint".to_owned(),
+        collector.endpoint().to_owned(),
+    ]);
+    let gw = Gateway::start(opts)?;
+    let mut js = Driver::node().await?;
+    connect(&mut js, "a", &gw, json!({"mode": "ok"})).await?;
+    assert_eq!(
+        emit(&mut js, "a", "echo", json!(["traced"])).await?,
+        json!("traced")
+    );
+    js.shutdown().await?;
+    // SIGTERM: the gateway flushes its spans as it stops.
+    gw.terminate()?;
+    let status = tokio::task::block_in_place(|| gw.wait_exit(WAIT))?;
+    ensure!(status.success(), "the gateway exited with {status}");
+
+    let is = |s: &SpanRecord, name: &str, key: &str, value: &str| {
+        s.service == "switchyard-gateway"
+            && s.name == name
+            && s.attributes.get(key).map(String::as_str) == Some(value)
+    };
+    let spans = tokio::task::block_in_place(|| {
+        collector.wait_for(WAIT, |spans| {
+            spans.iter().any(|s| is(s, "hook", "hook", "event"))
+        })
+    })?;
+    let forward = spans
+        .iter()
+        .find(|s| is(s, "forward", "event", "echo"))
+        .context("no forward span for the echo event")?;
+    let hook = spans
+        .iter()
+        .find(|s| is(s, "hook", "hook", "event"))
+        .context("no hook span")?;
+    assert_eq!(hook.trace_id, forward.trace_id, "one trace");
+    assert_eq!(
+        hook.parent_span_id, forward.span_id,
+        "the call is a child of the event's span"
+    );
+    let seen = odd.get("/seen").await?;
+    let sent = format!("00-{}-{}-01", hook.trace_id, hook.span_id);
+    assert!(
+        seen["traceparents"]
+            .as_array()
+            .is_some_and(|t| t.contains(&json!(sent))),
+        "the backend got traceparent {sent}: {seen}"
+    );
     Ok(())
 }
