@@ -10,6 +10,8 @@
 //! - `storm`: kill -9 one of three servers; time until every client is back ([`storm`]).
 //! - `resume`: a server killed mid-stream, missed / duplicated events per subscriber vs Node
 //!   with the redis-streams adapter and connection state recovery ([`resume`]).
+//! - `hooks`: the round trip of an event through the event hook to a backend that does
+//!   nothing, against a built-in event's, and events per second through hooks ([`hooks`]).
 //! - `soak`: long moderate load with churn: memory slope, errors, lost events ([`soak`]).
 //! - `report`: `target/bench/*.json` to `docs/BENCHMARKS.md` and `docs/bench/*.svg`
 //!   ([`report`], [`charts`]).
@@ -23,6 +25,7 @@
 
 mod charts;
 mod fanout;
+mod hooks;
 mod idle;
 mod loadgen;
 mod peers;
@@ -64,6 +67,9 @@ enum Scenario {
     /// subscriber, Switchyard's resume vs Node's redis-streams adapter + connection state
     /// recovery.
     Resume(resume::Args),
+    /// An event's round trip through the event hook (a backend that does nothing) vs a
+    /// built-in event's on the same gateway, and events per second through hooks.
+    Hooks(hooks::Args),
     /// Moderate load with connection churn for `--minutes`: resident memory over time,
     /// errors and lost events (`target/soak.json`; fails on any loss or error).
     Soak(soak::Args),
@@ -80,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Idle(args) => idle::main(args),
         Scenario::Storm(args) => storm::main(args),
         Scenario::Resume(args) => resume::main(args),
+        Scenario::Hooks(args) => hooks::main(args),
         Scenario::Soak(args) => soak::main(args),
         Scenario::Report(args) => report::main(args),
     }

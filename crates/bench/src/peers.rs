@@ -77,6 +77,15 @@ impl SwitchyardCluster {
     /// `n` gateways; with `relay` false (one gateway, nothing to relay) no Redis or relay is
     /// started and placement keeps its ledger in memory.
     pub fn start(n: usize, relay: bool) -> anyhow::Result<SwitchyardCluster> {
+        Self::start_with(n, relay, &[])
+    }
+
+    /// [`SwitchyardCluster::start`] with further flags for every gateway.
+    pub fn start_with(
+        n: usize,
+        relay: bool,
+        gateway_args: &[String],
+    ) -> anyhow::Result<SwitchyardCluster> {
         let redis = if relay {
             Some(RedisServer::start()?)
         } else {
@@ -100,6 +109,7 @@ impl SwitchyardCluster {
                 opts.relay_urls = vec![r.grpc_url().to_owned()];
             }
             opts.extra_args = GATEWAY_BENCH_ARGS.iter().map(|s| (*s).to_owned()).collect();
+            opts.extra_args.extend_from_slice(gateway_args);
             gateways.push(Gateway::start(opts)?);
         }
         Ok(SwitchyardCluster {
