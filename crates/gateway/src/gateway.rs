@@ -194,9 +194,6 @@ impl Switchyard {
         }
         // The admin UI's namespace rides the links too, so its events reach every gateway.
         let mut namespaces = s.namespaces.clone();
-        if let Some(hooks) = &self.shared.hooks {
-            hooks.start();
-        }
         if let Some(ui) = &self.admin_ui {
             namespaces.push(ui.namespace().to_owned());
         }
@@ -272,6 +269,9 @@ impl Switchyard {
             .and_then(|cluster| cluster.gates().take_severed())
         {
             tokio::spawn(severed::disconnect_severed(io.clone(), severed));
+        }
+        if let Some(hooks) = &self.shared.hooks {
+            hooks.start();
         }
         if let Some(ui) = &self.admin_ui {
             let observer = ui.start(io.clone(), self.shared.load.clone());

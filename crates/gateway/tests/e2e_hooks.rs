@@ -523,7 +523,7 @@ async fn a_backend_that_is_down_follows_the_connect_failure_policy_and_trips_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_hook_call_is_a_span_of_the_events_trace_and_the_backend_gets_its_traceparent()
+async fn without_a_relay_a_hook_call_is_a_span_of_the_events_trace_and_disconnects_arrive()
 -> anyhow::Result<()> {
     let collector = Collector::start()?;
     let odd = Backend::odd()?;
@@ -536,12 +536,24 @@ async fn a_hook_call_is_a_span_of_the_events_trace_and_the_backend_gets_its_trac
     ]);
     let gw = Gateway::start(opts)?;
     let mut js = Driver::node().await?;
-    connect(&mut js, "a", &gw, json!({"mode": "ok"})).await?;
+    let sid = connect(&mut js, "a", &gw, json!({"mode": "ok"})).await?;
     assert_eq!(
         emit(&mut js, "a", "echo", json!(["traced"])).await?,
         json!("traced")
     );
     js.shutdown().await?;
+    // A gateway without a relay delivers disconnect hooks too.
+    eventually("the disconnect hook of a", WAIT, async || {
+        let seen = odd.get("/seen").await?;
+        ensure!(
+            seen["disconnect"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|b| b["sid"] == sid)),
+            "{seen}"
+        );
+        Ok(())
+    })
+    .await?;
     // SIGTERM: the gateway flushes its spans as it stops.
     gw.terminate()?;
     let status = tokio::task::block_in_place(|| gw.wait_exit(WAIT))?;
