@@ -130,7 +130,8 @@ fn checked<T>(
     r: Result<T, crate::hooks::contract::AnswerError>,
 ) -> Result<T, HookError> {
     r.map_err(|e| {
-        tracing::warn!(hook = hook.name(), error = %e, "hook answer refused");
+        // Debug, not warn: a backend answering badly would flood the log; it is counted.
+        tracing::debug!(hook = hook.name(), error = %e, "hook answer refused");
         ::metrics::counter!(metrics::HOOK_ERRORS_TOTAL, "hook" => hook.name(), "reason" => "bad_answer")
             .increment(1);
         HookError::Invalid("bad_answer")

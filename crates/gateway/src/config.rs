@@ -355,6 +355,41 @@ mod tests {
     }
 
     #[test]
+    fn hooks_are_off_without_a_url_and_take_their_flags_with_one() -> anyhow::Result<()> {
+        let cli = Cli::try_parse_from(["switchyard-gateway", "--hooks-url", " "])?;
+        assert!(
+            cli.gateway
+                .settings("127.0.0.1:1".parse()?)?
+                .hooks
+                .is_none()
+        );
+        let cli = Cli::try_parse_from([
+            "switchyard-gateway",
+            "--hooks-url",
+            "http://backend:8000/",
+            "--hook-events",
+            "chat:*, move",
+            "--hook-connect-failure",
+            "allow",
+        ])?;
+        let hooks = cli
+            .gateway
+            .settings("127.0.0.1:1".parse()?)?
+            .hooks
+            .ok_or_else(|| anyhow::anyhow!("hooks off"))?;
+        assert_eq!(hooks.url, "http://backend:8000/");
+        assert_eq!(hooks.events, ["chat:*", "move"]);
+        assert_eq!(hooks.timeout, Duration::from_millis(5000));
+        assert_eq!(hooks.concurrency, 256);
+        assert_eq!(hooks.connect_failure, ConnectFailure::Allow);
+        assert!(
+            Cli::try_parse_from(["switchyard-gateway", "--hook-concurrency", "0"]).is_err(),
+            "at least one call in flight"
+        );
+        Ok(())
+    }
+
+    #[test]
     fn node_id_defaults_to_host_and_port() -> anyhow::Result<()> {
         let cli =
             Cli::try_parse_from(["switchyard-gateway", "--public-url", "http://gw.example:80"])?;
