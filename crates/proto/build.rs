@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "switchyard/admin/v1/admin.proto",
         "switchyard/admin/v1/relay_admin.proto",
         "switchyard/relay/v1/relay.proto",
+        "switchyard/hooks/v1/hooks.proto",
     ];
     let fds = protox::compile(files, [&root])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);

@@ -143,7 +143,8 @@ pub struct GatewayArgs {
     #[arg(long, env = "SWITCHYARD_ADMIN_UI_MODE", value_enum, default_value_t = AdminUiMode::Development)]
     pub admin_ui_mode: AdminUiMode,
     /// Base URL of the application's backend for hooks (`POST {url}/connect`, `/event`,
-    /// `/disconnect`; see docs/hooks.md); unset or empty: no hooks.
+    /// `/disconnect`; see docs/hooks.md), or `grpc://host:port` / `grpcs://host:port` for the
+    /// same calls over gRPC (`switchyard.hooks.v1.Hooks`); unset or empty: no hooks.
     #[arg(long, env = "SWITCHYARD_HOOKS_URL")]
     pub hooks_url: Option<String>,
     /// Application event names forwarded to the event hook, comma-separated globs (`*` = any

@@ -130,7 +130,7 @@ impl Switchyard {
                     usize::try_from(settings.max_payload_bytes.saturating_add(ENVELOPE_HEADROOM))
                         .unwrap_or(usize::MAX);
                 Some(Arc::new(
-                    Hooks::new(h, answers, max_answer, settings.tls.ca_pem())
+                    Hooks::new(h, answers, max_answer, &settings.tls)
                         .map_err(|e| SetupError::Hooks(e.to_string()))?,
                 ))
             }

@@ -5,8 +5,9 @@
 //! - [`contract`]: the request and answer bodies, and the checks every answer passes before
 //!   any of it reaches a socket;
 //! - [`binary`]: blobs as `{"$binary": "<base64>"}`;
-//! - [`client`]: the HTTP calls (timeout, bearer token, in-flight bound, breaker, metrics, a
-//!   span per call with `traceparent`); [`breaker`] the circuit breaker's state machine;
+//! - [`client`]: the calls, over HTTP or gRPC (`switchyard.hooks.v1.Hooks`, the same JSON
+//!   documents), with timeout, bearer token, in-flight bound, breaker, metrics, a span per call
+//!   with `traceparent`; [`breaker`] the circuit breaker's state machine;
 //! - [`disconnects`]: the disconnect hook's bounded queue and retries.
 //!
 //! What the answers do to sockets (joins, acks, emits through the cluster) is applied by
@@ -19,6 +20,8 @@ pub mod contract;
 pub mod disconnects;
 
 use std::sync::{Arc, Mutex, PoisonError};
+
+use switchyard_common::tls::ClientTls;
 
 use crate::rooms::glob_match;
 use crate::settings::{ConnectFailure, HookSettings};
@@ -40,12 +43,13 @@ pub struct Hooks {
 
 impl Hooks {
     /// The hooks of `settings`; answers are held to `limits`, and read up to
-    /// `max_answer_bytes`. Nothing connects and nothing is spawned here.
+    /// `max_answer_bytes`; `https://` and `grpcs://` backends are reached with `tls`. Nothing
+    /// connects and nothing is spawned here.
     pub fn new(
         settings: &HookSettings,
         limits: AnswerLimits,
         max_answer_bytes: usize,
-        ca_pem: Option<&[u8]>,
+        tls: &ClientTls,
     ) -> Result<Self, HookSetupError> {
         let client = HookClient::new(
             &settings.url,
@@ -53,7 +57,7 @@ impl Hooks {
             settings.timeout,
             settings.concurrency,
             max_answer_bytes,
-            ca_pem,
+            tls,
         )?;
         let (disconnects, queue) = Disconnects::new();
         Ok(Self {

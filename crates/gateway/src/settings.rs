@@ -49,8 +49,8 @@ pub enum ConnectFailure {
 /// The hooks to the application's backend (see [`crate::hooks`] and `docs/hooks.md`).
 #[derive(Debug, Clone)]
 pub struct HookSettings {
-    /// `http://` or `https://` base URL; the hooks are `POST {url}/connect`, `/event`,
-    /// `/disconnect`.
+    /// `http://` or `https://` base URL (the hooks are `POST {url}/connect`, `/event`,
+    /// `/disconnect`), or `grpc://` / `grpcs://` (`switchyard.hooks.v1.Hooks`).
     pub url: String,
     /// Globs of the application event names forwarded to the event hook (built-ins never are).
     pub events: Vec<String>,

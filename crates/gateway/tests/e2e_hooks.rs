@@ -1,16 +1,20 @@
 //! Hooks to the application's backend, end to end: Redis, placement, a relay and three
 //! gateways, all real processes, calling a real backend process over HTTP — the Python chat
 //! backend of `examples/chat-backend`, or `tests/fixtures/odd_backend.py`, which misbehaves on
-//! request and holds every body it gets against the JSON Schemas of `docs/hooks.md` — with the
-//! official JS and Python Socket.IO clients.
+//! request and holds every body it gets against the JSON Schemas of `docs/hooks.md`, or a gRPC
+//! backend in this process (`switchyard.hooks.v1.Hooks`) — with the official JS and Python
+//! Socket.IO clients.
 
 mod support;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, ensure};
 use serde_json::{Value, json};
 use support::{Cluster, Driver, repo_root};
+use switchyard_proto::hooks::v1::hooks_server::{Hooks, HooksServer};
+use switchyard_proto::hooks::v1::{HookReply, HookRequest};
 use switchyard_testkit::cluster::{Gateway, GatewayOpts};
 use switchyard_testkit::otlp::{Collector, SpanRecord};
 use switchyard_testkit::process::Service;
@@ -590,5 +594,139 @@ async fn without_a_relay_a_hook_call_is_a_span_of_the_events_trace_and_disconnec
             .is_some_and(|t| t.contains(&json!(sent))),
         "the backend got traceparent {sent}: {seen}"
     );
+    Ok(())
+}
+
+/// A gRPC backend (`switchyard.hooks.v1.Hooks`) in this process: allows every connect but
+/// `{"name": "mallory"}`, acks `echo` with its arguments, refuses `refuse` with
+/// PERMISSION_DENIED "nope", answers `down` with UNAVAILABLE, records disconnects; every call
+/// must carry the hook token.
+#[derive(Default, Clone)]
+struct GrpcBackend {
+    disconnects: Arc<Mutex<Vec<Value>>>,
+}
+
+impl GrpcBackend {
+    fn body(req: &tonic::Request<HookRequest>) -> Result<Value, tonic::Status> {
+        let auth = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok());
+        if auth != Some("Bearer grpc-hook-token") {
+            return Err(tonic::Status::unauthenticated("no hook token"));
+        }
+        serde_json::from_slice(&req.get_ref().json)
+            .map_err(|e| tonic::Status::invalid_argument(e.to_string()))
+    }
+
+    fn reply(v: Value) -> Result<tonic::Response<HookReply>, tonic::Status> {
+        Ok(tonic::Response::new(HookReply {
+            json: serde_json::to_vec(&v).map_err(|e| tonic::Status::internal(e.to_string()))?,
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl Hooks for GrpcBackend {
+    async fn on_connect(
+        &self,
+        req: tonic::Request<HookRequest>,
+    ) -> Result<tonic::Response<HookReply>, tonic::Status> {
+        let body = Self::body(&req)?;
+        if body["auth"]["name"] == "mallory" {
+            return Self::reply(json!({"allow": false, "reason": "no mallory over grpc"}));
+        }
+        Self::reply(json!({"allow": true, "data": {"via": "grpc"}, "join": ["g"]}))
+    }
+
+    async fn on_event(
+        &self,
+        req: tonic::Request<HookRequest>,
+    ) -> Result<tonic::Response<HookReply>, tonic::Status> {
+        let body = Self::body(&req)?;
+        match body["event"].as_str() {
+            Some("echo") => Self::reply(json!({"ack": body["args"], "emit": [
+                {"room": "g", "event": "seen", "data": {"via": body["data"]["via"]}}]})),
+            Some("refuse") => Err(tonic::Status::permission_denied("nope")),
+            _ => Err(tonic::Status::unavailable("down for maintenance")),
+        }
+    }
+
+    async fn on_disconnect(
+        &self,
+        req: tonic::Request<HookRequest>,
+    ) -> Result<tonic::Response<HookReply>, tonic::Status> {
+        let body = Self::body(&req)?;
+        self.disconnects
+            .lock()
+            .map_err(|_| tonic::Status::internal("poisoned"))?
+            .push(body);
+        Self::reply(json!({}))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_backend_gets_the_same_calls_with_the_same_failure_semantics() -> anyhow::Result<()>
+{
+    let backend = GrpcBackend::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("grpc://{}", listener.local_addr()?);
+    let server = tonic::transport::Server::builder()
+        .add_service(HooksServer::new(backend.clone()))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    let server = tokio::spawn(server);
+    let mut args = hook_args(&url);
+    args.extend(["--hook-token".to_owned(), "grpc-hook-token".to_owned()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cluster = Cluster::with_relay(2, &args, &[])?;
+    cluster.wait_linked(WAIT).await?;
+    let mut js = Driver::node().await?;
+    let mut py = Driver::python().await?;
+    let sid = connect(&mut js, "a", &cluster.gateways[0], json!({"name": "ada"})).await?;
+    connect(&mut py, "b", &cluster.gateways[1], json!({"name": "bob"})).await?;
+    js.connect_raw(
+        "m",
+        cluster.gateways[0].url(),
+        None,
+        json!({"transports": ["websocket"], "auth": {"name": "mallory"}}),
+    )
+    .await?;
+    assert_eq!(
+        js.refused("m", WAIT).await?["message"],
+        "no mallory over grpc"
+    );
+
+    let ack = emit(&mut js, "a", "echo", json!([{"bin": {"$bin": "AQI="}}])).await?;
+    assert_eq!(ack, json!({"bin": {"$bin": "AQI="}}), "binary through gRPC");
+    // The room emit went through the cluster to the other gateway, with the connect data.
+    let seen = py
+        .wait_event("b to get the emit", WAIT, |e| {
+            e["id"] == "b" && e["event"] == "recv" && e["name"] == "seen"
+        })
+        .await?;
+    assert_eq!(seen["args"][0]["via"], "grpc", "{seen}");
+    assert!(seen["args"][1]["offset"].is_u64(), "stamped: {seen}");
+    assert_eq!(
+        emit(&mut js, "a", "refuse", json!([])).await?,
+        json!({"ok": false, "error": "nope"})
+    );
+    assert_eq!(
+        emit(&mut py, "b", "down", json!([])).await?,
+        json!({"ok": false, "error": "backend_unavailable"})
+    );
+    js.request(json!({"cmd": "close", "id": "a"})).await?;
+    eventually("the disconnect hook over gRPC", WAIT, async || {
+        let got = backend
+            .disconnects
+            .lock()
+            .map(|d| d.clone())
+            .unwrap_or_default();
+        ensure!(got.iter().any(|d| d["sid"] == sid), "{got:?}");
+        Ok(())
+    })
+    .await?;
+    js.shutdown().await?;
+    py.shutdown().await?;
+    server.abort();
     Ok(())
 }

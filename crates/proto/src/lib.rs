@@ -27,3 +27,9 @@ pub mod relay {
         tonic::include_proto!("switchyard.relay.v1");
     }
 }
+
+pub mod hooks {
+    pub mod v1 {
+        tonic::include_proto!("switchyard.hooks.v1");
+    }
+}

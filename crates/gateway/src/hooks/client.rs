@@ -1,5 +1,6 @@
-//! [`HookClient`]: the calls to the backend over HTTP (`POST {base}/{hook}`, JSON both ways),
-//! with the hooks' failure semantics in one place.
+//! [`HookClient`]: the calls to the backend, over HTTP (`POST {base}/{hook}`, JSON both ways)
+//! or gRPC (`switchyard.hooks.v1.Hooks` for a `grpc://` or `grpcs://` base: the same JSON
+//! documents in `bytes`), with the hooks' failure semantics in one place.
 //!
 //! Every call, in order: the circuit breaker ([`super::breaker`]) may refuse it at once; a
 //! permit of the in-flight bound (`--hook-concurrency`, waited for at most the timeout) is
@@ -15,17 +16,25 @@
 //! - anything else (a body that is not the answer, too large, a 4xx without an error, a 1xx or
 //!   3xx): [`HookError::Invalid`].
 //!
+//! Over gRPC the status codes fall into the same classes (see `proto/switchyard/hooks/v1/
+//! hooks.proto`): the codes of a backend that cannot serve are `Unavailable`, any other code
+//! with a message is `Refused` with that message.
+//!
 //! A 2xx or a 4xx with an error counts as the backend working for the breaker; everything
 //! else counts against it. Each outcome is counted (`switchyard_gateway_hook_errors_total`
 //! by hook and reason) and timed (`switchyard_gateway_hook_duration_seconds` by hook).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use reqwest::header::{AUTHORIZATION, HeaderName, HeaderValue};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use switchyard_common::bearer::Bearer;
+use switchyard_common::tls::ClientTls;
+use switchyard_proto::hooks::v1::{HookRequest, hooks_client::HooksClient};
 use tokio::sync::Semaphore;
+use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
 use super::breaker::Breaker;
@@ -88,66 +97,105 @@ impl HookError {
 /// Building the client failed (a bad `--hooks-url`, `--hook-token` or CA bundle).
 #[derive(Debug, thiserror::Error)]
 pub enum HookSetupError {
-    #[error("--hooks-url must be an http:// or https:// URL, got {0:?}")]
+    #[error("--hooks-url must be an http://, https://, grpc:// or grpcs:// URL, got {0:?}")]
     Url(String),
+    #[error("--hooks-url: {0}")]
+    Tls(#[from] switchyard_common::tls::TlsError),
     #[error("--hook-token: {0}")]
     Token(#[from] switchyard_common::bearer::UnsendableToken),
     #[error("hooks HTTP client: {0}")]
     Client(#[from] reqwest::Error),
 }
 
-/// The HTTP client of one backend. Cheap to share (`Arc`).
+/// The client of one backend. Cheap to share (`Arc`).
 #[derive(Debug)]
 pub struct HookClient {
-    http: reqwest::Client,
-    base: String,
-    authorization: Option<HeaderValue>,
+    transport: Transport,
     permits: Arc<Semaphore>,
     breaker: Breaker,
     timeout: Duration,
     max_answer_bytes: usize,
 }
 
+/// How the calls travel.
+#[derive(Debug)]
+enum Transport {
+    Http {
+        http: reqwest::Client,
+        base: String,
+        authorization: Option<HeaderValue>,
+    },
+    Grpc {
+        endpoint: Endpoint,
+        /// Made on the first call (a lazy channel needs the runtime, which `new` may not
+        /// have); connects when first used, reconnects by itself.
+        client: OnceLock<HooksClient<Channel>>,
+        bearer: Bearer,
+    },
+}
+
 impl HookClient {
-    /// A client of the backend at `base` (`http://` or `https://`; `https://` trusts `ca_pem`
-    /// when given, else the system roots). Nothing connects here.
+    /// A client of the backend at `base`: `http://` or `https://` (HTTP; `https://` trusts
+    /// `tls`'s CA bundle when given, else the system roots), `grpc://` or `grpcs://` (gRPC, plain
+    /// or with `tls`'s CA and client certificate). Nothing connects here.
     pub fn new(
         base: &str,
         token: Option<&str>,
         timeout: Duration,
         concurrency: usize,
         max_answer_bytes: usize,
-        ca_pem: Option<&[u8]>,
+        tls: &ClientTls,
     ) -> Result<Self, HookSetupError> {
         let base = base.trim().trim_end_matches('/').to_owned();
-        if !(base.starts_with("http://") || base.starts_with("https://")) {
+        let token = token.filter(|t| !t.is_empty());
+        let transport = if let Some(rest) = base
+            .strip_prefix("grpc://")
+            .map(|r| format!("http://{r}"))
+            .or_else(|| {
+                base.strip_prefix("grpcs://")
+                    .map(|r| format!("https://{r}"))
+            }) {
+            let endpoint = tls
+                .endpoint(&rest)?
+                .timeout(timeout)
+                .connect_timeout(timeout);
+            Transport::Grpc {
+                endpoint,
+                client: OnceLock::new(),
+                bearer: Bearer::new(token)?,
+            }
+        } else if base.starts_with("http://") || base.starts_with("https://") {
+            let authorization = match token {
+                Some(t) => {
+                    let v = switchyard_common::bearer::header_value(t)?;
+                    Some(
+                        HeaderValue::from_bytes(v.as_bytes())
+                            .map_err(|_| switchyard_common::bearer::UnsendableToken)?,
+                    )
+                }
+                None => None,
+            };
+            let mut builder = reqwest::Client::builder()
+                .timeout(timeout)
+                .connect_timeout(timeout)
+                .pool_max_idle_per_host(concurrency)
+                .redirect(reqwest::redirect::Policy::none());
+            if let Some(pem) = tls.ca_pem() {
+                builder = builder.tls_built_in_root_certs(false);
+                for cert in reqwest::Certificate::from_pem_bundle(pem)? {
+                    builder = builder.add_root_certificate(cert);
+                }
+            }
+            Transport::Http {
+                http: builder.build()?,
+                base,
+                authorization,
+            }
+        } else {
             return Err(HookSetupError::Url(base));
-        }
-        let authorization = match token.filter(|t| !t.is_empty()) {
-            Some(t) => {
-                let v = switchyard_common::bearer::header_value(t)?;
-                Some(
-                    HeaderValue::from_bytes(v.as_bytes())
-                        .map_err(|_| switchyard_common::bearer::UnsendableToken)?,
-                )
-            }
-            None => None,
         };
-        let mut builder = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .pool_max_idle_per_host(concurrency)
-            .redirect(reqwest::redirect::Policy::none());
-        if let Some(pem) = ca_pem {
-            builder = builder.tls_built_in_root_certs(false);
-            for cert in reqwest::Certificate::from_pem_bundle(pem)? {
-                builder = builder.add_root_certificate(cert);
-            }
-        }
         Ok(Self {
-            http: builder.build()?,
-            base,
-            authorization,
+            transport,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
             breaker: Breaker::default(),
             timeout,
@@ -208,7 +256,7 @@ impl HookClient {
         serde_json::from_slice(&bytes).map_err(|_| HookError::Invalid("bad_answer"))
     }
 
-    /// One POST; the 2xx body's bytes.
+    /// One call, within the in-flight bound; the answer's bytes.
     async fn send<B: Serialize>(
         &self,
         hook: Hook,
@@ -219,11 +267,41 @@ impl HookClient {
             .await
             .map_err(|_| HookError::Unavailable("overloaded"))?
             .map_err(|_| HookError::Unavailable("overloaded"))?;
-        let mut req = self
-            .http
-            .post(format!("{}/{}", self.base, hook.name()))
-            .json(body);
-        if let Some(auth) = &self.authorization {
+        match &self.transport {
+            Transport::Http {
+                http,
+                base,
+                authorization,
+            } => {
+                self.post(http, base, authorization.as_ref(), hook, body, span)
+                    .await
+            }
+            Transport::Grpc {
+                endpoint,
+                client,
+                bearer,
+            } => {
+                let client = client.get_or_init(|| {
+                    HooksClient::new(endpoint.connect_lazy())
+                        .max_decoding_message_size(self.max_answer_bytes)
+                });
+                self.rpc(client.clone(), bearer, hook, body, span).await
+            }
+        }
+    }
+
+    /// One POST; the 2xx body's bytes.
+    async fn post<B: Serialize>(
+        &self,
+        http: &reqwest::Client,
+        base: &str,
+        authorization: Option<&HeaderValue>,
+        hook: Hook,
+        body: &B,
+        span: &tracing::Span,
+    ) -> Result<Vec<u8>, HookError> {
+        let mut req = http.post(format!("{base}/{}", hook.name())).json(body);
+        if let Some(auth) = authorization {
             req = req.header(AUTHORIZATION, auth.clone());
         }
         for (k, v) in switchyard_common::trace_context::to_map(span) {
@@ -253,6 +331,50 @@ impl HookClient {
             };
         }
         Err(HookError::Invalid("bad_status"))
+    }
+
+    /// One gRPC call; the reply's `json`.
+    async fn rpc<B: Serialize>(
+        &self,
+        mut client: HooksClient<Channel>,
+        bearer: &Bearer,
+        hook: Hook,
+        body: &B,
+        span: &tracing::Span,
+    ) -> Result<Vec<u8>, HookError> {
+        let json = serde_json::to_vec(body).map_err(|_| HookError::Unavailable("transport"))?;
+        let mut req = tonic::Request::new(HookRequest { json });
+        req.set_timeout(self.timeout);
+        bearer.apply(req.metadata_mut());
+        switchyard_common::trace_context::inject_metadata(span, req.metadata_mut());
+        let reply = match hook {
+            Hook::Connect => client.on_connect(req).await,
+            Hook::Event => client.on_event(req).await,
+            Hook::Disconnect => client.on_disconnect(req).await,
+        };
+        match reply {
+            Ok(reply) => Ok(reply.into_inner().json),
+            Err(status) => Err(grpc_failure(&status)),
+        }
+    }
+}
+
+/// The class of a failed gRPC call (see the proto's comments).
+fn grpc_failure(status: &tonic::Status) -> HookError {
+    use tonic::Code;
+    match status.code() {
+        Code::DeadlineExceeded => HookError::Unavailable("timeout"),
+        Code::Unavailable => HookError::Unavailable("connect"),
+        Code::Internal
+        | Code::Unknown
+        | Code::Cancelled
+        | Code::ResourceExhausted
+        | Code::Unimplemented
+        | Code::DataLoss => HookError::Unavailable("status_5xx"),
+        // What tonic answers for a reply beyond `max_decoding_message_size`.
+        Code::OutOfRange => HookError::Invalid("too_large"),
+        _ if status.message().is_empty() => HookError::Invalid("bad_answer"),
+        _ => HookError::Refused(bounded_reason(status.message())),
     }
 }
 
