@@ -125,13 +125,18 @@ enum Transport {
         base: String,
         authorization: Option<HeaderValue>,
     },
-    Grpc {
-        endpoint: Endpoint,
-        /// Made on the first call (a lazy channel needs the runtime, which `new` may not
-        /// have); connects when first used, reconnects by itself.
-        client: OnceLock<HooksClient<Channel>>,
-        bearer: Bearer,
-    },
+    /// Boxed: an endpoint is large, and a client holds one transport for its life.
+    Grpc(Box<GrpcTransport>),
+}
+
+/// The gRPC transport of [`Transport`].
+#[derive(Debug)]
+struct GrpcTransport {
+    endpoint: Endpoint,
+    /// Made on the first call (a lazy channel needs the runtime, which `new` may not have);
+    /// connects when first used, reconnects by itself.
+    client: OnceLock<HooksClient<Channel>>,
+    bearer: Bearer,
 }
 
 impl HookClient {
@@ -159,11 +164,11 @@ impl HookClient {
                 .endpoint(&rest)?
                 .timeout(timeout)
                 .connect_timeout(timeout);
-            Transport::Grpc {
+            Transport::Grpc(Box::new(GrpcTransport {
                 endpoint,
                 client: OnceLock::new(),
                 bearer: Bearer::new(token)?,
-            }
+            }))
         } else if base.starts_with("http://") || base.starts_with("https://") {
             let authorization = match token {
                 Some(t) => {
@@ -276,16 +281,13 @@ impl HookClient {
                 self.post(http, base, authorization.as_ref(), hook, body, span)
                     .await
             }
-            Transport::Grpc {
-                endpoint,
-                client,
-                bearer,
-            } => {
-                let client = client.get_or_init(|| {
-                    HooksClient::new(endpoint.connect_lazy())
+            Transport::Grpc(grpc) => {
+                let client = grpc.client.get_or_init(|| {
+                    HooksClient::new(grpc.endpoint.connect_lazy())
                         .max_decoding_message_size(self.max_answer_bytes)
                 });
-                self.rpc(client.clone(), bearer, hook, body, span).await
+                self.rpc(client.clone(), &grpc.bearer, hook, body, span)
+                    .await
             }
         }
     }
