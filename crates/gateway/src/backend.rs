@@ -73,10 +73,7 @@ pub(crate) async fn connect<A: Adapter>(
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned)
     };
-    let address = parts
-        .extensions
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip().to_string());
+    let address = crate::observe::forwarded_address(parts);
     let req = ConnectRequest {
         sid: s.id.to_string(),
         node_id: node_id.to_owned(),

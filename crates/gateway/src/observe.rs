@@ -99,9 +99,23 @@ pub fn transport_name(t: TransportType) -> &'static str {
     }
 }
 
-/// Describes a local socket. The address is the first of `cf-connecting-ip` and
-/// `x-forwarded-for` (as the admin UI reads it), else empty: socketioxide does not expose the
-/// peer address. `issued` is now, which is when a connecting socket is described.
+/// The client's address as the proxy in front reports it: the first of `cf-connecting-ip` and
+/// `x-forwarded-for` (as the admin UI reads it), else `None`: socketioxide does not expose the
+/// peer address. What a proxy says, so only as trustworthy as that proxy.
+pub fn forwarded_address(parts: &axum::http::request::Parts) -> Option<String> {
+    ["cf-connecting-ip", "x-forwarded-for"]
+        .iter()
+        .find_map(|name| {
+            parts
+                .headers
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+}
+
+/// Describes a local socket; its address is [`forwarded_address`]. `issued` is now, which is
+/// when a connecting socket is described.
 pub fn describe<A: Adapter>(s: &Socket<A>) -> SerializedSocket {
     let parts = s.req_parts();
     let header = |name: &str| {
@@ -139,9 +153,7 @@ pub fn describe<A: Adapter>(s: &Socket<A>) -> SerializedSocket {
         nsp: s.ns().to_owned(),
         data: serde_json::Value::Object(serde_json::Map::new()),
         handshake: Handshake {
-            address: header("cf-connecting-ip")
-                .or_else(|| header("x-forwarded-for"))
-                .unwrap_or_default(),
+            address: forwarded_address(parts).unwrap_or_default(),
             headers,
             query,
             issued,
