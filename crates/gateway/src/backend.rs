@@ -6,7 +6,8 @@
 //! two events of one socket could reach the backend in either order. The forwarder is
 //! therefore not an async handler: [`Forwarder`] implements socketioxide's `MessageHandler`
 //! and, synchronously in the socket's receive path, puts each event on the socket's own
-//! bounded queue ([`SOCKET_QUEUE`]); one task per socket takes them off in order, calls the
+//! bounded queue ([`SOCKET_QUEUE`]; made with its task at the socket's first forwarded event);
+//! one task per socket takes them off in order, calls the
 //! event hook and applies its answer (leaves, joins, emits, then the ack) before it takes the
 //! next. A full queue refuses the event at once: the ack gets `{ok: false, error:
 //! "overloaded"}`, counted in `switchyard_gateway_hook_events_refused_total`. The task holds no
@@ -17,7 +18,7 @@
 //! to the room named by its id, which every socket of a gateway with hooks is in, so they reach
 //! it on any gateway.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::json;
 use socketioxide::{
@@ -162,15 +163,30 @@ struct Forwarded<A: Adapter> {
 /// `--hook-events` globs match go to the event hook, in order (see the module docs).
 pub(crate) struct Forwarder<A: Adapter> {
     hooks: Arc<Hooks>,
-    queue: mpsc::Sender<Forwarded<A>>,
+    cluster: Option<ClusterState>,
+    /// The socket's queue and its task, made at its first forwarded event: a socket that
+    /// never sends one costs neither.
+    queue: OnceLock<mpsc::Sender<Forwarded<A>>>,
 }
 
 impl<A: Adapter> Forwarder<A> {
-    /// The forwarder of one socket, and the task that works its queue (spawned here).
-    pub(crate) fn spawn(hooks: Arc<Hooks>, cluster: Option<ClusterState>) -> Self {
-        let (queue, rx) = mpsc::channel(SOCKET_QUEUE);
-        tokio::spawn(work(hooks.clone(), cluster, rx));
-        Self { hooks, queue }
+    /// The forwarder of one socket.
+    pub(crate) fn new(hooks: Arc<Hooks>, cluster: Option<ClusterState>) -> Self {
+        Self {
+            hooks,
+            cluster,
+            queue: OnceLock::new(),
+        }
+    }
+
+    /// The socket's queue, and the task that works it (spawned on first use; the handler runs
+    /// on the runtime).
+    fn queue(&self) -> &mpsc::Sender<Forwarded<A>> {
+        self.queue.get_or_init(|| {
+            let (queue, rx) = mpsc::channel(SOCKET_QUEUE);
+            tokio::spawn(work(self.hooks.clone(), self.cluster.clone(), rx));
+            queue
+        })
     }
 }
 
@@ -208,7 +224,7 @@ impl<A: Adapter> MessageHandler<A, Forwarder<A>> for Forwarder<A> {
         };
         if let Err(
             mpsc::error::TrySendError::Full(item) | mpsc::error::TrySendError::Closed(item),
-        ) = self.queue.try_send(item)
+        ) = self.queue().try_send(item)
         {
             ::metrics::counter!(metrics::HOOK_EVENTS_REFUSED_TOTAL).increment(1);
             let _ = item.ack.send(&json!({"ok": false, "error": "overloaded"}));

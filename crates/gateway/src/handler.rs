@@ -188,7 +188,7 @@ fn admit<A: Adapter>(
     let hooks = shared.hooks.clone();
     if let Some(hooks) = &hooks {
         // Replaces the admin UI's fallback and reports to it as that one does.
-        sref.on_fallback(crate::backend::Forwarder::spawn(
+        sref.on_fallback(crate::backend::Forwarder::new(
             hooks.clone(),
             cluster.clone(),
         ));
