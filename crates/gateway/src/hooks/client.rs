@@ -20,9 +20,10 @@
 //! hooks.proto`): the codes of a backend that cannot serve are `Unavailable`, any other code
 //! with a message is `Refused` with that message.
 //!
-//! A 2xx or a 4xx with an error counts as the backend working for the breaker; everything
-//! else counts against it. Each outcome is counted (`switchyard_gateway_hook_errors_total`
-//! by hook and reason) and timed (`switchyard_gateway_hook_duration_seconds` by hook).
+//! A parsed answer or a 4xx with an error counts as the backend working for the breaker;
+//! everything else but `overloaded` (this gateway's own bound) counts against it. Each outcome
+//! is counted (`switchyard_gateway_hook_errors_total` by hook and reason) and timed
+//! (`switchyard_gateway_hook_duration_seconds` by hook).
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -251,14 +252,18 @@ impl HookClient {
         if !self.breaker.allow(Instant::now()) {
             return Err(HookError::Unavailable("breaker_open"));
         }
-        let result = self.send(hook, body, span).await;
+        let result = self.send(hook, body, span).await.and_then(|bytes| {
+            // An empty body (a 204, say) reads as `null`: a disconnect's answer, not a
+            // connect's or an event's.
+            let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+            serde_json::from_slice(bytes).map_err(|_| HookError::Invalid("bad_answer"))
+        });
         // Only the backend's own health counts: `overloaded` is this gateway's bound.
-        if result != Err(HookError::Unavailable("overloaded")) {
+        if !matches!(result, Err(HookError::Unavailable("overloaded"))) {
             let ok = matches!(result, Ok(_) | Err(HookError::Refused(_)));
             self.breaker.record(ok, Instant::now());
         }
-        let bytes = result?;
-        serde_json::from_slice(&bytes).map_err(|_| HookError::Invalid("bad_answer"))
+        result
     }
 
     /// One call, within the in-flight bound; the answer's bytes.
