@@ -346,6 +346,26 @@ mod tests {
         Ok(())
     }
 
+    proptest::proptest! {
+        /// Whatever bytes a backend answers, parsing and checking them is a value or an error,
+        /// never a panic.
+        #[test]
+        fn arbitrary_answers_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512),
+                                         text in ".{0,256}") {
+            for input in [bytes.as_slice(), text.as_bytes()] {
+                if let Ok(a) = serde_json::from_slice::<EventAnswer>(input) {
+                    let _ = a.check(&LIMITS, |_| true);
+                }
+                if let Ok(a) = serde_json::from_slice::<ConnectAnswer>(input) {
+                    let _ = a.check(&LIMITS);
+                }
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(input) {
+                    let _ = binary::from_json(v);
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_good_answer_becomes_actions() -> anyhow::Result<()> {
         let a: EventAnswer = serde_json::from_value(json!({
