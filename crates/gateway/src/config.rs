@@ -147,6 +147,9 @@ pub struct GatewayArgs {
     /// gRPC listener, so `--tls-client-ca` does not apply to it.
     #[command(flatten)]
     pub tls: switchyard_common::tls::TlsArgs,
+    /// Limits of the HTTP listener (header-read timeout, pending connections).
+    #[command(flatten)]
+    pub http: switchyard_common::http_server::HttpServerArgs,
 }
 
 /// `--admin-ui-mode`, as the package's `mode` option.

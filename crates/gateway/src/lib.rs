@@ -22,7 +22,13 @@
 //! let running = gateway.start(io.clone())?;
 //! # let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder().handle();
 //! let app = axum::Router::new().merge(gateway.ops_router(metrics)).layer(layer);
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:4000").await?;
+//! let listener = switchyard_common::http_server::HttpListener::bind(
+//!     "127.0.0.1:4000".parse()?,
+//!     None,
+//!     &Default::default(),
+//!     switchyard_gateway::metrics::HTTP_LISTENER,
+//! )
+//! .await?;
 //! switchyard_gateway::server::serve(listener, app, &gateway, io, running).await?;
 //! # Ok(()) }
 //! ```
