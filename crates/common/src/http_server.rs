@@ -413,14 +413,21 @@ impl AcceptErrors {
     }
 }
 
-/// `fd_limit` when the process or the system has no descriptor left (`EMFILE`, `ENFILE`).
+/// `fd_limit` when the process or the system has no descriptor left, else `other`.
 fn accept_error_kind(e: &std::io::Error) -> &'static str {
+    if out_of_descriptors(e) {
+        "fd_limit"
+    } else {
+        "other"
+    }
+}
+
+/// Whether `e` says the process or the system has no file descriptor left (`EMFILE`,
+/// `ENFILE`).
+pub fn out_of_descriptors(e: &std::io::Error) -> bool {
     const EMFILE: i32 = 24;
     const ENFILE: i32 = 23;
-    match e.raw_os_error() {
-        Some(EMFILE | ENFILE) => "fd_limit",
-        _ => "other",
-    }
+    matches!(e.raw_os_error(), Some(EMFILE | ENFILE))
 }
 
 /// Turns `TCP_NODELAY` on (best effort: a socket that refuses it still works). Every service

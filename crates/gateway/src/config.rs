@@ -51,6 +51,10 @@ pub struct GatewayArgs {
     /// Connected sockets beyond which CONNECTs are refused `over_capacity`; 0 = unlimited.
     #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: u64,
+    /// File descriptors kept in reserve: with fewer than this many left under the process's
+    /// RLIMIT_NOFILE, the gateway reports itself full to placement and `/readyz` answers 503.
+    #[arg(long, env = "SWITCHYARD_FD_RESERVE", default_value_t = 64)]
+    pub fd_reserve: u64,
     /// Largest `publish` data in bytes (`payload_too_large` beyond).
     #[arg(
         long,
@@ -224,6 +228,7 @@ impl GatewayArgs {
             namespaces,
             weight: self.weight,
             max_connections: self.max_connections,
+            fd_reserve: self.fd_reserve,
             max_payload_bytes: self.max_payload_bytes,
             max_rooms_per_socket: self.max_rooms_per_socket,
             connect_rate: self.connect_rate,

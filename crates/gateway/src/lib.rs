@@ -63,7 +63,8 @@
 //! local sockets), [`severed`] (disconnects what the gates severed), [`report_stream`]
 //! (placement) → [`gates`] (per-socket gates, a synchronous state machine; [`marks`], the
 //! first arrival of a stamped event across relay links), [`drain`] →
-//! [`link`] (relay streams), [`admission`] (token, rate, claim), [`load`], [`observe`] (what the
+//! [`link`] (relay streams), [`admission`] (token, rate, claim), [`load`], [`descriptors`]
+//! (file-descriptor headroom), [`observe`] (what the
 //! admin UI learns of client sockets, through a callback), [`payload`],
 //! [`config`] (flags) → [`codec`] (the adapter's wire format), [`rooms`], [`settings`],
 //! [`metrics`].
@@ -80,6 +81,7 @@ pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod delivery;
+pub mod descriptors;
 pub mod drain;
 pub mod events;
 pub mod gates;

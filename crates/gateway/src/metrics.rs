@@ -43,6 +43,9 @@ pub const RELAY_BACKLOG_DROPPED_TOTAL: &str = "switchyard_gateway_relay_backlog_
 pub const ADMIN_UI_LOGINS_TOTAL: &str = "switchyard_gateway_admin_ui_logins_total";
 pub const ADMIN_UI_COMMANDS_TOTAL: &str = "switchyard_gateway_admin_ui_commands_total";
 pub const ADMIN_UI_EVENTS_DROPPED_TOTAL: &str = "switchyard_gateway_admin_ui_events_dropped_total";
+pub const FILE_DESCRIPTORS: &str = "switchyard_gateway_file_descriptors";
+pub const FILE_DESCRIPTOR_LIMIT: &str = "switchyard_gateway_file_descriptor_limit";
+pub const FULL: &str = "switchyard_gateway_full";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "switchyard_gateway_tls_handshake_failures_total";
 pub const HTTP_CONNECTIONS_CLOSED_TOTAL: &str = "switchyard_gateway_http_connections_closed_total";
 pub const HTTP_PENDING_CONNECTIONS: &str = "switchyard_gateway_http_pending_connections";
@@ -157,6 +160,15 @@ pub const ALL: &[Metric] = &[
     Metric::counter(
         TLS_HANDSHAKE_FAILURES_TOTAL,
         "TLS handshakes that failed or timed out on the HTTP listener, by reason.",
+    ),
+    Metric::gauge(
+        FILE_DESCRIPTORS,
+        "File descriptors the gateway holds, sampled before each report.",
+    ),
+    Metric::gauge(FILE_DESCRIPTOR_LIMIT, "The gateway's soft RLIMIT_NOFILE."),
+    Metric::gauge(
+        FULL,
+        "1 while the gateway reports itself full to placement for lack of file descriptors.",
     ),
     Metric::counter(
         HTTP_CONNECTIONS_CLOSED_TOTAL,

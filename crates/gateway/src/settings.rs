@@ -56,6 +56,9 @@ pub struct Settings {
     pub weight: u32,
     /// Hard cap on connected sockets; 0 = unlimited.
     pub max_connections: u64,
+    /// Descriptors kept in reserve under RLIMIT_NOFILE before reporting full
+    /// (see `descriptors`).
+    pub fd_reserve: u64,
     /// Largest `publish` data, in bytes; transport limits are set a little above it.
     pub max_payload_bytes: u64,
     pub max_rooms_per_socket: usize,
@@ -102,6 +105,7 @@ impl Settings {
             namespaces: vec!["/".into()],
             weight: 1,
             max_connections: 10_000,
+            fd_reserve: 64,
             max_payload_bytes: 1_048_576,
             max_rooms_per_socket: 64,
             connect_rate: 1000,

@@ -14,7 +14,9 @@ use std::time::Duration;
 use anyhow::{Context, ensure};
 use serde_json::{Value, json};
 use support::{Cluster, Driver, repo_root};
+use switchyard_testkit::assign::assign;
 use switchyard_testkit::raw::http_exchange;
+use switchyard_testkit::wait::eventually;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
@@ -127,6 +129,35 @@ fn labelled(scrape: &str, name: &str, label: &str) -> f64 {
         .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
         .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
         .sum()
+}
+
+/// The status `GET /readyz` answers.
+async fn readyz(http_url: &str) -> anyhow::Result<Option<u16>> {
+    let addr = http_url.trim_start_matches("http://");
+    let res = http_exchange(
+        addr,
+        b"GET /readyz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await?;
+    Ok(res.status)
+}
+
+/// Sets the open-files limit of a running process (util-linux `prlimit`).
+fn set_nofile(pid: u32, limit: usize) -> anyhow::Result<()> {
+    let status = std::process::Command::new("prlimit")
+        .args([
+            "--pid",
+            &pid.to_string(),
+            &format!("--nofile={limit}:{limit}"),
+        ])
+        .status()
+        .context("running prlimit (util-linux) is required by this test")?;
+    ensure!(
+        status.success(),
+        "prlimit --pid {pid} --nofile={limit}: {status}"
+    );
+    Ok(())
 }
 
 async fn scrape(http_url: &str) -> anyhow::Result<String> {
@@ -264,5 +295,112 @@ async fn half_sent_requests_are_closed_at_the_header_timeout_and_bounded_per_add
             ensure!(n > 0.0, "{name}{{reason={reason}}} is {n}");
         }
     }
+    js.shutdown().await
+}
+
+/// A gateway whose descriptors run low reports itself full before `accept` fails: placement
+/// stops assigning it, `/readyz` says 503, and a client still gets a working gateway. Pushed
+/// past its limit, its accept errors are counted; once the descriptors are back, it is ready
+/// and assigned again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_short_of_descriptors_reports_full_and_placement_sends_clients_elsewhere()
+-> anyhow::Result<()> {
+    const LIMIT: usize = 160;
+    const RESERVE: usize = 64;
+    // Held half-sent requests stay until the test lets them go.
+    let cluster = Cluster::start(2, &["--http-header-timeout-ms", "120000"])?;
+    cluster.wait_registered(WAIT).await?;
+    let (starved, healthy) = (&cluster.gateways[0], &cluster.gateways[1]);
+    let pid = starved.service().pid();
+    set_nofile(pid, LIMIT)?;
+    let baseline = held(pid)?.fds;
+    ensure!(
+        baseline + 16 < LIMIT - RESERVE,
+        "the gateway already holds {baseline} descriptors"
+    );
+
+    // Into the reserve, not past the limit: the gateway still accepts, and says it is full.
+    let fill = LIMIT - RESERVE - baseline + 16;
+    let hold = Duration::from_secs(120);
+    let mut filler = SlowRequests::start(
+        starved.url().trim_start_matches("http://"),
+        &["127.0.0.2"],
+        fill,
+        hold,
+    )?;
+    filler.opened(fill).await?;
+    eventually(
+        "the starved gateway to answer /readyz 503",
+        WAIT,
+        async || {
+            let status = readyz(starved.url()).await?;
+            ensure!(status == Some(503), "/readyz answered {status:?}");
+            Ok(())
+        },
+    )
+    .await?;
+    // Its next report reaches placement within an interval: then nothing more goes to it.
+    eventually(
+        "placement to stop assigning the full gateway",
+        WAIT,
+        async || {
+            for _ in 0..6 {
+                let a = assign(cluster.placement.http_url(), "/").await?;
+                ensure!(a.node_id == healthy.node_id(), "assigned {}", a.node_id);
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    let mut js = Driver::node().await?;
+    js.connect(
+        "calm",
+        json!({"placement": cluster.placement.http_url(), "transports": ["websocket"]}),
+    )
+    .await?;
+    let connected = js.connected("calm", WAIT).await?;
+    ensure!(
+        connected["node_id"] == healthy.node_id(),
+        "the client was sent to {connected}"
+    );
+    let ack = js.join("calm", "news").await?;
+    ensure!(ack["ok"] == true, "join: {ack}");
+    let ack = js.publish("calm", "news", "tick", json!({"n": 1})).await?;
+    ensure!(ack["ok"] == true, "publish: {ack}");
+    js.wait_event("calm to receive tick", WAIT, |e| {
+        e["id"] == "calm" && e["event"] == "recv" && e["name"] == "tick"
+    })
+    .await?;
+
+    // Past the limit: `accept` fails with EMFILE until descriptors come back.
+    let flood = SlowRequests::start(
+        starved.url().trim_start_matches("http://"),
+        &["127.0.0.3"],
+        RESERVE,
+        hold,
+    )?;
+    eventually("the starved gateway to reach its limit", WAIT, async || {
+        let fds = held(pid)?.fds;
+        ensure!(fds >= LIMIT, "holds {fds} of {LIMIT}");
+        Ok(())
+    })
+    .await?;
+    drop((filler, flood));
+    eventually("the gateway to be ready again", WAIT, async || {
+        let status = readyz(starved.url()).await?;
+        ensure!(status == Some(200), "/readyz answered {status:?}");
+        Ok(())
+    })
+    .await?;
+    let text = scrape(starved.url()).await?;
+    let name = "switchyard_gateway_http_accept_errors_total";
+    let n = labelled(&text, name, "kind=\"fd_limit\"");
+    ensure!(n > 0.0, "{name}{{kind=fd_limit}} is {n}");
+    eventually("placement to assign the gateway again", WAIT, async || {
+        let a = assign(cluster.placement.http_url(), "/").await?;
+        ensure!(a.node_id == starved.node_id(), "assigned {}", a.node_id);
+        Ok(())
+    })
+    .await?;
     js.shutdown().await
 }

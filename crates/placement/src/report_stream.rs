@@ -205,6 +205,7 @@ fn validate_load(node_id: &str, l: Load) -> Result<LoadReport, Status> {
         connections: l.connections,
         consumed: l.consumed_reservations,
         draining: l.draining,
+        full: l.full,
     };
     validate::report(node_id, &load).map_err(invalid)?;
     Ok(load)
