@@ -630,6 +630,7 @@ mod tests {
             connections: 5,
             consumed_reservations: vec!["r".into()],
             draining: false,
+            full: false,
         };
         assert!(validate_load("gw", ok).is_ok());
         let bad = Load {
