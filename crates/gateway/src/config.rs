@@ -108,6 +108,17 @@ pub struct GatewayArgs {
         default_value_t = crate::settings::DEFAULT_MAX_BUFFERED_PACKETS
     )]
     pub max_buffered_packets: usize,
+    /// Engine.IO ping interval, ms: the server pings every session this often.
+    #[arg(long, env = "SWITCHYARD_PING_INTERVAL_MS", default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ping_interval_ms: u64,
+    /// Engine.IO ping timeout, ms: a session that has not answered a ping (a websocket that
+    /// stays silent, a polling session never polled again) is closed this long after it.
+    #[arg(long, env = "SWITCHYARD_PING_TIMEOUT_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ping_timeout_ms: u64,
+    /// Ms an Engine.IO session may stay open without a successful namespace CONNECT before it
+    /// is closed.
+    #[arg(long, env = "SWITCHYARD_CONNECT_TIMEOUT_MS", default_value_t = 45_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_timeout_ms: u64,
     /// Frames from the relay queued per namespace for its adapter. When the queue is full (the
     /// relay sends faster than this gateway applies), the link is cut and relinks after a
     /// backoff, and sockets holding history gates resume: memory stays bounded, nothing is
@@ -246,6 +257,9 @@ impl GatewayArgs {
             link_token: self.link_token.clone().filter(|t| !t.is_empty()),
             ws_read_buffer_bytes: self.ws_read_buffer_bytes,
             max_buffered_packets: self.max_buffered_packets,
+            ping_interval: Duration::from_millis(self.ping_interval_ms),
+            ping_timeout: Duration::from_millis(self.ping_timeout_ms),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             adapter_queue: self.adapter_queue,
             admin_ui: self.admin_ui.then(|| AdminUiSettings {
                 namespace: self.admin_ui_namespace.trim().to_owned(),

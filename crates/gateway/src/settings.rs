@@ -86,6 +86,13 @@ pub struct Settings {
     /// Packets queued per socket before emits to it fail (engine.io `max_buffer_size`). A bound,
     /// not an allocation: the queue grows in small blocks only while packets wait in it.
     pub max_buffered_packets: usize,
+    /// Engine.IO ping interval (socketioxide `ping_interval`).
+    pub ping_interval: Duration,
+    /// Engine.IO ping timeout (socketioxide `ping_timeout`): a session silent this long after
+    /// a ping, websocket or polling, is closed.
+    pub ping_timeout: Duration,
+    /// How long a session may go without a namespace CONNECT (socketioxide `connect_timeout`).
+    pub connect_timeout: Duration,
     /// Frames from the relay queued per namespace for its adapter. When full, the link is cut
     /// and relinks, and sockets holding history gates resume (see [`crate::link`]).
     pub adapter_queue: usize,
@@ -118,6 +125,9 @@ impl Settings {
             tls: switchyard_common::tls::ClientTls::default(),
             ws_read_buffer_bytes: DEFAULT_WS_READ_BUFFER_BYTES,
             max_buffered_packets: DEFAULT_MAX_BUFFERED_PACKETS,
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(45),
             adapter_queue: DEFAULT_ADAPTER_QUEUE,
             admin_ui: None,
         }

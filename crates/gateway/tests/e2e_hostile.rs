@@ -404,3 +404,133 @@ async fn a_gateway_short_of_descriptors_reports_full_and_placement_sends_clients
     .await?;
     js.shutdown().await
 }
+
+/// Engine.IO sessions that never finish are closed at the protocol's own timeouts and cost
+/// nothing after: websockets that answer pings but never CONNECT a namespace (connect
+/// timeout), websockets that never answer a ping (ping interval + timeout), and polling
+/// sessions never polled again (both). The gateway's descriptors return to where they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_io_sessions_that_never_finish_are_closed_at_the_protocol_timeouts()
+-> anyhow::Result<()> {
+    const PING_INTERVAL_MS: u64 = 500;
+    const PING_TIMEOUT_MS: u64 = 500;
+    const CONNECT_TIMEOUT_MS: u64 = 1_500;
+    const EACH: usize = 30;
+    let args = [
+        "--ping-interval-ms".to_owned(),
+        PING_INTERVAL_MS.to_string(),
+        "--ping-timeout-ms".to_owned(),
+        PING_TIMEOUT_MS.to_string(),
+        "--connect-timeout-ms".to_owned(),
+        CONNECT_TIMEOUT_MS.to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cluster = Cluster::start(1, &args)?;
+    cluster.wait_registered(WAIT).await?;
+    let gateway = &cluster.gateways[0];
+    let pid = gateway.service().pid();
+    let before = held(pid)?.fds;
+    let started = std::time::Instant::now();
+
+    // Polling sessions: opened once, never polled again.
+    let addr = gateway.url().trim_start_matches("http://").to_owned();
+    let mut sids = Vec::new();
+    for _ in 0..EACH {
+        let res = http_exchange(
+            &addr,
+            b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+            WAIT,
+        )
+        .await?;
+        let body = String::from_utf8_lossy(&res.body).into_owned();
+        let sid = body
+            .split("\"sid\":\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .with_context(|| format!("no sid in the OPEN packet: {body}"))?
+            .to_owned();
+        sids.push(sid);
+    }
+    // Websockets that answer pings but never CONNECT, and websockets that stay silent.
+    let mut polite = Vec::new();
+    let mut silent = Vec::new();
+    for _ in 0..EACH {
+        polite.push(switchyard_testkit::raw::RawSocket::open(gateway.url()).await?);
+        silent.push(switchyard_testkit::raw::RawSocket::open(gateway.url()).await?);
+    }
+    let during = held(pid)?.fds;
+    ensure!(
+        during >= before + 2 * EACH,
+        "the websockets are not held: {during} descriptors"
+    );
+
+    let closed_by = |sock: switchyard_testkit::raw::RawSocket, answer_pings: bool| async move {
+        let mut sock = sock;
+        if answer_pings {
+            // `next_text` answers pings; only the connect timeout can end it.
+            while sock.next_text().await?.is_some() {}
+        } else {
+            use futures::StreamExt;
+            use tokio_tungstenite::tungstenite::Message;
+            loop {
+                match tokio::time::timeout(WAIT, sock.ws.next()).await? {
+                    None | Some(Err(_)) | Some(Ok(Message::Close(_))) => break,
+                    Some(Ok(Message::Text(t))) if t.as_str() == "1" => break,
+                    Some(Ok(_)) => {}
+                }
+            }
+        }
+        anyhow::Ok(started.elapsed())
+    };
+    let polite = futures::future::try_join_all(polite.into_iter().map(|s| closed_by(s, true)));
+    let silent = futures::future::try_join_all(silent.into_iter().map(|s| closed_by(s, false)));
+    let (polite, silent) = tokio::try_join!(polite, silent)?;
+    let latest = |v: &[Duration]| v.iter().copied().max().unwrap_or_default();
+    let connect_bound = Duration::from_millis(CONNECT_TIMEOUT_MS) + CLOSE_SLACK;
+    let ping_bound = Duration::from_millis(PING_INTERVAL_MS + PING_TIMEOUT_MS) + CLOSE_SLACK;
+    ensure!(
+        latest(&polite) <= connect_bound,
+        "a websocket without CONNECT lived {:?} (bound {connect_bound:?})",
+        latest(&polite)
+    );
+    ensure!(
+        latest(&silent) <= ping_bound,
+        "a websocket that never answers pings lived {:?} (bound {ping_bound:?})",
+        latest(&silent)
+    );
+    eprintln!(
+        "no CONNECT: closed by {:?}; silent: closed by {:?}",
+        latest(&polite),
+        latest(&silent)
+    );
+
+    // The polling sessions are gone: their sid is unknown now.
+    for sid in &sids {
+        let res = http_exchange(
+            &addr,
+            format!(
+                "GET /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+            WAIT,
+        )
+        .await?;
+        ensure!(
+            res.status == Some(400),
+            "polling session {sid} still answers {:?} after {:?}",
+            res.status,
+            started.elapsed()
+        );
+    }
+    eventually(
+        "the gateway to give the descriptors back",
+        WAIT,
+        async || {
+            let now = held(pid)?.fds;
+            ensure!(now <= before + 2, "holds {now}, {before} before");
+            Ok(())
+        },
+    )
+    .await?;
+    Ok(())
+}
