@@ -534,3 +534,75 @@ async fn engine_io_sessions_that_never_finish_are_closed_at_the_protocol_timeout
     .await?;
     Ok(())
 }
+
+/// A client that never reads: it publishes 1,000 events of 64 KiB to a room it is in (each
+/// comes back to it, with an ack) and reads nothing. What the gateway holds for it is bounded
+/// by `--max-buffered-packets` (emits to a full socket fail), not by what it was sent: its
+/// memory stays within a fixed bound while 128 MiB were addressed to that socket, and a
+/// well-behaved client still gets its events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_costs_the_gateway_a_bounded_amount() -> anyhow::Result<()> {
+    const PUBLISHES: usize = 1_000;
+    const SIZE: usize = 64 * 1024;
+    let cluster = Cluster::start(1, &["--max-buffered-packets", "16"])?;
+    cluster.wait_registered(WAIT).await?;
+    let gateway = &cluster.gateways[0];
+    let pid = gateway.service().pid();
+    let before = held(pid)?;
+
+    let mut deaf =
+        switchyard_testkit::raw::RawSocket::connected(cluster.placement.http_url()).await?;
+    let ack = deaf.call("join", &[json!("news")]).await?;
+    ensure!(ack["ok"] == true, "join: {ack}");
+    let data = "x".repeat(SIZE);
+    for _ in 0..PUBLISHES {
+        deaf.emit(
+            "publish",
+            &[json!({"room": "news", "event": "tick", "data": data})],
+        )
+        .await?;
+    }
+    let mut peak_rss = held(pid)?.rss_kib;
+    eventually("the gateway to handle every publish", WAIT, async || {
+        peak_rss = peak_rss.max(held(pid)?.rss_kib);
+        let text = scrape(gateway.url()).await?;
+        let n = labelled(
+            &text,
+            "switchyard_gateway_events_total",
+            "event=\"publish\"",
+        );
+        ensure!(n >= PUBLISHES as f64, "{n} publishes handled");
+        Ok(())
+    })
+    .await?;
+    peak_rss = peak_rss.max(held(pid)?.rss_kib);
+    let grown = peak_rss.saturating_sub(before.rss_kib);
+    eprintln!(
+        "never-reading client: gateway RSS {} KiB before, peak {peak_rss} KiB (+{grown} KiB) for {} MiB addressed to it",
+        before.rss_kib,
+        2 * PUBLISHES * SIZE / (1024 * 1024)
+    );
+    // 16 queued packets of 64 KiB, socket and allocator slack: far below the 128 MiB sent.
+    ensure!(
+        grown <= 24 * 1024,
+        "the gateway grew by {grown} KiB for a client that never reads"
+    );
+
+    let mut js = Driver::node().await?;
+    js.connect(
+        "calm",
+        json!({"placement": cluster.placement.http_url(), "transports": ["websocket"]}),
+    )
+    .await?;
+    js.connected("calm", WAIT).await?;
+    let ack = js.join("calm", "news").await?;
+    ensure!(ack["ok"] == true, "join: {ack}");
+    let ack = js.publish("calm", "news", "tick", json!({"n": 1})).await?;
+    ensure!(ack["ok"] == true, "publish: {ack}");
+    js.wait_event("calm to receive tick", WAIT, |e| {
+        e["id"] == "calm" && e["event"] == "recv" && e["name"] == "tick" && e["args"][0]["n"] == 1
+    })
+    .await?;
+    drop(deaf);
+    js.shutdown().await
+}
