@@ -606,3 +606,86 @@ async fn a_client_that_never_reads_costs_the_gateway_a_bounded_amount() -> anyho
     drop(deaf);
     js.shutdown().await
 }
+
+/// One session floods the gateway with Engine.IO pongs nobody asked for, then with CONNECTs
+/// for namespaces that do not exist and for `/` with a bad token. Every CONNECT is answered
+/// (`connect_error`) or the session is closed; nothing accumulates (the gateway's memory stays
+/// within a fixed bound), and a well-behaved client still gets its events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_and_namespace_connect_floods_on_one_session_are_bounded() -> anyhow::Result<()> {
+    const PONGS: usize = 20_000;
+    const CONNECTS: usize = 2_000;
+    let cluster = Cluster::start(1, &[])?;
+    cluster.wait_registered(WAIT).await?;
+    let gateway = &cluster.gateways[0];
+    let pid = gateway.service().pid();
+    let before = held(pid)?;
+
+    let mut raw = switchyard_testkit::raw::RawSocket::open(gateway.url()).await?;
+    let mut sent = 0;
+    'flood: {
+        for _ in 0..PONGS {
+            if raw.send("3").await.is_err() {
+                break 'flood;
+            }
+        }
+        for i in 0..CONNECTS {
+            let unknown = raw.send(&format!("40/nope-{i},")).await;
+            let bad_token = raw.send(r#"40{"token":"bad"}"#).await;
+            if unknown.is_err() || bad_token.is_err() {
+                break 'flood;
+            }
+            sent += 2;
+        }
+    }
+    let mut refused = 0;
+    let mut other = Vec::new();
+    while refused + other.len() < sent {
+        match raw.next_text().await? {
+            Some(reply) if reply.starts_with("44") => refused += 1,
+            Some(reply) => other.push(reply),
+            None => break,
+        }
+    }
+    eprintln!(
+        "{PONGS} pongs, then {sent} CONNECTs sent: {refused} refused, {} other answers, then {}",
+        other.len(),
+        if refused + other.len() < sent {
+            "closed"
+        } else {
+            "still open"
+        }
+    );
+    ensure!(
+        other.iter().all(|r| !r.starts_with("40")),
+        "a CONNECT was accepted: {other:?}"
+    );
+    let after = held(pid)?;
+    let grown = after.rss_kib.saturating_sub(before.rss_kib);
+    eprintln!(
+        "gateway RSS {} KiB before, {} KiB after (+{grown} KiB)",
+        before.rss_kib, after.rss_kib
+    );
+    ensure!(grown <= 16 * 1024, "the gateway grew by {grown} KiB");
+    ensure!(
+        readyz(gateway.url()).await? == Some(200),
+        "the gateway is not ready"
+    );
+
+    let mut js = Driver::node().await?;
+    js.connect(
+        "calm",
+        json!({"placement": cluster.placement.http_url(), "transports": ["websocket"]}),
+    )
+    .await?;
+    js.connected("calm", WAIT).await?;
+    let ack = js.join("calm", "news").await?;
+    ensure!(ack["ok"] == true, "join: {ack}");
+    let ack = js.publish("calm", "news", "tick", json!({"n": 1})).await?;
+    ensure!(ack["ok"] == true, "publish: {ack}");
+    js.wait_event("calm to receive tick", WAIT, |e| {
+        e["id"] == "calm" && e["event"] == "recv" && e["name"] == "tick"
+    })
+    .await?;
+    js.shutdown().await
+}
