@@ -619,6 +619,7 @@ async fn open_report_stream(grpc_url: &str, id: String) -> anyhow::Result<FakeGa
                     connections: 0,
                     consumed_reservations: Vec::new(),
                     draining: false,
+                    full: false,
                 })),
             };
             if tx.send(load).await.is_err() {

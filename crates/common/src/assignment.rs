@@ -122,6 +122,35 @@ mod tests {
         Ok(())
     }
 
+    /// `alg: none` and any algorithm but HS256, even signed with the right secret, are refused:
+    /// the verifier pins HS256 instead of trusting the token's header.
+    #[test]
+    fn alg_none_and_other_algorithms_are_bad_tokens() -> Result<(), Box<dyn std::error::Error>> {
+        let key = TokenKey::new(b"secret");
+        let good = key.sign(&claims(u64::MAX / 2))?;
+        assert!(key.verify_at(&good, 0).is_ok());
+        let mut parts = good.split('.');
+        let (_, payload, signature) = (parts.next(), parts.next(), parts.next());
+        let payload = payload.ok_or("no payload")?;
+        // {"alg":"none","typ":"JWT"}, base64url.
+        let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0";
+        for forged in [
+            format!("{none}.{payload}."),
+            format!("{none}.{payload}.{}", signature.unwrap_or_default()),
+        ] {
+            assert_eq!(key.verify_at(&forged, 0), Err(TokenError::Bad), "{forged}");
+        }
+        for alg in [Algorithm::HS384, Algorithm::HS512] {
+            let other = jsonwebtoken::encode(
+                &Header::new(alg),
+                &claims(u64::MAX / 2),
+                &EncodingKey::from_secret(b"secret"),
+            )?;
+            assert_eq!(key.verify_at(&other, 0), Err(TokenError::Bad), "{alg:?}");
+        }
+        Ok(())
+    }
+
     #[test]
     fn another_secret_or_garbage_is_a_bad_token() -> Result<(), Box<dyn std::error::Error>> {
         let token = TokenKey::new(b"secret").sign(&claims(u64::MAX / 2))?;

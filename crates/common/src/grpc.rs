@@ -17,7 +17,7 @@ pub fn server(
 }
 
 /// The connections a gRPC listener accepts, each with `TCP_NODELAY` on
-/// ([`crate::tls::nodelay`]: streamed frames are small writes), for `serve_with_incoming`,
+/// ([`crate::http_server::nodelay`]: streamed frames are small writes), for `serve_with_incoming`,
 /// which unlike `serve` leaves socket options alone.
 pub fn incoming(
     listener: tokio::net::TcpListener,
@@ -26,7 +26,7 @@ pub fn incoming(
         let accepted = listener
             .accept()
             .await
-            .map(|(tcp, _)| crate::tls::nodelay(tcp));
+            .map(|(tcp, _)| crate::http_server::nodelay(tcp));
         Some((accepted, listener))
     })
 }

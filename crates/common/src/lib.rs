@@ -5,6 +5,8 @@
 //! - [`trace_context`]: W3C trace context in gRPC metadata, HTTP headers and relay frames.
 //! - [`ops`]: the HTTP endpoints every service exposes (`/healthz`, `/readyz`, `/metrics`).
 //! - [`grpc`]: gRPC health and reflection (v1 and v1alpha), and the bearer check for admin calls.
+//! - [`http_server`]: the one serving path of every HTTP listener: header-read timeout,
+//!   bounded pending connections per address and per listener, counted accept errors.
 //! - [`bearer`]: the `authorization: Bearer <token>` header every token travels in.
 //! - [`shutdown`]: one signal future so every service reacts to SIGTERM and Ctrl-C alike.
 //! - [`config`]: helpers for configuration values (redacting secrets in URLs).
@@ -22,6 +24,7 @@ pub mod bearer;
 pub mod clock;
 pub mod config;
 pub mod grpc;
+pub mod http_server;
 pub mod iso8601;
 pub mod namespace;
 pub mod node_id;

@@ -1,9 +1,9 @@
 //! TLS (rustls with the ring provider) for every listener and every outgoing gRPC connection.
 //!
 //! **Serving.** [`ServerTlsArgs`] (`--tls-cert`, `--tls-key`, `--tls-client-ca`) turns TLS on
-//! for both listeners of a service when a certificate is set: [`HttpListener`] terminates TLS
-//! for axum, [`ServerTls::grpc`] configures tonic (see `grpc::server`). With no certificate
-//! nothing changes: plain TCP, exactly as before.
+//! for both listeners of a service when a certificate is set: [`ServerTls::http_acceptor`]
+//! terminates TLS in front of the HTTP listener (`crate::http_server`), [`ServerTls::grpc`]
+//! configures tonic (see `grpc::server`). With no certificate nothing changes: plain TCP.
 //!
 //! **Mutual TLS** (`--tls-client-ca`) applies to the gRPC listeners only: they carry the
 //! traffic between services (reports, links, admin, publish), while the HTTP listeners serve
@@ -21,29 +21,13 @@
 //! way every client supports, instead of some browsers trying WebSocket over HTTP/2.
 
 use std::{
-    net::SocketAddr,
     path::{Path, PathBuf},
-    pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
-    time::Duration,
 };
 
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
-use tokio::{
-    io::{AsyncRead, AsyncWrite, ReadBuf},
-    net::{TcpListener, TcpStream},
-    sync::{Semaphore, mpsc},
-};
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, ServerTlsConfig};
-
-/// How long a client may take to complete the TLS handshake on an HTTP listener.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Handshakes in progress on one HTTP listener; beyond, accepting waits (backpressure instead
-/// of unbounded tasks when many clients connect at once or stall mid-handshake).
-const MAX_PENDING_HANDSHAKES: usize = 1024;
 
 /// Flags for serving TLS; flatten into a service's configuration.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -203,6 +187,12 @@ impl ServerTls {
         self.grpc.clone()
     }
 
+    /// The acceptor that terminates TLS on an HTTP listener (ALPN `http/1.1`, no client
+    /// certificate asked for).
+    pub fn http_acceptor(&self) -> TlsAcceptor {
+        TlsAcceptor::from(Arc::clone(&self.http))
+    }
+
     /// Whether gRPC clients must present a certificate signed by `--tls-client-ca`.
     pub fn mutual(&self) -> bool {
         self.mutual
@@ -312,212 +302,6 @@ impl ClientTls {
     }
 }
 
-/// An HTTP listener for `axum::serve`: plain TCP, or TLS terminated in front of axum.
-///
-/// With TLS, a background task accepts connections and runs each handshake in its own task
-/// (at most [`MAX_PENDING_HANDSHAKES`] at once, each bounded by [`HANDSHAKE_TIMEOUT`]), so a
-/// slow or hostile client never holds up the others; only completed handshakes reach axum. A
-/// failed handshake is counted in the service's handshake-failure counter
-/// (`switchyard_<service>_tls_handshake_failures_total`, named and described in the service's
-/// `metrics.rs`) and logged at DEBUG. The task ends when the listener is dropped.
-///
-/// Every accepted connection has `TCP_NODELAY` on ([`nodelay`]).
-pub struct HttpListener {
-    local_addr: SocketAddr,
-    inner: Inner,
-}
-
-enum Inner {
-    Plain(TcpListener),
-    Tls(mpsc::Receiver<(HttpStream, SocketAddr)>),
-}
-
-impl HttpListener {
-    /// Binds `addr`; with `tls`, every accepted connection completes a TLS handshake first.
-    /// `handshake_failures` is the counter of failed handshakes (the service's
-    /// `switchyard_<service>_tls_handshake_failures_total`).
-    pub async fn bind(
-        addr: SocketAddr,
-        tls: Option<&ServerTls>,
-        handshake_failures: &'static str,
-    ) -> std::io::Result<HttpListener> {
-        Self::from_tcp(TcpListener::bind(addr).await?, tls, handshake_failures)
-    }
-
-    /// Wraps an already bound listener (see [`HttpListener::bind`]).
-    pub fn from_tcp(
-        listener: TcpListener,
-        tls: Option<&ServerTls>,
-        handshake_failures: &'static str,
-    ) -> std::io::Result<HttpListener> {
-        let local_addr = listener.local_addr()?;
-        let inner = match tls {
-            None => Inner::Plain(listener),
-            Some(tls) => {
-                let (tx, rx) = mpsc::channel(64);
-                let acceptor = TlsAcceptor::from(Arc::clone(&tls.http));
-                tokio::spawn(accept_tls(listener, acceptor, tx, handshake_failures));
-                Inner::Tls(rx)
-            }
-        };
-        Ok(HttpListener { local_addr, inner })
-    }
-
-    /// The bound address (as `TcpListener::local_addr`, so callers need no trait import).
-    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local_addr)
-    }
-}
-
-impl axum::serve::Listener for HttpListener {
-    type Io = HttpStream;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (HttpStream, SocketAddr) {
-        match &mut self.inner {
-            Inner::Plain(listener) => {
-                let (tcp, addr) = axum::serve::Listener::accept(listener).await;
-                (HttpStream::Plain(nodelay(tcp)), addr)
-            }
-            Inner::Tls(rx) => match rx.recv().await {
-                Some(accepted) => accepted,
-                // The accept task only ends once this receiver is gone; never reached.
-                None => std::future::pending().await,
-            },
-        }
-    }
-
-    fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        Ok(self.local_addr)
-    }
-}
-
-/// Turns `TCP_NODELAY` on (best effort: a socket that refuses it still works). Every service
-/// speaks in small writes that someone waits for: answers, acks, streamed frames, one
-/// Socket.IO packet to a client. With Nagle's algorithm, such a write waits while an earlier
-/// one is unacknowledged, and the peer's delayed ACK can make that 40 ms.
-pub fn nodelay(tcp: TcpStream) -> TcpStream {
-    if let Err(e) = tcp.set_nodelay(true) {
-        tracing::debug!(error = %e, "TCP_NODELAY refused");
-    }
-    tcp
-}
-
-/// Accepts TCP connections and hands completed TLS handshakes to the [`HttpListener`].
-async fn accept_tls(
-    mut listener: TcpListener,
-    acceptor: TlsAcceptor,
-    tx: mpsc::Sender<(HttpStream, SocketAddr)>,
-    failures: &'static str,
-) {
-    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
-    loop {
-        let permit = tokio::select! {
-            permit = Arc::clone(&pending).acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            () = tx.closed() => return,
-        };
-        let (tcp, addr) = tokio::select! {
-            accepted = axum::serve::Listener::accept(&mut listener) => accepted,
-            () = tx.closed() => return,
-        };
-        let acceptor = acceptor.clone();
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(nodelay(tcp))).await {
-                Ok(Ok(tls)) => {
-                    let _ = tx.send((HttpStream::Tls(Box::new(tls)), addr)).await;
-                }
-                Ok(Err(e)) => {
-                    metrics::counter!(failures, "reason" => "handshake").increment(1);
-                    tracing::debug!(client = %addr, error = %e, "TLS handshake failed");
-                }
-                Err(_) => {
-                    metrics::counter!(failures, "reason" => "timeout").increment(1);
-                    tracing::debug!(client = %addr, "TLS handshake timed out");
-                }
-            }
-        });
-    }
-}
-
-/// One accepted HTTP connection, plain or TLS.
-pub enum HttpStream {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-}
-
-impl HttpStream {
-    /// The TCP socket underneath (socket options such as `TCP_NODELAY`).
-    pub fn tcp(&self) -> &TcpStream {
-        match self {
-            HttpStream::Plain(tcp) => tcp,
-            HttpStream::Tls(tls) => tls.get_ref().0,
-        }
-    }
-}
-
-impl AsyncRead for HttpStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            HttpStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            HttpStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for HttpStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            HttpStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            HttpStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            HttpStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            HttpStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            HttpStream::Plain(s) => s.is_write_vectored(),
-            HttpStream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            HttpStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            HttpStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            HttpStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            HttpStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
-    }
-}
-
 /// The one crypto provider (ring), named explicitly so no process-wide default is needed.
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -584,20 +368,6 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn accepted_http_connections_have_nodelay_on() -> anyhow::Result<()> {
-        let mut listener = HttpListener::bind(
-            "127.0.0.1:0".parse()?,
-            None,
-            "test_tls_handshake_failures_total",
-        )
-        .await?;
-        let _client = TcpStream::connect(listener.local_addr()?).await?;
-        let (stream, _) = axum::serve::Listener::accept(&mut listener).await;
-        assert!(stream.tcp().nodelay()?);
-        Ok(())
-    }
 
     /// A self-signed certificate and its key, written to a fresh temp dir.
     fn self_signed(name: &str) -> anyhow::Result<(PathBuf, PathBuf, PathBuf)> {

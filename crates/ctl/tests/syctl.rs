@@ -183,6 +183,7 @@ impl FakeNode {
                         connections: load.load(Ordering::Relaxed),
                         consumed_reservations: vec![],
                         draining: false,
+                        full: false,
                     })),
                 };
                 if tx.send(report).await.is_err() {

@@ -29,7 +29,7 @@ use socketioxide::{
     extract::{AckSender, Data, SocketRef},
 };
 use socketioxide_core::adapter::DefinedAdapter;
-use switchyard_common::{telemetry::TelemetryArgs, tls::HttpListener};
+use switchyard_common::{http_server::HttpListener, telemetry::TelemetryArgs};
 use switchyard_gateway::{
     ClusterAdapter, Switchyard, config::GatewayArgs, payload::Payload, server,
 };
@@ -118,7 +118,8 @@ async fn main() -> anyhow::Result<()> {
     let listener = HttpListener::bind(
         args.gateway.listen,
         tls.as_ref(),
-        switchyard_gateway::metrics::TLS_HANDSHAKE_FAILURES_TOTAL,
+        &args.gateway.http,
+        switchyard_gateway::metrics::HTTP_LISTENER,
     )
     .await?;
     let gateway = Switchyard::new(args.gateway.settings(listener.local_addr()?)?)?;

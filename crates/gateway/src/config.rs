@@ -51,6 +51,10 @@ pub struct GatewayArgs {
     /// Connected sockets beyond which CONNECTs are refused `over_capacity`; 0 = unlimited.
     #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS", default_value_t = 10_000)]
     pub max_connections: u64,
+    /// File descriptors kept in reserve: with fewer than this many left under the process's
+    /// RLIMIT_NOFILE, the gateway reports itself full to placement and `/readyz` answers 503.
+    #[arg(long, env = "SWITCHYARD_FD_RESERVE", default_value_t = 64)]
+    pub fd_reserve: u64,
     /// Largest `publish` data in bytes (`payload_too_large` beyond).
     #[arg(
         long,
@@ -104,6 +108,17 @@ pub struct GatewayArgs {
         default_value_t = crate::settings::DEFAULT_MAX_BUFFERED_PACKETS
     )]
     pub max_buffered_packets: usize,
+    /// Engine.IO ping interval, ms: the server pings every session this often.
+    #[arg(long, env = "SWITCHYARD_PING_INTERVAL_MS", default_value_t = 25_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ping_interval_ms: u64,
+    /// Engine.IO ping timeout, ms: a session that has not answered a ping (a websocket that
+    /// stays silent, a polling session never polled again) is closed this long after it.
+    #[arg(long, env = "SWITCHYARD_PING_TIMEOUT_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ping_timeout_ms: u64,
+    /// Ms an Engine.IO session may stay open without a successful namespace CONNECT before it
+    /// is closed.
+    #[arg(long, env = "SWITCHYARD_CONNECT_TIMEOUT_MS", default_value_t = 45_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub connect_timeout_ms: u64,
     /// Frames from the relay queued per namespace for its adapter. When the queue is full (the
     /// relay sends faster than this gateway applies), the link is cut and relinks after a
     /// backoff, and sockets holding history gates resume: memory stays bounded, nothing is
@@ -174,6 +189,9 @@ pub struct GatewayArgs {
     /// gRPC listener, so `--tls-client-ca` does not apply to it.
     #[command(flatten)]
     pub tls: switchyard_common::tls::TlsArgs,
+    /// Limits of the HTTP listener (header-read timeout, pending connections).
+    #[command(flatten)]
+    pub http: switchyard_common::http_server::HttpServerArgs,
 }
 
 /// `--admin-ui-mode`, as the package's `mode` option.
@@ -248,6 +266,7 @@ impl GatewayArgs {
             namespaces,
             weight: self.weight,
             max_connections: self.max_connections,
+            fd_reserve: self.fd_reserve,
             max_payload_bytes: self.max_payload_bytes,
             max_rooms_per_socket: self.max_rooms_per_socket,
             connect_rate: self.connect_rate,
@@ -265,6 +284,9 @@ impl GatewayArgs {
             link_token: self.link_token.clone().filter(|t| !t.is_empty()),
             ws_read_buffer_bytes: self.ws_read_buffer_bytes,
             max_buffered_packets: self.max_buffered_packets,
+            ping_interval: Duration::from_millis(self.ping_interval_ms),
+            ping_timeout: Duration::from_millis(self.ping_timeout_ms),
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             adapter_queue: self.adapter_queue,
             admin_ui: self.admin_ui.then(|| AdminUiSettings {
                 namespace: self.admin_ui_namespace.trim().to_owned(),

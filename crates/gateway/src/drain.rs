@@ -112,6 +112,8 @@ enum Command {
 pub struct DrainState {
     draining: AtomicBool,
     serving: AtomicBool,
+    /// Out of file descriptors, as the reporter last found (`descriptors`).
+    full: AtomicBool,
     readiness: Readiness,
     commands: mpsc::UnboundedSender<Command>,
     default_rate: u32,
@@ -126,6 +128,7 @@ impl DrainState {
         let state = Arc::new(Self {
             draining: AtomicBool::new(false),
             serving: AtomicBool::new(false),
+            full: AtomicBool::new(false),
             readiness: Readiness::default(),
             commands: tx,
             default_rate,
@@ -139,7 +142,7 @@ impl DrainState {
         self.draining.load(Ordering::Acquire)
     }
 
-    /// The flag `/readyz` reads: serving and not draining.
+    /// The flag `/readyz` reads: serving, not draining and not full.
     pub fn readiness(&self) -> Readiness {
         self.readiness.clone()
     }
@@ -147,6 +150,20 @@ impl DrainState {
     /// Called once the HTTP listener serves.
     pub fn set_serving(&self, serving: bool) {
         self.serving.store(serving, Ordering::Release);
+        self.refresh_readiness();
+    }
+
+    /// Whether the gateway is out of file descriptors (the reporter's word, before each
+    /// report); a full gateway is not ready, and placement assigns it nothing.
+    pub fn set_full(&self, full: bool) {
+        if self.full.swap(full, Ordering::AcqRel) != full {
+            if full {
+                tracing::warn!("out of file descriptors: reporting full to placement");
+            } else {
+                tracing::info!("file descriptors available again: no longer full");
+            }
+        }
+        ::metrics::gauge!(metrics::FULL).set(if full { 1.0 } else { 0.0 });
         self.refresh_readiness();
     }
 
@@ -206,8 +223,11 @@ impl DrainState {
     }
 
     fn refresh_readiness(&self) {
-        self.readiness
-            .set(self.serving.load(Ordering::Acquire) && !self.draining.load(Ordering::Acquire));
+        self.readiness.set(
+            self.serving.load(Ordering::Acquire)
+                && !self.draining.load(Ordering::Acquire)
+                && !self.full.load(Ordering::Acquire),
+        );
     }
 }
 

@@ -159,7 +159,9 @@ impl Switchyard {
     /// Applies Switchyard's transport limits to a socketioxide builder: payload limits a little
     /// above `max_payload_bytes` (engine.io `max_payload`, websocket message and frame size,
     /// binary attachment buffer), the per-socket send queue bound and websocket read buffer from
-    /// [`Settings`], and the common parser (the one every gateway of a cluster must share).
+    /// [`Settings`], the Engine.IO timeouts that close sessions which never finish (ping
+    /// interval and timeout, namespace connect timeout), and the common parser (the one every
+    /// gateway of a cluster must share).
     pub fn configure<A: Adapter>(&self, builder: SocketIoBuilder<A>) -> SocketIoBuilder<A> {
         let limit = self
             .shared
@@ -173,6 +175,9 @@ impl Switchyard {
             .ws_max_frame_size(limit_usize)
             .max_buffer_size(self.shared.settings.max_buffered_packets.max(1))
             .ws_read_buffer_size(self.shared.settings.ws_read_buffer_bytes.max(64))
+            .ping_interval(self.shared.settings.ping_interval)
+            .ping_timeout(self.shared.settings.ping_timeout)
+            .connect_timeout(self.shared.settings.connect_timeout)
             .with_parser(ParserConfig::common().max_incoming_binary_buf_size(limit_usize))
     }
 

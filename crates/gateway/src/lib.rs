@@ -22,7 +22,13 @@
 //! let running = gateway.start(io.clone())?;
 //! # let metrics = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder().handle();
 //! let app = axum::Router::new().merge(gateway.ops_router(metrics)).layer(layer);
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:4000").await?;
+//! let listener = switchyard_common::http_server::HttpListener::bind(
+//!     "127.0.0.1:4000".parse()?,
+//!     None,
+//!     &Default::default(),
+//!     switchyard_gateway::metrics::HTTP_LISTENER,
+//! )
+//! .await?;
 //! switchyard_gateway::server::serve(listener, app, &gateway, io, running).await?;
 //! # Ok(()) }
 //! ```
@@ -58,7 +64,8 @@
 //! local sockets), [`severed`] (disconnects what the gates severed), [`report_stream`]
 //! (placement) → [`gates`] (per-socket gates, a synchronous state machine; [`marks`], the
 //! first arrival of a stamped event across relay links), [`drain`] →
-//! [`link`] (relay streams), [`admission`] (token, rate, claim), [`load`], [`observe`] (what the
+//! [`link`] (relay streams), [`admission`] (token, rate, claim), [`load`], [`descriptors`]
+//! (file-descriptor headroom), [`observe`] (what the
 //! admin UI learns of client sockets, through a callback), [`hooks`] (the calls to the
 //! application's backend: contract, client, breaker, disconnect queue), [`payload`],
 //! [`config`] (flags) → [`codec`] (the adapter's wire format), [`rooms`], [`settings`],
@@ -77,6 +84,7 @@ pub mod cluster;
 pub mod codec;
 pub mod config;
 pub mod delivery;
+pub mod descriptors;
 pub mod drain;
 pub mod events;
 pub mod gates;

@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 use socketioxide::{SocketIo, SocketIoBuilder, adapter::Adapter};
 use socketioxide_core::adapter::DefinedAdapter;
-use switchyard_common::tls::HttpListener;
+use switchyard_common::http_server::HttpListener;
 use switchyard_gateway::{ClusterAdapter, Switchyard, config::Cli, server};
 
 #[tokio::main]
@@ -18,7 +18,8 @@ async fn main() -> anyhow::Result<()> {
     let listener = HttpListener::bind(
         cli.gateway.listen,
         tls.as_ref(),
-        switchyard_gateway::metrics::TLS_HANDSHAKE_FAILURES_TOTAL,
+        &cli.gateway.http,
+        switchyard_gateway::metrics::HTTP_LISTENER,
     )
     .await
     .with_context(|| format!("binding {}", cli.gateway.listen))?;

@@ -4,7 +4,10 @@
 //! (`tests/e2e_metrics.rs`) checks a scrape with `promtool` and every entry of [`ALL`] against
 //! that page.
 
-use switchyard_common::telemetry::{self, Metric};
+use switchyard_common::{
+    http_server::ListenerMetrics,
+    telemetry::{self, Metric},
+};
 
 pub const CONNECTIONS: &str = "switchyard_gateway_connections";
 pub const CONNECTS_TOTAL: &str = "switchyard_gateway_connects_total";
@@ -45,8 +48,22 @@ pub const HOOK_ERRORS_TOTAL: &str = "switchyard_gateway_hook_errors_total";
 pub const HOOK_DISCONNECTS_DROPPED_TOTAL: &str =
     "switchyard_gateway_hook_disconnects_dropped_total";
 pub const HOOK_EVENTS_REFUSED_TOTAL: &str = "switchyard_gateway_hook_events_refused_total";
-/// Counted by `switchyard_common::tls::HttpListener` (named here, passed to it).
+pub const FILE_DESCRIPTORS: &str = "switchyard_gateway_file_descriptors";
+pub const FILE_DESCRIPTOR_LIMIT: &str = "switchyard_gateway_file_descriptor_limit";
+pub const FULL: &str = "switchyard_gateway_full";
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "switchyard_gateway_tls_handshake_failures_total";
+pub const HTTP_CONNECTIONS_CLOSED_TOTAL: &str = "switchyard_gateway_http_connections_closed_total";
+pub const HTTP_PENDING_CONNECTIONS: &str = "switchyard_gateway_http_pending_connections";
+pub const HTTP_ACCEPT_ERRORS_TOTAL: &str = "switchyard_gateway_http_accept_errors_total";
+
+/// The HTTP listener's metrics, counted by `switchyard_common::http_server` (named here,
+/// passed to it).
+pub const HTTP_LISTENER: ListenerMetrics = ListenerMetrics {
+    tls_handshake_failures: TLS_HANDSHAKE_FAILURES_TOTAL,
+    connections_closed: HTTP_CONNECTIONS_CLOSED_TOTAL,
+    pending_connections: HTTP_PENDING_CONNECTIONS,
+    accept_errors: HTTP_ACCEPT_ERRORS_TOTAL,
+};
 
 /// Every metric above, with its type and HELP text (the first sentence of its row in
 /// `docs/operations.md`).
@@ -164,6 +181,27 @@ pub const ALL: &[Metric] = &[
     Metric::counter(
         TLS_HANDSHAKE_FAILURES_TOTAL,
         "TLS handshakes that failed or timed out on the HTTP listener, by reason.",
+    ),
+    Metric::gauge(
+        FILE_DESCRIPTORS,
+        "File descriptors the gateway holds, sampled before each report.",
+    ),
+    Metric::gauge(FILE_DESCRIPTOR_LIMIT, "The gateway's soft RLIMIT_NOFILE."),
+    Metric::gauge(
+        FULL,
+        "1 while the gateway reports itself full to placement for lack of file descriptors.",
+    ),
+    Metric::counter(
+        HTTP_CONNECTIONS_CLOSED_TOTAL,
+        "HTTP connections the listener closed to protect itself, by reason.",
+    ),
+    Metric::gauge(
+        HTTP_PENDING_CONNECTIONS,
+        "HTTP connections accepted whose first request's headers are not complete yet.",
+    ),
+    Metric::counter(
+        HTTP_ACCEPT_ERRORS_TOTAL,
+        "Failed accepts on the HTTP listener, by kind.",
     ),
 ];
 

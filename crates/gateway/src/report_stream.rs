@@ -26,6 +26,7 @@ use switchyard_proto::placement::v1::{
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::descriptors::Headroom;
 use crate::drain::{DrainCause, DrainState};
 use crate::load::Load;
 use crate::metrics;
@@ -39,6 +40,8 @@ pub struct ReporterConfig {
     pub public_url: String,
     pub weight: u32,
     pub capacity: u64,
+    /// Descriptors kept in reserve before the reports say `full` (`descriptors`).
+    pub fd_reserve: u64,
     pub namespaces: Vec<String>,
     pub interval: Duration,
     /// Trust and client certificate for an `https://` placement URL.
@@ -53,6 +56,7 @@ impl ReporterConfig {
             public_url: s.public_url.clone(),
             weight: s.weight,
             capacity: s.max_connections,
+            fd_reserve: s.fd_reserve,
             namespaces: s.namespaces.clone(),
             interval: s.report_interval,
             tls: s.tls.clone(),
@@ -217,11 +221,11 @@ async fn session(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                send_load(&tx, load, drain, unconfirmed).await?;
+                send_load(&tx, config, load, drain, unconfirmed).await?;
             }
             _ = drain.changed() => {
                 // Draining started or stopped: tell placement now, not at the next tick.
-                send_load(&tx, load, drain, unconfirmed).await?;
+                send_load(&tx, config, load, drain, unconfirmed).await?;
             }
             msg = directives.message() => {
                 match msg? {
@@ -242,19 +246,24 @@ async fn session(
     }
 }
 
-/// Sends one `Load` report with absolute figures and the consumed ids taken from the queue.
+/// Sends one `Load` report with absolute figures and the consumed ids taken from the queue,
+/// and whether the gateway is full for lack of file descriptors (sampled now).
 async fn send_load(
     tx: &mpsc::Sender<GatewayReport>,
+    config: &ReporterConfig,
     load: &Load,
     drain: &DrainState,
     unconfirmed: &mut Unconfirmed,
 ) -> Result<(), SessionError> {
+    let full = Headroom::is_full(config.fd_reserve);
+    drain.set_full(full);
     let consumed = load.take_consumed();
     let report = GatewayReport {
         kind: Some(gateway_report::Kind::Load(LoadMsg {
             connections: load.connections(),
             consumed_reservations: consumed.clone(),
             draining: drain.is_draining(),
+            full,
         })),
     };
     if tx.send(report).await.is_err() {

@@ -16,9 +16,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::Router;
-use axum::serve::Listener;
 use socketioxide::{SocketIo, adapter::Adapter};
-use std::net::SocketAddr;
+use switchyard_common::http_server::HttpListener;
 use tokio::sync::watch;
 use tower_http::cors::CorsLayer;
 
@@ -29,29 +28,24 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 /// Serves `app` until a drain that ends the process has finished. See the module docs.
 ///
-/// `listener` is a `tokio::net::TcpListener`, or a
-/// [`switchyard_common::tls::HttpListener`] to serve TLS.
-pub async fn serve<L, A>(
-    listener: L,
+/// `listener` carries the listener's limits (header-read timeout, pending connections) and
+/// TLS, if any (`switchyard_common::http_server`).
+pub async fn serve<A>(
+    listener: HttpListener,
     app: Router,
     gateway: &Switchyard,
     io: SocketIo<A>,
     mut running: Running,
 ) -> anyhow::Result<()>
 where
-    L: Listener<Addr = SocketAddr>,
     A: Adapter,
 {
     let addr = listener.local_addr().context("reading the bound address")?;
     let app = app.layer(CorsLayer::very_permissive());
     let (stop_http, mut stop_http_rx) = watch::channel(false);
-    let mut server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_http_rx.wait_for(|stop| *stop).await;
-            })
-            .await
-    });
+    let mut server = tokio::spawn(listener.serve(app, async move {
+        let _ = stop_http_rx.wait_for(|stop| *stop).await;
+    }));
 
     // Install the signal handlers before announcing readiness: a SIGTERM sent right after the
     // READY line must start a drain, not kill the process with the default disposition.
@@ -81,8 +75,7 @@ where
                 drain.set_serving(false);
                 running.stop().await;
                 return match res {
-                    Ok(Ok(())) => Err(anyhow::anyhow!("HTTP server stopped unexpectedly")),
-                    Ok(Err(e)) => Err(anyhow::Error::new(e).context("HTTP server failed")),
+                    Ok(()) => Err(anyhow::anyhow!("HTTP server stopped unexpectedly")),
                     Err(e) => Err(anyhow::Error::new(e).context("HTTP server task failed")),
                 };
             }
@@ -96,8 +89,7 @@ where
     running.stop().await;
     stop_http.send_replace(true);
     match tokio::time::timeout(CLOSE_GRACE, &mut server).await {
-        Ok(Ok(Ok(()))) => {}
-        Ok(Ok(Err(e))) => tracing::warn!(error = %e, "HTTP server ended with an error"),
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "HTTP server task failed"),
         Err(_) => {
             tracing::warn!("open HTTP connections did not finish in time; closing them");

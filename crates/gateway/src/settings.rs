@@ -96,6 +96,9 @@ pub struct Settings {
     pub weight: u32,
     /// Hard cap on connected sockets; 0 = unlimited.
     pub max_connections: u64,
+    /// Descriptors kept in reserve under RLIMIT_NOFILE before reporting full
+    /// (see `descriptors`).
+    pub fd_reserve: u64,
     /// Largest `publish` data, in bytes; transport limits are set a little above it.
     pub max_payload_bytes: u64,
     pub max_rooms_per_socket: usize,
@@ -123,6 +126,13 @@ pub struct Settings {
     /// Packets queued per socket before emits to it fail (engine.io `max_buffer_size`). A bound,
     /// not an allocation: the queue grows in small blocks only while packets wait in it.
     pub max_buffered_packets: usize,
+    /// Engine.IO ping interval (socketioxide `ping_interval`).
+    pub ping_interval: Duration,
+    /// Engine.IO ping timeout (socketioxide `ping_timeout`): a session silent this long after
+    /// a ping, websocket or polling, is closed.
+    pub ping_timeout: Duration,
+    /// How long a session may go without a namespace CONNECT (socketioxide `connect_timeout`).
+    pub connect_timeout: Duration,
     /// Frames from the relay queued per namespace for its adapter. When full, the link is cut
     /// and relinks, and sockets holding history gates resume (see [`crate::link`]).
     pub adapter_queue: usize,
@@ -144,6 +154,7 @@ impl Settings {
             namespaces: vec!["/".into()],
             weight: 1,
             max_connections: 10_000,
+            fd_reserve: 64,
             max_payload_bytes: 1_048_576,
             max_rooms_per_socket: 64,
             connect_rate: 1000,
@@ -156,6 +167,9 @@ impl Settings {
             tls: switchyard_common::tls::ClientTls::default(),
             ws_read_buffer_bytes: DEFAULT_WS_READ_BUFFER_BYTES,
             max_buffered_packets: DEFAULT_MAX_BUFFERED_PACKETS,
+            ping_interval: Duration::from_secs(25),
+            ping_timeout: Duration::from_secs(20),
+            connect_timeout: Duration::from_secs(45),
             adapter_queue: DEFAULT_ADAPTER_QUEUE,
             admin_ui: None,
             hooks: None,

@@ -68,6 +68,9 @@ pub struct Config {
     pub require_app_token: bool,
     #[command(flatten)]
     pub tls: switchyard_common::tls::ServerTlsArgs,
+    /// Limits of the HTTP listener (header-read timeout, pending connections).
+    #[command(flatten)]
+    pub http: switchyard_common::http_server::HttpServerArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
@@ -183,6 +186,7 @@ impl std::fmt::Debug for Config {
             )
             .field("require_app_token", &self.require_app_token)
             .field("tls", &self.tls)
+            .field("http", &self.http)
             .field("telemetry", &self.telemetry)
             .finish()
     }

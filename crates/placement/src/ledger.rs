@@ -54,6 +54,9 @@ pub struct LoadReport {
     /// report; they stop counting as pending (the connection now counts instead).
     pub consumed: Vec<String>,
     pub draining: bool,
+    /// The node cannot take another socket now (out of file descriptors): not assignable,
+    /// like a node at its capacity, until a report clears it.
+    pub full: bool,
 }
 
 /// A seat on one gateway, held for a new client until it connects or the reservation expires.

@@ -4,7 +4,10 @@
 //! `tests/e2e_metrics.rs`, which runs every service) checks a scrape with `promtool` and every
 //! entry of [`ALL`] against that page.
 
-use switchyard_common::telemetry::{self, Metric};
+use switchyard_common::{
+    http_server::ListenerMetrics,
+    telemetry::{self, Metric},
+};
 
 pub const ASSIGNMENTS_TOTAL: &str = "switchyard_placement_assignments_total";
 pub const ASSIGN_DURATION_SECONDS: &str = "switchyard_placement_assign_duration_seconds";
@@ -18,8 +21,20 @@ pub const LEASE_HOLDER: &str = "switchyard_placement_lease_holder";
 pub const REAP_TOTAL: &str = "switchyard_placement_reap_total";
 pub const REAPED_NODES_TOTAL: &str = "switchyard_placement_reaped_nodes_total";
 pub const ADMIN_TOTAL: &str = "switchyard_placement_admin_total";
-/// Counted by `switchyard_common::tls::HttpListener` (named here, passed to it).
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "switchyard_placement_tls_handshake_failures_total";
+pub const HTTP_CONNECTIONS_CLOSED_TOTAL: &str =
+    "switchyard_placement_http_connections_closed_total";
+pub const HTTP_PENDING_CONNECTIONS: &str = "switchyard_placement_http_pending_connections";
+pub const HTTP_ACCEPT_ERRORS_TOTAL: &str = "switchyard_placement_http_accept_errors_total";
+
+/// The HTTP listener's metrics, counted by `switchyard_common::http_server` (named here,
+/// passed to it).
+pub const HTTP_LISTENER: ListenerMetrics = ListenerMetrics {
+    tls_handshake_failures: TLS_HANDSHAKE_FAILURES_TOTAL,
+    connections_closed: HTTP_CONNECTIONS_CLOSED_TOTAL,
+    pending_connections: HTTP_PENDING_CONNECTIONS,
+    accept_errors: HTTP_ACCEPT_ERRORS_TOTAL,
+};
 
 /// Every metric above, with its type and HELP text (the first sentence of its row in
 /// `docs/operations.md`).
@@ -60,6 +75,18 @@ pub const ALL: &[Metric] = &[
     Metric::counter(
         TLS_HANDSHAKE_FAILURES_TOTAL,
         "TLS handshakes that failed or timed out on the HTTP listener, by reason.",
+    ),
+    Metric::counter(
+        HTTP_CONNECTIONS_CLOSED_TOTAL,
+        "HTTP connections the listener closed to protect itself, by reason.",
+    ),
+    Metric::gauge(
+        HTTP_PENDING_CONNECTIONS,
+        "HTTP connections accepted whose first request's headers are not complete yet.",
+    ),
+    Metric::counter(
+        HTTP_ACCEPT_ERRORS_TOTAL,
+        "Failed accepts on the HTTP listener, by kind.",
     ),
 ];
 

@@ -205,6 +205,7 @@ fn validate_load(node_id: &str, l: Load) -> Result<LoadReport, Status> {
         connections: l.connections,
         consumed: l.consumed_reservations,
         draining: l.draining,
+        full: l.full,
     };
     validate::report(node_id, &load).map_err(invalid)?;
     Ok(load)
@@ -629,6 +630,7 @@ mod tests {
             connections: 5,
             consumed_reservations: vec!["r".into()],
             draining: false,
+            full: false,
         };
         assert!(validate_load("gw", ok).is_ok());
         let bad = Load {

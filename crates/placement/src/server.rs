@@ -8,19 +8,19 @@
 //! Ctrl-C turns not-ready, closes the report streams (gateways reconnect elsewhere; their
 //! nodes stay in the ledger), releases the lease and waits for both servers to finish.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::sync::Arc;
 use switchyard_common::shutdown::Servers;
 
 use anyhow::Context;
-use axum::{Router, serve::ListenerExt};
+use axum::Router;
 use http::Method;
 use metrics_exporter_prometheus::PrometheusHandle;
 use switchyard_common::{
     assignment::TokenKey,
     bearer,
     grpc::AdminAuth,
+    http_server::HttpListener,
     ops::{self, Readiness},
-    tls::HttpListener,
 };
 use switchyard_proto::{
     admin::v1::admin_server::AdminServer,
@@ -175,7 +175,8 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     let http_listener = HttpListener::bind(
         config.http_addr,
         tls.as_ref(),
-        crate::metrics::TLS_HANDSHAKE_FAILURES_TOTAL,
+        &config.http,
+        crate::metrics::HTTP_LISTENER,
     )
     .await
     .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
@@ -193,20 +194,12 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     };
 
     let grpc_incoming = switchyard_common::grpc::incoming(grpc_listener);
-    // `HttpListener` sets TCP_NODELAY itself; `tap_io` is what axum's `ConnectInfo<SocketAddr>`
-    // (the rate limit's client address) is implemented for.
-    let http_listener = http_listener.tap_io(|_| {});
+    // `HttpListener` gives every request axum's `ConnectInfo<SocketAddr>` (the rate limit's
+    // client address).
     let app = Router::new()
         .merge(assign::router(Arc::clone(&assigner)).layer(cors(&config)?))
         .merge(ops::router(readiness.clone(), metrics));
-    let http_task = tokio::spawn(
-        axum::serve(
-            http_listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(stopped(&shutdown_rx))
-        .into_future(),
-    );
+    let http_task = tokio::spawn(http_listener.serve(app, stopped(&shutdown_rx)));
 
     let (health, health_service) = switchyard_common::grpc::health().await;
     health.set_serving::<PlacementServer<PlacementGrpc>>().await;

@@ -185,6 +185,7 @@ impl TestGateway {
                             .map(|mut c| std::mem::take(&mut *c))
                             .unwrap_or_default(),
                         draining: draining.load(Ordering::Relaxed),
+                        full: false,
                     };
                     if tx
                         .send(GatewayReport {

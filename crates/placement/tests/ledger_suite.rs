@@ -263,6 +263,31 @@ async fn draining_node_gets_no_assignment<B: Backend>() -> Result {
     Ok(())
 }
 
+/// A gateway out of file descriptors reports `full`: it gets nothing until a report clears it,
+/// whatever its capacity says.
+async fn full_node_gets_no_assignment_until_it_reports_room<B: Backend>() -> Result {
+    let fx = B::start(long_settings()).await?;
+    let l = &*fx.ledger;
+    register_nodes(l, &[1, 1]).await?;
+    let full = LoadReport {
+        full: true,
+        ..LoadReport::default()
+    };
+    l.report("node-00", &full).await?;
+    let counts = assign_many(l, 20).await?;
+    ensure!(
+        !counts.contains_key("node-00"),
+        "a full node got assignments: {counts:?}"
+    );
+    l.report("node-00", &connections(0)).await?;
+    let counts = assign_many(l, 40).await?;
+    ensure!(
+        counts.get("node-00").copied().unwrap_or(0) > 0,
+        "room again, still no assignment: {counts:?}"
+    );
+    Ok(())
+}
+
 async fn stale_node_gets_no_assignment_and_is_reaped<B: Backend>() -> Result {
     // A short window, but not so short that a loaded test machine makes a live node stale.
     let fx = B::start(settings(60_000, 1_000)).await?;
@@ -312,6 +337,7 @@ async fn expired_reservation_stops_counting<B: Backend>() -> Result {
             connections: 0,
             consumed: vec![r.reservation_id],
             draining: false,
+            full: false,
         },
     )
     .await?;
@@ -336,6 +362,7 @@ async fn consumed_reservation_becomes_a_connection<B: Backend>() -> Result {
             connections: 1,
             consumed: vec![r.reservation_id],
             draining: false,
+            full: false,
         },
     )
     .await?;
@@ -357,6 +384,7 @@ async fn a_node_cannot_consume_another_nodes_reservation<B: Backend>() -> Result
             connections: 0,
             consumed: vec![first.reservation_id, "no-such-reservation".to_owned()],
             draining: false,
+            full: false,
         },
     )
     .await?;
@@ -449,6 +477,7 @@ async fn assignment_respects_namespaces_and_capacity<B: Backend>() -> Result {
             connections: 0,
             consumed: vec![a.reservation_id],
             draining: false,
+            full: false,
         },
     )
     .await?;
@@ -534,6 +563,7 @@ behaviour!(
     equal_weights_keep_the_spread_at_most_one,
     weights_one_two_three_get_their_shares_within_one_seat,
     draining_node_gets_no_assignment,
+    full_node_gets_no_assignment_until_it_reports_room,
     stale_node_gets_no_assignment_and_is_reaped,
     expired_reservation_stops_counting,
     consumed_reservation_becomes_a_connection,

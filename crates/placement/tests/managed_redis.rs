@@ -108,6 +108,7 @@ async fn ledger_and_lease<R: RedisDeployment>() -> anyhow::Result<()> {
         connections: consumed.len() as u64,
         consumed,
         draining: false,
+        full: false,
     };
     ledger.report("gw-0", &report).await?;
     let gw0 = ledger

@@ -151,6 +151,9 @@ pub struct Config {
     pub emitter_namespaces: Vec<String>,
     #[command(flatten)]
     pub tls: switchyard_common::tls::ServerTlsArgs,
+    /// Limits of the HTTP listener (header-read timeout, pending connections).
+    #[command(flatten)]
+    pub http: switchyard_common::http_server::HttpServerArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
 }
@@ -177,6 +180,7 @@ impl std::fmt::Debug for Config {
             .field("emitter_key", &self.emitter_key)
             .field("emitter_namespaces", &self.emitter_namespaces)
             .field("tls", &self.tls)
+            .field("http", &self.http)
             .finish()
     }
 }

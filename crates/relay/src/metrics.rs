@@ -11,7 +11,10 @@
 use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
-use switchyard_common::telemetry::{self, Metric};
+use switchyard_common::{
+    http_server::ListenerMetrics,
+    telemetry::{self, Metric},
+};
 
 const LINKS: &str = "switchyard_relay_links";
 const MEMBERS: &str = "switchyard_relay_members";
@@ -38,8 +41,19 @@ const ADMIN_DISCONNECTS: &str = "switchyard_relay_admin_disconnects_total";
 const EMITTER_MESSAGES: &str = "switchyard_relay_emitter_messages_total";
 const EMITTER_HANDLER: &str = "switchyard_relay_emitter_handler";
 
-/// Counted by `switchyard_common::tls::HttpListener` (named here, passed to it).
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "switchyard_relay_tls_handshake_failures_total";
+pub const HTTP_CONNECTIONS_CLOSED_TOTAL: &str = "switchyard_relay_http_connections_closed_total";
+pub const HTTP_PENDING_CONNECTIONS: &str = "switchyard_relay_http_pending_connections";
+pub const HTTP_ACCEPT_ERRORS_TOTAL: &str = "switchyard_relay_http_accept_errors_total";
+
+/// The HTTP listener's metrics, counted by `switchyard_common::http_server` (named here,
+/// passed to it).
+pub const HTTP_LISTENER: ListenerMetrics = ListenerMetrics {
+    tls_handshake_failures: TLS_HANDSHAKE_FAILURES_TOTAL,
+    connections_closed: HTTP_CONNECTIONS_CLOSED_TOTAL,
+    pending_connections: HTTP_PENDING_CONNECTIONS,
+    accept_errors: HTTP_ACCEPT_ERRORS_TOTAL,
+};
 
 /// Every metric above, with its type and HELP text (the first sentence of its row in
 /// `docs/operations.md`).
@@ -121,6 +135,18 @@ pub const ALL: &[Metric] = &[
     Metric::counter(
         TLS_HANDSHAKE_FAILURES_TOTAL,
         "TLS handshakes that failed or timed out on the HTTP listener, by reason.",
+    ),
+    Metric::counter(
+        HTTP_CONNECTIONS_CLOSED_TOTAL,
+        "HTTP connections the listener closed to protect itself, by reason.",
+    ),
+    Metric::gauge(
+        HTTP_PENDING_CONNECTIONS,
+        "HTTP connections accepted whose first request's headers are not complete yet.",
+    ),
+    Metric::counter(
+        HTTP_ACCEPT_ERRORS_TOTAL,
+        "Failed accepts on the HTTP listener, by kind.",
     ),
     Metric::counter(
         EMITTER_MESSAGES,

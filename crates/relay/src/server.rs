@@ -14,9 +14,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use switchyard_common::{
     clock::now_ms,
     grpc::{AdminAuth, BearerAuth},
+    http_server::HttpListener,
     ops::{self, Readiness},
     shutdown::Servers,
-    tls::HttpListener,
 };
 use switchyard_proto::{
     admin::v1::relay_admin_server::RelayAdminServer, relay::v1::relay_server::RelayServer,
@@ -155,7 +155,8 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
     let http_listener = HttpListener::bind(
         config.http_addr,
         tls.as_ref(),
-        crate::metrics::TLS_HANDSHAKE_FAILURES_TOTAL,
+        &config.http,
+        crate::metrics::HTTP_LISTENER,
     )
     .await
     .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
@@ -172,11 +173,10 @@ pub async fn run(config: Config, metrics: PrometheusHandle) -> anyhow::Result<()
         }
     };
 
-    let http_task = tokio::spawn(
-        axum::serve(http_listener, ops::router(readiness.clone(), metrics))
-            .with_graceful_shutdown(stopped(&shutdown_rx))
-            .into_future(),
-    );
+    let http_task = tokio::spawn(http_listener.serve(
+        ops::router(readiness.clone(), metrics),
+        stopped(&shutdown_rx),
+    ));
 
     let (health, health_service) = switchyard_common::grpc::health().await;
     health.set_serving::<RelayServer<RelayGrpc>>().await;

@@ -7,7 +7,7 @@
 --
 --   P:nodes            zset  node id -> last_seen_ms          (liveness index, for reap)
 --   P:node:<id>        hash  url weight capacity namespaces connections
---                            draining_admin draining_report last_seen_ms
+--                            draining_admin draining_report full last_seen_ms
 --   P:node:<id>:resv   set   the node's live reservation ids   (SCARD = the node's pending)
 --   P:ns:<namespace>   zset  node id -> (connections + pending) / weight
 --                            holds only assignable nodes: registered, not draining, not full
@@ -49,7 +49,7 @@ end
 local function load_node(P, id)
   local nk = node_key(P, id)
   local f = redis.call('HMGET', nk, 'url', 'weight', 'capacity', 'namespaces', 'connections',
-    'draining_admin', 'draining_report', 'last_seen_ms')
+    'draining_admin', 'draining_report', 'last_seen_ms', 'full')
   if not f[1] then
     return nil
   end
@@ -62,6 +62,7 @@ local function load_node(P, id)
     draining_admin = tonumber(f[6]),
     draining_report = tonumber(f[7]),
     last_seen_ms = tonumber(f[8]),
+    full = tonumber(f[9]) or 0,
     pending = redis.call('SCARD', nk .. ':resv'),
   }
 end
@@ -70,7 +71,7 @@ end
 local function assignable(n, now, liveness)
   local load = n.connections + n.pending
   return n.draining_admin == 0 and n.draining_report == 0
-    and (n.capacity == 0 or load < n.capacity)
+    and n.full == 0 and (n.capacity == 0 or load < n.capacity)
     and now - n.last_seen_ms <= liveness
 end
 

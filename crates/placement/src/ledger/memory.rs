@@ -63,6 +63,8 @@ struct Node {
     /// so that a report cannot undo an operator's drain.
     draining_admin: bool,
     draining_report: bool,
+    /// The gateway's own word that it cannot take another socket (out of descriptors).
+    full: bool,
     last_seen_ms: u64,
     /// Live reservation ids; their count is the node's pending.
     reservations: HashSet<String>,
@@ -91,6 +93,7 @@ impl Node {
     fn assignable(&self, now: u64, liveness_ms: u64) -> bool {
         let capacity = self.registration.capacity;
         !self.draining()
+            && !self.full
             && (capacity == 0 || self.load() < capacity)
             && now.saturating_sub(self.last_seen_ms) <= liveness_ms
     }
@@ -319,6 +322,7 @@ impl Ledger for MemoryLedger {
                     connections: 0,
                     draining_admin: false,
                     draining_report: false,
+                    full: false,
                     last_seen_ms: now,
                     reservations: HashSet::new(),
                     indexed: None,
@@ -350,6 +354,7 @@ impl Ledger for MemoryLedger {
             if let Some(node) = state.nodes.get_mut(node_id) {
                 node.connections = load.connections;
                 node.draining_report = load.draining;
+                node.full = load.full;
                 node.last_seen_ms = now;
             }
             state.rescore(node_id, now, liveness);

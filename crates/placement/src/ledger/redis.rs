@@ -371,6 +371,7 @@ impl Ledger for RedisLedger {
                         .arg(load.connections)
                         .arg(u8::from(load.draining))
                         .arg(self.liveness_ms())
+                        .arg(u8::from(load.full))
                         .arg(&load.consumed),
                 )
                 .await?;

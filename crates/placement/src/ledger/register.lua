@@ -22,7 +22,7 @@ local now = now_ms()
 remove_node(P, id)
 redis.call('HSET', KEYS[1], 'url', ARGV[3], 'weight', ARGV[4], 'capacity', ARGV[5],
   'namespaces', ARGV[6], 'connections', '0', 'draining_admin', '0', 'draining_report', '0',
-  'last_seen_ms', int(now))
+  'full', '0', 'last_seen_ms', int(now))
 redis.call('ZADD', KEYS[2], int(now), id)
 rescore(P, id, now, tonumber(ARGV[7]))
 return 1

@@ -8,7 +8,8 @@
 -- ARGV[3] = connections (absolute)
 -- ARGV[4] = draining as reported by the gateway, "0" or "1"
 -- ARGV[5] = liveness window, ms
--- ARGV[6..] = reservation ids consumed since the last report
+-- ARGV[6] = full as reported by the gateway (out of file descriptors), "0" or "1"
+-- ARGV[7..] = reservation ids consumed since the last report
 --
 -- Returns 1, or 0 when the node is unknown (the caller answers UnknownNode and the gateway
 -- registers again: this is how a Redis that lost its state is rebuilt).
@@ -29,9 +30,9 @@ local now = now_ms()
 purge_expired(P, now, liveness, 64)
 
 redis.call('HSET', KEYS[1], 'connections', ARGV[3], 'draining_report', ARGV[4],
-  'last_seen_ms', int(now))
+  'full', ARGV[6], 'last_seen_ms', int(now))
 redis.call('ZADD', KEYS[2], int(now), id)
-for i = 6, #ARGV do
+for i = 7, #ARGV do
   drop_reservation(P, id, ARGV[i])
 end
 rescore(P, id, now, liveness)

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""An attacker for the hostile-client tests: opens many TCP connections to one HTTP listener,
+each sending the start of a request and then nothing, and reports when the target closes them.
+
+Standard library only, so it runs without the venv. Run as its own process by
+``crates/gateway/tests/e2e_hostile.rs``:
+
+    slow_requests.py --target 127.0.0.1:4000 --sources 127.0.0.2,127.0.0.3 --per-source 300 \
+        --hold-secs 20
+
+Writes JSON lines on stdout:
+
+- ``{"opened": n, "failed": k}`` once every connection has been attempted (``failed``: the
+  connect itself failed) and its partial request sent (a send the target refused counts as a
+  close after 0 s);
+- ``{"closed_after": [seconds, ...], "still_open": m}`` when every connection has been closed by
+  the target, or ``--hold-secs`` after opening: for each closed connection the seconds from its
+  open to the target's close (EOF or reset).
+"""
+
+import argparse
+import json
+import selectors
+import socket
+import sys
+import time
+
+PARTIAL = b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: target\r\n"
+
+
+def watch(sel: selectors.BaseSelector, opened_at: dict, closed_after: list, timeout: float) -> None:
+    """Waits at most ``timeout`` for closes; records each one's seconds since its open."""
+    for key, _ in sel.select(timeout=timeout):
+        s = key.fileobj
+        try:
+            data = s.recv(4096)
+        except BlockingIOError:
+            continue
+        except OSError:
+            data = b""
+        if data:
+            continue  # an answer (such as 408) before the close: keep waiting for the close
+        closed_after.append(round(time.monotonic() - opened_at.pop(s), 3))
+        sel.unregister(s)
+        s.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--target", required=True, help="host:port")
+    ap.add_argument("--sources", required=True, help="comma-separated 127.0.0.x addresses")
+    ap.add_argument("--per-source", type=int, required=True)
+    ap.add_argument("--hold-secs", type=float, required=True)
+    args = ap.parse_args()
+    host, port = args.target.rsplit(":", 1)
+    target = (host, int(port))
+
+    sel = selectors.DefaultSelector()
+    opened_at: dict[socket.socket, float] = {}
+    closed_after: list[float] = []
+    opened = 0
+    failed = 0
+    for source in args.sources.split(","):
+        for _ in range(args.per_source):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind((source, 0))
+                s.connect(target)
+            except OSError:
+                failed += 1
+                s.close()
+                continue
+            opened += 1
+            try:
+                s.sendall(PARTIAL)
+            except OSError:
+                closed_after.append(0.0)  # closed by the target before the request was sent
+                s.close()
+                continue
+            s.setblocking(False)
+            opened_at[s] = time.monotonic()
+            sel.register(s, selectors.EVENT_READ)
+            # Notice closes while still opening, so their times are not inflated.
+            watch(sel, opened_at, closed_after, 0.0)
+    print(json.dumps({"opened": opened, "failed": failed}), flush=True)
+
+    deadline = time.monotonic() + args.hold_secs
+    while opened_at and time.monotonic() < deadline:
+        watch(sel, opened_at, closed_after, max(0.0, deadline - time.monotonic()))
+    print(json.dumps({"closed_after": closed_after, "still_open": len(opened_at)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
