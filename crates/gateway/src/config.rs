@@ -104,6 +104,16 @@ pub struct GatewayArgs {
         default_value_t = crate::settings::DEFAULT_MAX_BUFFERED_PACKETS
     )]
     pub max_buffered_packets: usize,
+    /// Interest routing: tell the relays which rooms have local members, so a room's frames
+    /// reach only the gateways with members in it. Turn it off only for handlers that call
+    /// `socket.join` themselves (their rooms are not announced).
+    #[arg(
+        long,
+        env = "SWITCHYARD_INTEREST_ROUTING",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub interest_routing: bool,
     /// Frames from the relay queued per namespace for its adapter. When the queue is full (the
     /// relay sends faster than this gateway applies), the link is cut and relinks after a
     /// backoff, and sockets holding history gates resume: memory stays bounded, nothing is
@@ -239,6 +249,7 @@ impl GatewayArgs {
             ws_read_buffer_bytes: self.ws_read_buffer_bytes,
             max_buffered_packets: self.max_buffered_packets,
             adapter_queue: self.adapter_queue,
+            interest_routing: self.interest_routing,
             admin_ui: self.admin_ui.then(|| AdminUiSettings {
                 namespace: self.admin_ui_namespace.trim().to_owned(),
                 username: self.admin_ui_username.clone(),

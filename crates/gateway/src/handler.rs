@@ -164,10 +164,15 @@ fn admit<A: Adapter>(
     }
     s.extensions.insert(Arc::new(admitted));
     let sref = SocketRef::from(s.clone());
+    let cluster = shared.cluster();
     if let Some(observer) = shared.observer.get() {
         watched_by_admin_ui(&sref, observer.clone());
+        if let Some(cluster) = &cluster {
+            cluster
+                .link()
+                .rooms_joined(sref.ns(), &[sref.id.to_string()]);
+        }
     }
-    let cluster = shared.cluster();
     crate::events::register(&sref, shared.limits, cluster.clone());
     let disconnect_seat = seat.clone();
     let (ns, sid) = (sref.ns().to_owned(), sref.id);
@@ -181,6 +186,11 @@ fn admit<A: Adapter>(
             disconnect_seat.release();
             if let Some(cluster) = &cluster {
                 cluster.gates().forget_socket(&ns, sid);
+                // Still in its rooms (socketioxide removes it after this handler).
+                let rooms: Vec<String> = s.rooms().into_iter().map(|r| r.to_string()).collect();
+                cluster
+                    .link()
+                    .rooms_left(&ns, &rooms, Some(sid.to_string().as_str()));
             }
             ::metrics::counter!(metrics::DISCONNECTS_TOTAL, "reason" => disconnect_label(reason))
                 .increment(1);

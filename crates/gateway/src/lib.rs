@@ -57,7 +57,7 @@
 //! local sockets), [`severed`] (disconnects what the gates severed), [`report_stream`]
 //! (placement) → [`gates`] (per-socket gates, a synchronous state machine; [`marks`], the
 //! first arrival of a stamped event across relay links), [`drain`] →
-//! [`link`] (relay streams), [`admission`] (token, rate, claim), [`load`], [`observe`] (what the
+//! [`link`] (relay streams; [`interest`], the rooms it declares for interest routing), [`admission`] (token, rate, claim), [`load`], [`observe`] (what the
 //! admin UI learns of client sockets, through a callback), [`payload`],
 //! [`config`] (flags) → [`codec`] (the adapter's wire format), [`rooms`], [`settings`],
 //! [`metrics`].
@@ -80,6 +80,7 @@ pub mod gates;
 pub mod gateway;
 pub mod handler;
 pub mod history;
+pub mod interest;
 pub mod link;
 pub mod load;
 pub mod marks;

@@ -25,8 +25,10 @@
 //!     `bus/subscription.rs` the subscriber connection.
 //! 13. `dedup`: the per-origin high-water mark.
 //! 14. `hub`: the local fan-out and its backpressure policy.
-//! 15. `validate`: what the relay accepts from outside.
-//! 16. `metrics`: every metric's name and HELP.
+//! 15. `interest`: interest routing: the rooms a link's gateway has members in, and which
+//!     frames that makes it want.
+//! 16. `validate`: what the relay accepts from outside.
+//! 17. `metrics`: every metric's name and HELP.
 //!
 //! # Guarantees (the contract the gateway adapter builds on)
 //!
@@ -138,6 +140,8 @@ pub mod bus;
 pub mod dedup;
 
 pub mod hub;
+
+pub mod interest;
 
 // The rules for input, and the names of the metrics.
 pub mod validate;

@@ -78,6 +78,7 @@ pub fn hello(node_id: &str, namespaces: &[&str], incarnation: u64) -> LinkMessag
             node_id: node_id.into(),
             namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
             incarnation,
+            ..Hello::default()
         })),
     }
 }
