@@ -202,9 +202,7 @@ pub(crate) fn register<A: Adapter>(
                         });
                         if let Some(cluster) = &cx.cluster {
                             cluster.gates().forget(s.ns(), s.id, room);
-                            cluster
-                                .link()
-                                .rooms_left(s.ns(), &[room.to_owned()], None);
+                            cluster.link().rooms_left(s.ns(), &[room.to_owned()], None);
                         }
                         Ok(())
                     }

@@ -194,6 +194,16 @@ impl Interest {
         }
     }
 
+    /// Registered links that have not acknowledged `version`.
+    pub fn unsettled(&self, version: u64) -> Vec<usize> {
+        self.links
+            .iter()
+            .enumerate()
+            .filter(|(_, link)| link.registered && link.acked < version)
+            .map(|(index, _)| index)
+            .collect()
+    }
+
     /// Every registered link acknowledged `version` (true with no link registered: a link
     /// registering later starts from the whole set).
     pub fn settled(&self, version: u64) -> bool {
@@ -249,6 +259,7 @@ mod tests {
         assert!(!i.settled(v));
         i.acked(0, v);
         assert!(!i.settled(v));
+        assert_eq!(i.unsettled(v), [1]);
         i.down(1);
         assert!(i.settled(v), "a link that ended is not waited for");
         let hello = i.hello(1);

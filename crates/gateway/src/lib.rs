@@ -66,7 +66,8 @@
 //! poison policy: a poisoned lock is recovered with `PoisonError::into_inner`, because every
 //! critical section leaves its data consistent (a panic cannot stop one half-way through an
 //! update that matters); where a recovered value could be wrong, the code says so. Locks nest
-//! in one place only: the relay link's state lock, then the gates' lock (see [`gates`]).
+//! in one direction only: the relay link's state lock, then the gates' lock (see [`gates`]) or
+//! a namespace's local room map (the interest check of [`link::RelayLink::rooms_left`]).
 pub mod adapter;
 pub mod admin_ui;
 pub mod admission;

@@ -45,8 +45,10 @@
 //!   remove is made only when no local member is left, under the same lock as the check, so a
 //!   join racing it re-declares the room (see [`crate::interest`]). Frames without a position
 //!   (adapter broadcasts) have no join position: one racing a join may be missed, as without
-//!   interest routing. A link that does not acknowledge within [`INTEREST_TIMEOUT`] fails the
-//!   join (`unavailable`) rather than let it start from a position it cannot keep.
+//!   interest routing. A link that does not acknowledge within [`INTEREST_TIMEOUT`] (a frozen
+//!   relay) is cut: it no longer counts, and when it relinks its Hello carries the whole set.
+//!   Only if it still has not ended soon after does the join fail (`unavailable`) rather than
+//!   start from a position it cannot keep.
 //! - **Bounded towards the adapter.** Each namespace's adapter takes frames from a queue of
 //!   [`LinkConfig::adapter_queue`] frames. When it is full (the relay sends faster than this
 //!   gateway applies), the frame is dropped and the relay's own policy for a slow peer applies
@@ -148,6 +150,8 @@ struct Inner {
     member_checks: HashMap<String, MemberCheck>,
     /// Per link task: woken when it has interest changes to send.
     interest_wakes: Vec<Arc<Notify>>,
+    /// Per link task: woken to cut a link that did not acknowledge interest in time.
+    interest_cuts: Vec<Arc<Notify>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -273,11 +277,14 @@ impl RelayLink {
     pub fn spawn(cfg: LinkConfig) -> RelayLink {
         let interest_wakes: Vec<Arc<Notify>> =
             cfg.urls.iter().map(|_| Arc::new(Notify::new())).collect();
+        let interest_cuts: Vec<Arc<Notify>> =
+            cfg.urls.iter().map(|_| Arc::new(Notify::new())).collect();
         let inner = Arc::new(Mutex::new(Inner {
             adapter_queue: cfg.adapter_queue.max(1),
             routing: cfg.interest_routing,
             interest: Interest::new(cfg.urls.len()),
             interest_wakes: interest_wakes.clone(),
+            interest_cuts: interest_cuts.clone(),
             ..Inner::default()
         }));
         let stamper = Stamper::default();
@@ -290,6 +297,7 @@ impl RelayLink {
                 stamper: stamper.clone(),
                 index,
                 interest_wake: Arc::clone(&interest_wakes[index]),
+                interest_cut: Arc::clone(&interest_cuts[index]),
                 settled: Arc::clone(&settled),
             };
             tokio::spawn(run_link(
@@ -417,7 +425,8 @@ impl RelayLink {
     }
 
     /// Waits until every relay link that is linking or up filters by the rooms declared so far
-    /// (see the module docs for why a join waits for it); [`LinkError::Unsettled`] after
+    /// (see the module docs for why a join waits for it). A link still behind after
+    /// [`INTEREST_TIMEOUT`] is cut; [`LinkError::Unsettled`] if it has not ended after another
     /// [`INTEREST_TIMEOUT`]. At once without interest routing.
     pub async fn interest_settled(&self) -> Result<(), LinkError> {
         let version = {
@@ -427,6 +436,26 @@ impl RelayLink {
             }
             g.interest.version()
         };
+        if self.settled_within(version).await.is_ok() {
+            return Ok(());
+        }
+        {
+            let g = self.inner.lock().map_err(|_| LinkError::Poisoned)?;
+            for index in g.interest.unsettled(version) {
+                tracing::warn!(
+                    link = index,
+                    "relay did not acknowledge interest in time; cutting its link"
+                );
+                if let Some(cut) = g.interest_cuts.get(index) {
+                    cut.notify_one();
+                }
+            }
+        }
+        self.settled_within(version).await
+    }
+
+    /// Waits up to [`INTEREST_TIMEOUT`] until every registered link acknowledged `version`.
+    async fn settled_within(&self, version: u64) -> Result<(), LinkError> {
         let wait = async {
             loop {
                 let notified = self.settled.notified();
@@ -545,6 +574,8 @@ struct LinkTask {
     index: usize,
     /// Woken when there are interest changes to send.
     interest_wake: Arc<Notify>,
+    /// Woken when the link did not acknowledge interest in time: the task cuts it.
+    interest_cut: Arc<Notify>,
     /// Notified when this link acknowledges interest or ends.
     settled: Arc<Notify>,
 }
@@ -562,7 +593,10 @@ impl<'a> InterestRegistered<'a> {
     fn register(
         inner: &std::sync::Weak<Mutex<Inner>>,
         task: &'a LinkTask,
-    ) -> Option<(InterestRegistered<'a>, Vec<switchyard_proto::relay::v1::Interest>)> {
+    ) -> Option<(
+        InterestRegistered<'a>,
+        Vec<switchyard_proto::relay::v1::Interest>,
+    )> {
         let inner = inner.upgrade()?;
         let set = {
             let mut g = inner.lock().ok()?;
@@ -732,11 +766,12 @@ async fn link_once(
         };
         Ok::<_, String>((tx, inbound, welcome, registered))
     };
-    let (tx, mut inbound, welcome, interest) = match tokio::time::timeout(LINK_TIMEOUT, connect).await {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => return LinkEnd::Failed(e),
-        Err(_) => return LinkEnd::Failed("timed out linking".to_owned()),
-    };
+    let (tx, mut inbound, welcome, interest) =
+        match tokio::time::timeout(LINK_TIMEOUT, connect).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return LinkEnd::Failed(e),
+            Err(_) => return LinkEnd::Failed("timed out linking".to_owned()),
+        };
     let Some(_up) = LinkUp::count(inner) else {
         return LinkEnd::Closed;
     };
@@ -760,6 +795,9 @@ async fn link_once(
     let mut next_call = 0u64;
     loop {
         tokio::select! {
+            () = task.interest_cut.notified() => {
+                return LinkEnd::Failed("the relay did not acknowledge interest in time".to_owned());
+            }
             () = task.interest_wake.notified() => {
                 for change in interest.changes() {
                     let msg = LinkMessage { kind: Some(Kind::Interest(change)) };

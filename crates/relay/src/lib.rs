@@ -37,7 +37,8 @@
 //!   every receiver sees one origin's frames in `seq` order. The relay's own frames keep their
 //!   order the same way (see [`origin`]).
 //! - **Exactly once per gateway, while links hold.** A frame is forwarded to each other gateway
-//!   of its namespace once (responses only to their target). One link per node id per replica;
+//!   of its namespace once (responses only to their target); with interest routing a frame
+//!   that targets rooms only to the gateways that declared one of them (see [`interest`]). One link per node id per replica;
 //!   a newer link of the same node supersedes the older one.
 //! - **Retries are deduplicated.** `(origin, incarnation, seq)` is accepted at most once
 //!   cluster-wide (see [`dedup`]); `Welcome.accepted_seq` and `Ack` tell the gateway what to

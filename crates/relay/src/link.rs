@@ -286,7 +286,12 @@ struct ReadLink {
 
 /// Applies one `Interest` of a link and queues its acknowledgement after it (see
 /// [`crate::interest`] for why that order makes a join safe).
-fn interest(state: &RelayState, link: &ReadLink, link_id: u64, change: Interest) -> Result<(), Status> {
+fn interest(
+    state: &RelayState,
+    link: &ReadLink,
+    link_id: u64,
+    change: Interest,
+) -> Result<(), Status> {
     if !link.interest_routing {
         return Err(Status::invalid_argument(
             "Interest on a link whose Hello did not ask for interest routing",
