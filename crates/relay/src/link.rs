@@ -160,7 +160,7 @@ fn validate_hello(id: &str, namespaces: Vec<String>) -> Result<Vec<String>, Stat
 
 /// An `Interest` names one of the link's namespaces.
 fn check_interest(namespaces: &[String], change: &Interest) -> Result<(), Status> {
-    if namespaces.iter().any(|ns| *ns == change.namespace) {
+    if namespaces.contains(&change.namespace) {
         Ok(())
     } else {
         Err(Status::invalid_argument(format!(
