@@ -15,7 +15,9 @@
 //! The application's disconnect handler, if it sets one with `socket.on_disconnect`, replaces
 //! Switchyard's; the socket's seat is then given back when socketioxide drops the socket
 //! instead of at the disconnect itself (see [`crate::load::Seat`]). Call
-//! [`crate::release_seat`] from your own disconnect handler to keep the count exact.
+//! [`crate::release_seat`] from your own disconnect handler to keep the count exact. With
+//! interest routing, the rooms such a socket was the last local member of then stay declared
+//! until another member leaves them: more frames than needed reach this gateway, none fewer.
 
 use std::future::Future;
 use std::pin::Pin;

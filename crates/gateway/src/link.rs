@@ -446,8 +446,9 @@ impl RelayLink {
                     link = index,
                     "relay did not acknowledge interest in time; cutting its link"
                 );
+                // Only the link task waiting now: no permit is left for a later link.
                 if let Some(cut) = g.interest_cuts.get(index) {
-                    cut.notify_one();
+                    cut.notify_waiters();
                 }
             }
         }
@@ -581,9 +582,10 @@ struct LinkTask {
 }
 
 /// Registers a link's interest for as long as it lives (from its Hello), so joins wait for its
-/// acknowledgements; unregisters it when the link ends.
+/// acknowledgements; unregisters it when the link ends. Holds the state weakly, like every
+/// link task: the links stop when the last [`RelayLink`] is dropped.
 struct InterestRegistered<'a> {
-    inner: Arc<Mutex<Inner>>,
+    inner: std::sync::Weak<Mutex<Inner>>,
     task: &'a LinkTask,
 }
 
@@ -597,29 +599,35 @@ impl<'a> InterestRegistered<'a> {
         InterestRegistered<'a>,
         Vec<switchyard_proto::relay::v1::Interest>,
     )> {
-        let inner = inner.upgrade()?;
+        let strong = inner.upgrade()?;
         let set = {
-            let mut g = inner.lock().ok()?;
+            let mut g = strong.lock().ok()?;
             if g.routing {
                 g.interest.hello(task.index)
             } else {
                 Vec::new()
             }
         };
+        let inner = inner.clone();
         Some((InterestRegistered { inner, task }, set))
     }
 
     /// The changes this link has not sent yet.
     fn changes(&self) -> Vec<switchyard_proto::relay::v1::Interest> {
         self.inner
-            .lock()
-            .map(|mut g| g.interest.take_changes(self.task.index))
+            .upgrade()
+            .and_then(|inner| {
+                let mut g = inner.lock().ok()?;
+                Some(g.interest.take_changes(self.task.index))
+            })
             .unwrap_or_default()
     }
 
     /// The relay filters by `version` now.
     fn acked(&self, version: u64) {
-        if let Ok(mut g) = self.inner.lock() {
+        if let Some(inner) = self.inner.upgrade()
+            && let Ok(mut g) = inner.lock()
+        {
             g.interest.acked(self.task.index, version);
         }
         self.task.settled.notify_waiters();
@@ -628,7 +636,9 @@ impl<'a> InterestRegistered<'a> {
 
 impl Drop for InterestRegistered<'_> {
     fn drop(&mut self) {
-        if let Ok(mut g) = self.inner.lock() {
+        if let Some(inner) = self.inner.upgrade()
+            && let Ok(mut g) = inner.lock()
+        {
             g.interest.down(self.task.index);
         }
         self.task.settled.notify_waiters();
