@@ -199,8 +199,10 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
                         _ => None,
                     };
                     self.recv_req(req);
-                    if let Some((joined, rooms)) = rooms_changed {
-                        self.announce(joined, &rooms);
+                    match rooms_changed {
+                        Some((true, rooms)) => self.link.rooms_joined_remotely(&self.ns, &rooms),
+                        Some((false, rooms)) => self.announce(false, &rooms),
+                        None => {}
                     }
                 }
                 Err(e) => {
@@ -392,7 +394,11 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
         let rooms: Vec<Room> = rooms.into_room_iter().collect();
         if !opts.is_local(self.uid()) {
             let req = RequestOut::new(self.uid(), RequestTypeOut::AddSockets(&rooms), &opts);
-            self.send_req(&req, FrameKind::Broadcast)?;
+            let frame = request_frame(&self.ns, FrameKind::Broadcast, &req)?;
+            self.send_frame(Frame {
+                joins: room_names(&rooms),
+                ..frame
+            })?;
         }
         self.local.add_sockets(opts, rooms.clone());
         self.announce(true, &room_names(&rooms));

@@ -103,6 +103,30 @@ impl Interest {
         changed
     }
 
+    /// After a remote join (`Frame.joins`): the relays made this gateway interested in `rooms`
+    /// when they forwarded it. Declares those with a local member ([`Interest::joined`]) and
+    /// withdraws the others from the relays (they were never declared here). True when the
+    /// links have something to send.
+    pub fn joined_remotely(
+        &mut self,
+        namespace: &str,
+        rooms: &[String],
+        has_member: impl Fn(&str) -> bool,
+    ) -> bool {
+        let mut changed = self.joined(namespace, rooms, &has_member);
+        for room in rooms {
+            let declared = self
+                .rooms
+                .get(namespace)
+                .is_some_and(|set| set.contains(room));
+            if !declared {
+                self.changed(namespace, room);
+                changed = true;
+            }
+        }
+        changed
+    }
+
     /// Withdraws each of `rooms` that is declared and has no local member now (`has_member`).
     /// True when anything changed.
     pub fn left(
@@ -247,6 +271,17 @@ mod tests {
         assert_eq!(msg.remove, r(&["b"]));
         assert!(i.take_changes(0).is_empty());
         assert!(i.take_changes(1).is_empty(), "link 1 never said Hello");
+    }
+
+    #[test]
+    fn a_remote_join_declares_rooms_with_members_and_withdraws_the_others() {
+        let mut i = Interest::new(1);
+        i.hello(0);
+        assert!(i.joined_remotely("/", &r(&["a", "b"]), |room| room == "a"));
+        let sent = i.take_changes(0);
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].add, r(&["a"]));
+        assert_eq!(sent[0].remove, r(&["b"]));
     }
 
     #[test]

@@ -403,6 +403,27 @@ impl RelayLink {
         }
     }
 
+    /// After a remote join (an AddSockets frame with `joins`, which made the relays send this
+    /// gateway those rooms' frames): declares the rooms with a local member, withdraws the rest.
+    pub fn rooms_joined_remotely(&self, namespace: &str, rooms: &[String]) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        if !g.routing {
+            return;
+        }
+        let Inner {
+            interest,
+            member_checks,
+            ..
+        } = &mut *g;
+        let check = member_checks.get(namespace);
+        let changed = interest.joined_remotely(namespace, rooms, |room| {
+            check.is_none_or(|has| has(room, None))
+        });
+        if changed {
+            interest_changed(&g, namespace);
+        }
+    }
+
     /// Withdraws each of `rooms` of `namespace` that has no local member now, not counting
     /// `except` (the id of a socket being disconnected, still in its rooms). Call after sockets
     /// left them.

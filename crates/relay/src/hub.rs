@@ -246,7 +246,8 @@ impl Hub {
         let rooms = frame_rooms(frame);
         let mut overflowed = Vec::new();
         {
-            let st = self.state();
+            let mut st = self.state();
+            let st = &mut *st;
             let Some(members) = st.by_namespace.get(&frame.namespace) else {
                 return;
             };
@@ -257,13 +258,15 @@ impl Hub {
                 let Some(link) = st.links.get(link_id) else {
                     continue;
                 };
-                if !st
-                    .interest
-                    .get(link_id)
-                    .is_none_or(|i| i.wants(&frame.namespace, rooms))
-                {
-                    metrics::frame_saved();
-                    continue;
+                if let Some(interest) = st.interest.get_mut(link_id) {
+                    if !interest.wants(&frame.namespace, rooms) {
+                        metrics::frame_saved();
+                        continue;
+                    }
+                    if !frame.joins.is_empty() {
+                        // A remote join: the frames after it reach the joined sockets.
+                        interest.apply(&frame.namespace, frame.joins.clone(), &[]);
+                    }
                 }
                 match link.offer(msg.clone()) {
                     Offer::Queued => {

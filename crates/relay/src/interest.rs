@@ -21,6 +21,14 @@
 //! was stamped after it, so it reaches this replica's hub after it too (it comes out of the
 //! same Redis, through the bus, after the stamp).
 //!
+//! # Remote joins
+//!
+//! A `socketsJoin` (an AddSockets frame, `Frame.joins`) makes sockets join rooms on the gateways
+//! it reaches; the frames its origin sends next must reach them, in order, before any gateway
+//! could declare the rooms. So forwarding such a frame to a link adds its rooms to the link's
+//! set, under the same lock as every delivery decision; the gateway then withdraws the rooms it
+//! has no member in (a superset in between is safe).
+//!
 //! # Bounds
 //!
 //! A link's set holds at most [`MAX_ROOMS_PER_LINK`] rooms. A gateway that declares more is not

@@ -116,6 +116,26 @@ async fn room_frames_reach_only_links_that_declared_a_room_on_either_replica() -
         "end"
     );
 
+    // A remote join (AddSockets with `joins`) makes the links it reaches interested in its
+    // rooms at once, so the frames after it from the same origin follow it.
+    publisher
+        .send_frame(Frame {
+            joins: vec!["j".into()],
+            ..to_rooms(&[], "join-j")
+        })
+        .await?;
+    publisher.send_frame(to_rooms(&["j"], "to-j")).await?;
+    for (gw, want) in [
+        (&mut a, vec!["join-j", "to-j"]),
+        (&mut b, vec!["end", "join-j", "to-j"]),
+    ] {
+        let mut got = Vec::new();
+        while got.last().map(String::as_str) != Some("to-j") {
+            got.push(String::from_utf8(gw.next_frame().await?.payload.to_vec())?);
+        }
+        assert_eq!(got, want, "{}", gw.node_id);
+    }
+
     let text = reqwest_metrics(&r1).await? + &reqwest_metrics(&r2).await?;
     assert!(
         text.lines()
