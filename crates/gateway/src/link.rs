@@ -45,7 +45,10 @@
 //!   remove is made only when no local member is left, under the same lock as the check, so a
 //!   join racing it re-declares the room (see [`crate::interest`]). Frames without a position
 //!   (adapter broadcasts) have no join position: one racing a join may be missed, as without
-//!   interest routing. A link that does not acknowledge within [`INTEREST_TIMEOUT`] (a frozen
+//!   interest routing. A remote join (`socketsJoin`) names its rooms in `Frame.joins`: each
+//!   relay makes the links it forwards it to interested in them at once, so what its origin
+//!   sends next reaches the joined sockets in order ([`RelayLink::rooms_joined_remotely`]
+//!   then keeps the rooms with members and withdraws the rest). A link that does not acknowledge within [`INTEREST_TIMEOUT`] (a frozen
 //!   relay) is cut: it no longer counts, and when it relinks its Hello carries the whole set.
 //!   Only if it still has not ended soon after does the join fail (`unavailable`) rather than
 //!   start from a position it cannot keep.
