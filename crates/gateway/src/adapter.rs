@@ -20,7 +20,10 @@
 //!   gates, as runs).
 //!
 //! The frames carry socketioxide-core requests and responses in the wire format of
-//! [`crate::codec`].
+//! [`crate::codec`]. A `to(rooms)` broadcast names its rooms in `Frame.rooms`, so relays route
+//! it only to gateways with members in them (interest routing, see [`crate::link`]); the
+//! adapter gives the link its local room membership for that ([`RelayLink::set_member_check`]),
+//! and announces the rooms remote joins add or remove here.
 //!
 //! While the link is down, frames queue and are resent after the relink (see [`crate::link`]);
 //! requests that need answers just get fewer answers within their timeout.
@@ -36,7 +39,7 @@ use socketioxide_core::adapter::{
     BroadcastOptions, CoreAdapter, CoreLocalAdapter, DefinedAdapter, RemoteSocketData, Room,
     RoomParam, SocketEmitter,
     errors::{AdapterError, BroadcastError},
-    remote_packet::{RequestOut, RequestTypeOut, Response, ResponseTypeId},
+    remote_packet::{RequestOut, RequestTypeIn, RequestTypeOut, Response, ResponseTypeId},
     request::RemoteRequestHandler,
     stream::{AckStream, ChanStream, ResponseHandlers, wait_responses},
 };
@@ -126,6 +129,16 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
             .remove(&req_id);
     }
 
+    /// Whether a local socket other than `except` (a socket id) is in `room`.
+    fn has_local_member(&self, room: &str, except: Option<&str>) -> bool {
+        let mut opts = BroadcastOptions::default();
+        opts.rooms.push(Room::from(room.to_owned()));
+        self.local
+            .sockets(opts)
+            .iter()
+            .any(|sid| except.is_none_or(|e| sid.as_str() != e))
+    }
+
     fn request_timeout(&self) -> Duration {
         self.local.ack_timeout() + RESPONSE_MARGIN
     }
@@ -180,7 +193,17 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner)
                         .insert(*req.node_id, frame.origin.clone());
+                    let rooms_changed = match &req.r#type {
+                        RequestTypeIn::AddSockets(rooms) => Some((true, room_names(rooms))),
+                        RequestTypeIn::DelSockets(rooms) => Some((false, room_names(rooms))),
+                        _ => None,
+                    };
                     self.recv_req(req);
+                    match rooms_changed {
+                        Some((true, rooms)) => self.link.rooms_joined_remotely(&self.ns, &rooms),
+                        Some((false, rooms)) => self.announce(false, &rooms),
+                        None => {}
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(origin = %frame.origin, seq = frame.seq, error = %e, "undecodable adapter request");
@@ -188,6 +211,15 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
                 }
             },
             _ => tracing::warn!(origin = %frame.origin, kind = frame.kind, "unexpected frame kind"),
+        }
+    }
+
+    /// Tells the link which of `rooms` gained (`joined`) or may have lost their local members.
+    fn announce(&self, joined: bool, rooms: &[String]) {
+        if joined {
+            self.link.rooms_joined(&self.ns, rooms);
+        } else {
+            self.link.rooms_left(&self.ns, rooms, None);
         }
     }
 
@@ -269,6 +301,15 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
     fn init(self: Arc<Self>, on_success: impl FnOnce() + Send + 'static) -> Self::InitRes {
         let rx = self.link.subscribe(&self.ns);
         let weak = Arc::downgrade(&self);
+        let members = weak.clone();
+        self.link.set_member_check(
+            &self.ns,
+            Box::new(move |room, except| {
+                members
+                    .upgrade()
+                    .is_some_and(|a| a.has_local_member(room, except))
+            }),
+        );
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(apply_incoming(weak, rx));
@@ -297,7 +338,13 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
     ) -> Result<(), BroadcastError> {
         if !opts.is_local(self.uid()) {
             let req = RequestOut::new(self.uid(), RequestTypeOut::Broadcast(&packet), &opts);
-            self.send_req(&req, FrameKind::Broadcast)
+            let frame = request_frame(&self.ns, FrameKind::Broadcast, &req)
+                .map(|frame| Frame {
+                    rooms: room_names(&opts.rooms),
+                    ..frame
+                })
+                .map_err(|e| BroadcastError::Adapter(ClusterError::from(e).into()))?;
+            self.send_frame(frame)
                 .map_err(|e| BroadcastError::Adapter(e.into()))?;
         }
         self.local
@@ -347,9 +394,14 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
         let rooms: Vec<Room> = rooms.into_room_iter().collect();
         if !opts.is_local(self.uid()) {
             let req = RequestOut::new(self.uid(), RequestTypeOut::AddSockets(&rooms), &opts);
-            self.send_req(&req, FrameKind::Broadcast)?;
+            let frame = request_frame(&self.ns, FrameKind::Broadcast, &req)?;
+            self.send_frame(Frame {
+                joins: room_names(&rooms),
+                ..frame
+            })?;
         }
-        self.local.add_sockets(opts, rooms);
+        self.local.add_sockets(opts, rooms.clone());
+        self.announce(true, &room_names(&rooms));
         Ok(())
     }
 
@@ -363,7 +415,8 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
             let req = RequestOut::new(self.uid(), RequestTypeOut::DelSockets(&rooms), &opts);
             self.send_req(&req, FrameKind::Broadcast)?;
         }
-        self.local.del_sockets(opts, rooms);
+        self.local.del_sockets(opts, rooms.clone());
+        self.announce(false, &room_names(&rooms));
         Ok(())
     }
 
@@ -409,6 +462,11 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
     fn get_local(&self) -> &CoreLocalAdapter<E> {
         &self.local
     }
+}
+
+/// Room names as the relay protocol carries them.
+fn room_names(rooms: &[Room]) -> Vec<String> {
+    rooms.iter().map(|r| r.to_string()).collect()
 }
 
 /// Applies the namespace's incoming frames in arrival order until the adapter is gone.

@@ -309,7 +309,15 @@ async fn apply<A: Adapter>(
         leave_room(s, cluster, room);
     }
     if !actions.join.is_empty() {
-        s.join(actions.join);
+        s.join(actions.join.clone());
+        // Declared for interest routing and settled before the emits and the ack, so what is
+        // published to these rooms from now on reaches this gateway.
+        if let Some(cluster) = cluster {
+            cluster.link().rooms_joined(s.ns(), &actions.join);
+            if let Err(e) = cluster.link().interest_settled().await {
+                tracing::warn!(rooms = ?actions.join, error = %e, "hook join: the relays did not take the rooms");
+            }
+        }
     }
     for emit in actions.emit {
         match emit {

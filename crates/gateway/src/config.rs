@@ -119,6 +119,16 @@ pub struct GatewayArgs {
     /// is closed.
     #[arg(long, env = "SWITCHYARD_CONNECT_TIMEOUT_MS", default_value_t = 45_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub connect_timeout_ms: u64,
+    /// Interest routing: tell the relays which rooms have local members, so a room's frames
+    /// reach only the gateways with members in it. Turn it off only for handlers that call
+    /// `socket.join` themselves (their rooms are not announced).
+    #[arg(
+        long,
+        env = "SWITCHYARD_INTEREST_ROUTING",
+        default_value_t = true,
+        action = clap::ArgAction::Set
+    )]
+    pub interest_routing: bool,
     /// Frames from the relay queued per namespace for its adapter. When the queue is full (the
     /// relay sends faster than this gateway applies), the link is cut and relinks after a
     /// backoff, and sockets holding history gates resume: memory stays bounded, nothing is
@@ -288,6 +298,7 @@ impl GatewayArgs {
             ping_timeout: Duration::from_millis(self.ping_timeout_ms),
             connect_timeout: Duration::from_millis(self.connect_timeout_ms),
             adapter_queue: self.adapter_queue,
+            interest_routing: self.interest_routing,
             admin_ui: self.admin_ui.then(|| AdminUiSettings {
                 namespace: self.admin_ui_namespace.trim().to_owned(),
                 username: self.admin_ui_username.clone(),

@@ -251,6 +251,7 @@ pub(crate) fn leave_room<A: Adapter>(s: &SocketRef<A>, cluster: Option<&ClusterS
     });
     if let Some(cluster) = cluster {
         cluster.gates().forget(s.ns(), s.id, room);
+        cluster.link().rooms_left(s.ns(), &[room.to_owned()], None);
     }
 }
 
@@ -327,8 +328,35 @@ fn join_checked<A: Adapter>(
     Ok(())
 }
 
-/// `join`: the ack. With history: gate pending, join locally, read the head, ack with the
-/// position and the retained event, open the gate at the head (see [`crate::gates`]).
+/// Declares `rooms` (just joined locally) to the relays and waits until every relay link
+/// filters by them, so the position read next is one from which every later event reaches
+/// this gateway (the argument is in [`crate::link`]). On failure the socket leaves them again.
+async fn declare<A: Adapter>(
+    s: &SocketRef<A>,
+    cluster: &ClusterState,
+    rooms: &[String],
+) -> Result<(), EventError> {
+    cluster.link().rooms_joined(s.ns(), rooms);
+    if let Err(e) = cluster.link().interest_settled().await {
+        tracing::warn!(?rooms, error = %e, "join: the relays did not take the rooms");
+        leave_all(s, cluster, rooms);
+        return Err(EventError::Unavailable);
+    }
+    Ok(())
+}
+
+/// Undoes a join that could not complete: leaves `rooms`, drops their gates, withdraws them.
+fn leave_all<A: Adapter>(s: &SocketRef<A>, cluster: &ClusterState, rooms: &[String]) {
+    for room in rooms {
+        s.leave(room.clone());
+        cluster.gates().forget(s.ns(), s.id, room);
+    }
+    cluster.link().rooms_left(s.ns(), rooms, None);
+}
+
+/// `join`: the ack. With history: gate pending, join locally, declare the room to the relays
+/// and wait for them, read the head, ack with the position and the retained event, open the
+/// gate at the head (see [`crate::gates`]).
 async fn join<A: Adapter>(
     s: &SocketRef<A>,
     cx: &Context,
@@ -346,12 +374,12 @@ async fn join<A: Adapter>(
     };
     let gates = cluster.gates();
     join_checked(s, cx, rooms, || gates.hold(s.ns(), s.id, rooms))?;
+    declare(s, cluster, rooms).await?;
     let Head { position, retained } = match cluster.history().head(s.ns(), &room).await {
         Ok(head) => head,
         Err(e) => {
             tracing::warn!(%room, error = %e, "join: history unavailable");
-            s.leave(room.clone());
-            gates.forget(s.ns(), s.id, &room);
+            leave_all(s, cluster, rooms);
             return Err(EventError::Unavailable);
         }
     };
@@ -460,6 +488,7 @@ async fn resume<A: Adapter>(
     };
     let gates = cluster.gates();
     join_checked(s, cx, &rooms, || gates.hold(s.ns(), s.id, &rooms))?;
+    declare(s, cluster, &rooms).await?;
     let epoch = req.epoch.unwrap_or_default();
     let history = cluster.history();
     let replay = match req.offset {
@@ -471,10 +500,7 @@ async fn resume<A: Adapter>(
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "resume: history unavailable");
-            for room in &rooms {
-                s.leave(room.clone());
-                gates.forget(s.ns(), s.id, room);
-            }
+            leave_all(s, cluster, &rooms);
             return Err(EventError::Unavailable);
         }
     };

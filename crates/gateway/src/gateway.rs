@@ -210,6 +210,7 @@ impl Switchyard {
             tls: s.tls.clone(),
             token: s.link_token.clone(),
             adapter_queue: s.adapter_queue,
+            interest_routing: s.interest_routing,
         };
         let started = ClusterState::start(cfg).map_err(|e| SetupError::Relay(e.to_string()))?;
         // A concurrent first call may have won: everyone uses the one that was stored.

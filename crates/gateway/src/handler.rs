@@ -15,7 +15,9 @@
 //! The application's disconnect handler, if it sets one with `socket.on_disconnect`, replaces
 //! Switchyard's; the socket's seat is then given back when socketioxide drops the socket
 //! instead of at the disconnect itself (see [`crate::load::Seat`]). Call
-//! [`crate::release_seat`] from your own disconnect handler to keep the count exact.
+//! [`crate::release_seat`] from your own disconnect handler to keep the count exact. With
+//! interest routing, the rooms such a socket was the last local member of then stay declared
+//! until another member leaves them: more frames than needed reach this gateway, none fewer.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -180,10 +182,18 @@ fn admit<A: Adapter>(
     }
     s.extensions.insert(Arc::new(admitted));
     let sref = SocketRef::from(s.clone());
+    let cluster = shared.cluster();
     if let Some(observer) = shared.observer.get() {
         watched_by_admin_ui(&sref, observer.clone());
     }
-    let cluster = shared.cluster();
+    // Rooms the socket is in before its first event (its own room for the admin UI, the connect
+    // hook's `join`) are declared for interest routing like any join.
+    if let Some(cluster) = &cluster {
+        let rooms: Vec<String> = sref.rooms().into_iter().map(|r| r.to_string()).collect();
+        if !rooms.is_empty() {
+            cluster.link().rooms_joined(sref.ns(), &rooms);
+        }
+    }
     crate::events::register(&sref, shared.limits, cluster.clone());
     let hooks = shared.hooks.clone();
     if let Some(hooks) = &hooks {
@@ -208,6 +218,11 @@ fn admit<A: Adapter>(
             }
             if let Some(cluster) = &cluster {
                 cluster.gates().forget_socket(&ns, sid);
+                // Still in its rooms (socketioxide removes it after this handler).
+                let rooms: Vec<String> = s.rooms().into_iter().map(|r| r.to_string()).collect();
+                cluster
+                    .link()
+                    .rooms_left(&ns, &rooms, Some(sid.to_string().as_str()));
             }
             ::metrics::counter!(metrics::DISCONNECTS_TOTAL, "reason" => disconnect_label(reason))
                 .increment(1);

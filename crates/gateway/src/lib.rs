@@ -64,7 +64,8 @@
 //! local sockets), [`severed`] (disconnects what the gates severed), [`report_stream`]
 //! (placement) → [`gates`] (per-socket gates, a synchronous state machine; [`marks`], the
 //! first arrival of a stamped event across relay links), [`drain`] →
-//! [`link`] (relay streams), [`admission`] (token, rate, claim), [`load`], [`descriptors`]
+//! [`link`] (relay streams; [`interest`], the rooms it declares for
+//! interest routing), [`admission`] (token, rate, claim), [`load`], [`descriptors`]
 //! (file-descriptor headroom), [`observe`] (what the
 //! admin UI learns of client sockets, through a callback), [`hooks`] (the calls to the
 //! application's backend: contract, client, breaker, disconnect queue), [`payload`],
@@ -75,7 +76,8 @@
 //! poison policy: a poisoned lock is recovered with `PoisonError::into_inner`, because every
 //! critical section leaves its data consistent (a panic cannot stop one half-way through an
 //! update that matters); where a recovered value could be wrong, the code says so. Locks nest
-//! in one place only: the relay link's state lock, then the gates' lock (see [`gates`]).
+//! in one direction only: the relay link's state lock, then the gates' lock (see [`gates`]) or
+//! a namespace's local room map (the interest check of [`link::RelayLink::rooms_left`]).
 pub mod adapter;
 pub mod admin_ui;
 pub mod admission;
@@ -92,6 +94,7 @@ pub mod gateway;
 pub mod handler;
 pub mod history;
 pub mod hooks;
+pub mod interest;
 pub mod link;
 pub mod load;
 pub mod marks;

@@ -27,6 +27,31 @@
 //!   first link counts as a gap too: the gateway serves (and placement assigns it) as soon as
 //!   it listens, and a client may join a room through the `Head` RPC before any link is up (a
 //!   Kubernetes pod whose relay Service had no ready endpoint yet).
+//! - **Interest routing** (`LinkConfig::interest_routing`). The gateway declares the rooms it has
+//!   local members in ([`crate::interest`]): the whole set in each link's Hello, then changes
+//!   ([`RelayLink::rooms_joined`], [`RelayLink::rooms_left`]) on every link, which its relay
+//!   acknowledges once it filters by them. **Why a join loses nothing**: the `join` event adds
+//!   the socket locally, declares the room, then waits ([`RelayLink::interest_settled`]) until
+//!   every link that is linking or up has either acknowledged that version or said Hello after
+//!   it, and only then reads the head it starts from. Take an event stamped with an offset above
+//!   that head, on any replica R. It was stamped after the head was read (offsets come from one
+//!   sequence), so after R's acknowledgement (or after R registered the link with a Hello that
+//!   held the room); R hears it on the bus only after its stamp, and R decides what to forward
+//!   under the same lock that applied the interest (see the relay's `interest.rs`). So every
+//!   link of this gateway that is up when the event arrives carries it, and a link that comes
+//!   up later starts from a Hello holding the room. If no link carries it, all were down: that
+//!   is a gap, and the gap handler severs the socket (it resumes from what it got). With two
+//!   replicas each filters by its own links' interests, and the argument holds per link. A
+//!   remove is made only when no local member is left, under the same lock as the check, so a
+//!   join racing it re-declares the room (see [`crate::interest`]). Frames without a position
+//!   (adapter broadcasts) have no join position: one racing a join may be missed, as without
+//!   interest routing. A remote join (`socketsJoin`) names its rooms in `Frame.joins`: each
+//!   relay makes the links it forwards it to interested in them at once, so what its origin
+//!   sends next reaches the joined sockets in order ([`RelayLink::rooms_joined_remotely`]
+//!   then keeps the rooms with members and withdraws the rest). A link that does not acknowledge within [`INTEREST_TIMEOUT`] (a frozen
+//!   relay) is cut: it no longer counts, and when it relinks its Hello carries the whole set.
+//!   Only if it still has not ended soon after does the join fail (`unavailable`) rather than
+//!   start from a position it cannot keep.
 //! - **Bounded towards the adapter.** Each namespace's adapter takes frames from a queue of
 //!   [`LinkConfig::adapter_queue`] frames. When it is full (the relay sends faster than this
 //!   gateway applies), the frame is dropped and the relay's own policy for a slow peer applies
@@ -43,11 +68,12 @@ use switchyard_proto::relay::v1::{
     Frame, Hello, LinkMessage, Members, Position, StampCall, StampRequest, StampResult,
     link_message::Kind, relay_client::RelayClient,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
 
+use crate::interest::{Interest, MemberCheck};
 use crate::metrics;
 
 /// Frames kept for resending per link while it is down, beyond which the oldest are dropped.
@@ -63,6 +89,9 @@ const MAX_QUEUED_STAMPS: usize = 4096;
 
 /// How long connecting and the `Welcome` may take before the attempt counts as failed.
 const LINK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a join waits for the relays to acknowledge its room ([`RelayLink::interest_settled`]).
+pub const INTEREST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the link needs to speak for this gateway.
 #[derive(Debug, Clone)]
@@ -81,6 +110,8 @@ pub struct LinkConfig {
     /// Frames queued per namespace towards its adapter; see the module docs for what happens
     /// when the queue is full.
     pub adapter_queue: usize,
+    /// Declare the rooms with local members to the relays (see the module docs).
+    pub interest_routing: bool,
 }
 
 /// What runs at the end of a gap, and when an adapter's queue overflowed (see the module docs).
@@ -114,6 +145,16 @@ struct Inner {
     ever_up: bool,
     /// Runs at the end of a gap and on an adapter queue overflow ([`RelayLink::on_gap`]).
     on_gap: Option<GapHandler>,
+    /// Interest routing on (`LinkConfig::interest_routing`).
+    routing: bool,
+    /// The declared rooms and each link's acknowledgements.
+    interest: Interest,
+    /// Per namespace: whether a room has a local member (set by its adapter).
+    member_checks: HashMap<String, MemberCheck>,
+    /// Per link task: woken when it has interest changes to send.
+    interest_wakes: Vec<Arc<Notify>>,
+    /// Per link task: woken to cut a link that did not acknowledge interest in time.
+    interest_cuts: Vec<Arc<Notify>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -132,6 +173,8 @@ pub struct RelayLink {
     inner: Arc<Mutex<Inner>>,
     node_id: Arc<str>,
     stamper: Stamper,
+    /// Woken when a link acknowledges interest or ends ([`RelayLink::interest_settled`]).
+    settled: Arc<Notify>,
 }
 
 /// The relay's answer to one stamp call: the event's position, or the status the `Stamp` RPC
@@ -228,29 +271,43 @@ pub enum LinkError {
     Stopped,
     #[error("frame of {0} bytes exceeds the relay frame limit")]
     TooLarge(usize),
+    #[error("a relay did not acknowledge the rooms of this gateway in time")]
+    Unsettled,
 }
 
 impl RelayLink {
     /// Starts one link task per URL. Must be called inside a tokio runtime.
     pub fn spawn(cfg: LinkConfig) -> RelayLink {
+        let interest_wakes: Vec<Arc<Notify>> =
+            cfg.urls.iter().map(|_| Arc::new(Notify::new())).collect();
+        let interest_cuts: Vec<Arc<Notify>> =
+            cfg.urls.iter().map(|_| Arc::new(Notify::new())).collect();
         let inner = Arc::new(Mutex::new(Inner {
             adapter_queue: cfg.adapter_queue.max(1),
+            routing: cfg.interest_routing,
+            interest: Interest::new(cfg.urls.len()),
+            interest_wakes: interest_wakes.clone(),
+            interest_cuts: interest_cuts.clone(),
             ..Inner::default()
         }));
         let stamper = Stamper::default();
+        let settled = Arc::new(Notify::new());
         let mut outboxes = Vec::new();
         for (index, url) in cfg.urls.iter().enumerate() {
             let (tx, rx) = mpsc::unbounded_channel();
             outboxes.push(tx);
-            let stamps = LinkStamps {
+            let task = LinkTask {
                 stamper: stamper.clone(),
                 index,
+                interest_wake: Arc::clone(&interest_wakes[index]),
+                interest_cut: Arc::clone(&interest_cuts[index]),
+                settled: Arc::clone(&settled),
             };
             tokio::spawn(run_link(
                 url.clone(),
                 cfg.clone(),
                 rx,
-                stamps,
+                task,
                 Arc::downgrade(&inner),
             ));
         }
@@ -261,6 +318,7 @@ impl RelayLink {
             inner,
             node_id: cfg.node_id.into(),
             stamper,
+            settled,
         }
     }
 
@@ -319,6 +377,131 @@ impl RelayLink {
         }
     }
 
+    /// Tells the link how to see whether a room of `namespace` has a local member (its
+    /// adapter's local rooms); until then every room announced is kept declared.
+    pub fn set_member_check(&self, namespace: &str, check: MemberCheck) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.member_checks.insert(namespace.to_owned(), check);
+        }
+    }
+
+    /// Declares each of `rooms` of `namespace` that has a local member now; call after the
+    /// sockets joined locally. Does nothing without interest routing.
+    pub fn rooms_joined(&self, namespace: &str, rooms: &[String]) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        if !g.routing {
+            return;
+        }
+        let Inner {
+            interest,
+            member_checks,
+            ..
+        } = &mut *g;
+        let check = member_checks.get(namespace);
+        let changed = interest.joined(namespace, rooms, |room| {
+            check.is_none_or(|has| has(room, None))
+        });
+        if changed {
+            interest_changed(&g, namespace);
+        }
+    }
+
+    /// After a remote join (an AddSockets frame with `joins`, which made the relays send this
+    /// gateway those rooms' frames): declares the rooms with a local member, withdraws the rest.
+    pub fn rooms_joined_remotely(&self, namespace: &str, rooms: &[String]) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        if !g.routing {
+            return;
+        }
+        let Inner {
+            interest,
+            member_checks,
+            ..
+        } = &mut *g;
+        let check = member_checks.get(namespace);
+        let changed = interest.joined_remotely(namespace, rooms, |room| {
+            check.is_none_or(|has| has(room, None))
+        });
+        if changed {
+            interest_changed(&g, namespace);
+        }
+    }
+
+    /// Withdraws each of `rooms` of `namespace` that has no local member now, not counting
+    /// `except` (the id of a socket being disconnected, still in its rooms). Call after sockets
+    /// left them.
+    pub fn rooms_left(&self, namespace: &str, rooms: &[String], except: Option<&str>) {
+        let Ok(mut g) = self.inner.lock() else { return };
+        if !g.routing {
+            return;
+        }
+        let Inner {
+            interest,
+            member_checks,
+            ..
+        } = &mut *g;
+        let Some(check) = member_checks.get(namespace) else {
+            return;
+        };
+        if interest.left(namespace, rooms, |room| check(room, except)) {
+            interest_changed(&g, namespace);
+        }
+    }
+
+    /// Waits until every relay link that is linking or up filters by the rooms declared so far
+    /// (see the module docs for why a join waits for it). A link still behind after
+    /// [`INTEREST_TIMEOUT`] is cut; [`LinkError::Unsettled`] if it has not ended after another
+    /// [`INTEREST_TIMEOUT`]. At once without interest routing.
+    pub async fn interest_settled(&self) -> Result<(), LinkError> {
+        let version = {
+            let g = self.inner.lock().map_err(|_| LinkError::Poisoned)?;
+            if !g.routing {
+                return Ok(());
+            }
+            g.interest.version()
+        };
+        if self.settled_within(version).await.is_ok() {
+            return Ok(());
+        }
+        {
+            let g = self.inner.lock().map_err(|_| LinkError::Poisoned)?;
+            for index in g.interest.unsettled(version) {
+                tracing::warn!(
+                    link = index,
+                    "relay did not acknowledge interest in time; cutting its link"
+                );
+                // Only the link task waiting now: no permit is left for a later link.
+                if let Some(cut) = g.interest_cuts.get(index) {
+                    cut.notify_waiters();
+                }
+            }
+        }
+        self.settled_within(version).await
+    }
+
+    /// Waits up to [`INTEREST_TIMEOUT`] until every registered link acknowledged `version`.
+    async fn settled_within(&self, version: u64) -> Result<(), LinkError> {
+        let wait = async {
+            loop {
+                let notified = self.settled.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let settled = self
+                    .inner
+                    .lock()
+                    .map(|g| g.interest.settled(version))
+                    .map_err(|_| LinkError::Poisoned)?;
+                if settled {
+                    return Ok(());
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(INTEREST_TIMEOUT, wait)
+            .await
+            .unwrap_or(Err(LinkError::Unsettled))
+    }
+
     /// Stops handing frames of `namespace` to the adapter.
     pub fn unsubscribe(&self, namespace: &str) {
         if let Ok(mut g) = self.inner.lock() {
@@ -336,6 +519,15 @@ impl RelayLink {
             .map(|n| u16::try_from(n.max(1)).unwrap_or(u16::MAX))
             .unwrap_or(1)
     }
+}
+
+/// Wakes every link task to send the change, and updates the gauge of `namespace`.
+fn interest_changed(g: &Inner, namespace: &str) {
+    for wake in &g.interest_wakes {
+        wake.notify_one();
+    }
+    ::metrics::gauge!(metrics::INTEREST_ROOMS, "namespace" => namespace.to_owned())
+        .set(g.interest.rooms(namespace) as f64);
 }
 
 /// A frame was dropped because its namespace's adapter queue was full; the link is cut.
@@ -390,16 +582,91 @@ fn deliver(inner: &Mutex<Inner>, msg: Kind) -> Result<(), Overflow> {
             g.members.insert(namespace, node_ids);
             Ok(())
         }
-        Kind::Ack(_) | Kind::Welcome(_) | Kind::Hello(_) | Kind::Stamp(_) | Kind::Stamped(_) => {
-            Ok(())
-        }
+        Kind::Ack(_)
+        | Kind::Welcome(_)
+        | Kind::Hello(_)
+        | Kind::Stamp(_)
+        | Kind::Stamped(_)
+        | Kind::Interest(_)
+        | Kind::InterestAck(_) => Ok(()),
     }
 }
 
-/// Which [`Stamper`] slot a link task fills while its link is up.
-struct LinkStamps {
+/// What one link task owns: its index (its relay URL's), the [`Stamper`] slot it fills while
+/// its link is up, and its interest wake-ups.
+struct LinkTask {
     stamper: Stamper,
     index: usize,
+    /// Woken when there are interest changes to send.
+    interest_wake: Arc<Notify>,
+    /// Woken when the link did not acknowledge interest in time: the task cuts it.
+    interest_cut: Arc<Notify>,
+    /// Notified when this link acknowledges interest or ends.
+    settled: Arc<Notify>,
+}
+
+/// Registers a link's interest for as long as it lives (from its Hello), so joins wait for its
+/// acknowledgements; unregisters it when the link ends. Holds the state weakly, like every
+/// link task: the links stop when the last [`RelayLink`] is dropped.
+struct InterestRegistered<'a> {
+    inner: std::sync::Weak<Mutex<Inner>>,
+    task: &'a LinkTask,
+}
+
+impl<'a> InterestRegistered<'a> {
+    /// Registers link `task.index` and returns the whole set for its Hello (empty without
+    /// interest routing).
+    fn register(
+        inner: &std::sync::Weak<Mutex<Inner>>,
+        task: &'a LinkTask,
+    ) -> Option<(
+        InterestRegistered<'a>,
+        Vec<switchyard_proto::relay::v1::Interest>,
+    )> {
+        let strong = inner.upgrade()?;
+        let set = {
+            let mut g = strong.lock().ok()?;
+            if g.routing {
+                g.interest.hello(task.index)
+            } else {
+                Vec::new()
+            }
+        };
+        let inner = inner.clone();
+        Some((InterestRegistered { inner, task }, set))
+    }
+
+    /// The changes this link has not sent yet.
+    fn changes(&self) -> Vec<switchyard_proto::relay::v1::Interest> {
+        self.inner
+            .upgrade()
+            .and_then(|inner| {
+                let mut g = inner.lock().ok()?;
+                Some(g.interest.take_changes(self.task.index))
+            })
+            .unwrap_or_default()
+    }
+
+    /// The relay filters by `version` now.
+    fn acked(&self, version: u64) {
+        if let Some(inner) = self.inner.upgrade()
+            && let Ok(mut g) = inner.lock()
+        {
+            g.interest.acked(self.task.index, version);
+        }
+        self.task.settled.notify_waiters();
+    }
+}
+
+impl Drop for InterestRegistered<'_> {
+    fn drop(&mut self) {
+        if let Some(inner) = self.inner.upgrade()
+            && let Ok(mut g) = inner.lock()
+        {
+            g.interest.down(self.task.index);
+        }
+        self.task.settled.notify_waiters();
+    }
 }
 
 /// Keeps one link to `url` up for as long as the [`RelayLink`] lives.
@@ -407,7 +674,7 @@ async fn run_link(
     url: String,
     cfg: LinkConfig,
     mut outbox: mpsc::UnboundedReceiver<Frame>,
-    stamps: LinkStamps,
+    task: LinkTask,
     inner: std::sync::Weak<Mutex<Inner>>,
 ) {
     let mut backoff = Backoff::default();
@@ -421,7 +688,7 @@ async fn run_link(
             &url,
             &cfg,
             &mut outbox,
-            &stamps,
+            &task,
             &mut unacked,
             &inner,
             &mut backoff,
@@ -486,7 +753,7 @@ async fn link_once(
     url: &str,
     cfg: &LinkConfig,
     outbox: &mut mpsc::UnboundedReceiver<Frame>,
-    stamps: &LinkStamps,
+    task: &LinkTask,
     unacked: &mut VecDeque<Frame>,
     inner: &std::sync::Weak<Mutex<Inner>>,
     backoff: &mut Backoff,
@@ -501,11 +768,15 @@ async fn link_once(
             .max_decoding_message_size(64 * 1024 * 1024)
             .max_encoding_message_size(64 * 1024 * 1024);
         let (tx, rx) = mpsc::channel::<LinkMessage>(1024);
+        let (registered, interests) = InterestRegistered::register(inner, task)
+            .ok_or_else(|| "the gateway is stopping".to_owned())?;
         tx.send(LinkMessage {
             kind: Some(Kind::Hello(Hello {
                 node_id: cfg.node_id.clone(),
                 namespaces: cfg.namespaces.clone(),
                 incarnation: cfg.incarnation,
+                interest_routing: cfg.interest_routing,
+                interests,
             })),
         })
         .await
@@ -527,13 +798,14 @@ async fn link_once(
             Some(Err(s)) => return Err(format!("welcome: {s}")),
             None => return Err("stream ended before Welcome".to_owned()),
         };
-        Ok::<_, String>((tx, inbound, welcome))
+        Ok::<_, String>((tx, inbound, welcome, registered))
     };
-    let (tx, mut inbound, welcome) = match tokio::time::timeout(LINK_TIMEOUT, connect).await {
-        Ok(Ok(v)) => v,
-        Ok(Err(e)) => return LinkEnd::Failed(e),
-        Err(_) => return LinkEnd::Failed("timed out linking".to_owned()),
-    };
+    let (tx, mut inbound, welcome, interest) =
+        match tokio::time::timeout(LINK_TIMEOUT, connect).await {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => return LinkEnd::Failed(e),
+            Err(_) => return LinkEnd::Failed("timed out linking".to_owned()),
+        };
     let Some(_up) = LinkUp::count(inner) else {
         return LinkEnd::Closed;
     };
@@ -552,11 +824,22 @@ async fn link_once(
     }
     // Stamp calls sent on this link and not answered yet; dropped (failing their callers, who
     // retry with the RPC) when the link ends.
-    let (_registered, mut calls) = stamps.stamper.register(stamps.index);
+    let (_registered, mut calls) = task.stamper.register(task.index);
     let mut awaiting: HashMap<u64, oneshot::Sender<StampAnswer>> = HashMap::new();
     let mut next_call = 0u64;
     loop {
         tokio::select! {
+            () = task.interest_cut.notified() => {
+                return LinkEnd::Failed("the relay did not acknowledge interest in time".to_owned());
+            }
+            () = task.interest_wake.notified() => {
+                for change in interest.changes() {
+                    let msg = LinkMessage { kind: Some(Kind::Interest(change)) };
+                    if tx.send(msg).await.is_err() {
+                        return LinkEnd::Failed("stream closed".to_owned());
+                    }
+                }
+            }
             Some(call) = calls.recv() => {
                 next_call += 1;
                 awaiting.insert(next_call, call.reply);
@@ -581,6 +864,9 @@ async fn link_once(
                     while unacked.front().is_some_and(|f| f.seq <= a.seq) {
                         unacked.pop_front();
                     }
+                }
+                Some(Ok(LinkMessage { kind: Some(Kind::InterestAck(a)) })) => {
+                    interest.acked(a.version);
                 }
                 Some(Ok(LinkMessage { kind: Some(Kind::Stamped(r)) })) => {
                     if let Some(reply) = awaiting.remove(&r.id) {

@@ -39,6 +39,7 @@ pub const RELAY_FRAMES_RECEIVED_TOTAL: &str = "switchyard_gateway_relay_frames_r
 pub const RELAY_FRAMES_DUPLICATE_TOTAL: &str = "switchyard_gateway_relay_frames_duplicate_total";
 pub const RELAY_FRAMES_OVERSIZED_TOTAL: &str = "switchyard_gateway_relay_frames_oversized_total";
 pub const RELAY_FRAMES_OVERFLOW_TOTAL: &str = "switchyard_gateway_relay_frames_overflow_total";
+pub const INTEREST_ROOMS: &str = "switchyard_gateway_interest_rooms";
 pub const RELAY_BACKLOG_DROPPED_TOTAL: &str = "switchyard_gateway_relay_backlog_dropped_total";
 pub const ADMIN_UI_LOGINS_TOTAL: &str = "switchyard_gateway_admin_ui_logins_total";
 pub const ADMIN_UI_COMMANDS_TOTAL: &str = "switchyard_gateway_admin_ui_commands_total";
@@ -83,6 +84,10 @@ pub const ALL: &[Metric] = &[
     Metric::counter(
         HOOK_EVENTS_REFUSED_TOTAL,
         "Forwarded events refused before the hook because the socket's queue was full.",
+    ),
+    Metric::gauge(
+        INTEREST_ROOMS,
+        "Rooms with local members this gateway declared to the relays, by namespace.",
     ),
     Metric::gauge(CONNECTIONS, "Sockets connected, all namespaces."),
     Metric::counter(

@@ -136,6 +136,13 @@ pub struct Settings {
     /// Frames from the relay queued per namespace for its adapter. When full, the link is cut
     /// and relinks, and sockets holding history gates resume (see [`crate::link`]).
     pub adapter_queue: usize,
+    /// Interest routing (see [`crate::link`]): the relays forward a room's frames to this gateway
+    /// only while it has a local member in the room. Rooms must then be joined through paths
+    /// that announce them: the built-in `join` / `resume`, the adapter's remote joins
+    /// (`socketsJoin`, the admin UI, the relay's admin API and emitter). Off here, because an
+    /// embedding application may call `socket.join` itself (its rooms would not be announced);
+    /// the binary turns it on (`--interest-routing`, default true).
+    pub interest_routing: bool,
     /// The admin UI on this gateway; `None`: off.
     pub admin_ui: Option<AdminUiSettings>,
     /// Hooks to the application's backend; `None`: off.
@@ -171,6 +178,7 @@ impl Settings {
             ping_timeout: Duration::from_secs(20),
             connect_timeout: Duration::from_secs(45),
             adapter_queue: DEFAULT_ADAPTER_QUEUE,
+            interest_routing: false,
             admin_ui: None,
             hooks: None,
         }

@@ -24,6 +24,7 @@ use switchyard_proto::relay::v1::{Frame, FrameKind, LinkMessage, link_message::K
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tonic::Status;
 
+use crate::interest::{LinkInterest, frame_rooms};
 use crate::metrics;
 
 /// One gateway's link as the hub sees it: its queue and the switch that cuts it.
@@ -113,6 +114,8 @@ struct HubState {
     by_namespace: HashMap<String, HashMap<String, u64>>,
     /// node id -> link id (one link per node on this replica).
     by_node: HashMap<String, u64>,
+    /// link id -> the rooms its gateway has local members in (see [`crate::interest`]).
+    interest: HashMap<u64, LinkInterest>,
 }
 
 /// The gateways linked to this replica.
@@ -132,8 +135,10 @@ impl Hub {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Adds a link. A link of the same node id already on this replica is cut ("superseded"):
-    /// a gateway relinking must not receive every frame twice.
+    /// Adds a link, with the interest it starts with (in effect before any frame is forwarded
+    /// to it). A link of the same node id already on this replica is cut ("superseded"): a
+    /// gateway relinking must not receive every frame twice.
+    #[allow(clippy::too_many_arguments)]
     pub fn register(
         &self,
         node_id: &str,
@@ -142,6 +147,7 @@ impl Hub {
         cut: oneshot::Sender<Status>,
         cut_flag: watch::Sender<bool>,
         incarnation: u64,
+        interest: LinkInterest,
     ) -> Arc<LinkHandle> {
         let link_id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
         let handle = Arc::new(LinkHandle {
@@ -165,6 +171,8 @@ impl Hub {
                 .copied()
                 .and_then(|old| remove_link(&mut st, old));
             st.links.insert(link_id, Arc::clone(&handle));
+            metrics::link_interest_rooms(node_id, interest.len());
+            st.interest.insert(link_id, interest);
             st.by_node.insert(node_id.to_owned(), link_id);
             for ns in &handle.namespaces {
                 st.by_namespace
@@ -198,8 +206,31 @@ impl Hub {
         }
     }
 
+    /// Applies an `Interest` change of one link (see [`crate::interest`]); under the hub's lock,
+    /// so every later [`Hub::deliver`] filters by it. False when the link is gone.
+    pub fn apply_interest(
+        &self,
+        link_id: u64,
+        namespace: &str,
+        add: Vec<String>,
+        remove: &[String],
+    ) -> bool {
+        let mut st = self.state();
+        let Some(node_id) = st.links.get(&link_id).map(|l| l.node_id.clone()) else {
+            return false;
+        };
+        let Some(interest) = st.interest.get_mut(&link_id) else {
+            return false;
+        };
+        interest.apply(namespace, add, remove);
+        metrics::link_interest_rooms(&node_id, interest.len());
+        true
+    }
+
     /// Forwards a frame to the local gateways it is meant for: every gateway of its namespace
-    /// but its origin, or only its target for a response. Links whose queue is full are cut.
+    /// but its origin, or only its target for a response; a frame that targets rooms only to
+    /// the links that want one of them ([`crate::interest`]). Links whose queue is full are
+    /// cut.
     pub fn deliver(&self, frame: &Frame) {
         let response = frame.kind == FrameKind::Response as i32;
         if response
@@ -212,9 +243,11 @@ impl Hub {
         let msg = LinkMessage {
             kind: Some(Kind::Frame(frame.clone())),
         };
+        let rooms = frame_rooms(frame);
         let mut overflowed = Vec::new();
         {
-            let st = self.state();
+            let mut st = self.state();
+            let st = &mut *st;
             let Some(members) = st.by_namespace.get(&frame.namespace) else {
                 return;
             };
@@ -225,6 +258,16 @@ impl Hub {
                 let Some(link) = st.links.get(link_id) else {
                     continue;
                 };
+                if let Some(interest) = st.interest.get_mut(link_id) {
+                    if !interest.wants(&frame.namespace, rooms) {
+                        metrics::frame_saved();
+                        continue;
+                    }
+                    if !frame.joins.is_empty() {
+                        // A remote join: the frames after it reach the joined sockets.
+                        interest.apply(&frame.namespace, frame.joins.clone(), &[]);
+                    }
+                }
                 match link.offer(msg.clone()) {
                     Offer::Queued => {
                         link.stats.frames_out.fetch_add(1, Ordering::Relaxed);
@@ -342,6 +385,10 @@ impl Hub {
 
 fn remove_link(st: &mut HubState, link_id: u64) -> Option<Arc<LinkHandle>> {
     let link = st.links.remove(&link_id)?;
+    st.interest.remove(&link_id);
+    if st.by_node.get(&link.node_id) == Some(&link_id) {
+        metrics::link_interest_rooms(&link.node_id, 0);
+    }
     if st.by_node.get(&link.node_id) == Some(&link_id) {
         st.by_node.remove(&link.node_id);
     }

@@ -25,8 +25,10 @@
 //!     `bus/subscription.rs` the subscriber connection.
 //! 13. `dedup`: the per-origin high-water mark.
 //! 14. `hub`: the local fan-out and its backpressure policy.
-//! 15. `validate`: what the relay accepts from outside.
-//! 16. `metrics`: every metric's name and HELP.
+//! 15. `interest`: interest routing: the rooms a link's gateway has members in, and which
+//!     frames that makes it want.
+//! 16. `validate`: what the relay accepts from outside.
+//! 17. `metrics`: every metric's name and HELP.
 //!
 //! # Guarantees (the contract the gateway adapter builds on)
 //!
@@ -35,7 +37,8 @@
 //!   every receiver sees one origin's frames in `seq` order. The relay's own frames keep their
 //!   order the same way (see [`origin`]).
 //! - **Exactly once per gateway, while links hold.** A frame is forwarded to each other gateway
-//!   of its namespace once (responses only to their target). One link per node id per replica;
+//!   of its namespace once (responses only to their target); with interest routing a frame
+//!   that targets rooms only to the gateways that declared one of them (see [`interest`]). One link per node id per replica;
 //!   a newer link of the same node supersedes the older one.
 //! - **Retries are deduplicated.** `(origin, incarnation, seq)` is accepted at most once
 //!   cluster-wide (see [`dedup`]); `Welcome.accepted_seq` and `Ack` tell the gateway what to
@@ -138,6 +141,8 @@ pub mod bus;
 pub mod dedup;
 
 pub mod hub;
+
+pub mod interest;
 
 // The rules for input, and the names of the metrics.
 pub mod validate;

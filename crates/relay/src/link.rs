@@ -18,8 +18,8 @@ use std::{
 use futures::Stream;
 use switchyard_common::node_id;
 use switchyard_proto::relay::v1::{
-    Ack, Frame, FrameKind, Hello, LinkMessage, Position, StampCall, StampResult, Welcome,
-    link_message::Kind,
+    Ack, Frame, FrameKind, Hello, Interest, InterestAck, LinkMessage, Position, StampCall,
+    StampResult, Welcome, link_message::Kind,
 };
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tonic::{Status, Streaming};
@@ -28,6 +28,7 @@ use tracing::Instrument;
 use crate::{
     dedup::Verdict,
     hub::LinkHandle,
+    interest::LinkInterest,
     metrics,
     state::{RelayState, stamp_span},
     validate::{MAX_REQUEST_ID, check_namespace},
@@ -70,8 +71,20 @@ pub async fn open(
         node_id,
         namespaces,
         incarnation,
+        interest_routing,
+        interests,
     } = hello;
     let namespaces = validate_hello(&node_id, namespaces)?;
+    let interest = if interest_routing {
+        let mut routed = LinkInterest::routed();
+        for change in interests {
+            check_interest(&namespaces, &change)?;
+            routed.apply(&change.namespace, change.add, &change.remove);
+        }
+        routed
+    } else {
+        LinkInterest::everything()
+    };
     if incarnation >= MAX_COUNTER {
         return Err(Status::invalid_argument(
             "Hello.incarnation must be below 2^53",
@@ -107,6 +120,7 @@ pub async fn open(
         cut_tx,
         cut_flag,
         incarnation,
+        interest,
     );
     handle
         .stats
@@ -118,9 +132,12 @@ pub async fn open(
     span.in_scope(|| {
         tracing::info!(?namespaces, accepted_seq, "gateway linked");
     });
-    tokio::spawn(
-        read_frames(state, handle, incarnation, inbound, ack_tx, cut_seen).instrument(span),
-    );
+    let link = ReadLink {
+        incarnation,
+        namespaces,
+        interest_routing,
+    };
+    tokio::spawn(read_frames(state, handle, link, inbound, ack_tx, cut_seen).instrument(span));
     Ok(outbound(queue_rx, cut_rx, ack_rx, accepted_seq))
 }
 
@@ -139,6 +156,18 @@ fn validate_hello(id: &str, namespaces: Vec<String>) -> Result<Vec<String>, Stat
             .map_err(|e| Status::invalid_argument(format!("Hello: `{namespace}`: {e}")))?;
     }
     Ok(namespaces)
+}
+
+/// An `Interest` names one of the link's namespaces.
+fn check_interest(namespaces: &[String], change: &Interest) -> Result<(), Status> {
+    if namespaces.contains(&change.namespace) {
+        Ok(())
+    } else {
+        Err(Status::invalid_argument(format!(
+            "Interest for `{}`, a namespace the link's Hello did not name",
+            change.namespace
+        )))
+    }
 }
 
 /// Turns an error of the inbound stream into the status the link ends with.
@@ -248,15 +277,52 @@ fn stamp_result(id: u64, result: Result<Position, Status>) -> LinkMessage {
     }
 }
 
+/// What the reader of one link knows of it.
+struct ReadLink {
+    incarnation: u64,
+    namespaces: Vec<String>,
+    interest_routing: bool,
+}
+
+/// Applies one `Interest` of a link and queues its acknowledgement after it (see
+/// [`crate::interest`] for why that order makes a join safe).
+fn interest(
+    state: &RelayState,
+    link: &ReadLink,
+    link_id: u64,
+    change: Interest,
+) -> Result<(), Status> {
+    if !link.interest_routing {
+        return Err(Status::invalid_argument(
+            "Interest on a link whose Hello did not ask for interest routing",
+        ));
+    }
+    check_interest(&link.namespaces, &change)?;
+    let Interest {
+        version,
+        namespace,
+        add,
+        remove,
+    } = change;
+    if state.hub.apply_interest(link_id, &namespace, add, &remove) {
+        let ack = LinkMessage {
+            kind: Some(Kind::InterestAck(InterestAck { version })),
+        };
+        state.hub.send_to_link(link_id, ack);
+    }
+    Ok(())
+}
+
 /// Reads the gateway's frames until the stream ends or the link is cut, then unregisters it.
 async fn read_frames(
     state: Arc<RelayState>,
     handle: Arc<LinkHandle>,
-    incarnation: u64,
+    link: ReadLink,
     mut inbound: Streaming<LinkMessage>,
     acks: watch::Sender<u64>,
     mut cut_seen: watch::Receiver<bool>,
 ) {
+    let incarnation = link.incarnation;
     let link_id = handle.link_id;
     let node_id = handle.node_id.clone();
     let stats = Arc::clone(&handle.stats);
@@ -296,6 +362,13 @@ async fn read_frames(
                 stamp_call(&state, link_id, call, &stamps_in_flight);
                 continue;
             }
+            Some(Kind::Interest(change)) => {
+                if let Err(status) = interest(&state, &link, link_id, change) {
+                    cut(status, "protocol");
+                    break;
+                }
+                continue;
+            }
             Some(Kind::Hello(_)) => {
                 cut(Status::invalid_argument("Hello sent twice"), "protocol");
                 break;
@@ -303,7 +376,7 @@ async fn read_frames(
             _ => {
                 cut(
                     Status::invalid_argument(
-                        "a gateway may only send Hello, then Frames and StampCalls",
+                        "a gateway may only send Hello, then Frames, StampCalls and Interests",
                     ),
                     "protocol",
                 );

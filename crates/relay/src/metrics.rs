@@ -20,6 +20,8 @@ const LINKS: &str = "switchyard_relay_links";
 const MEMBERS: &str = "switchyard_relay_members";
 const FRAMES_IN: &str = "switchyard_relay_frames_in_total";
 const FRAMES_OUT: &str = "switchyard_relay_frames_out_total";
+const FRAMES_SAVED: &str = "switchyard_relay_frames_saved_total";
+const LINK_INTEREST_ROOMS: &str = "switchyard_relay_link_interest_rooms";
 const FRAMES_DUPLICATE: &str = "switchyard_relay_frames_duplicate_total";
 const LINK_QUEUE_DEPTH: &str = "switchyard_relay_link_queue_depth";
 const LINKS_CUT: &str = "switchyard_relay_links_cut_total";
@@ -67,6 +69,15 @@ pub const ALL: &[Metric] = &[
     Metric::counter(
         FRAMES_OUT,
         "Frames queued towards gateways linked to this replica.",
+    ),
+    Metric::counter(
+        FRAMES_SAVED,
+        "Frames not queued towards a gateway linked to this replica because it has no local \
+         member in any room they target.",
+    ),
+    Metric::gauge(
+        LINK_INTEREST_ROOMS,
+        "Rooms a gateway linked to this replica has local members in, by node_id.",
     ),
     Metric::counter(
         FRAMES_DUPLICATE,
@@ -181,6 +192,16 @@ pub fn frame_in() {
 /// A frame queued towards a gateway.
 pub fn frame_out() {
     counter!(FRAMES_OUT).increment(1);
+}
+
+/// A frame not queued towards a link whose gateway has no member in any of its rooms.
+pub fn frame_saved() {
+    counter!(FRAMES_SAVED).increment(1);
+}
+
+/// The rooms a link's gateway declared (0 once the link is gone).
+pub fn link_interest_rooms(node_id: &str, rooms: usize) {
+    gauge!(LINK_INTEREST_ROOMS, "node_id" => node_id.to_owned()).set(rooms as f64);
 }
 
 /// A retransmitted frame dropped by the dedup mark.

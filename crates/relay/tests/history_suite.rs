@@ -89,7 +89,15 @@ fn linked_hub() -> (Arc<Hub>, mpsc::Receiver<LinkMessage>, Keep) {
     let (cut, cut_rx) = oneshot::channel();
     let (cut_flag, cut_seen) = watch::channel(false);
     let namespaces = NAMESPACES.iter().map(|ns| ns.to_string()).collect();
-    hub.register("gw", namespaces, queue, cut, cut_flag, 1);
+    hub.register(
+        "gw",
+        namespaces,
+        queue,
+        cut,
+        cut_flag,
+        1,
+        switchyard_relay::interest::LinkInterest::everything(),
+    );
     let keep = Keep {
         _cut: cut_rx,
         _cut_seen: cut_seen,

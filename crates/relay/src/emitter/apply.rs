@@ -94,27 +94,28 @@ impl Applier {
                     opts.add_flag(BroadcastFlags::Volatile);
                 }
                 let req = RequestOut::new(self.uid, RequestTypeOut::Broadcast(&packet), &opts);
-                send(state, &target.namespace, &req).await?;
+                send(state, &target.namespace, &req, Vec::new()).await?;
                 Ok("live")
             }
             Operation::Join { target, rooms } => {
                 let rooms = rooms.into_iter().map(Room::Owned).collect();
                 let opts = options(&target);
                 let req = RequestOut::new(self.uid, RequestTypeOut::AddSockets(&rooms), &opts);
-                send(state, &target.namespace, &req).await?;
+                let joins = rooms.iter().map(|r| r.to_string()).collect();
+                send(state, &target.namespace, &req, joins).await?;
                 Ok("join")
             }
             Operation::Leave { target, rooms } => {
                 let rooms = rooms.into_iter().map(Room::Owned).collect();
                 let opts = options(&target);
                 let req = RequestOut::new(self.uid, RequestTypeOut::DelSockets(&rooms), &opts);
-                send(state, &target.namespace, &req).await?;
+                send(state, &target.namespace, &req, Vec::new()).await?;
                 Ok("leave")
             }
             Operation::Disconnect { target, close: _ } => {
                 let opts = options(&target);
                 let req = RequestOut::new(self.uid, RequestTypeOut::DisconnectSockets, &opts);
-                send(state, &target.namespace, &req).await?;
+                send(state, &target.namespace, &req, Vec::new()).await?;
                 Ok("disconnect")
             }
         }
@@ -170,14 +171,21 @@ fn options(target: &Target) -> BroadcastOptions {
     opts
 }
 
-/// One adapter request to every gateway of `namespace`, from the relay's origin.
-async fn send(state: &RelayState, namespace: &str, req: &RequestOut<'_>) -> Result<(), Status> {
+/// One adapter request to every gateway of `namespace`, from the relay's origin; `joins`: the
+/// rooms an `AddSockets` joins (`Frame.joins`).
+async fn send(
+    state: &RelayState,
+    namespace: &str,
+    req: &RequestOut<'_>,
+    joins: Vec<String>,
+) -> Result<(), Status> {
     let payload = rmp_serde::to_vec_named(req)
         .map_err(|e| Status::internal(format!("encoding an adapter request: {e}")))?;
     let frame = Frame {
         namespace: namespace.to_owned(),
         kind: FrameKind::Broadcast as i32,
         payload: Bytes::from(payload),
+        joins,
         ..Frame::default()
     };
     state.origin.send(&state.bus, frame).await?;

@@ -78,6 +78,7 @@ pub fn hello(node_id: &str, namespaces: &[&str], incarnation: u64) -> LinkMessag
             node_id: node_id.into(),
             namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
             incarnation,
+            ..Hello::default()
         })),
     }
 }
@@ -139,8 +140,17 @@ impl Gw {
         namespaces: &[&str],
         incarnation: u64,
     ) -> anyhow::Result<Gw> {
-        let (tx, mut stream) =
-            link_raw(relay, Some(hello(node_id, namespaces, incarnation))).await?;
+        Self::link_hello(relay, hello(node_id, namespaces, incarnation)).await
+    }
+
+    /// Links with `hello` as the first message (any `Hello`, e.g. with interest routing).
+    pub async fn link_hello(relay: &Service, hello: LinkMessage) -> anyhow::Result<Gw> {
+        let node_id = match &hello.kind {
+            Some(Kind::Hello(h)) => h.node_id.clone(),
+            _ => bail!("link_hello needs a Hello"),
+        };
+        let node_id = node_id.as_str();
+        let (tx, mut stream) = link_raw(relay, Some(hello)).await?;
         let first = tokio::time::timeout(WAIT, stream.message()).await??;
         let welcome = match first.and_then(|m| m.kind) {
             Some(Kind::Welcome(w)) => w,
