@@ -60,6 +60,7 @@ pub(crate) async fn connect<A: Adapter>(
     s: &Arc<Socket<A>>,
     auth: serde_json::Value,
     node_id: &str,
+    cluster: Option<&ClusterState>,
 ) -> Result<(), String> {
     let admitted = s.extensions.get::<Arc<Admitted>>();
     let uid = admitted.as_ref().and_then(|a| a.uid.clone());
@@ -107,8 +108,21 @@ pub(crate) async fn connect<A: Adapter>(
     // Its own room, so the event hook's `{"to": sid}` emits reach it from any gateway.
     let mut rooms = join;
     rooms.push(s.id.to_string());
-    sref.join(rooms);
+    self::join(&sref, cluster, rooms).await;
     Ok(())
+}
+
+/// Joins the rooms a hook answer named, declared for interest routing and settled before the
+/// caller goes on (the CONNECT answer, the answer's emits and ack), so what is published to
+/// them from then on reaches this gateway. Not history-gated: a hook join has no position.
+async fn join<A: Adapter>(s: &SocketRef<A>, cluster: Option<&ClusterState>, rooms: Vec<String>) {
+    s.join(rooms.clone());
+    if let Some(cluster) = cluster {
+        cluster.link().rooms_joined(s.ns(), &rooms);
+        if let Err(e) = cluster.link().interest_settled().await {
+            tracing::warn!(?rooms, error = %e, "hook join: the relays did not take the rooms");
+        }
+    }
 }
 
 /// The client's `auth` object without its `token` (which is Switchyard's, not the app's).
@@ -309,15 +323,7 @@ async fn apply<A: Adapter>(
         leave_room(s, cluster, room);
     }
     if !actions.join.is_empty() {
-        s.join(actions.join.clone());
-        // Declared for interest routing and settled before the emits and the ack, so what is
-        // published to these rooms from now on reaches this gateway.
-        if let Some(cluster) = cluster {
-            cluster.link().rooms_joined(s.ns(), &actions.join);
-            if let Err(e) = cluster.link().interest_settled().await {
-                tracing::warn!(rooms = ?actions.join, error = %e, "hook join: the relays did not take the rooms");
-            }
-        }
+        join(s, cluster, actions.join).await;
     }
     for emit in actions.emit {
         match emit {

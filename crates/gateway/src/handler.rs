@@ -101,8 +101,9 @@ where
                 let token = token_of(&auth_value);
                 match admit(&self.shared, &s, token.as_deref()) {
                     Ok(seat) => {
+                        let cluster = self.shared.cluster();
                         if let Some(hooks) = &self.shared.hooks
-                            && let Err(reason) = crate::backend::connect(hooks, &s, auth_value, &self.shared.settings.node_id).await
+                            && let Err(reason) = crate::backend::connect(hooks, &s, auth_value, &self.shared.settings.node_id, cluster.as_ref()).await
                         {
                             seat.release();
                             tracing::Span::current().record("outcome", "refused").record("reason", "backend");
@@ -185,13 +186,10 @@ fn admit<A: Adapter>(
     let cluster = shared.cluster();
     if let Some(observer) = shared.observer.get() {
         watched_by_admin_ui(&sref, observer.clone());
-    }
-    // Rooms the socket is in before its first event (its own room for the admin UI, the connect
-    // hook's `join`) are declared for interest routing like any join.
-    if let Some(cluster) = &cluster {
-        let rooms: Vec<String> = sref.rooms().into_iter().map(|r| r.to_string()).collect();
-        if !rooms.is_empty() {
-            cluster.link().rooms_joined(sref.ns(), &rooms);
+        if let Some(cluster) = &cluster {
+            cluster
+                .link()
+                .rooms_joined(sref.ns(), &[sref.id.to_string()]);
         }
     }
     crate::events::register(&sref, shared.limits, cluster.clone());

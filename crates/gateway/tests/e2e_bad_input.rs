@@ -251,7 +251,11 @@ async fn oversized_payloads_and_join_floods_are_refused_and_a_good_client_is_una
             "join {}: {ack}",
             &room.to_string()[..room.to_string().len().min(20)]
         );
-        ensure!(raw.call("join", &[json!("flood-0")]).await?["ok"] == true);
+        let ack = raw.call("join", &[json!("flood-0")]).await?;
+        ensure!(
+            ack["ok"] == true,
+            "joining flood-0 again after leaving it: {ack}"
+        );
     }
     good_still_served(&mut js, &cluster, "a join flood").await?;
 
