@@ -2,6 +2,10 @@
 """An attacker for the hostile-client tests: opens many TCP connections to one HTTP listener,
 each sending the start of a request and then nothing, and reports when the target closes them.
 
+With ``--slow-body`` each connection instead opens an Engine.IO polling session, sends a
+complete POST header for that session announcing a 50,000-byte body, then 10 bytes of it and
+nothing more: a body that trickles in.
+
 Standard library only, so it runs without the venv. Run as its own process by
 ``crates/gateway/tests/e2e_hostile.rs``:
 
@@ -19,6 +23,7 @@ Writes JSON lines on stdout:
 """
 
 import argparse
+import http.client
 import json
 import selectors
 import socket
@@ -26,6 +31,20 @@ import sys
 import time
 
 PARTIAL = b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: target\r\n"
+
+
+def slow_body_request(target: tuple, source: str) -> bytes:
+    """Opens a polling session from ``source`` and returns the start of a POST to it."""
+    conn = http.client.HTTPConnection(target[0], target[1], timeout=10, source_address=(source, 0))
+    conn.request("GET", "/socket.io/?EIO=4&transport=polling")
+    body = conn.getresponse().read().decode()
+    conn.close()
+    sid = json.loads(body[body.index("{"):])["sid"]
+    return (
+        f"POST /socket.io/?EIO=4&transport=polling&sid={sid} HTTP/1.1\r\nHost: target\r\n"
+        "Content-Type: text/plain;charset=UTF-8\r\nContent-Length: 50000\r\n\r\n"
+        "4424242424"
+    ).encode()
 
 
 def watch(sel: selectors.BaseSelector, opened_at: dict, closed_after: list, timeout: float) -> None:
@@ -51,6 +70,7 @@ def main() -> int:
     ap.add_argument("--sources", required=True, help="comma-separated 127.0.0.x addresses")
     ap.add_argument("--per-source", type=int, required=True)
     ap.add_argument("--hold-secs", type=float, required=True)
+    ap.add_argument("--slow-body", action="store_true", help="trickle a POST body instead")
     args = ap.parse_args()
     host, port = args.target.rsplit(":", 1)
     target = (host, int(port))
@@ -64,6 +84,7 @@ def main() -> int:
         for _ in range(args.per_source):
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
+                request = slow_body_request(target, source) if args.slow_body else PARTIAL
                 s.bind((source, 0))
                 s.connect(target)
             except OSError:
@@ -72,7 +93,7 @@ def main() -> int:
                 continue
             opened += 1
             try:
-                s.sendall(PARTIAL)
+                s.sendall(request)
             except OSError:
                 closed_after.append(0.0)  # closed by the target before the request was sent
                 s.close()

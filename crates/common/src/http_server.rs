@@ -8,6 +8,10 @@
 //!   arrived within `--http-header-timeout-ms` of the connection being ready for one (accepted,
 //!   or idle after a response on a keep-alive connection) is closed. This is hyper's own
 //!   `header_read_timeout` with [`TokioTimer`]; with TLS the handshake gets the same time.
+//! - **Bodies keep arriving.** Once a handler reads a request body, every window of
+//!   `--http-header-timeout-ms` must bring at least `--http-min-body-rate` bytes per second of
+//!   it (or its end); a body that stalls or trickles below that fails ([`BodyTooSlow`]), the
+//!   handler answers with an error and the connection is closed, counted as `body_too_slow`.
 //! - **Pending connections are bounded.** A connection is *pending* from its accept until its
 //!   first request's headers are complete (TLS handshake included). At most
 //!   `--max-pending-per-address` pending connections per source IP and
@@ -38,7 +42,11 @@ use std::{
 };
 
 use axum::{Router, extract::ConnectInfo};
-use hyper::{body::Incoming, server::conn::http1, service::service_fn};
+use hyper::{
+    body::{Body, Bytes, Frame, Incoming, SizeHint},
+    server::conn::http1,
+    service::service_fn,
+};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -88,6 +96,15 @@ pub struct HttpServerArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub max_pending_connections: u64,
+    /// Bytes per second a request body must arrive at, at least, measured over windows of
+    /// `--http-header-timeout-ms`; a body slower than that is cut and its connection closed.
+    #[arg(
+        long,
+        env = "SWITCHYARD_HTTP_MIN_BODY_RATE",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub http_min_body_rate: u64,
 }
 
 impl Default for HttpServerArgs {
@@ -96,6 +113,7 @@ impl Default for HttpServerArgs {
             http_header_timeout_ms: 10_000,
             max_pending_per_address: 256,
             max_pending_connections: 4096,
+            http_min_body_rate: 1024,
         }
     }
 }
@@ -112,8 +130,8 @@ impl HttpServerArgs {
 pub struct ListenerMetrics {
     /// Counter, `reason` = `handshake` | `timeout`: failed TLS handshakes.
     pub tls_handshake_failures: &'static str,
-    /// Counter, `reason` = `pending_per_address` | `pending_listener` | `header_timeout`:
-    /// connections the listener closed to protect itself.
+    /// Counter, `reason` = `pending_per_address` | `pending_listener` | `header_timeout` |
+    /// `body_too_slow`: connections the listener closed to protect itself.
     pub connections_closed: &'static str,
     /// Gauge: connections accepted whose first request's headers are not complete yet.
     pub pending_connections: &'static str,
@@ -127,6 +145,7 @@ pub struct HttpListener {
     local_addr: SocketAddr,
     tls: Option<TlsAcceptor>,
     header_timeout: Duration,
+    min_body_rate: u64,
     pending: Arc<PendingTable>,
     metrics: ListenerMetrics,
 }
@@ -154,6 +173,7 @@ impl HttpListener {
             tcp,
             tls: tls.map(ServerTls::http_acceptor),
             header_timeout: args.header_timeout(),
+            min_body_rate: args.http_min_body_rate,
             pending: Arc::new(PendingTable::new(
                 usize::try_from(args.max_pending_per_address).unwrap_or(usize::MAX),
                 usize::try_from(args.max_pending_connections).unwrap_or(usize::MAX),
@@ -208,6 +228,7 @@ impl HttpListener {
                 pending,
                 tls: self.tls.clone(),
                 header_timeout: self.header_timeout,
+                min_body_rate: self.min_body_rate,
                 builder: builder.clone(),
                 app: app.clone(),
                 metrics: self.metrics,
@@ -228,6 +249,7 @@ struct Accepted {
     pending: Pending,
     tls: Option<TlsAcceptor>,
     header_timeout: Duration,
+    min_body_rate: u64,
     builder: http1::Builder,
     app: Router,
     metrics: ListenerMetrics,
@@ -243,6 +265,7 @@ async fn connection(accepted: Accepted) {
         pending,
         tls,
         header_timeout,
+        min_body_rate,
         builder,
         app,
         metrics,
@@ -272,6 +295,14 @@ async fn connection(accepted: Accepted) {
         // Headers are complete: the connection is no longer pending.
         pending.release();
         req.extensions_mut().insert(ConnectInfo(addr));
+        let req = req.map(|body| {
+            PacedBody::new(
+                body,
+                header_timeout,
+                min_body_rate,
+                metrics.connections_closed,
+            )
+        });
         let mut app = app.clone();
         async move { Service::call(&mut app, req).await }
     });
@@ -439,6 +470,91 @@ pub fn nodelay(tcp: TcpStream) -> TcpStream {
         tracing::debug!(error = %e, "TCP_NODELAY refused");
     }
     tcp
+}
+
+/// A request body arrived slower than the listener's minimum rate (see the module docs).
+#[derive(Debug, thiserror::Error)]
+#[error("request body slower than {min_bytes} bytes in {window:?}")]
+pub struct BodyTooSlow {
+    min_bytes: u64,
+    window: Duration,
+}
+
+/// A request body held to a minimum rate: each `window` in which the handler waits for more
+/// must bring at least `min_bytes` (or the end). Time a handler spends not reading counts
+/// for nothing against the client: the window's timer only fails the body when the handler
+/// is waiting and no byte is buffered.
+struct PacedBody {
+    inner: Incoming,
+    window: Duration,
+    min_bytes: u64,
+    in_window: u64,
+    check: Pin<Box<tokio::time::Sleep>>,
+    closed_counter: &'static str,
+}
+
+impl PacedBody {
+    fn new(inner: Incoming, window: Duration, rate: u64, closed_counter: &'static str) -> Self {
+        PacedBody {
+            inner,
+            window,
+            min_bytes: rate.saturating_mul(u64::try_from(window.as_millis()).unwrap_or(u64::MAX))
+                / 1000,
+            in_window: 0,
+            check: Box::pin(tokio::time::sleep(window)),
+            closed_counter,
+        }
+    }
+}
+
+impl Body for PacedBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Some(data) = frame.data_ref() {
+                        this.in_window += data.len() as u64;
+                    }
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {}
+            }
+            match this.check.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(()) if this.in_window < this.min_bytes => {
+                    metrics::counter!(this.closed_counter, "reason" => "body_too_slow")
+                        .increment(1);
+                    return Poll::Ready(Some(Err(Box::new(BodyTooSlow {
+                        min_bytes: this.min_bytes,
+                        window: this.window,
+                    }))));
+                }
+                Poll::Ready(()) => {
+                    // A new window; polling the reset timer registers it (next turn).
+                    this.in_window = 0;
+                    let next = tokio::time::Instant::now() + this.window;
+                    this.check.as_mut().reset(next);
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// One accepted HTTP connection, plain or TLS.

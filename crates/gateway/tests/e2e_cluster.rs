@@ -383,7 +383,20 @@ async fn killing_one_of_two_relays_loses_and_doubles_nothing() -> anyhow::Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_gateway_is_cut_off_without_delaying_the_others() -> anyhow::Result<()> {
     const TOTAL: u64 = 1000;
-    let cluster = Cluster::with_relay(3, &["--allow-anonymous"], &["--link-queue", "16"])?;
+    // Engine.IO's liveness timeout far above the pause: m2's client must learn of the gap from
+    // the resumed gateway, not give up on it first (publishing 1,000 events can outlast the
+    // default 45 s on a loaded machine).
+    let cluster = Cluster::with_relay(
+        3,
+        &[
+            "--allow-anonymous",
+            "--ping-interval-ms",
+            "600000",
+            "--ping-timeout-ms",
+            "600000",
+        ],
+        &["--link-queue", "16"],
+    )?;
     cluster.wait_linked(WAIT).await?;
     let gateways = &cluster.gateways;
     let mut js = Driver::node().await?;

@@ -29,6 +29,16 @@ const MAX_PENDING_PER_ADDRESS: usize = 100;
 /// How late after the timeout a close may come: hyper's timer, a loaded 2-core machine.
 const CLOSE_SLACK: Duration = Duration::from_secs(3);
 
+/// What each of the attacker's connections does.
+#[derive(Clone, Copy, PartialEq)]
+enum Attack {
+    /// Sends a request line and one header, then nothing.
+    HalfSentHeaders,
+    /// Opens a polling session, sends a whole POST header for it announcing 50,000 bytes,
+    /// then 10 bytes of body and nothing more.
+    SlowBody,
+}
+
 /// One attacker process (`tests/python/slow_requests.py`), killed on drop.
 struct SlowRequests {
     child: Child,
@@ -36,17 +46,22 @@ struct SlowRequests {
 }
 
 impl SlowRequests {
-    /// Starts the attacker against `target` (`host:port`): `per_source` half-sent requests from
-    /// each of `sources`, held at most `hold` seconds.
+    /// Starts the attacker against `target` (`host:port`): `per_source` connections doing
+    /// `attack` from each of `sources`, held at most `hold` seconds.
     fn start(
         target: &str,
         sources: &[&str],
         per_source: usize,
         hold: Duration,
+        attack: Attack,
     ) -> anyhow::Result<Self> {
         let script = repo_root().join("tests/python/slow_requests.py");
-        let mut child = Command::new("python3")
-            .arg(&script)
+        let mut command = Command::new("python3");
+        command.arg(&script);
+        if attack == Attack::SlowBody {
+            command.arg("--slow-body");
+        }
+        let mut child = command
             .args(["--target", target, "--sources", &sources.join(",")])
             .args(["--per-source", &per_source.to_string()])
             .args(["--hold-secs", &hold.as_secs_f64().to_string()])
@@ -202,12 +217,14 @@ async fn half_sent_requests_are_closed_at_the_header_timeout_and_bounded_per_add
         &gw_sources,
         per_source,
         hold,
+        Attack::HalfSentHeaders,
     )?;
     let mut at_placement = SlowRequests::start(
         cluster.placement.http_url().trim_start_matches("http://"),
         &pl_sources,
         per_source,
         hold,
+        Attack::HalfSentHeaders,
     )?;
     at_gateway.opened(gw_sources.len() * per_source).await?;
     at_placement.opened(pl_sources.len() * per_source).await?;
@@ -298,6 +315,94 @@ async fn half_sent_requests_are_closed_at_the_header_timeout_and_bounded_per_add
     js.shutdown().await
 }
 
+/// Bodies that trickle in: each of the attacker's polling POSTs announces 50,000 bytes and
+/// sends 10. The gateway reads bodies at `--http-min-body-rate` (1 KiB/s, over windows of the
+/// header timeout) at least, so it cuts every one about one window after its header, holds a
+/// bounded amount meanwhile, and serves a client through placement all along.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_that_trickle_in_are_cut_at_the_minimum_rate() -> anyhow::Result<()> {
+    const PER_SOURCE: usize = 50;
+    let args = [
+        "--http-header-timeout-ms".to_owned(),
+        HEADER_TIMEOUT_MS.to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cluster = Cluster::start(1, &args)?;
+    cluster.wait_registered(WAIT).await?;
+    let gateway = &cluster.gateways[0];
+    let pid = gateway.service().pid();
+    let before = held(pid)?;
+
+    let sources = ["127.0.0.8", "127.0.0.9"];
+    let hold = Duration::from_secs(20);
+    let mut attacker = SlowRequests::start(
+        gateway.url().trim_start_matches("http://"),
+        &sources,
+        PER_SOURCE,
+        hold,
+        Attack::SlowBody,
+    )?;
+    attacker.opened(sources.len() * PER_SOURCE).await?;
+    let mut samples = vec![held(pid)?];
+
+    let mut js = Driver::node().await?;
+    js.connect(
+        "calm",
+        json!({"placement": cluster.placement.http_url(), "transports": ["websocket"]}),
+    )
+    .await?;
+    js.connected("calm", WAIT).await?;
+    let ack = js.join("calm", "news").await?;
+    ensure!(ack["ok"] == true, "join: {ack}");
+    let ack = js.publish("calm", "news", "tick", json!({"n": 1})).await?;
+    ensure!(ack["ok"] == true, "publish: {ack}");
+    js.wait_event("calm to receive tick", WAIT, |e| {
+        e["id"] == "calm" && e["event"] == "recv" && e["name"] == "tick"
+    })
+    .await?;
+    samples.push(held(pid)?);
+
+    let (closed, still_open) = attacker.report(hold + WAIT).await?;
+    ensure!(
+        still_open == 0,
+        "the gateway still holds {still_open} trickling bodies after {hold:?}"
+    );
+    // Cut when the first window ends without its bytes; a second window of slack for a
+    // handler that started reading late.
+    let bound = 2 * Duration::from_millis(HEADER_TIMEOUT_MS) + CLOSE_SLACK;
+    let latest = closed.iter().copied().fold(0.0, f64::max);
+    ensure!(
+        latest <= bound.as_secs_f64(),
+        "a trickling body was cut only after {latest} s (bound {bound:?})"
+    );
+    let peak = peak(&samples);
+    eprintln!(
+        "trickling bodies: {} cut, latest after {latest} s; gateway before {before:?}, peak {peak:?}",
+        closed.len()
+    );
+    let connections = sources.len() * PER_SOURCE;
+    let fd_bound = before.fds + connections + 32;
+    ensure!(
+        peak.fds <= fd_bound,
+        "held {} descriptors (bound {fd_bound})",
+        peak.fds
+    );
+    let rss_bound = before.rss_kib + connections as u64 * 64;
+    ensure!(
+        peak.rss_kib <= rss_bound,
+        "grew to {} KiB (bound {rss_bound} KiB)",
+        peak.rss_kib
+    );
+    let text = scrape(gateway.url()).await?;
+    let name = "switchyard_gateway_http_connections_closed_total";
+    let cut = labelled(&text, name, "reason=\"body_too_slow\"");
+    ensure!(
+        cut >= connections as f64,
+        "{name}{{reason=body_too_slow}} is {cut}, want {connections}"
+    );
+    js.shutdown().await
+}
+
 /// A gateway whose descriptors run low reports itself full before `accept` fails: placement
 /// stops assigning it, `/readyz` says 503, and a client still gets a working gateway. Pushed
 /// past its limit, its accept errors are counted; once the descriptors are back, it is ready
@@ -327,6 +432,7 @@ async fn a_gateway_short_of_descriptors_reports_full_and_placement_sends_clients
         &["127.0.0.2"],
         fill,
         hold,
+        Attack::HalfSentHeaders,
     )?;
     filler.opened(fill).await?;
     eventually(
@@ -378,6 +484,7 @@ async fn a_gateway_short_of_descriptors_reports_full_and_placement_sends_clients
         &["127.0.0.3"],
         RESERVE,
         hold,
+        Attack::HalfSentHeaders,
     )?;
     eventually("the starved gateway to reach its limit", WAIT, async || {
         let fds = held(pid)?.fds;
