@@ -315,6 +315,93 @@ async fn half_sent_requests_are_closed_at_the_header_timeout_and_bounded_per_add
     js.shutdown().await
 }
 
+/// A flood of half-sent requests from many addresses, each under its own per-address bound:
+/// the listener's bound (`--max-pending-connections`) holds, what is over it is closed at
+/// accept, every held one at the header timeout, and a client that is turned away while the
+/// listener is full gets in by its own reconnection once the held requests time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_from_many_addresses_is_bounded_per_listener() -> anyhow::Result<()> {
+    const MAX_PENDING: usize = 200;
+    let args = [
+        "--http-header-timeout-ms".to_owned(),
+        HEADER_TIMEOUT_MS.to_string(),
+        "--max-pending-per-address".to_owned(),
+        MAX_PENDING_PER_ADDRESS.to_string(),
+        "--max-pending-connections".to_owned(),
+        MAX_PENDING.to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cluster = Cluster::start(1, &args)?;
+    cluster.wait_registered(WAIT).await?;
+    let gateway = &cluster.gateways[0];
+    let pid = gateway.service().pid();
+    let before = held(pid)?;
+
+    // 8 addresses, each below its own bound: only the listener's bound can hold them.
+    let sources: Vec<String> = (10..18).map(|i| format!("127.0.0.{i}")).collect();
+    let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
+    let per_source = MAX_PENDING_PER_ADDRESS - 10;
+    let hold = Duration::from_secs(20);
+    let mut attacker = SlowRequests::start(
+        gateway.url().trim_start_matches("http://"),
+        &sources,
+        per_source,
+        hold,
+        Attack::HalfSentHeaders,
+    )?;
+    attacker.opened(sources.len() * per_source).await?;
+    let mut samples = vec![held(pid)?];
+
+    let mut js = Driver::node().await?;
+    js.connect(
+        "calm",
+        json!({"placement": cluster.placement.http_url(), "transports": ["websocket"]}),
+    )
+    .await?;
+    // While the listener is full the client's first attempt may be closed at accept; its own
+    // reconnection gets in once the held requests have timed out.
+    js.wait_event("calm to connect, by its own retries", WAIT, |e| {
+        e["id"] == "calm" && e["event"] == "connected"
+    })
+    .await?;
+    samples.push(held(pid)?);
+    let ack = js.join("calm", "news").await?;
+    ensure!(ack["ok"] == true, "join: {ack}");
+
+    let (closed, still_open) = attacker.report(hold + WAIT).await?;
+    ensure!(
+        still_open == 0,
+        "the gateway still holds {still_open} half-sent requests after {hold:?}"
+    );
+    let bound = Duration::from_millis(HEADER_TIMEOUT_MS) + CLOSE_SLACK;
+    let latest = closed.iter().copied().fold(0.0, f64::max);
+    ensure!(
+        latest <= bound.as_secs_f64(),
+        "a half-sent request was closed only after {latest} s (bound {bound:?})"
+    );
+    let peak = peak(&samples);
+    eprintln!(
+        "flood from {} addresses: {} closed, latest after {latest} s; gateway before {before:?}, peak {peak:?}",
+        sources.len(),
+        closed.len()
+    );
+    let fd_bound = before.fds + MAX_PENDING + 32;
+    ensure!(
+        peak.fds <= fd_bound,
+        "held {} descriptors (bound {fd_bound})",
+        peak.fds
+    );
+    let text = scrape(gateway.url()).await?;
+    let name = "switchyard_gateway_http_connections_closed_total";
+    let over = labelled(&text, name, "reason=\"pending_listener\"");
+    let want = (sources.len() * per_source - MAX_PENDING) as f64;
+    ensure!(
+        over >= want,
+        "{name}{{reason=pending_listener}} is {over}, want at least {want}"
+    );
+    js.shutdown().await
+}
+
 /// Bodies that trickle in: each of the attacker's polling POSTs announces 50,000 bytes and
 /// sends 10. The gateway reads bodies at `--http-min-body-rate` (1 KiB/s, over windows of the
 /// header timeout) at least, so it cuts every one about one window after its header, holds a
