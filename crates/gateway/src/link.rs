@@ -388,27 +388,27 @@ impl RelayLink {
     /// Declares each of `rooms` of `namespace` that has a local member now; call after the
     /// sockets joined locally. Does nothing without interest routing.
     pub fn rooms_joined(&self, namespace: &str, rooms: &[String]) {
-        let Ok(mut g) = self.inner.lock() else { return };
-        if !g.routing {
-            return;
-        }
-        let Inner {
-            interest,
-            member_checks,
-            ..
-        } = &mut *g;
-        let check = member_checks.get(namespace);
-        let changed = interest.joined(namespace, rooms, |room| {
-            check.is_none_or(|has| has(room, None))
+        self.declare(namespace, |interest, has| {
+            interest.joined(namespace, rooms, has)
         });
-        if changed {
-            interest_changed(&g, namespace);
-        }
     }
 
     /// After a remote join (an AddSockets frame with `joins`, which made the relays send this
     /// gateway those rooms' frames): declares the rooms with a local member, withdraws the rest.
     pub fn rooms_joined_remotely(&self, namespace: &str, rooms: &[String]) {
+        self.declare(namespace, |interest, has| {
+            interest.joined_remotely(namespace, rooms, has)
+        });
+    }
+
+    /// Applies a join to the declared rooms of `namespace` under the link lock, where `has`
+    /// says whether a room has a local member now (every room counts as one before the
+    /// namespace's adapter registered its check), and sends the change to the relays.
+    fn declare(
+        &self,
+        namespace: &str,
+        join: impl FnOnce(&mut Interest, &dyn Fn(&str) -> bool) -> bool,
+    ) {
         let Ok(mut g) = self.inner.lock() else { return };
         if !g.routing {
             return;
@@ -419,10 +419,8 @@ impl RelayLink {
             ..
         } = &mut *g;
         let check = member_checks.get(namespace);
-        let changed = interest.joined_remotely(namespace, rooms, |room| {
-            check.is_none_or(|has| has(room, None))
-        });
-        if changed {
+        let has = |room: &str| check.is_none_or(|has| has(room, None));
+        if join(interest, &has) {
             interest_changed(&g, namespace);
         }
     }

@@ -111,6 +111,20 @@ impl SlowRequests {
     }
 }
 
+/// The well-behaved client `calm` (connected) joins a room, publishes to it and receives its
+/// own event: what every client of the attacked target must still be able to do.
+async fn calm_gets_its_event(js: &mut Driver) -> anyhow::Result<()> {
+    let ack = js.join("calm", "news").await?;
+    ensure!(ack["ok"] == true, "join: {ack}");
+    let ack = js.publish("calm", "news", "tick", json!({"n": 1})).await?;
+    ensure!(ack["ok"] == true, "publish: {ack}");
+    js.wait_event("calm to receive tick", WAIT, |e| {
+        e["id"] == "calm" && e["event"] == "recv" && e["name"] == "tick" && e["args"][0]["n"] == 1
+    })
+    .await?;
+    Ok(())
+}
+
 /// What a process holds: open descriptors and resident memory (KiB).
 #[derive(Debug, Clone, Copy, Default)]
 struct Held {
@@ -240,14 +254,7 @@ async fn half_sent_requests_are_closed_at_the_header_timeout_and_bounded_per_add
     .await?;
     js.connected("calm", WAIT).await?;
     samples.push((held(gw_pid)?, held(pl_pid)?));
-    let ack = js.join("calm", "news").await?;
-    ensure!(ack["ok"] == true, "join: {ack}");
-    let ack = js.publish("calm", "news", "tick", json!({"n": 1})).await?;
-    ensure!(ack["ok"] == true, "publish: {ack}");
-    js.wait_event("calm to receive tick", WAIT, |e| {
-        e["id"] == "calm" && e["event"] == "recv" && e["name"] == "tick"
-    })
-    .await?;
+    calm_gets_its_event(&mut js).await?;
     samples.push((held(gw_pid)?, held(pl_pid)?));
 
     let bound = Duration::from_millis(HEADER_TIMEOUT_MS) + CLOSE_SLACK;
@@ -365,8 +372,7 @@ async fn a_flood_from_many_addresses_is_bounded_per_listener() -> anyhow::Result
     })
     .await?;
     samples.push(held(pid)?);
-    let ack = js.join("calm", "news").await?;
-    ensure!(ack["ok"] == true, "join: {ack}");
+    calm_gets_its_event(&mut js).await?;
 
     let (closed, still_open) = attacker.report(hold + WAIT).await?;
     ensure!(
@@ -439,14 +445,7 @@ async fn bodies_that_trickle_in_are_cut_at_the_minimum_rate() -> anyhow::Result<
     )
     .await?;
     js.connected("calm", WAIT).await?;
-    let ack = js.join("calm", "news").await?;
-    ensure!(ack["ok"] == true, "join: {ack}");
-    let ack = js.publish("calm", "news", "tick", json!({"n": 1})).await?;
-    ensure!(ack["ok"] == true, "publish: {ack}");
-    js.wait_event("calm to receive tick", WAIT, |e| {
-        e["id"] == "calm" && e["event"] == "recv" && e["name"] == "tick"
-    })
-    .await?;
+    calm_gets_its_event(&mut js).await?;
     samples.push(held(pid)?);
 
     let (closed, still_open) = attacker.report(hold + WAIT).await?;
@@ -556,14 +555,7 @@ async fn a_gateway_short_of_descriptors_reports_full_and_placement_sends_clients
         connected["node_id"] == healthy.node_id(),
         "the client was sent to {connected}"
     );
-    let ack = js.join("calm", "news").await?;
-    ensure!(ack["ok"] == true, "join: {ack}");
-    let ack = js.publish("calm", "news", "tick", json!({"n": 1})).await?;
-    ensure!(ack["ok"] == true, "publish: {ack}");
-    js.wait_event("calm to receive tick", WAIT, |e| {
-        e["id"] == "calm" && e["event"] == "recv" && e["name"] == "tick"
-    })
-    .await?;
+    calm_gets_its_event(&mut js).await?;
 
     // Past the limit: `accept` fails with EMFILE until descriptors come back.
     let flood = SlowRequests::start(
@@ -789,14 +781,7 @@ async fn a_client_that_never_reads_costs_the_gateway_a_bounded_amount() -> anyho
     )
     .await?;
     js.connected("calm", WAIT).await?;
-    let ack = js.join("calm", "news").await?;
-    ensure!(ack["ok"] == true, "join: {ack}");
-    let ack = js.publish("calm", "news", "tick", json!({"n": 1})).await?;
-    ensure!(ack["ok"] == true, "publish: {ack}");
-    js.wait_event("calm to receive tick", WAIT, |e| {
-        e["id"] == "calm" && e["event"] == "recv" && e["name"] == "tick" && e["args"][0]["n"] == 1
-    })
-    .await?;
+    calm_gets_its_event(&mut js).await?;
     drop(deaf);
     js.shutdown().await
 }
@@ -869,13 +854,6 @@ async fn ping_and_namespace_connect_floods_on_one_session_are_bounded() -> anyho
     )
     .await?;
     js.connected("calm", WAIT).await?;
-    let ack = js.join("calm", "news").await?;
-    ensure!(ack["ok"] == true, "join: {ack}");
-    let ack = js.publish("calm", "news", "tick", json!({"n": 1})).await?;
-    ensure!(ack["ok"] == true, "publish: {ack}");
-    js.wait_event("calm to receive tick", WAIT, |e| {
-        e["id"] == "calm" && e["event"] == "recv" && e["name"] == "tick"
-    })
-    .await?;
+    calm_gets_its_event(&mut js).await?;
     js.shutdown().await
 }
