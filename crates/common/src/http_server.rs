@@ -125,7 +125,16 @@ impl HttpServerArgs {
     }
 }
 
-/// The names of one service's listener metrics (declared in that service's `metrics.rs`).
+/// HELP text of `ListenerMetrics::connections_closed`, the same for every service.
+pub const CONNECTIONS_CLOSED_HELP: &str =
+    "HTTP connections the listener closed to protect itself, by reason.";
+/// HELP text of `ListenerMetrics::pending_connections`.
+pub const PENDING_CONNECTIONS_HELP: &str =
+    "HTTP connections accepted whose first request's headers are not complete yet.";
+/// HELP text of `ListenerMetrics::accept_errors`.
+pub const ACCEPT_ERRORS_HELP: &str = "Failed accepts on the HTTP listener, by kind.";
+
+/// The names of one service's listener metrics (declared in that service's `metrics.rs`)."
 #[derive(Debug, Clone, Copy)]
 pub struct ListenerMetrics {
     /// Counter, `reason` = `handshake` | `timeout`: failed TLS handshakes.

@@ -5,7 +5,7 @@
 //! entry of [`ALL`] against that page.
 
 use switchyard_common::{
-    http_server::ListenerMetrics,
+    http_server::{self, ListenerMetrics},
     telemetry::{self, Metric},
 };
 
@@ -78,16 +78,13 @@ pub const ALL: &[Metric] = &[
     ),
     Metric::counter(
         HTTP_CONNECTIONS_CLOSED_TOTAL,
-        "HTTP connections the listener closed to protect itself, by reason.",
+        http_server::CONNECTIONS_CLOSED_HELP,
     ),
     Metric::gauge(
         HTTP_PENDING_CONNECTIONS,
-        "HTTP connections accepted whose first request's headers are not complete yet.",
+        http_server::PENDING_CONNECTIONS_HELP,
     ),
-    Metric::counter(
-        HTTP_ACCEPT_ERRORS_TOTAL,
-        "Failed accepts on the HTTP listener, by kind.",
-    ),
+    Metric::counter(HTTP_ACCEPT_ERRORS_TOTAL, http_server::ACCEPT_ERRORS_HELP),
 ];
 
 /// Describes every metric and sets the gauges to zero, so dashboards see each series before

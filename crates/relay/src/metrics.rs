@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use metrics::{counter, gauge, histogram};
 use switchyard_common::{
-    http_server::ListenerMetrics,
+    http_server::{self, ListenerMetrics},
     telemetry::{self, Metric},
 };
 
@@ -149,16 +149,13 @@ pub const ALL: &[Metric] = &[
     ),
     Metric::counter(
         HTTP_CONNECTIONS_CLOSED_TOTAL,
-        "HTTP connections the listener closed to protect itself, by reason.",
+        http_server::CONNECTIONS_CLOSED_HELP,
     ),
     Metric::gauge(
         HTTP_PENDING_CONNECTIONS,
-        "HTTP connections accepted whose first request's headers are not complete yet.",
+        http_server::PENDING_CONNECTIONS_HELP,
     ),
-    Metric::counter(
-        HTTP_ACCEPT_ERRORS_TOTAL,
-        "Failed accepts on the HTTP listener, by kind.",
-    ),
+    Metric::counter(HTTP_ACCEPT_ERRORS_TOTAL, http_server::ACCEPT_ERRORS_HELP),
     Metric::counter(
         EMITTER_MESSAGES,
         "Messages of @socket.io/redis-emitter handled by this replica, by outcome.",
