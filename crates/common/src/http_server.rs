@@ -79,11 +79,13 @@ pub struct HttpServerArgs {
     )]
     pub http_header_timeout_ms: u64,
     /// Connections one source address may hold open before their first request's headers are
-    /// complete; one more is closed at once.
+    /// complete; one more is closed at once. A connection counts from its accept, so a burst of
+    /// new clients from one address (a NAT, a load test, a proxy) is pending all at once for a
+    /// moment: the default lets 1,024 in at once, a quarter of the listener's bound.
     #[arg(
         long,
         env = "SWITCHYARD_MAX_PENDING_PER_ADDRESS",
-        default_value_t = 256,
+        default_value_t = 1024,
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub max_pending_per_address: u64,
@@ -111,7 +113,7 @@ impl Default for HttpServerArgs {
     fn default() -> Self {
         HttpServerArgs {
             http_header_timeout_ms: 10_000,
-            max_pending_per_address: 256,
+            max_pending_per_address: 1024,
             max_pending_connections: 4096,
             http_min_body_rate: 1024,
         }
