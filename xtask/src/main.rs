@@ -166,15 +166,28 @@ fn prereqs() -> anyhow::Result<PathBuf> {
 /// Builds every service binary in release mode first: the scenarios spawn them as processes,
 /// and a stale or debug binary would make the figures meaningless.
 fn bench(scenario: &str, args: &[String]) -> anyhow::Result<()> {
-    let scenarios: &[&str] = if scenario == "all" {
-        &["placement", "fanout", "rooms", "idle", "storm", "report"]
+    // `fanout` a second time with the official client as receivers, at the rate where every
+    // delivery is its own write (3,000 members × 15 msg/s = 45,000 deliveries/s).
+    const OFFICIAL: &[&str] = &["--client", "official", "--rate", "15", "--skip-saturation"];
+    let scenarios: &[(&str, &[&str])] = if scenario == "all" {
+        &[
+            ("placement", &[]),
+            ("fanout", &[]),
+            ("fanout", OFFICIAL),
+            ("rooms", &[]),
+            ("scale", &[]),
+            ("idle", &[]),
+            ("storm", &[]),
+            ("report", &[]),
+        ]
     } else {
-        &[scenario]
+        &[(scenario, &[])]
     };
     let bench = release_bench_binary()?;
-    for scenario in scenarios {
+    for (scenario, own) in scenarios {
         run(Command::new(&bench)
             .arg(scenario)
+            .args(*own)
             .args(args)
             .current_dir(workspace_root())
             .env("SWITCHYARD_PROFILE", "release"))?;

@@ -7,21 +7,24 @@
 // Websocket only (no polling), so clients need no sticky sessions.
 //
 // Environment: PORT (0 = any free port), REDIS_URL (unset = a single process, no adapter),
-// ADAPTER: `redis` (default, @socket.io/redis-adapter 8.3 over pub/sub) or `redis-streams`
+// ADAPTER: `redis` (default, @socket.io/redis-adapter 8.3 over pub/sub), `redis-sharded` (the
+// same package's createShardedAdapter with subscriptionMode "dynamic": SSUBSCRIBE/SPUBLISH on
+// Redis 7, one channel per room, so a server receives only the rooms it has members in) or
+// `redis-streams`
 // (@socket.io/redis-streams-adapter 0.2 with connection state recovery on: the official
 // client's `socket.recovered`, the peer of Switchyard's resume in the `resume` benchmark).
 // Once serving it prints `SWITCHYARD_READY http=127.0.0.1:PORT pid=PID` on stdout.
 import { createServer } from "node:http";
 import { Server } from "socket.io";
-import { createAdapter } from "@socket.io/redis-adapter";
+import { createAdapter, createShardedAdapter } from "@socket.io/redis-adapter";
 import { createAdapter as createStreamsAdapter } from "@socket.io/redis-streams-adapter";
 import { createClient } from "redis";
 
 const port = Number.parseInt(process.env.PORT ?? "0", 10);
 const redisUrl = process.env.REDIS_URL;
 const adapter = process.env.ADAPTER ?? "redis";
-if (adapter !== "redis" && adapter !== "redis-streams") {
-  console.error(`ADAPTER must be redis or redis-streams, got ${adapter}`);
+if (!["redis", "redis-sharded", "redis-streams"].includes(adapter)) {
+  console.error(`ADAPTER must be redis, redis-sharded or redis-streams, got ${adapter}`);
   process.exit(2);
 }
 
@@ -35,6 +38,13 @@ if (redisUrl && adapter === "redis-streams") {
   options.adapter = createStreamsAdapter(client);
   // The documented defaults: a session lives 2 minutes after a disconnection.
   options.connectionStateRecovery = { maxDisconnectionDuration: 2 * 60 * 1000, skipMiddlewares: true };
+} else if (redisUrl && adapter === "redis-sharded") {
+  const pubClient = createClient({ url: redisUrl });
+  const subClient = pubClient.duplicate();
+  pubClient.on("error", (err) => console.error("redis pub error", err));
+  subClient.on("error", (err) => console.error("redis sub error", err));
+  await Promise.all([pubClient.connect(), subClient.connect()]);
+  options.adapter = createShardedAdapter(pubClient, subClient, { subscriptionMode: "dynamic" });
 } else if (redisUrl) {
   const pubClient = createClient({ url: redisUrl });
   const subClient = pubClient.duplicate();

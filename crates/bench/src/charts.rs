@@ -14,6 +14,7 @@ fn color(system: &str) -> RGBColor {
     match system {
         "switchyard" => RGBColor(31, 119, 180),
         "node_redis" | "node" => RGBColor(214, 39, 40),
+        "node_sharded" => RGBColor(255, 127, 14),
         "socketioxide_redis" => RGBColor(44, 160, 44),
         _ => RGBColor(127, 127, 127),
     }
@@ -99,7 +100,52 @@ pub fn saturation_curves(
         .iter()
         .flat_map(|(_, p)| p.iter().map(|(o, a)| o.max(*a)))
         .fold(0.0f64, f64::max);
-    let (lo, hi) = (0.0, if hi > 0.0 { hi * 1.1 } else { 10.0 });
+    let hi = if hi > 0.0 { hi * 1.1 } else { 10.0 };
+    let axes = Axes {
+        x: ("offered deliveries/s", hi),
+        y: ("delivered deliveries/s", hi),
+        diagonal: true,
+    };
+    lines(path, title, &axes, series)
+}
+
+/// One line per system of `(x, y)` points, from 0 on both axes: a figure against a parameter
+/// (CPU per delivery against the number of gateways).
+pub fn figure_against(
+    path: &Path,
+    title: &str,
+    (x_desc, y_desc): (&str, &str),
+    series: &[(&str, Vec<(f64, f64)>)],
+) -> anyhow::Result<()> {
+    let hi = |f: fn(&(f64, f64)) -> f64| {
+        let hi = series
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(f))
+            .fold(0.0f64, f64::max);
+        if hi > 0.0 { hi * 1.1 } else { 10.0 }
+    };
+    let axes = Axes {
+        x: (x_desc, hi(|p| p.0)),
+        y: (y_desc, hi(|p| p.1)),
+        diagonal: false,
+    };
+    lines(path, title, &axes, series)
+}
+
+/// Both axes of a line chart, from 0: `(description, upper end)`; `diagonal` draws y = x (for
+/// delivered against offered).
+struct Axes<'a> {
+    x: (&'a str, f64),
+    y: (&'a str, f64),
+    diagonal: bool,
+}
+
+fn lines(
+    path: &Path,
+    title: &str,
+    axes: &Axes<'_>,
+    series: &[(&str, Vec<(f64, f64)>)],
+) -> anyhow::Result<()> {
     let root = SVGBackend::new(path, (760, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let mut chart = ChartBuilder::on(&root)
@@ -107,28 +153,32 @@ pub fn saturation_curves(
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(80)
-        .build_cartesian_2d(lo..hi, lo..hi)
+        .build_cartesian_2d(0.0..axes.x.1, 0.0..axes.y.1)
         .map_err(|e| anyhow!("{e}"))?;
+    let y_decimals = if axes.y.1 < 100.0 { 1 } else { 0 };
     chart
         .configure_mesh()
-        .x_desc("offered deliveries/s")
-        .y_desc("delivered deliveries/s")
+        .x_desc(axes.x.0)
+        .y_desc(axes.y.0)
         .x_labels(8)
         .y_labels(8)
         .light_line_style(WHITE)
         .label_style(("sans-serif", 13))
         .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.y_decimals$}"))
         .draw()
         .map_err(|e| anyhow!("{e}"))?;
-    chart
-        .draw_series(LineSeries::new(
-            [(lo, lo), (hi, hi)],
-            ShapeStyle::from(&BLACK.mix(0.3)).stroke_width(1),
-        ))
-        .map_err(|e| anyhow!("{e}"))?
-        .label("offered")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 14, y)], BLACK.mix(0.3)));
+    if axes.diagonal {
+        let hi = axes.x.1.min(axes.y.1);
+        chart
+            .draw_series(LineSeries::new(
+                [(0.0, 0.0), (hi, hi)],
+                ShapeStyle::from(&BLACK.mix(0.3)).stroke_width(1),
+            ))
+            .map_err(|e| anyhow!("{e}"))?
+            .label("offered")
+            .legend(|(x, y)| PathElement::new([(x, y), (x + 14, y)], BLACK.mix(0.3)));
+    }
     for (system, pts) in series {
         let c = color(system);
         chart

@@ -36,7 +36,9 @@ use anyhow::{Context, ensure};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::loadgen::{Arrival, Client, Clock, Setup, Shared, Stamp, connect_many};
+use crate::cpu::{CpuMeter, CpuTime};
+use crate::loadgen::{Arrival, Client, Clock, Setup, Shared, Stamp, connect_many, room_of};
+use crate::official::{ClientKind, Receivers};
 use crate::peers::{System, bench_dir, ensure_profile_env};
 use crate::stats::{median, percentile_ms, ratio};
 
@@ -75,7 +77,7 @@ pub struct Common {
     /// Runs per system; the summary takes medians.
     #[arg(long, default_value_t = 2)]
     pub repeats: usize,
-    /// Comma list of systems: switchyard, node_redis, socketioxide_redis.
+    /// Comma list of systems: switchyard, node_redis, node_sharded, socketioxide_redis.
     #[arg(long, default_value = "switchyard,node_redis,socketioxide_redis")]
     pub systems: String,
     /// Loopback source addresses the clients spread over (127.0.0.2 ..).
@@ -84,7 +86,15 @@ pub struct Common {
     /// Concurrent connection handshakes while setting up.
     #[arg(long, default_value_t = 100)]
     pub connect_concurrency: usize,
-    /// Where to write the results; default `target/bench/<scenario>.json`.
+    /// Which client receives: the Rust load generator, or the official `socket.io-client`
+    /// in Node processes ([`crate::official`]). The publisher is always the generator's.
+    #[arg(long, value_enum, default_value = "generator")]
+    pub client: ClientKind,
+    /// Node processes the official clients are spread over.
+    #[arg(long, default_value_t = 4)]
+    pub client_processes: usize,
+    /// Where to write the results; default `target/bench/<scenario>.json`
+    /// (`<scenario>_official.json` with `--client official`).
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -128,6 +138,11 @@ pub struct FanoutRun {
     pub skew_p99_ms: f64,
     /// Deliveries in the fixed-rate phase / (messages × members per room).
     pub delivered_fraction: f64,
+    /// CPU time of every server-side process (Redis included) over the fixed-rate phase per
+    /// delivery, in µs: user + system, and each mode.
+    pub cpu_us_per_delivery: f64,
+    pub user_us_per_delivery: f64,
+    pub system_us_per_delivery: f64,
     /// Members whose connection ended during the run.
     pub dropped_clients: u64,
     /// Seconds it took to connect and join every member.
@@ -145,6 +160,9 @@ pub struct FanoutSummary {
     pub max_ms: f64,
     pub skew_p99_ms: f64,
     pub delivered_fraction: f64,
+    pub cpu_us_per_delivery: f64,
+    pub user_us_per_delivery: f64,
+    pub system_us_per_delivery: f64,
     pub runs: Vec<FanoutRun>,
 }
 
@@ -158,6 +176,9 @@ impl FanoutSummary {
             max_ms: m(|r| r.max_ms),
             skew_p99_ms: m(|r| r.skew_p99_ms),
             delivered_fraction: m(|r| r.delivered_fraction),
+            cpu_us_per_delivery: m(|r| r.cpu_us_per_delivery),
+            user_us_per_delivery: m(|r| r.user_us_per_delivery),
+            system_us_per_delivery: m(|r| r.system_us_per_delivery),
             runs,
         }
     }
@@ -171,6 +192,8 @@ struct Ratios {
     p99_ms: f64,
     max_ms: f64,
     skew_p99_ms: f64,
+    cpu_us_per_delivery: f64,
+    user_us_per_delivery: f64,
 }
 
 impl Ratios {
@@ -181,6 +204,8 @@ impl Ratios {
             p99_ms: ratio(a.p99_ms, b.p99_ms),
             max_ms: ratio(a.max_ms, b.max_ms),
             skew_p99_ms: ratio(a.skew_p99_ms, b.skew_p99_ms),
+            cpu_us_per_delivery: ratio(a.cpu_us_per_delivery, b.cpu_us_per_delivery),
+            user_us_per_delivery: ratio(a.user_us_per_delivery, b.user_us_per_delivery),
         }
     }
 }
@@ -222,6 +247,7 @@ pub fn run_plan(plan: Plan) -> anyhow::Result<()> {
 }
 
 async fn run(plan: Plan, systems: Vec<System>) -> anyhow::Result<()> {
+    let meter = CpuMeter::new()?;
     let mut results: HashMap<&'static str, Vec<FanoutRun>> = HashMap::new();
     for repeat in 0..plan.common.repeats {
         // Rotate which system goes first, so drift over the run hurts all alike.
@@ -237,7 +263,7 @@ async fn run(plan: Plan, systems: Vec<System>) -> anyhow::Result<()> {
                 plan.clients,
                 plan.rooms.len()
             );
-            let figures = run_once(&plan, system)
+            let figures = run_once(&plan, system, meter)
                 .await
                 .with_context(|| format!("{} run {}", system.name(), repeat + 1))?;
             eprintln!("  {figures:?}");
@@ -259,6 +285,7 @@ async fn run(plan: Plan, systems: Vec<System>) -> anyhow::Result<()> {
     report.insert("rate".into(), plan.rate.into());
     report.insert("seconds".into(), plan.seconds.into());
     report.insert("repeats".into(), plan.common.repeats.into());
+    report.insert("client".into(), plan.common.client.name().into());
     for (name, summary) in &summaries {
         report.insert((*name).into(), serde_json::to_value(summary)?);
     }
@@ -277,7 +304,7 @@ async fn run(plan: Plan, systems: Vec<System>) -> anyhow::Result<()> {
     print_table(&plan, &summaries, &report);
     let out = match &plan.common.out {
         Some(p) => p.clone(),
-        None => bench_dir()?.join(format!("{}.json", plan.scenario)),
+        None => bench_dir()?.join(results_file(plan.scenario, plan.common.client)),
     };
     std::fs::write(&out, serde_json::to_string_pretty(&report)?)
         .with_context(|| format!("writing {}", out.display()))?;
@@ -295,13 +322,29 @@ fn print_table(plan: &Plan, summaries: &[(&str, FanoutSummary)], report: &Value)
         plan.seconds
     );
     println!(
-        "{:<30} {:>14} {:>9} {:>9} {:>9} {:>12} {:>10}",
-        "system", "msgs_per_sec", "p50_ms", "p99_ms", "max_ms", "skew_p99_ms", "delivered"
+        "{:<30} {:>14} {:>9} {:>9} {:>9} {:>12} {:>10} {:>8} {:>8}",
+        "system",
+        "msgs_per_sec",
+        "p50_ms",
+        "p99_ms",
+        "max_ms",
+        "skew_p99_ms",
+        "delivered",
+        "cpu_us",
+        "user_us"
     );
     for (name, s) in summaries {
         println!(
-            "{:<30} {:>14.0} {:>9.2} {:>9.2} {:>9.2} {:>12.2} {:>10.4}",
-            name, s.msgs_per_sec, s.p50_ms, s.p99_ms, s.max_ms, s.skew_p99_ms, s.delivered_fraction
+            "{:<30} {:>14.0} {:>9.2} {:>9.2} {:>9.2} {:>12.2} {:>10.4} {:>8.2} {:>8.2}",
+            name,
+            s.msgs_per_sec,
+            s.p50_ms,
+            s.p99_ms,
+            s.max_ms,
+            s.skew_p99_ms,
+            s.delivered_fraction,
+            s.cpu_us_per_delivery,
+            s.user_us_per_delivery
         );
     }
     for (key, label) in [
@@ -314,19 +357,22 @@ fn print_table(plan: &Plan, summaries: &[(&str, FanoutSummary)], report: &Value)
         if let Some(x) = report.get(key) {
             let f = |k: &str| x.get(k).and_then(Value::as_f64).unwrap_or(0.0);
             println!(
-                "{:<30} {:>14.2} {:>9.2} {:>9.2} {:>9.2} {:>12.2}",
+                "{:<30} {:>14.2} {:>9.2} {:>9.2} {:>9.2} {:>12.2} {:>10} {:>8.2} {:>8.2}",
                 label,
                 f("msgs_per_sec"),
                 f("p50_ms"),
                 f("p99_ms"),
                 f("max_ms"),
-                f("skew_p99_ms")
+                f("skew_p99_ms"),
+                "",
+                f("cpu_us_per_delivery"),
+                f("user_us_per_delivery")
             );
         }
     }
 }
 
-async fn run_once(plan: &Plan, system: System) -> anyhow::Result<FanoutRun> {
+async fn run_once(plan: &Plan, system: System, meter: CpuMeter) -> anyhow::Result<FanoutRun> {
     let running = system.start(3).await?;
     let dialer = running.dialer();
     let clock = Clock::new();
@@ -337,11 +383,14 @@ async fn run_once(plan: &Plan, system: System) -> anyhow::Result<FanoutRun> {
         clock,
     };
     let started = std::time::Instant::now();
-    let members = connect_many(
+    let memberships: Vec<Vec<&str>> = (0..plan.clients)
+        .map(|i| room_of(&plan.rooms, i, plan.clients).into_iter().collect())
+        .collect();
+    let (mut members, _) = Receivers::connect(
+        plan.common.client,
+        plan.common.client_processes,
         &dialer,
-        plan.clients,
-        1,
-        &plan.rooms,
+        &memberships,
         setup,
         Arc::clone(&shared),
     )
@@ -361,7 +410,7 @@ async fn run_once(plan: &Plan, system: System) -> anyhow::Result<FanoutRun> {
     .pop()
     .context("no publisher")?;
     let setup_secs = started.elapsed().as_secs_f64();
-    eprintln!("  {} members joined in {setup_secs:.1} s", members.len());
+    eprintln!("  {} members joined in {setup_secs:.1} s", plan.clients);
     // Let joins settle everywhere (remote adapters, relay links) before measuring.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
@@ -374,13 +423,17 @@ async fn run_once(plan: &Plan, system: System) -> anyhow::Result<FanoutRun> {
         clock,
         rooms: &plan.rooms,
     };
+    let processes = running.processes();
+    let cpu_before = meter.sum(&processes)?;
     publish
         .at(plan.rate, Duration::from_secs(plan.seconds), &mut seq)
         .await?;
     wait_quiet(&shared, messages * per_message, Duration::from_secs(15)).await;
-    let arrivals: Vec<Vec<Arrival>> = members.iter().map(Client::take_arrivals).collect();
+    let cpu = meter.sum(&processes)?.since(cpu_before);
+    let arrivals: Vec<Vec<Arrival>> = members.take_arrivals().await?;
     let (p50_ms, p99_ms, max_ms, skew_p99_ms, delivered) = latency_figures(&arrivals);
     let delivered_fraction = delivered as f64 / (messages * per_message).max(1) as f64;
+    let cpu = CpuPerDelivery::of(cpu, delivered);
     drop(arrivals);
 
     // 2. Rising rates.
@@ -404,13 +457,9 @@ async fn run_once(plan: &Plan, system: System) -> anyhow::Result<FanoutRun> {
             });
             msgs_per_sec = msgs_per_sec.max(achieved);
             // Drop what was recorded (memory), then let any backlog drain before the next step.
-            for m in &members {
-                drop(m.take_arrivals());
-            }
+            drop(members.take_arrivals().await?);
             wait_quiet(&shared, u64::MAX, Duration::from_secs(20)).await;
-            for m in &members {
-                drop(m.take_arrivals());
-            }
+            drop(members.take_arrivals().await?);
             if achieved < 0.9 * offered {
                 saturated_at_rate = rate;
                 break;
@@ -430,23 +479,53 @@ async fn run_once(plan: &Plan, system: System) -> anyhow::Result<FanoutRun> {
         max_ms,
         skew_p99_ms,
         delivered_fraction,
+        cpu_us_per_delivery: cpu.total,
+        user_us_per_delivery: cpu.user,
+        system_us_per_delivery: cpu.system,
         dropped_clients,
         setup_secs,
         steps,
     })
 }
 
+/// `<scenario>.json`, or `<scenario>_official.json` when the official client received.
+pub fn results_file(scenario: &str, client: ClientKind) -> String {
+    match client {
+        ClientKind::Generator => format!("{scenario}.json"),
+        ClientKind::Official => format!("{scenario}_official.json"),
+    }
+}
+
+/// CPU time per delivery, µs.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuPerDelivery {
+    pub total: f64,
+    pub user: f64,
+    pub system: f64,
+}
+
+impl CpuPerDelivery {
+    pub fn of(cpu: CpuTime, deliveries: u64) -> CpuPerDelivery {
+        let per = |d: Duration| d.as_secs_f64() * 1e6 / deliveries.max(1) as f64;
+        CpuPerDelivery {
+            total: per(cpu.total()),
+            user: per(cpu.user),
+            system: per(cpu.system),
+        }
+    }
+}
+
 /// The publishing client and where its messages go.
-struct Publish<'a> {
-    client: &'a Client,
-    clock: Clock,
-    rooms: &'a [String],
+pub struct Publish<'a> {
+    pub client: &'a Client,
+    pub clock: Clock,
+    pub rooms: &'a [String],
 }
 
 impl Publish<'_> {
     /// Publishes stamped messages at `rate` per second for `length`, paced in 5 ms slices;
     /// message `seq` goes to room `seq % rooms`.
-    async fn at(&self, rate: u64, length: Duration, seq: &mut u64) -> anyhow::Result<()> {
+    pub async fn at(&self, rate: u64, length: Duration, seq: &mut u64) -> anyhow::Result<()> {
         let start = tokio::time::Instant::now();
         let total = (rate as f64 * length.as_secs_f64()).round() as u64;
         let mut sent = 0u64;
@@ -474,7 +553,7 @@ impl Publish<'_> {
 
 /// Waits until `expected` deliveries were counted, or the count has not moved for 1 s, or
 /// `limit` passed.
-async fn wait_quiet(shared: &Shared, expected: u64, limit: Duration) {
+pub async fn wait_quiet(shared: &Shared, expected: u64, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     let mut last = shared.delivered.load(Ordering::Relaxed);
     let mut still_since = tokio::time::Instant::now();
@@ -494,7 +573,7 @@ async fn wait_quiet(shared: &Shared, expected: u64, limit: Duration) {
 }
 
 /// (p50, p99, max latency, p99 skew, deliveries) over every member's arrivals.
-fn latency_figures(arrivals: &[Vec<Arrival>]) -> (f64, f64, f64, f64, u64) {
+pub fn latency_figures(arrivals: &[Vec<Arrival>]) -> (f64, f64, f64, f64, u64) {
     let mut latencies = Vec::new();
     let mut spans: HashMap<u64, (u64, u64)> = HashMap::new();
     for client in arrivals {

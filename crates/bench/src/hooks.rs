@@ -24,7 +24,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::loadgen::{Client, Clock, Setup, Shared, connect_many};
-use crate::peers::{SwitchyardCluster, bench_dir, ensure_profile_env};
+use crate::peers::{SwitchyardCluster, Tuning, bench_dir, ensure_profile_env};
 use crate::stats::percentile_ms;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -87,15 +87,17 @@ async fn null_backend() -> anyhow::Result<String> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let backend = null_backend().await?;
-    let gateway_args = vec![
-        "--hooks-url".to_owned(),
-        backend,
-        "--hook-events".to_owned(),
-        "bench".to_owned(),
-    ];
+    let tuning = Tuning {
+        gateway_args: vec![
+            "--hooks-url".to_owned(),
+            backend,
+            "--hook-events".to_owned(),
+            "bench".to_owned(),
+        ],
+        ..Tuning::default()
+    };
     let cluster =
-        tokio::task::spawn_blocking(move || SwitchyardCluster::start_with(1, false, &gateway_args))
-            .await??;
+        tokio::task::spawn_blocking(move || SwitchyardCluster::start_with(1, 0, &tuning)).await??;
     cluster.wait_all_registered().await?;
     let clients = connect_many(
         &cluster.dialer(),

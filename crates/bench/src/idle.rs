@@ -182,7 +182,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 async fn run_once(args: &Args, system: &str) -> anyhow::Result<IdleRun> {
     // Keep the cluster alive until the figures are read.
     let (pid, dialer, _sy, _node) = if system == "switchyard" {
-        let cluster = tokio::task::spawn_blocking(|| SwitchyardCluster::start(1, false)).await??;
+        let cluster = tokio::task::spawn_blocking(|| SwitchyardCluster::start(1, 0)).await??;
         cluster.wait_all_registered().await?;
         let pid = cluster.gateways.first().context("no gateway")?.pid();
         let dialer = cluster.dialer();

@@ -455,11 +455,11 @@ pub fn room_of(rooms: &[String], index: usize, n: usize) -> Option<&str> {
 }
 
 /// One attempt to bring client `index` up: ask `dialer` where to go, connect from its source
-/// address, join `room`. Returns the client and where it went.
+/// address, join each of `rooms`. Returns the client and where it went.
 pub async fn connect_one(
     dialer: &Dialer,
     index: usize,
-    room: Option<&str>,
+    rooms: &[&str],
     setup: Setup,
     http: &reqwest::Client,
     shared: Arc<Shared>,
@@ -472,15 +472,16 @@ pub async fn connect_one(
         shared,
     )
     .await?;
-    if let Some(room) = room {
+    for room in rooms {
         client.join(room).await?;
     }
     Ok((client, target))
 }
 
 /// Connects `n` clients numbered from `first_index` (at most `setup.concurrency` handshakes
-/// at a time), each joining `room` when given. Source addresses rotate over `setup.spread`
-/// loopback addresses. Each client is retried a few times before the batch fails.
+/// at a time), each joining its block's room of `rooms` ([`room_of`]) when given. Source
+/// addresses rotate over `setup.spread` loopback addresses. Each client is retried a few times
+/// before the batch fails.
 pub async fn connect_many(
     dialer: &Dialer,
     n: usize,
@@ -489,21 +490,37 @@ pub async fn connect_many(
     setup: Setup,
     shared: Arc<Shared>,
 ) -> anyhow::Result<Vec<Client>> {
+    let memberships: Vec<Vec<&str>> = (0..n)
+        .map(|i| room_of(rooms, i, n).into_iter().collect())
+        .collect();
+    let clients = connect_members(dialer, first_index, &memberships, setup, shared).await?;
+    Ok(clients.into_iter().map(|(c, _)| c).collect())
+}
+
+/// [`connect_many`] with any rooms per client: client `first_index + i` joins
+/// `memberships[i]`. Returns each client with where it went, in the order of `memberships`.
+pub async fn connect_members(
+    dialer: &Dialer,
+    first_index: usize,
+    memberships: &[Vec<&str>],
+    setup: Setup,
+    shared: Arc<Shared>,
+) -> anyhow::Result<Vec<(Client, Target)>> {
     let http = reqwest::Client::new();
-    let results: Vec<anyhow::Result<Client>> = futures::stream::iter(0..n)
-        .map(|i| {
+    let results: Vec<anyhow::Result<(Client, Target)>> = futures::stream::iter(memberships)
+        .enumerate()
+        .map(|(i, rooms)| {
             let http = http.clone();
             let shared = Arc::clone(&shared);
             async move {
                 let index = first_index + i;
-                let room = room_of(rooms, i, n);
                 let mut last_err = None;
                 // A few attempts: a listen backlog overflow under a connect burst is not what
                 // is being measured.
                 for attempt in 0..5u32 {
-                    match connect_one(dialer, index, room, setup, &http, Arc::clone(&shared)).await
+                    match connect_one(dialer, index, rooms, setup, &http, Arc::clone(&shared)).await
                     {
-                        Ok((c, _)) => return Ok(c),
+                        Ok(connected) => return Ok(connected),
                         Err(e) => {
                             last_err = Some(e);
                             tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1)))
@@ -515,7 +532,7 @@ pub async fn connect_many(
                     .with_context(|| format!("client {index}"))
             }
         })
-        .buffer_unordered(setup.concurrency.max(1))
+        .buffered(setup.concurrency.max(1))
         .collect()
         .await;
     results.into_iter().collect()

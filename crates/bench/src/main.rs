@@ -7,6 +7,9 @@
 //!   socketioxide + socketioxide-redis cluster ([`fanout`]).
 //! - `rooms`: 300 small rooms over three servers, same systems and figures ([`rooms`]).
 //! - `idle`: memory per idle websocket connection vs one Node process ([`idle`]).
+//! - `scale`: 6, 12, 24 servers, 6,000 clients in pairs, groups and large rooms, a fixed
+//!   publish rate: CPU per delivery, latency, relay frames per publish, vs Node's redis
+//!   adapter classic and sharded ([`scale`]).
 //! - `storm`: kill -9 one of three servers; time until every client is back ([`storm`]).
 //! - `resume`: a server killed mid-stream, missed / duplicated events per subscriber vs Node
 //!   with the redis-streams adapter and connection state recovery ([`resume`]).
@@ -24,15 +27,18 @@
 //! `target/bench/<scenario>.json` and a table on stdout.
 
 mod charts;
+mod cpu;
 mod fanout;
 mod hooks;
 mod idle;
 mod loadgen;
+mod official;
 mod peers;
 mod placement;
 mod report;
 mod resume;
 mod rooms;
+mod scale;
 mod soak;
 mod stats;
 mod storm;
@@ -58,6 +64,10 @@ enum Scenario {
     /// 300 rooms of 10 over three servers, publishes spread over the rooms: the same figures
     /// as fanout.
     Rooms(rooms::Args),
+    /// G = 6, 12, 24 servers, 6,000 clients in pairs, groups of 10 and rooms of 500, a fixed
+    /// publish rate: server CPU per delivery, latency and relay frames per publish, Switchyard
+    /// vs Node's redis adapter classic and sharded (dynamic subscriptions).
+    Scale(scale::Args),
     /// Resident memory per idle websocket connection: one gateway vs one Node process.
     Idle(idle::Args),
     /// kill -9 one of three servers holding 1,000 clients each: reconnect times and the
@@ -83,6 +93,7 @@ fn main() -> anyhow::Result<()> {
         Scenario::Placement(args) => placement::main(args),
         Scenario::Fanout(args) => fanout::main(args),
         Scenario::Rooms(args) => rooms::main(args),
+        Scenario::Scale(args) => scale::main(args),
         Scenario::Idle(args) => idle::main(args),
         Scenario::Storm(args) => storm::main(args),
         Scenario::Resume(args) => resume::main(args),

@@ -1,7 +1,8 @@
-//! The systems under test, as real processes: a Switchyard cluster (Redis, placement, relay,
+//! The systems under test, as real processes: a Switchyard cluster (Redis, placement, relays,
 //! gateways; release binaries), the Node peer (`bench/peers/node/server.mjs`: socket.io 4.8 +
-//! `@socket.io/redis-adapter` 8.3, installed with `npm ci` from the committed lockfile) and the
-//! Rust peer (`sio-redis-peer`: socketioxide 0.18 + socketioxide-redis 0.4, no relay).
+//! `@socket.io/redis-adapter` 8.3, classic or sharded, installed with `npm ci` from the
+//! committed lockfile) and the Rust peer (`sio-redis-peer`: socketioxide 0.18 +
+//! socketioxide-redis 0.4, no relay).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -65,68 +66,103 @@ pub fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kb * 1024)
 }
 
-/// A Switchyard cluster: its own Redis, one placement, one relay, `n` gateways linked to it.
+/// Further flags for a benchmark's Switchyard processes (each replaces the testkit's default
+/// for that flag).
+#[derive(Debug, Clone, Default)]
+pub struct Tuning {
+    pub placement_args: Vec<String>,
+    pub relay_args: Vec<String>,
+    pub gateway_args: Vec<String>,
+}
+
+impl Tuning {
+    /// Many services sharing a few cores: the services' own report interval (1 s, instead of
+    /// the testkit's 200 ms) on placement (which judges liveness by it) and every gateway,
+    /// and with `one_worker`, one runtime worker thread per process (`--worker-threads 1`),
+    /// as in a pod with a one-CPU limit and like each single-threaded Node process.
+    pub fn shared_machine(one_worker: bool) -> Tuning {
+        let mut args = vec!["--report-interval-ms".to_owned(), "1000".to_owned()];
+        let workers: Vec<String> = if one_worker {
+            vec!["--worker-threads".to_owned(), "1".to_owned()]
+        } else {
+            Vec::new()
+        };
+        args.extend(workers.iter().cloned());
+        Tuning {
+            placement_args: args.clone(),
+            relay_args: workers,
+            gateway_args: args,
+        }
+    }
+}
+
+/// A Switchyard cluster: its own Redis, one placement, relay replicas, `n` gateways each
+/// linked to every replica.
 pub struct SwitchyardCluster {
     pub gateways: Vec<Gateway>,
     pub placement: Placement,
-    _relay: Option<Relay>,
+    pub relays: Vec<Relay>,
     _redis: Option<RedisServer>,
 }
 
 impl SwitchyardCluster {
-    /// `n` gateways; with `relay` false (one gateway, nothing to relay) no Redis or relay is
-    /// started and placement keeps its ledger in memory.
-    pub fn start(n: usize, relay: bool) -> anyhow::Result<SwitchyardCluster> {
-        Self::start_with(n, relay, &[])
+    /// `n` gateways and `relays` relay replicas; with no relay (one gateway, nothing to relay)
+    /// no Redis is started and placement keeps its ledger in memory.
+    pub fn start(n: usize, relays: usize) -> anyhow::Result<SwitchyardCluster> {
+        Self::start_with(n, relays, &Tuning::default())
     }
 
-    /// [`SwitchyardCluster::start`] with further flags for every gateway.
+    /// [`SwitchyardCluster::start`] with further flags.
     pub fn start_with(
         n: usize,
-        relay: bool,
-        gateway_args: &[String],
+        relays: usize,
+        tuning: &Tuning,
     ) -> anyhow::Result<SwitchyardCluster> {
-        let redis = if relay {
+        let redis = if relays > 0 {
             Some(RedisServer::start()?)
         } else {
             None
         };
         let placement = Placement::start(PlacementOpts {
             redis_url: redis.as_ref().map(|r| r.url()),
-            extra_args: Vec::new(),
+            extra_args: tuning.placement_args.clone(),
         })?;
-        let relay = match &redis {
-            Some(r) => Some(Relay::start(RelayOpts {
-                redis_url: Some(r.url()),
-                extra_args: Vec::new(),
-            })?),
-            None => None,
-        };
+        let mut started = Vec::new();
+        if let Some(r) = &redis {
+            for _ in 0..relays {
+                started.push(Relay::start(RelayOpts {
+                    redis_url: Some(r.url()),
+                    extra_args: tuning.relay_args.clone(),
+                })?);
+            }
+        }
+        let relay_urls: Vec<String> = started.iter().map(|r| r.grpc_url().to_owned()).collect();
         let mut gateways = Vec::new();
         for i in 0..n {
             let mut opts = GatewayOpts::new(&placement, format!("bench-gw-{i}"));
-            if let Some(r) = &relay {
-                opts.relay_urls = vec![r.grpc_url().to_owned()];
-            }
+            opts.relay_urls = relay_urls.clone();
             opts.extra_args = GATEWAY_BENCH_ARGS.iter().map(|s| (*s).to_owned()).collect();
-            opts.extra_args.extend_from_slice(gateway_args);
+            opts.extra_args.extend_from_slice(&tuning.gateway_args);
             gateways.push(Gateway::start(opts)?);
         }
         Ok(SwitchyardCluster {
             gateways,
             placement,
-            _relay: relay,
+            relays: started,
             _redis: redis,
         })
     }
 
-    /// Every process of the cluster as `(name, pid)`: placement, relay, gateways (by node id),
-    /// redis-server. For resident-memory sampling.
+    /// Every process of the cluster as `(name, pid)`: placement, relays, gateways (by node
+    /// id), redis-server. For resident-memory and CPU sampling.
     pub fn processes(&self) -> Vec<(String, u32)> {
         let mut all = vec![("placement".to_owned(), self.placement.pid())];
-        if let Some(relay) = &self._relay {
-            all.push(("relay".to_owned(), relay.pid()));
-        }
+        all.extend(
+            self.relays
+                .iter()
+                .enumerate()
+                .map(|(i, r)| (format!("relay-{i}"), r.pid())),
+        );
         all.extend(
             self.gateways
                 .iter()
@@ -239,14 +275,25 @@ impl PeerCluster {
         })
     }
 
+    /// `n` processes of `server.mjs` with `ADAPTER=redis-sharded`: `createShardedAdapter` with
+    /// `subscriptionMode: "dynamic"` (a channel per room, SSUBSCRIBE/SPUBLISH on Redis 7), the
+    /// Node answer to classic mode's "every publish reaches every server".
+    pub fn node_sharded(n: usize) -> anyhow::Result<PeerCluster> {
+        Self::node_with_adapter(n, "redis-sharded")
+    }
+
     /// `n` processes of `server.mjs` with `ADAPTER=redis-streams`: socket.io 4.8 +
     /// `@socket.io/redis-streams-adapter` 0.2 and connection state recovery.
     pub fn node_redis_streams(n: usize) -> anyhow::Result<PeerCluster> {
+        Self::node_with_adapter(n, "redis-streams")
+    }
+
+    fn node_with_adapter(n: usize, adapter: &'static str) -> anyhow::Result<PeerCluster> {
         let dir = ensure_node_peer_installed()?;
         let script = dir.join("server.mjs");
         Self::start(n, true, |env| {
             let mut env = env.to_vec();
-            env.push(("ADAPTER", "redis-streams"));
+            env.push(("ADAPTER", adapter));
             Service::spawn_program(
                 Path::new("node"),
                 &[script.as_os_str()],
@@ -302,6 +349,20 @@ impl PeerCluster {
     pub fn dialer(&self) -> Dialer {
         Dialer::RoundRobin(self.urls.clone())
     }
+
+    /// Every process as `(name, pid)`: the servers, then redis-server.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        let mut all: Vec<(String, u32)> = self
+            .processes
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("server-{i}"), p.pid()))
+            .collect();
+        if let Some(pid) = self._redis.as_ref().and_then(RedisServer::pid) {
+            all.push(("redis-server".to_owned(), pid));
+        }
+        all
+    }
 }
 
 /// The systems the delivery and storm scenarios compare.
@@ -311,15 +372,19 @@ pub enum System {
     Switchyard,
     /// Node socket.io + `@socket.io/redis-adapter`; clients round-robin.
     NodeRedis,
+    /// Node socket.io + the redis adapter's `createShardedAdapter`, `subscriptionMode:
+    /// "dynamic"`; clients round-robin.
+    NodeSharded,
     /// socketioxide + `socketioxide-redis` (no relay); clients round-robin.
     SocketioxideRedis,
 }
 
 impl System {
     /// Every system, in report order.
-    pub const ALL: [System; 3] = [
+    pub const ALL: [System; 4] = [
         System::Switchyard,
         System::NodeRedis,
+        System::NodeSharded,
         System::SocketioxideRedis,
     ];
 
@@ -328,6 +393,7 @@ impl System {
         match self {
             System::Switchyard => "switchyard",
             System::NodeRedis => "node_redis",
+            System::NodeSharded => "node_sharded",
             System::SocketioxideRedis => "socketioxide_redis",
         }
     }
@@ -337,7 +403,10 @@ impl System {
         let mut systems = Vec::new();
         for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             let Some(system) = System::ALL.into_iter().find(|s| s.name() == name) else {
-                bail!("unknown system {name:?} (switchyard, node_redis, socketioxide_redis)");
+                bail!(
+                    "unknown system {name:?} (switchyard, node_redis, node_sharded, \
+                     socketioxide_redis)"
+                );
             };
             systems.push(system);
         }
@@ -345,19 +414,35 @@ impl System {
         Ok(systems)
     }
 
-    /// Starts this system with `n` servers (Switchyard: with relay and Redis) and waits until
-    /// clients can be spread over all of them.
+    /// Starts this system with `n` servers (Switchyard: with one relay and Redis) and waits
+    /// until clients can be spread over all of them.
     pub async fn start(self, n: usize) -> anyhow::Result<Running> {
+        self.start_with(n, 1, &Tuning::default()).await
+    }
+
+    /// [`System::start`] with `relays` relay replicas and further flags for Switchyard (both
+    /// ignored by the peers).
+    pub async fn start_with(
+        self,
+        n: usize,
+        relays: usize,
+        tuning: &Tuning,
+    ) -> anyhow::Result<Running> {
+        let tuning = tuning.clone();
         match self {
             System::Switchyard => {
-                let cluster =
-                    tokio::task::spawn_blocking(move || SwitchyardCluster::start(n, true))
-                        .await??;
+                let cluster = tokio::task::spawn_blocking(move || {
+                    SwitchyardCluster::start_with(n, relays, &tuning)
+                })
+                .await??;
                 cluster.wait_all_registered().await?;
                 Ok(Running::Switchyard(Box::new(cluster)))
             }
             System::NodeRedis => Ok(Running::Peer(
                 tokio::task::spawn_blocking(move || PeerCluster::node(n)).await??,
+            )),
+            System::NodeSharded => Ok(Running::Peer(
+                tokio::task::spawn_blocking(move || PeerCluster::node_sharded(n)).await??,
             )),
             System::SocketioxideRedis => Ok(Running::Peer(
                 tokio::task::spawn_blocking(move || PeerCluster::socketioxide_redis(n)).await??,
@@ -378,6 +463,14 @@ impl Running {
         match self {
             Running::Switchyard(c) => c.dialer(),
             Running::Peer(c) => c.dialer(),
+        }
+    }
+
+    /// Every server-side process as `(name, pid)`, Redis included: what the system costs.
+    pub fn processes(&self) -> Vec<(String, u32)> {
+        match self {
+            Running::Switchyard(c) => c.processes(),
+            Running::Peer(c) => c.pids(),
         }
     }
 

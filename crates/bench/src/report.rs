@@ -24,7 +24,9 @@ pub struct Args {
 pub struct Results {
     pub placement: Option<Value>,
     pub fanout: Option<Value>,
+    pub fanout_official: Option<Value>,
     pub rooms: Option<Value>,
+    pub scale: Option<Value>,
     pub idle: Option<Value>,
     pub storm: Option<Value>,
 }
@@ -41,7 +43,9 @@ pub fn main(args: Args) -> anyhow::Result<()> {
     let results = Results {
         placement: read("placement"),
         fanout: read("fanout"),
+        fanout_official: read("fanout_official"),
         rooms: read("rooms"),
+        scale: read("scale"),
         idle: read("idle"),
         storm: read("storm"),
     };
@@ -74,7 +78,11 @@ fn figures(v: &Value, system: &str, keys: &[&str]) -> Vec<f64> {
 /// `docs/bench/<scenario>_*.svg` for every scenario that has results; the markdown links the
 /// same names.
 fn draw_charts(dir: &Path, r: &Results) -> anyhow::Result<()> {
-    for (name, v) in [("fanout", &r.fanout), ("rooms", &r.rooms)] {
+    for (name, v) in [
+        ("fanout", &r.fanout),
+        ("fanout_official", &r.fanout_official),
+        ("rooms", &r.rooms),
+    ] {
         let Some(v) = v else { continue };
         let present: Vec<&str> = SYSTEMS.into_iter().filter(|s| v.get(s).is_some()).collect();
         let keys = ["p50_ms", "p99_ms", "max_ms", "skew_p99_ms"];
@@ -87,6 +95,9 @@ fn draw_charts(dir: &Path, r: &Results) -> anyhow::Result<()> {
             &["p50", "p99", "max", "skew p99"],
             &series,
         )?;
+        if !has_saturation(v) {
+            continue;
+        }
         // The saturation search of each system's first run.
         let curves: Vec<(&str, Vec<(f64, f64)>)> = present
             .iter()
@@ -107,6 +118,33 @@ fn draw_charts(dir: &Path, r: &Results) -> anyhow::Result<()> {
             &dir.join(format!("{name}_saturation.svg")),
             &format!("{name}: delivered vs offered (first run)"),
             &curves,
+        )?;
+    }
+    if let Some(v) = &r.scale {
+        let series: Vec<(&str, Vec<(f64, f64)>)> = SCALE_SYSTEMS
+            .into_iter()
+            .filter(|s| v.get(s).is_some())
+            .map(|s| {
+                let points = scale_gateways(v)
+                    .into_iter()
+                    .filter_map(|g| {
+                        Some((
+                            g as f64,
+                            num(v, &[s, &g.to_string(), "cpu_us_per_delivery"])?,
+                        ))
+                    })
+                    .collect();
+                (s, points)
+            })
+            .collect();
+        charts::figure_against(
+            &dir.join("scale_cpu.svg"),
+            "scale: server CPU per delivery against servers",
+            (
+                "servers (gateways or Node processes)",
+                "CPU µs per delivery",
+            ),
+            &series,
         )?;
     }
     if let Some(v) = &r.storm {
@@ -260,11 +298,21 @@ fn render(machine: &str, r: &Results) -> String {
     );
     delivery_section(
         &mut md,
+        "fanout_official",
+        r.fanout_official.as_ref(),
+        "one room over three servers, one publisher (not a member); the receivers are the \
+         official `socket.io-client` 4.8 in Node processes (`--client official`), at a rate \
+         where every delivery tends to be its own write, the user's regime",
+    );
+    delivery_section(
+        &mut md,
         "rooms",
         r.rooms.as_ref(),
         "rooms of equal size (contiguous blocks of clients, so every room spans the three \
          servers), one publisher cycling over the rooms",
     );
+
+    scale_section(&mut md, r.scale.as_ref());
 
     let _ = writeln!(md, "## idle\n");
     match &r.idle {
@@ -439,6 +487,100 @@ is part of what is measured, and the peers can be saturated already at the fixed
 rate (their first saturation step then shows less than 90% delivered), which makes their \
 latencies queueing times.\n";
 
+/// The systems of the `scale` scenario, in table order.
+const SCALE_SYSTEMS: [&str; 3] = ["switchyard", "node_redis", "node_sharded"];
+
+/// The server counts a `scale.json` was run with.
+fn scale_gateways(v: &Value) -> Vec<u64> {
+    v.get("gateways")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default()
+}
+
+/// The `scale` section: a row per system and G, and the issue's three targets.
+fn scale_section(md: &mut String, v: Option<&Value>) {
+    let _ = writeln!(md, "## scale\n");
+    let Some(v) = v else {
+        let _ = writeln!(md, "Not run (`target/bench/scale.json` missing).\n");
+        return;
+    };
+    let gateways = scale_gateways(v);
+    let _ = writeln!(
+        md,
+        "{} clients in {} rooms (2,000 pairs, 200 groups of 10, 2 rooms of 500), one \
+         publisher at a fixed {} msg/s for {} s spread over the rooms. Switchyard runs {} relay \
+         replicas with every gateway linked to each; the Node systems are socket.io 4.8 + \
+         `@socket.io/redis-adapter` 8.3, classic (`node_redis`) and `createShardedAdapter` with \
+         `subscriptionMode: \"dynamic\"` (`node_sharded`), clients round-robin. CPU is the \
+         user + system time of every server-side process (Redis, placement and relays \
+         included) over the phase, per delivery. `members` = servers holding a member of the \
+         published room (mean over publishes); `frames` = frames the relays queued towards \
+         gateways per publish, all replicas (each gateway links to every replica).\n\n\
+         | G | system | CPU µs/delivery | user µs | system µs | p50 ms | p99 ms | loss | members | frames |\n\
+         |---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        cell(num(v, &["clients"]), 0),
+        cell(num(v, &["rooms"]), 0),
+        cell(num(v, &["rate"]), 0),
+        cell(num(v, &["seconds"]), 0),
+        cell(num(v, &["relays"]), 0),
+    );
+    for &g in &gateways {
+        for sys in SCALE_SYSTEMS {
+            let Some(s) = v.get(sys).and_then(|s| s.get(g.to_string())) else {
+                continue;
+            };
+            let _ = writeln!(
+                md,
+                "| {g} | {sys} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                cell(num(s, &["cpu_us_per_delivery"]), 2),
+                cell(num(s, &["user_us_per_delivery"]), 2),
+                cell(num(s, &["system_us_per_delivery"]), 2),
+                cell(num(s, &["p50_ms"]), 2),
+                cell(num(s, &["p99_ms"]), 2),
+                cell(num(s, &["loss"]), 4),
+                cell(num(s, &["member_servers_per_publish"]), 2),
+                num(s, &["frames_per_publish"]).map_or("-".to_owned(), |f| format!("{f:.2}")),
+            );
+        }
+    }
+    let cpu = |sys: &str, g: u64| num(v, &[sys, &g.to_string(), "cpu_us_per_delivery"]);
+    let relays = num(v, &["relays"]).unwrap_or(1.0);
+    // Frames per publish within 10% of (replicas × servers holding members): interest routing
+    // sends a frame only where a member is.
+    let frames_met = (!gateways.is_empty()).then(|| {
+        gateways.iter().all(|&g| {
+            let s = |k: &str| num(v, &["switchyard", &g.to_string(), k]);
+            matches!((s("frames_per_publish"), s("member_servers_per_publish")),
+                (Some(f), Some(m)) if (f - relays * m).abs() <= 0.1 * relays * m.max(0.1))
+        })
+    });
+    let growth = match (gateways.first(), gateways.last()) {
+        (Some(&lo), Some(&hi)) => cpu("switchyard", hi)
+            .zip(cpu("switchyard", lo))
+            .map(|(h, l)| h / l),
+        _ => None,
+    };
+    let below_node = (!gateways.is_empty()).then(|| {
+        gateways.iter().all(|&g| {
+            ["node_redis", "node_sharded"]
+                .iter()
+                .all(|n| matches!((cpu("switchyard", g), cpu(n, g)), (Some(s), Some(p)) if s < p))
+        })
+    });
+    let _ = writeln!(
+        md,
+        "\nTargets: relay frames per publish = replicas × servers holding members, not G \
+         ({}); Switchyard's CPU per delivery within 1.5× from the smallest to the largest G \
+         ({}×, {}); below both Node variants at every G ({}).\n\n\
+         ![scale](bench/scale_cpu.svg)\n",
+        verdict(frames_met),
+        cell(growth, 2),
+        verdict(growth.map(|x| x <= 1.5)),
+        verdict(below_node),
+    );
+}
+
 /// The systems of the `idle` scenario, in table order.
 const IDLE_SYSTEMS: [&str; 3] = ["switchyard", "node", "socketioxide_redis"];
 
@@ -462,9 +604,11 @@ fn delivery_section(md: &mut String, name: &str, v: Option<&Value>, layout: &str
         "{} clients in {} room(s): {layout}. Latency figures at a fixed {} msg/s for {} s \
          ({} deliveries/s offered); `msgs_per_sec` = member deliveries per second at saturation \
          (publish rate doubled every step until deliveries fell below 90% of the offered \
-         rate); skew = per message, latest arrival − earliest across the room's members.\n\n\
-         | system | msgs_per_sec | p50 ms | p99 ms | max ms | skew p99 ms | delivered |\n\
-         |---|---:|---:|---:|---:|---:|---:|",
+         rate); skew = per message, latest arrival − earliest across the room's members; CPU \
+         = user + system time of every server-side process (Redis included) over the \
+         fixed-rate phase, per delivery.\n\n\
+         | system | msgs_per_sec | p50 ms | p99 ms | max ms | skew p99 ms | delivered | CPU µs/delivery | user µs |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|",
         cell(num(f, &["clients"]), 0),
         cell(num(f, &["rooms"]).or(Some(1.0)), 0),
         cell(num(f, &["rate"]), 0),
@@ -475,13 +619,15 @@ fn delivery_section(md: &mut String, name: &str, v: Option<&Value>, layout: &str
         if let Some(s) = f.get(sys) {
             let _ = writeln!(
                 md,
-                "| {sys} | {} | {} | {} | {} | {} | {} |",
+                "| {sys} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 cell(num(s, &["msgs_per_sec"]), 0),
                 cell(num(s, &["p50_ms"]), 2),
                 cell(num(s, &["p99_ms"]), 2),
                 cell(num(s, &["max_ms"]), 2),
                 cell(num(s, &["skew_p99_ms"]), 2),
                 cell(num(s, &["delivered_fraction"]), 4),
+                cell(num(s, &["cpu_us_per_delivery"]), 2),
+                cell(num(s, &["user_us_per_delivery"]), 2),
             );
         }
     }
@@ -495,12 +641,14 @@ fn delivery_section(md: &mut String, name: &str, v: Option<&Value>, layout: &str
         if let Some(r) = f.get(key) {
             let _ = writeln!(
                 md,
-                "| **{label}** | {} | {} | {} | {} | {} | |",
+                "| **{label}** | {} | {} | {} | {} | {} | | {} | {} |",
                 cell(num(r, &["msgs_per_sec"]), 2),
                 cell(num(r, &["p50_ms"]), 2),
                 cell(num(r, &["p99_ms"]), 2),
                 cell(num(r, &["max_ms"]), 2),
                 cell(num(r, &["skew_p99_ms"]), 2),
+                cell(num(r, &["cpu_us_per_delivery"]), 2),
+                cell(num(r, &["user_us_per_delivery"]), 2),
             );
         }
     }
@@ -522,14 +670,25 @@ fn delivery_section(md: &mut String, name: &str, v: Option<&Value>, layout: &str
             verdict(num(r, &["msgs_per_sec"]).map(|x| x >= 0.8)),
         );
     }
-    let _ = writeln!(
-        md,
-        "\n![{name} latency](bench/{name}_latency.svg)\n\n\
-         ![{name} saturation](bench/{name}_saturation.svg)\n\n\
-         The load generator shares the cores with the servers: where the systems reach about \
-         the same `msgs_per_sec`, the generator's receive path is the limit and the ratio \
-         understates the difference.\n"
-    );
+    let _ = writeln!(md, "\n![{name} latency](bench/{name}_latency.svg)\n");
+    if has_saturation(f) {
+        let _ = writeln!(
+            md,
+            "![{name} saturation](bench/{name}_saturation.svg)\n\n\
+             The load generator shares the cores with the servers: where the systems reach \
+             about the same `msgs_per_sec`, the generator's receive path is the limit and the \
+             ratio understates the difference.\n"
+        );
+    }
+}
+
+/// Whether a delivery scenario ran its saturation search (not with `--skip-saturation`).
+fn has_saturation(v: &Value) -> bool {
+    SYSTEMS.iter().any(|s| {
+        v.pointer(&format!("/{s}/runs/0/steps"))
+            .and_then(Value::as_array)
+            .is_some_and(|steps| !steps.is_empty())
+    })
 }
 
 #[cfg(test)]

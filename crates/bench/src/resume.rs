@@ -289,8 +289,7 @@ async fn run_once(args: &Args, kill_at: u64, system: System) -> anyhow::Result<O
     let shared = Arc::new(Shared::default());
     match system {
         System::Switchyard => {
-            let cluster =
-                tokio::task::spawn_blocking(|| SwitchyardCluster::start(3, true)).await??;
+            let cluster = tokio::task::spawn_blocking(|| SwitchyardCluster::start(3, 1)).await??;
             cluster.wait_all_registered().await?;
             let placement = cluster.placement.http_url().to_owned();
             let subs =

@@ -149,7 +149,7 @@ pub fn main(args: Args) -> anyhow::Result<()> {
 }
 
 async fn run(args: &Args) -> anyhow::Result<SoakReport> {
-    let cluster = tokio::task::block_in_place(|| SwitchyardCluster::start(3, true))?;
+    let cluster = tokio::task::block_in_place(|| SwitchyardCluster::start(3, 1))?;
     cluster.wait_all_registered().await?;
     let dialer = cluster.dialer();
     let clock = Clock::new();
@@ -167,7 +167,7 @@ async fn run(args: &Args) -> anyhow::Result<SoakReport> {
     let mut subscribers = Vec::new();
     for i in 0..args.subscribers {
         let room = i % args.rooms;
-        let (client, _) = connect_one(&dialer, i, Some(&rooms[room]), setup, &http, shared.clone())
+        let (client, _) = connect_one(&dialer, i, &[&rooms[room]], setup, &http, shared.clone())
             .await
             .with_context(|| format!("subscriber {i}"))?;
         subscribers.push((room, client));
@@ -175,7 +175,7 @@ async fn run(args: &Args) -> anyhow::Result<SoakReport> {
     let mut publishers = Vec::new();
     for (r, room) in rooms.iter().enumerate() {
         let index = args.subscribers + r;
-        let (client, _) = connect_one(&dialer, index, None, setup, &http, shared.clone())
+        let (client, _) = connect_one(&dialer, index, &[], setup, &http, shared.clone())
             .await
             .with_context(|| format!("publisher of {room}"))?;
         publishers.push(client);
@@ -218,7 +218,7 @@ async fn run(args: &Args) -> anyhow::Result<SoakReport> {
                 match connect_one(
                     &dialer,
                     first_index + k,
-                    Some(room),
+                    &[room],
                     setup,
                     &http,
                     shared.clone(),

@@ -29,7 +29,7 @@ use switchyard_common::backoff::Backoff;
 use tokio::sync::{Semaphore, watch};
 
 use crate::loadgen::{Clock, Dialer, Setup, Shared, connect_one, room_of};
-use crate::peers::{System, bench_dir, ensure_profile_env};
+use crate::peers::{System, Tuning, bench_dir, ensure_profile_env};
 use crate::stats::{median, percentile_ms, ratio};
 
 #[derive(Debug, Clone, clap::Args)]
@@ -40,6 +40,9 @@ pub struct Args {
     /// Servers (the first one is killed).
     #[arg(long, default_value_t = 3)]
     servers: usize,
+    /// Switchyard's relay replicas (every gateway links to each).
+    #[arg(long, default_value_t = 1)]
+    relays: usize,
     /// Rooms the clients are in (joined again after every reconnect, as the JS client does).
     #[arg(long, default_value_t = 100)]
     rooms: usize,
@@ -52,7 +55,7 @@ pub struct Args {
     /// Runs per system; the summary takes medians.
     #[arg(long, default_value_t = 2)]
     repeats: usize,
-    /// Comma list of systems: switchyard, node_redis, socketioxide_redis.
+    /// Comma list of systems: switchyard, node_redis, node_sharded, socketioxide_redis.
     #[arg(long, default_value = "switchyard,node_redis,socketioxide_redis")]
     systems: String,
     /// Loopback source addresses the clients spread over (127.0.0.2 ..).
@@ -283,7 +286,7 @@ async fn supervise(
         let attempt = connect_one(
             &dialer,
             dial_index,
-            room.as_deref(),
+            room.as_deref().as_slice(),
             fleet.setup,
             &fleet.http,
             Arc::clone(&fleet.shared),
@@ -317,7 +320,9 @@ async fn supervise(
 }
 
 async fn run_once(args: &Args, system: System) -> anyhow::Result<StormRun> {
-    let running = system.start(args.servers).await?;
+    let running = system
+        .start_with(args.servers, args.relays.max(1), &Tuning::default())
+        .await?;
     let clients = args.servers * args.clients_per_server;
     let clock = Clock::new();
     let fleet = Arc::new(Fleet {

@@ -8,6 +8,7 @@
 //! - [`http_server`]: the one serving path of every HTTP listener: header-read timeout,
 //!   bounded pending connections per address and per listener, counted accept errors.
 //! - [`bearer`]: the `authorization: Bearer <token>` header every token travels in.
+//! - [`runtime`]: the async runtime every binary runs on (`--worker-threads`).
 //! - [`shutdown`]: one signal future so every service reacts to SIGTERM and Ctrl-C alike.
 //! - [`config`]: helpers for configuration values (redacting secrets in URLs).
 //! - [`backoff`]: the one jittered exponential backoff policy used for every reconnect.
@@ -29,6 +30,7 @@ pub mod iso8601;
 pub mod namespace;
 pub mod node_id;
 pub mod ops;
+pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 pub mod tls;

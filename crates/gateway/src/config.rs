@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
+use switchyard_common::runtime::RuntimeArgs;
 use switchyard_common::telemetry::TelemetryArgs;
 
 use crate::settings::{AdminUiSettings, ConnectFailure, HookSettings, Settings};
@@ -223,6 +224,8 @@ pub struct Cli {
     pub gateway: GatewayArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 impl GatewayArgs {

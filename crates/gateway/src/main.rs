@@ -10,9 +10,15 @@ use socketioxide_core::adapter::DefinedAdapter;
 use switchyard_common::http_server::HttpListener;
 use switchyard_gateway::{ClusterAdapter, Switchyard, config::Cli, server};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    cli.runtime
+        .build()
+        .context("starting the async runtime")?
+        .block_on(serve(cli))
+}
+
+async fn serve(cli: Cli) -> anyhow::Result<()> {
     let telemetry = switchyard_common::telemetry::init("switchyard-gateway", &cli.telemetry)?;
     let tls = cli.gateway.tls.server.load()?;
     let listener = HttpListener::bind(

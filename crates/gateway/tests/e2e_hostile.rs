@@ -399,11 +399,16 @@ async fn a_flood_from_many_addresses_is_bounded_per_listener() -> anyhow::Result
     );
     let text = scrape(gateway.url()).await?;
     let name = "switchyard_gateway_http_connections_closed_total";
+    // How many were turned away at accept depends on how fast the flood arrived against the
+    // header timeout freeing slots; that the bound turned some away, and that every request of
+    // the flood was either turned away or held and timed out, does not.
     let over = labelled(&text, name, "reason=\"pending_listener\"");
-    let want = (sources.len() * per_source - MAX_PENDING) as f64;
+    let timed_out = labelled(&text, name, "reason=\"header_timeout\"");
+    ensure!(over > 0.0, "{name}{{reason=pending_listener}} is {over}");
+    let flood = (sources.len() * per_source) as f64;
     ensure!(
-        over >= want,
-        "{name}{{reason=pending_listener}} is {over}, want at least {want}"
+        over + timed_out >= flood,
+        "{name}: {over} pending_listener + {timed_out} header_timeout, want at least {flood}"
     );
     js.shutdown().await
 }

@@ -8,6 +8,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
+use switchyard_common::runtime::RuntimeArgs;
 use switchyard_common::telemetry::TelemetryArgs;
 
 /// Placement: assigns new Socket.IO connections to the least-loaded gateway.
@@ -73,6 +74,8 @@ pub struct Config {
     pub http: switchyard_common::http_server::HttpServerArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 /// Configuration the flags parse but the service refuses.

@@ -8,6 +8,7 @@
 use std::{net::SocketAddr, time::Duration};
 
 use clap::Parser;
+use switchyard_common::runtime::RuntimeArgs;
 use switchyard_common::telemetry::TelemetryArgs;
 
 use crate::bus::PubSubMode;
@@ -156,6 +157,8 @@ pub struct Config {
     pub http: switchyard_common::http_server::HttpServerArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub runtime: RuntimeArgs,
 }
 
 impl std::fmt::Debug for Config {

@@ -8,13 +8,22 @@ use std::process::ExitCode;
 use clap::Parser;
 use switchyard_relay::{config::Config, server};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let config = Config::parse();
     if let Err(e) = config.validate() {
         eprintln!("switchyard-relay: invalid configuration: {e}");
         return ExitCode::from(2);
     }
+    match config.runtime.build() {
+        Ok(runtime) => runtime.block_on(serve(config)),
+        Err(e) => {
+            eprintln!("switchyard-relay: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> ExitCode {
     let telemetry = match switchyard_common::telemetry::init("switchyard-relay", &config.telemetry)
     {
         Ok(t) => t,
