@@ -453,6 +453,22 @@ deliveries/s (socketioxide-redis 1,365,000–1,570,000 in the same runs; Node 26
 serialization per member and event: socketioxide 0.18 reports a failed broadcast without the \
 socket it failed for (`SocketError` has no sid), and an exact resume must sever exactly the \
 sockets whose buffer was full, so a room-wide broadcast cannot be used for gated members.\n\
+- **Many gateways (the `scale` scenario).** With interest routing the relays send a publish \
+only to the gateways holding a member (two frames per such gateway, one per replica), so \
+Switchyard's CPU per delivery grew 1.24× from 6 to 24 gateways while Node's classic adapter \
+grew 2.6× (every server receives every publish) and the sharded adapter 2.2× (not \
+profiled). At 6 gateways Switchyard cost more per delivery than both (240 against 189 and \
+193 µs): with rooms of 2 to 10 members a publish is a handful of deliveries, so the cost is \
+per message hop, and a stamped publish takes more of them (client → gateway → relay → Redis \
+stamp script → both replicas → each member gateway once per replica, the second copy dropped \
+by its offset). `perf record` on a gateway and a relay at this rate put 24–27% of their CPU in \
+the kernel's `finish_task_switch` (threads parked and woken) and no user-space function above \
+3%: with tokio's default of one worker per core, every message woke an idle worker in each \
+process. One worker per process (`--worker-threads 1`, how the scenario runs) cut the \
+cluster's CPU per delivery by 17–30% at 6 gateways (285 → 200 µs in one pair of runs, \
+`--worker-threads default` against `one`). What remains is structural: the second copy per \
+gateway (a gateway links to every replica so that losing one loses nothing) and the stamping \
+hop (what makes resume exact).\n\
 - **Allocator.** At saturation glibc malloc (`_int_malloc`, `unlink_chunk`, \
 `malloc_consolidate`) took about a quarter of the publishing gateway's CPU. mimalloc raised \
 `rooms` saturation to 76,372 deliveries/s but idle memory to 38,066 bytes/connection; \
@@ -588,6 +604,11 @@ const IDLE_SYSTEMS: [&str; 3] = ["switchyard", "node", "socketioxide_redis"];
 const NOT_MEASURED: &str = "\
 - Resume under a kill (`cargo xtask bench resume`: exact delivery after `kill -9`, against \
 Node's streams adapter with connection state recovery) is not part of `all`; run it by hand.\n\
+- The storm at scale (24 servers of 250 clients, 2 relays) is not part of `all`: `cargo xtask \
+bench storm --servers 24 --clients-per-server 250 --relays 2 --systems \
+switchyard,node_redis,node_sharded --repeats 1 --out target/bench/storm_scale.json`; its \
+figures are in `docs/scale.md`.\n\
+- A callgrind profile of the user-mode cost per delivery with the official client.\n\
 - 20,000 idle clients from one load generator (one file descriptor per client against a \
 20,000 open-files limit); the default is 10,000.\n";
 
@@ -599,12 +620,11 @@ fn delivery_section(md: &mut String, name: &str, v: Option<&Value>, layout: &str
         return;
     };
     let members = num(f, &["members_per_room"]).or_else(|| num(f, &["clients"]));
+    let saturation = has_saturation(f);
     let _ = writeln!(
         md,
         "{} clients in {} room(s): {layout}. Latency figures at a fixed {} msg/s for {} s \
-         ({} deliveries/s offered); `msgs_per_sec` = member deliveries per second at saturation \
-         (publish rate doubled every step until deliveries fell below 90% of the offered \
-         rate); skew = per message, latest arrival − earliest across the room's members; CPU \
+         ({} deliveries/s offered); {}; skew = per message, latest arrival − earliest across the room's members; CPU \
          = user + system time of every server-side process (Redis included) over the \
          fixed-rate phase, per delivery.\n\n\
          | system | msgs_per_sec | p50 ms | p99 ms | max ms | skew p99 ms | delivered | CPU µs/delivery | user µs |\n\
@@ -614,6 +634,12 @@ fn delivery_section(md: &mut String, name: &str, v: Option<&Value>, layout: &str
         cell(num(f, &["rate"]), 0),
         cell(num(f, &["seconds"]), 0),
         cell(members.zip(num(f, &["rate"])).map(|(c, r)| c * r), 0),
+        if saturation {
+            "`msgs_per_sec` = member deliveries per second at saturation (publish rate doubled \
+             every step until deliveries fell below 90% of the offered rate)"
+        } else {
+            "no saturation search (`--skip-saturation`, `msgs_per_sec` 0)"
+        },
     );
     for sys in SYSTEMS {
         if let Some(s) = f.get(sys) {
@@ -653,7 +679,17 @@ fn delivery_section(md: &mut String, name: &str, v: Option<&Value>, layout: &str
         }
     }
     md.push('\n');
-    if let Some(r) = f.get("ratios") {
+    if f.get("client").and_then(Value::as_str) == Some("official") {
+        let user = |key: &str| f.get(key).and_then(|r| num(r, &["user_us_per_delivery"]));
+        let _ = writeln!(
+            md,
+            "Targets for user-mode CPU per delivery with the official client: at most half of \
+             node_redis's ({}) and within 10% of socketioxide_redis's ({}).",
+            verdict(user("ratios").map(|x| x <= 0.5)),
+            verdict(user("ratios_vs_socketioxide_redis").map(|x| x <= 1.1)),
+        );
+    }
+    if let Some(r) = f.get("ratios").filter(|_| saturation) {
         let _ = writeln!(
             md,
             "Targets (switchyard / node_redis): throughput ≥ 3× ({}), p99 ≤ 0.33× ({}), skew \
@@ -663,7 +699,7 @@ fn delivery_section(md: &mut String, name: &str, v: Option<&Value>, layout: &str
             verdict(num(r, &["skew_p99_ms"]).map(|x| x <= 1.0 / 3.0)),
         );
     }
-    if let Some(r) = f.get("ratios_vs_socketioxide_redis") {
+    if let Some(r) = f.get("ratios_vs_socketioxide_redis").filter(|_| saturation) {
         let _ = writeln!(
             md,
             "Relay path within 20% of the direct socketioxide-redis throughput ({}).",
@@ -671,7 +707,7 @@ fn delivery_section(md: &mut String, name: &str, v: Option<&Value>, layout: &str
         );
     }
     let _ = writeln!(md, "\n![{name} latency](bench/{name}_latency.svg)\n");
-    if has_saturation(f) {
+    if saturation {
         let _ = writeln!(
             md,
             "![{name} saturation](bench/{name}_saturation.svg)\n\n\
