@@ -166,8 +166,9 @@ fn prereqs() -> anyhow::Result<PathBuf> {
 /// Builds every service binary in release mode first: the scenarios spawn them as processes,
 /// and a stale or debug binary would make the figures meaningless.
 fn bench(scenario: &str, args: &[String]) -> anyhow::Result<()> {
-    // `fanout` a second time with the official client as receivers, at the rate where every
-    // delivery is its own write (3,000 members × 15 msg/s = 45,000 deliveries/s).
+    // `fanout` and `scale` a second time with the official client as receivers; fanout at the
+    // rate where every delivery is its own write (3,000 members × 15 msg/s = 45,000
+    // deliveries/s).
     const OFFICIAL: &[&str] = &["--client", "official", "--rate", "15", "--skip-saturation"];
     let scenarios: &[(&str, &[&str])] = if scenario == "all" {
         &[
@@ -176,6 +177,7 @@ fn bench(scenario: &str, args: &[String]) -> anyhow::Result<()> {
             ("fanout", OFFICIAL),
             ("rooms", &[]),
             ("scale", &[]),
+            ("scale", &["--client", "official"]),
             ("idle", &[]),
             ("storm", &[]),
             ("report", &[]),

@@ -37,7 +37,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use crate::cpu::{CpuMeter, CpuTime};
-use crate::loadgen::{Arrival, Client, Clock, Setup, Shared, Stamp, connect_many, room_of};
+use crate::loadgen::{Arrival, Client, Clock, Setup, Shared, Stamp, connect_publisher, room_of};
 use crate::official::{ClientKind, Receivers};
 use crate::peers::{System, bench_dir, ensure_profile_env};
 use crate::stats::{median, percentile_ms, ratio};
@@ -395,20 +395,7 @@ async fn run_once(plan: &Plan, system: System, meter: CpuMeter) -> anyhow::Resul
         Arc::clone(&shared),
     )
     .await?;
-    let publisher = connect_many(
-        &dialer,
-        1,
-        0,
-        &[],
-        Setup {
-            concurrency: 1,
-            ..setup
-        },
-        Arc::new(Shared::default()),
-    )
-    .await?
-    .pop()
-    .context("no publisher")?;
+    let publisher = connect_publisher(&dialer, 0, setup).await?;
     let setup_secs = started.elapsed().as_secs_f64();
     eprintln!("  {} members joined in {setup_secs:.1} s", plan.clients);
     // Let joins settle everywhere (remote adapters, relay links) before measuring.

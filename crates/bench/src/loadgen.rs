@@ -497,6 +497,24 @@ pub async fn connect_many(
     Ok(clients.into_iter().map(|(c, _)| c).collect())
 }
 
+/// The publishing client of a delivery scenario: client `index`, in no room, with counters of
+/// its own (what it receives is not a delivery).
+pub async fn connect_publisher(
+    dialer: &Dialer,
+    index: usize,
+    setup: Setup,
+) -> anyhow::Result<Client> {
+    let one = Setup {
+        concurrency: 1,
+        ..setup
+    };
+    connect_members(dialer, index, &[Vec::new()], one, Arc::default())
+        .await?
+        .pop()
+        .map(|(client, _)| client)
+        .context("no publisher")
+}
+
 /// [`connect_many`] with any rooms per client: client `first_index + i` joins
 /// `memberships[i]`. Returns each client with where it went, in the order of `memberships`.
 pub async fn connect_members(

@@ -44,8 +44,10 @@ impl ClientKind {
     }
 }
 
-/// A clock sync is kept when its round trip took less than this (nanoseconds).
+/// A clock sync is kept when its round trip took less than this (nanoseconds)...
 const SYNC_ROUND_TRIP_NS: u64 = 500_000;
+/// ...or, failing that, the last of this many attempts 20 ms apart is.
+const SYNC_ATTEMPTS: usize = 100;
 
 /// How long one request to a receiver process may take (connecting thousands of clients).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
@@ -202,16 +204,23 @@ impl NodeReceivers {
         let ready = receivers.reply().await?;
         ensure!(ready["ready"] == true, "receiver started with {ready}");
         // The offset is off by at most the round trip of the sync that set it: repeat until
-        // one is short.
-        for _ in 0..20 {
+        // one is short (a busy machine, such as one starting 24 Node servers, delays some).
+        let mut round_trip = 0;
+        for _ in 0..SYNC_ATTEMPTS {
             let sent = clock.now_ns();
             let reply = receivers.request(json!({"sync": sent})).await?;
             ensure!(reply["synced"] == true, "receiver answered {reply} to sync");
-            if clock.now_ns().saturating_sub(sent) < SYNC_ROUND_TRIP_NS {
+            round_trip = clock.now_ns().saturating_sub(sent);
+            if round_trip < SYNC_ROUND_TRIP_NS {
                 return Ok(receivers);
             }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        bail!("no clock sync with a receiver process took under {SYNC_ROUND_TRIP_NS} ns")
+        eprintln!(
+            "  warning: a receiver's clock sync took {round_trip} ns (the last of {SYNC_ATTEMPTS}); its \
+             latencies may be off by up to that"
+        );
+        Ok(receivers)
     }
 
     async fn request(&mut self, request: Value) -> anyhow::Result<Value> {

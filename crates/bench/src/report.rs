@@ -27,6 +27,7 @@ pub struct Results {
     pub fanout_official: Option<Value>,
     pub rooms: Option<Value>,
     pub scale: Option<Value>,
+    pub scale_official: Option<Value>,
     pub idle: Option<Value>,
     pub storm: Option<Value>,
 }
@@ -46,6 +47,7 @@ pub fn main(args: Args) -> anyhow::Result<()> {
         fanout_official: read("fanout_official"),
         rooms: read("rooms"),
         scale: read("scale"),
+        scale_official: read("scale_official"),
         idle: read("idle"),
         storm: read("storm"),
     };
@@ -120,7 +122,8 @@ fn draw_charts(dir: &Path, r: &Results) -> anyhow::Result<()> {
             &curves,
         )?;
     }
-    if let Some(v) = &r.scale {
+    for (name, v) in [("scale", &r.scale), ("scale_official", &r.scale_official)] {
+        let Some(v) = v else { continue };
         let series: Vec<(&str, Vec<(f64, f64)>)> = SCALE_SYSTEMS
             .into_iter()
             .filter(|s| v.get(s).is_some())
@@ -138,8 +141,8 @@ fn draw_charts(dir: &Path, r: &Results) -> anyhow::Result<()> {
             })
             .collect();
         charts::figure_against(
-            &dir.join("scale_cpu.svg"),
-            "scale: server CPU per delivery against servers",
+            &dir.join(format!("{name}_cpu.svg")),
+            &format!("{name}: server CPU per delivery against servers"),
             (
                 "servers (gateways or Node processes)",
                 "CPU µs per delivery",
@@ -312,7 +315,18 @@ fn render(machine: &str, r: &Results) -> String {
          servers), one publisher cycling over the rooms",
     );
 
-    scale_section(&mut md, r.scale.as_ref());
+    scale_section(
+        &mut md,
+        "scale",
+        r.scale.as_ref(),
+        "the Rust load generator",
+    );
+    scale_section(
+        &mut md,
+        "scale_official",
+        r.scale_official.as_ref(),
+        "the official `socket.io-client` 4.8 in Node processes (`--client official`)",
+    );
 
     let _ = writeln!(md, "## idle\n");
     match &r.idle {
@@ -514,17 +528,18 @@ fn scale_gateways(v: &Value) -> Vec<u64> {
         .unwrap_or_default()
 }
 
-/// The `scale` section: a row per system and G, and the issue's three targets.
-fn scale_section(md: &mut String, v: Option<&Value>) {
-    let _ = writeln!(md, "## scale\n");
+/// A `scale` section (`scale` or `scale_official`): a row per system and G, and the issue's
+/// three targets; `clients` says what the receiving clients are.
+fn scale_section(md: &mut String, name: &str, v: Option<&Value>, clients: &str) {
+    let _ = writeln!(md, "## {name}\n");
     let Some(v) = v else {
-        let _ = writeln!(md, "Not run (`target/bench/scale.json` missing).\n");
+        let _ = writeln!(md, "Not run (`target/bench/{name}.json` missing).\n");
         return;
     };
     let gateways = scale_gateways(v);
     let _ = writeln!(
         md,
-        "{} clients in {} rooms (2,000 pairs, 200 groups of 10, 2 rooms of 500), one \
+        "{} clients ({clients}) in {} rooms (2,000 pairs, 200 groups of 10, 2 rooms of 500), one \
          publisher at a fixed {} msg/s for {} s spread over the rooms. Switchyard runs {} relay \
          replicas with every gateway linked to each; the Node systems are socket.io 4.8 + \
          `@socket.io/redis-adapter` 8.3, classic (`node_redis`) and `createShardedAdapter` with \
@@ -589,7 +604,7 @@ fn scale_section(md: &mut String, v: Option<&Value>) {
         "\nTargets: relay frames per publish = replicas × servers holding members, not G \
          ({}); Switchyard's CPU per delivery within 1.5× from the smallest to the largest G \
          ({}×, {}); below both Node variants at every G ({}).\n\n\
-         ![scale](bench/scale_cpu.svg)\n",
+         ![{name}](bench/{name}_cpu.svg)\n",
         verdict(frames_met),
         cell(growth, 2),
         verdict(growth.map(|x| x <= 1.5)),

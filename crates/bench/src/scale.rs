@@ -47,7 +47,7 @@ use switchyard_testkit::driver::metric_value;
 
 use crate::cpu::{CpuMeter, CpuTime};
 use crate::fanout::{CpuPerDelivery, Publish, latency_figures, results_file, wait_quiet};
-use crate::loadgen::{Arrival, Clock, Setup, Shared, connect_members};
+use crate::loadgen::{Arrival, Clock, Setup, Shared, connect_publisher};
 use crate::official::{ClientKind, Receivers};
 use crate::peers::{Running, System, Tuning, bench_dir, ensure_profile_env};
 
@@ -350,19 +350,7 @@ async fn run_once(
         Arc::clone(&shared),
     )
     .await?;
-    let (publisher, _) = connect_members(
-        &dialer,
-        memberships.len(),
-        &[Vec::new()],
-        Setup {
-            concurrency: 1,
-            ..setup
-        },
-        Arc::new(Shared::default()),
-    )
-    .await?
-    .pop()
-    .context("no publisher")?;
+    let publisher = connect_publisher(&dialer, memberships.len(), setup).await?;
     let setup_secs = started.elapsed().as_secs_f64();
     eprintln!("  {} clients joined in {setup_secs:.1} s", servers.len());
     // Let joins settle everywhere (relay interest, sharded subscriptions) before measuring.
