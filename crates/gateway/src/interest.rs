@@ -68,6 +68,13 @@ impl Interest {
         self.rooms.get(namespace).map_or(0, BTreeSet::len)
     }
 
+    /// Whether `room` of `namespace` is declared to the relays.
+    fn is_declared(&self, namespace: &str, room: &str) -> bool {
+        self.rooms
+            .get(namespace)
+            .is_some_and(|set| set.contains(room))
+    }
+
     fn changed(&mut self, namespace: &str, room: &str) {
         self.version += 1;
         for link in &mut self.links {
@@ -87,10 +94,7 @@ impl Interest {
     ) -> bool {
         let mut changed = false;
         for room in rooms {
-            let declared = self
-                .rooms
-                .get(namespace)
-                .is_some_and(|set| set.contains(room));
+            let declared = self.is_declared(namespace, room);
             if !declared && has_member(room) {
                 self.rooms
                     .entry(namespace.to_owned())
@@ -115,10 +119,7 @@ impl Interest {
     ) -> bool {
         let mut changed = self.joined(namespace, rooms, &has_member);
         for room in rooms {
-            let declared = self
-                .rooms
-                .get(namespace)
-                .is_some_and(|set| set.contains(room));
+            let declared = self.is_declared(namespace, room);
             if !declared {
                 self.changed(namespace, room);
                 changed = true;
@@ -137,10 +138,7 @@ impl Interest {
     ) -> bool {
         let mut changed = false;
         for room in rooms {
-            let declared = self
-                .rooms
-                .get(namespace)
-                .is_some_and(|set| set.contains(room));
+            let declared = self.is_declared(namespace, room);
             if declared && !has_member(room) {
                 if let Some(set) = self.rooms.get_mut(namespace) {
                     set.remove(room);

@@ -97,17 +97,34 @@ impl SlowRequests {
         Ok(())
     }
 
-    /// Reads the final report: how many seconds after opening each connection was closed.
-    async fn report(mut self, timeout: Duration) -> anyhow::Result<(Vec<f64>, u64)> {
-        let line = self.next(timeout).await?;
+    /// Reads the final report (within `wait`) and checks that the target closed every
+    /// connection, each at most `bound` after it was opened. Returns how many seconds after
+    /// opening each was closed, and the latest of them; `what` names the connections in errors.
+    async fn all_closed_within(
+        mut self,
+        wait: Duration,
+        bound: Duration,
+        what: &str,
+    ) -> anyhow::Result<(Vec<f64>, f64)> {
+        let line = self.next(wait).await?;
         let _ = self.child.wait().await;
-        let closed = line["closed_after"]
+        let closed: Vec<f64> = line["closed_after"]
             .as_array()
             .context("closed_after")?
             .iter()
             .filter_map(Value::as_f64)
             .collect();
-        Ok((closed, line["still_open"].as_u64().context("still_open")?))
+        let still_open = line["still_open"].as_u64().context("still_open")?;
+        ensure!(
+            still_open == 0,
+            "{still_open} {what} still open after {wait:?}"
+        );
+        let latest = closed.iter().copied().fold(0.0, f64::max);
+        ensure!(
+            latest <= bound.as_secs_f64(),
+            "one of the {what} was closed only after {latest} s (bound {bound:?})"
+        );
+        Ok((closed, latest))
     }
 }
 
@@ -259,16 +276,10 @@ async fn half_sent_requests_are_closed_at_the_header_timeout_and_bounded_per_add
 
     let bound = Duration::from_millis(HEADER_TIMEOUT_MS) + CLOSE_SLACK;
     for (target, attacker) in [("gateway", at_gateway), ("placement", at_placement)] {
-        let (closed, still_open) = attacker.report(hold + WAIT).await?;
-        ensure!(
-            still_open == 0,
-            "{target} still holds {still_open} half-sent requests after {hold:?}"
-        );
-        let latest = closed.iter().copied().fold(0.0, f64::max);
-        ensure!(
-            latest <= bound.as_secs_f64(),
-            "{target} closed a half-sent request only after {latest} s (bound {bound:?})"
-        );
+        let what = format!("half-sent requests to {target}");
+        let (closed, latest) = attacker
+            .all_closed_within(hold + WAIT, bound, &what)
+            .await?;
         // For the figures in docs/RELIABILITY.md: how many were closed in each second.
         let mut by_second = [0usize; 6];
         for s in &closed {
@@ -374,17 +385,10 @@ async fn a_flood_from_many_addresses_is_bounded_per_listener() -> anyhow::Result
     samples.push(held(pid)?);
     calm_gets_its_event(&mut js).await?;
 
-    let (closed, still_open) = attacker.report(hold + WAIT).await?;
-    ensure!(
-        still_open == 0,
-        "the gateway still holds {still_open} half-sent requests after {hold:?}"
-    );
     let bound = Duration::from_millis(HEADER_TIMEOUT_MS) + CLOSE_SLACK;
-    let latest = closed.iter().copied().fold(0.0, f64::max);
-    ensure!(
-        latest <= bound.as_secs_f64(),
-        "a half-sent request was closed only after {latest} s (bound {bound:?})"
-    );
+    let (closed, latest) = attacker
+        .all_closed_within(hold + WAIT, bound, "half-sent requests")
+        .await?;
     let peak = peak(&samples);
     eprintln!(
         "flood from {} addresses: {} closed, latest after {latest} s; gateway before {before:?}, peak {peak:?}",
@@ -453,19 +457,12 @@ async fn bodies_that_trickle_in_are_cut_at_the_minimum_rate() -> anyhow::Result<
     calm_gets_its_event(&mut js).await?;
     samples.push(held(pid)?);
 
-    let (closed, still_open) = attacker.report(hold + WAIT).await?;
-    ensure!(
-        still_open == 0,
-        "the gateway still holds {still_open} trickling bodies after {hold:?}"
-    );
     // Cut when the first window ends without its bytes; a second window of slack for a
     // handler that started reading late.
     let bound = 2 * Duration::from_millis(HEADER_TIMEOUT_MS) + CLOSE_SLACK;
-    let latest = closed.iter().copied().fold(0.0, f64::max);
-    ensure!(
-        latest <= bound.as_secs_f64(),
-        "a trickling body was cut only after {latest} s (bound {bound:?})"
-    );
+    let (closed, latest) = attacker
+        .all_closed_within(hold + WAIT, bound, "trickling bodies")
+        .await?;
     let peak = peak(&samples);
     eprintln!(
         "trickling bodies: {} cut, latest after {latest} s; gateway before {before:?}, peak {peak:?}",
