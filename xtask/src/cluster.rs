@@ -16,11 +16,11 @@
 
 mod admin_ui;
 mod control;
+mod secrets;
 mod state;
 mod supervise;
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,12 +32,13 @@ use switchyard_testkit::process::default_ready_timeout;
 use switchyard_testkit::redis::{RedisServer, find_on_path};
 
 pub use control::{KillArgs, down, kill, status};
+use secrets::secret_from_env_or_random;
 pub use state::StateArgs;
 use state::{
-    ClusterFile, DemoEntry, GatewayEntry, PlacementEntry, ProcessInfo, RedisEntry, RelayEntry,
-    is_ours, now_ms, relay_name,
+    ClusterFile, DemoEntry, GatewayEntry, PlacementEntry, RedisEntry, RelayEntry, is_ours,
+    relay_name,
 };
-use supervise::{StateFile, Unit, watch};
+use supervise::{StateFile, Unit, process_info, ready, watch};
 
 use crate::exec::{Profile, build_bins, workspace_root};
 
@@ -403,22 +404,6 @@ fn binary(bin_dir: &Path, bin: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// One value of a unit's readiness line.
-fn ready<'a>(unit: &'a Unit, key: &str) -> anyhow::Result<&'a str> {
-    unit.service()
-        .with_context(|| format!("{} is not running", unit.name))?
-        .ready_value(key)
-}
-
-fn process_info(unit: &Unit) -> ProcessInfo {
-    ProcessInfo {
-        pid: unit.pid().unwrap_or_default(),
-        restarts: 0,
-        started_at_ms: now_ms(),
-        log: unit.log_path(),
-    }
-}
-
 /// Serves `clients/js` (the demo page) with `node tools/serve.mjs` when Node is installed,
 /// after `npm ci` when `node_modules` is missing or older than the lockfile. The demo is a
 /// convenience: whatever stands in its way is said, and the cluster starts without it.
@@ -545,32 +530,4 @@ fn refuse_if_running(path: &Path) -> anyhow::Result<()> {
     }
     let _ = fs::remove_file(path);
     Ok(())
-}
-
-/// The value of env `var` when set and non-empty, else 32 random bytes as hex.
-fn secret_from_env_or_random(var: &str) -> anyhow::Result<String> {
-    if let Ok(value) = std::env::var(var)
-        && !value.is_empty()
-    {
-        return Ok(value);
-    }
-    let mut bytes = [0u8; 32];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .context("reading /dev/urandom for a random secret")?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn random_secrets_differ() -> anyhow::Result<()> {
-        let a = secret_from_env_or_random("SWITCHYARD_XTASK_TEST_UNSET_VAR")?;
-        let b = secret_from_env_or_random("SWITCHYARD_XTASK_TEST_UNSET_VAR")?;
-        assert_eq!(a.len(), 64);
-        assert_ne!(a, b);
-        Ok(())
-    }
 }

@@ -159,6 +159,9 @@ fn prereqs() -> anyhow::Result<PathBuf> {
     if root.join("clients").join("js").join("demo").exists() {
         prereqs::ensure_chromium()?;
     }
+    // Once, before the tests: the overlay tests run side by side, and two of them installing
+    // kubectl into one venv at once could each see the other's half-written file.
+    k8s::render::find_kubectl(&venv)?;
     Ok(venv)
 }
 

@@ -10,7 +10,8 @@
 //!   relay keep their pids, the gateway comes back (new pid, `restarts: 1`) and registers with
 //!   placement again, its clients are placed again within 5 s as evenly as the least-loaded
 //!   pick allows, and every subscriber has every acknowledged event exactly once, in order.
-//! - `cargo xtask status` shows all of it; `cargo xtask kill relay-1` loses nothing either.
+//! - `cargo xtask status` shows all of it; `cargo xtask kill relay-1` loses nothing either;
+//!   `cargo xtask kill placement` brings it back assigning, and connected clients stay.
 //! - `cargo xtask down` stops everything.
 //!
 //! Missing prerequisites (redis-server, Node and clients/js's modules) fail the test with what
@@ -23,7 +24,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, anyhow, bail, ensure};
 use serde_json::{Value, json};
 use switchyard_testkit::driver::{Counts, Driver};
 use switchyard_testkit::feed::{
@@ -33,7 +34,7 @@ use switchyard_testkit::feed::{
 use switchyard_testkit::ports::free_port;
 use switchyard_testkit::process::{log_dir, send_signal, tail, workspace_root};
 use switchyard_testkit::redis::{MISSING_REDIS, find_on_path};
-use switchyard_testkit::wait::eventually;
+use switchyard_testkit::wait::{eventually, eventually_blocking, give_up};
 
 /// The contract's bound on how long a client waits for a new placement (README: a client that
 /// loses its gateway is placed again within 5 s).
@@ -91,26 +92,24 @@ impl Up {
             log,
         };
         let started = Instant::now();
-        loop {
-            if let Some(status) = up.child.try_wait()? {
-                bail!(
-                    "`cargo xtask up` exited with {status} before the cluster was up:\n{}",
-                    tail(&up.log, 40)
-                );
+        let listed = eventually_blocking("the cluster up", STARTUP, || {
+            if let Some(status) = up.child.try_wait().map_err(|e| give_up(e.into()))? {
+                return Err(give_up(anyhow!(
+                    "`cargo xtask up` exited with {status} before the cluster was up"
+                )));
             }
-            if let Ok(file) = up.file()
-                && file["gateways"].as_array().is_some_and(|g| g.len() == 3)
-            {
-                eprintln!("cargo xtask up: cluster up after {:?}", started.elapsed());
-                return Ok(up);
-            }
+            let file = up.file()?;
             ensure!(
-                started.elapsed() < STARTUP,
-                "no cluster after {STARTUP:?}:\n{}",
-                tail(&up.log, 40)
+                file["gateways"].as_array().is_some_and(|g| g.len() == 3),
+                "cluster.json does not list three gateways yet"
             );
-            std::thread::sleep(Duration::from_millis(200));
+            Ok(())
+        });
+        if let Err(e) = listed {
+            bail!("{e:#}:\n{}", tail(&up.log, 40));
         }
+        eprintln!("cargo xtask up: cluster up after {:?}", started.elapsed());
+        Ok(up)
     }
 
     /// `cluster.json` as it is now.
@@ -178,20 +177,16 @@ impl Up {
 
     async fn wait_listed(&self, want: &[&str]) -> anyhow::Result<Duration> {
         let start = Instant::now();
-        loop {
-            let listed = self.listed_nodes();
-            if listed
-                .as_ref()
-                .is_ok_and(|l| want.iter().all(|w| l.iter().any(|n| n == w)))
-            {
-                return Ok(start.elapsed());
-            }
+        eventually(format!("placement lists {want:?}"), WAIT, async || {
+            let listed = self.listed_nodes()?;
             ensure!(
-                start.elapsed() < WAIT,
-                "placement never listed {want:?}: {listed:?}"
+                want.iter().all(|w| listed.iter().any(|n| n == w)),
+                "placement lists {listed:?}"
             );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            Ok(())
+        })
+        .await?;
+        Ok(start.elapsed())
     }
 
     /// What `up` printed so far.
@@ -400,29 +395,30 @@ async fn up_restarts_a_killed_gateway_and_relay_while_clients_lose_nothing() -> 
     let killed = Instant::now();
 
     // Its clients are placed again, evenly, within the bound.
-    let (replaced, last) = loop {
-        let counts = subs.count().await?;
-        let waits = placement_waits(&mut subs);
-        if counts.connected == SUBSCRIBERS
-            && waits.len() == on_victim
-            && placed_evenly(&counts.by_node, &survivors, victim)
-            && subs
-                .events()
-                .iter()
-                .filter(|e| e["event"] == "reconnected")
-                .count()
-                == on_victim
-        {
-            break (killed.elapsed(), counts.by_node);
-        }
-        ensure!(
-            killed.elapsed() < PLACEMENT_DEADLINE,
-            "{victim}'s {on_victim} clients not placed again evenly within \
-             {PLACEMENT_DEADLINE:?}: {:?}",
-            counts.by_node
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // The bound runs from the kill.
+    let (replaced, last) = eventually(
+        format!("{victim}'s {on_victim} clients placed again evenly"),
+        PLACEMENT_DEADLINE.saturating_sub(killed.elapsed()),
+        async || {
+            let counts = subs.count().await.map_err(give_up)?;
+            let waits = placement_waits(&mut subs);
+            ensure!(
+                counts.connected == SUBSCRIBERS
+                    && waits.len() == on_victim
+                    && placed_evenly(&counts.by_node, &survivors, victim)
+                    && subs
+                        .events()
+                        .iter()
+                        .filter(|e| e["event"] == "reconnected")
+                        .count()
+                        == on_victim,
+                "not placed again evenly: {:?}",
+                counts.by_node
+            );
+            Ok((killed.elapsed(), counts.by_node))
+        },
+    )
+    .await?;
     eprintln!(
         "re-placement after kill -9 of {victim}: every one of its {on_victim} clients back in \
          {replaced:?}, spread {last:?}"
@@ -568,6 +564,40 @@ async fn up_restarts_a_killed_gateway_and_relay_while_clients_lose_nothing() -> 
             "history survived in Redis, so every resume recovers: {r}"
         );
     }
+    ensure!(up.running()?, "cargo xtask up still runs");
+
+    // `cargo xtask kill placement`: it comes back on its port, gateways report to it again and
+    // it assigns; the clients already connected never notice.
+    let killed = up.xtask("kill", &["placement"])?;
+    ensure!(killed.status.success(), "kill placement: {killed:?}");
+    let placement_killed = Instant::now();
+    eventually("placement back", WAIT, || async {
+        let placement = &up.file()?["placement"][0];
+        ensure!(
+            placement["restarts"] == 1
+                && pid_of(placement)? != placement_pid
+                && alive(pid_of(placement)?),
+            "placement not back: {placement}"
+        );
+        Ok(())
+    })
+    .await?;
+    let listed = up.wait_listed(&["gw-1", "gw-2", "gw-3"]).await?;
+    let placement_url = up.placement_url()?;
+    eventually("an assignment from the new placement", WAIT, || async {
+        switchyard_testkit::assign::assign(&placement_url, "/").await?;
+        Ok(())
+    })
+    .await?;
+    eprintln!(
+        "placement back and assigning {:?} after its kill (gateways listed after {listed:?})",
+        placement_killed.elapsed()
+    );
+    let counts = subs.count().await?;
+    ensure!(
+        counts.connected == SUBSCRIBERS,
+        "subscribers stay connected while placement restarts: {counts:?}"
+    );
     ensure!(up.running()?, "cargo xtask up still runs");
 
     // `cargo xtask down` stops everything and removes the file.

@@ -460,8 +460,8 @@ at 3.2 µs of server CPU per delivery against 0.8 µs. Two changes: the gates of
 members are decided under one hold of the lock per chunk of members, in per-namespace maps \
 keyed by socket id with foldhash (gate bookkeeping fell from 12% to 3% of the gateway's CPU); \
 and the adapter takes every frame that has queued (up to 64) and delivers stamped events of \
-one room in a row as a run, member by member (`adapter::deliver_run`), so a member's writer \
-wakes once per run and sends it in one write. Runs form only when frames queue up, so latency \
+one room in a row as a run, member by member (`delivery::Delivery::deliver_run`), so a \
+member's writer wakes once per run and sends it in one write. Runs form only when frames queue up, so latency \
 at low rates is unchanged while saturation went from 456,000–590,000 to 858,000–1,320,000 \
 deliveries/s (socketioxide-redis 1,365,000–1,570,000 in the same runs; Node 263,000–266,000). What is left is one \
 serialization per member and event: socketioxide 0.18 reports a failed broadcast without the \
@@ -528,8 +528,8 @@ fn scale_gateways(v: &Value) -> Vec<u64> {
         .unwrap_or_default()
 }
 
-/// A `scale` section (`scale` or `scale_official`): a row per system and G, and the issue's
-/// three targets; `clients` says what the receiving clients are.
+/// A `scale` section (`scale` or `scale_official`): a row per system and G, and its three
+/// targets; `clients` says what the receiving clients are.
 fn scale_section(md: &mut String, name: &str, v: Option<&Value>, clients: &str) {
     let _ = writeln!(md, "## {name}\n");
     let Some(v) = v else {

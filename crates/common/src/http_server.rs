@@ -18,6 +18,13 @@
 //!   `--max-pending-connections` per listener: one beyond either is closed at once, before any
 //!   byte is read, and counted. A WebSocket upgrade or a long-poll is no longer pending: its
 //!   lifetime belongs to the protocol above (Engine.IO's ping timeout).
+//! - **Open connections are bounded per address.** At most `--max-connections-per-address`
+//!   connections per source IP are open at once, from accept to close, upgraded WebSockets
+//!   included (0: no bound); one more is closed at once, before any byte is read, and counted.
+//!   The slot is a field of the connection's IO object ([`CountedStream`]), so it goes back
+//!   when the TCP connection is dropped: by hyper when the connection ends, or, after an
+//!   upgrade (hyper moves the IO into `hyper::upgrade::Upgraded`), when whoever holds the
+//!   upgraded IO (socketioxide's WebSocket task) drops it at the WebSocket's close.
 //! - **Accept errors** (such as `EMFILE` when the process has run out of descriptors) are
 //!   counted by kind and logged at most once per [`ACCEPT_ERROR_LOG_EVERY`], with the number
 //!   of errors not logged in between; the loop waits [`ACCEPT_ERROR_PAUSE`] after one instead
@@ -98,6 +105,19 @@ pub struct HttpServerArgs {
         value_parser = clap::value_parser!(u64).range(1..)
     )]
     pub max_pending_connections: u64,
+    /// Connections one source address may hold open on this listener at once, from accept to
+    /// close, upgraded WebSockets included; one more is closed at accept. 0: no bound. The
+    /// default is well above what one client host needs (each Socket.IO client holds one
+    /// connection, two during a polling upgrade) and far below a gateway's descriptors, so one
+    /// host cannot hold a gateway's descriptors with sessions that never CONNECT. Behind a
+    /// proxy or an Ingress every client shares the proxy's addresses: set it to 0 there and
+    /// bound connections per client at the proxy.
+    #[arg(
+        long,
+        env = "SWITCHYARD_MAX_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 4096
+    )]
+    pub max_connections_per_address: u64,
     /// Bytes per second a request body must arrive at, at least, measured over windows of
     /// `--http-header-timeout-ms`; a body slower than that is cut and its connection closed.
     #[arg(
@@ -115,6 +135,7 @@ impl Default for HttpServerArgs {
             http_header_timeout_ms: 10_000,
             max_pending_per_address: 1024,
             max_pending_connections: 4096,
+            max_connections_per_address: 4096,
             http_min_body_rate: 1024,
         }
     }
@@ -141,8 +162,9 @@ pub const ACCEPT_ERRORS_HELP: &str = "Failed accepts on the HTTP listener, by ki
 pub struct ListenerMetrics {
     /// Counter, `reason` = `handshake` | `timeout`: failed TLS handshakes.
     pub tls_handshake_failures: &'static str,
-    /// Counter, `reason` = `pending_per_address` | `pending_listener` | `header_timeout` |
-    /// `body_too_slow`: connections the listener closed to protect itself.
+    /// Counter, `reason` = `connections_per_address` | `pending_per_address` |
+    /// `pending_listener` | `header_timeout` | `body_too_slow`: connections the listener closed
+    /// to protect itself.
     pub connections_closed: &'static str,
     /// Gauge: connections accepted whose first request's headers are not complete yet.
     pub pending_connections: &'static str,
@@ -157,7 +179,9 @@ pub struct HttpListener {
     tls: Option<TlsAcceptor>,
     header_timeout: Duration,
     min_body_rate: u64,
-    pending: Arc<PendingTable>,
+    pending: Arc<SlotTable>,
+    /// Open connections per source address; `None` with `--max-connections-per-address 0`.
+    open: Option<Arc<SlotTable>>,
     metrics: ListenerMetrics,
 }
 
@@ -185,11 +209,16 @@ impl HttpListener {
             tls: tls.map(ServerTls::http_acceptor),
             header_timeout: args.header_timeout(),
             min_body_rate: args.http_min_body_rate,
-            pending: Arc::new(PendingTable::new(
+            pending: Arc::new(SlotTable::pending(
                 usize::try_from(args.max_pending_per_address).unwrap_or(usize::MAX),
                 usize::try_from(args.max_pending_connections).unwrap_or(usize::MAX),
                 metrics.pending_connections,
             )),
+            open: (args.max_connections_per_address > 0).then(|| {
+                Arc::new(SlotTable::open(
+                    usize::try_from(args.max_connections_per_address).unwrap_or(usize::MAX),
+                ))
+            }),
             metrics,
         })
     }
@@ -197,6 +226,17 @@ impl HttpListener {
     /// The bound address.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         Ok(self.local_addr)
+    }
+
+    /// The slots of one more connection from `ip`: among its address's open connections (with
+    /// a bound) and among the pending ones; or the reason it is closed at accept.
+    fn admit(&self, ip: IpAddr) -> Result<(Option<Slot>, Slot), &'static str> {
+        let open = match &self.open {
+            Some(open) => Some(open.admit(ip)?),
+            None => None,
+        };
+        // A refusal here drops `open`: its slot goes back at once.
+        Ok((open, self.pending.admit(ip)?))
     }
 
     /// Serves `app` until `shutdown` completes; then stops accepting, lets every open
@@ -224,8 +264,8 @@ impl HttpListener {
                     continue;
                 }
             };
-            let pending = match self.pending.admit(addr.ip()) {
-                Ok(pending) => pending,
+            let (open, pending) = match self.admit(addr.ip()) {
+                Ok(slots) => slots,
                 Err(reason) => {
                     metrics::counter!(self.metrics.connections_closed, "reason" => reason)
                         .increment(1);
@@ -236,6 +276,7 @@ impl HttpListener {
             tokio::spawn(connection(Accepted {
                 tcp,
                 addr,
+                open,
                 pending,
                 tls: self.tls.clone(),
                 header_timeout: self.header_timeout,
@@ -257,7 +298,11 @@ impl HttpListener {
 struct Accepted {
     tcp: TcpStream,
     addr: SocketAddr,
-    pending: Pending,
+    /// The connection's slot among its address's open connections, for as long as its IO
+    /// lives (see [`CountedStream`]).
+    open: Option<Slot>,
+    /// Its pending slot, given back when its first request's headers are complete.
+    pending: Slot,
     tls: Option<TlsAcceptor>,
     header_timeout: Duration,
     min_body_rate: u64,
@@ -273,6 +318,7 @@ async fn connection(accepted: Accepted) {
     let Accepted {
         tcp,
         addr,
+        open,
         pending,
         tls,
         header_timeout,
@@ -317,6 +363,9 @@ async fn connection(accepted: Accepted) {
         let mut app = app.clone();
         async move { Service::call(&mut app, req).await }
     });
+    // The open-connection slot moves into the IO: after an upgrade hyper hands the IO over and
+    // this task ends, and the slot must stay until the upgraded connection is dropped.
+    let io = CountedStream { io, _open: open };
     let conn = builder
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
@@ -342,44 +391,69 @@ async fn connection(accepted: Accepted) {
     }
 }
 
-/// Pending connections per source address and in total, checked and counted in one step.
-struct PendingTable {
+/// Connections per source address and in total, checked and counted in one step at accept:
+/// the listener's pending connections ([`SlotTable::pending`]) and its open ones
+/// ([`SlotTable::open`]).
+struct SlotTable {
     max_per_address: usize,
     max_total: usize,
-    gauge: &'static str,
-    counts: Mutex<PendingCounts>,
+    /// The `reason` a connection over `max_per_address` is counted with.
+    over_address: &'static str,
+    /// The `reason` a connection over `max_total` is counted with.
+    over_total: &'static str,
+    /// The gauge set to the total, if any.
+    gauge: Option<&'static str>,
+    counts: Mutex<SlotCounts>,
 }
 
 #[derive(Default)]
-struct PendingCounts {
+struct SlotCounts {
     total: usize,
     per_address: HashMap<IpAddr, usize>,
 }
 
-impl PendingTable {
-    fn new(max_per_address: usize, max_total: usize, gauge: &'static str) -> PendingTable {
-        PendingTable {
+impl SlotTable {
+    /// Pending connections: at most `max_per_address` per source address and `max_total` in
+    /// all, the total in `gauge`.
+    fn pending(max_per_address: usize, max_total: usize, gauge: &'static str) -> SlotTable {
+        SlotTable {
             max_per_address,
             max_total,
-            gauge,
-            counts: Mutex::new(PendingCounts::default()),
+            over_address: "pending_per_address",
+            over_total: "pending_listener",
+            gauge: Some(gauge),
+            counts: Mutex::new(SlotCounts::default()),
         }
     }
 
-    /// A slot for one more pending connection from `ip`, or the reason there is none.
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Pending, &'static str> {
+    /// Open connections: at most `max_per_address` per source address (the listener's total is
+    /// bounded by the descriptors, and the gateway's reserve reports it).
+    fn open(max_per_address: usize) -> SlotTable {
+        SlotTable {
+            max_per_address,
+            max_total: usize::MAX,
+            over_address: "connections_per_address",
+            // Never counted: no total can reach `usize::MAX`.
+            over_total: "connections_listener",
+            gauge: None,
+            counts: Mutex::new(SlotCounts::default()),
+        }
+    }
+
+    /// A slot for one more connection from `ip`, or the reason there is none.
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Slot, &'static str> {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         if counts.total >= self.max_total {
-            return Err("pending_listener");
+            return Err(self.over_total);
         }
         let of_address = counts.per_address.entry(ip).or_insert(0);
         if *of_address >= self.max_per_address {
-            return Err("pending_per_address");
+            return Err(self.over_address);
         }
         *of_address += 1;
         counts.total += 1;
-        metrics::gauge!(self.gauge).set(counts.total as f64);
-        Ok(Pending {
+        self.set_gauge(counts.total);
+        Ok(Slot {
             table: Arc::clone(self),
             ip,
             released: AtomicBool::new(false),
@@ -395,19 +469,25 @@ impl PendingTable {
                 counts.per_address.remove(&ip);
             }
         }
-        metrics::gauge!(self.gauge).set(counts.total as f64);
+        self.set_gauge(counts.total);
+    }
+
+    fn set_gauge(&self, total: usize) {
+        if let Some(gauge) = self.gauge {
+            metrics::gauge!(gauge).set(total as f64);
+        }
     }
 }
 
-/// One pending connection's slot: released when its first request's headers are complete,
-/// or when the connection ends before that.
-struct Pending {
-    table: Arc<PendingTable>,
+/// One connection's slot in a [`SlotTable`]: given back by [`Slot::release`] (a pending
+/// connection whose first request's headers are complete) or when dropped.
+struct Slot {
+    table: Arc<SlotTable>,
     ip: IpAddr,
     released: AtomicBool,
 }
 
-impl Pending {
+impl Slot {
     /// Gives the slot back (once; later calls do nothing).
     fn release(&self) {
         if !self.released.swap(true, Ordering::AcqRel) {
@@ -416,7 +496,7 @@ impl Pending {
     }
 }
 
-impl Drop for Pending {
+impl Drop for Slot {
     fn drop(&mut self) {
         self.release();
     }
@@ -632,6 +712,57 @@ impl AsyncWrite for HttpStream {
     }
 }
 
+/// An accepted connection's IO carrying its slot among its source address's open connections.
+/// hyper owns this value while it serves HTTP; on an upgrade it moves it into
+/// `hyper::upgrade::Upgraded` (`UpgradeableConnection` takes the IO out of the dispatcher and
+/// fulfils the upgrade with it), and socketioxide's WebSocket task keeps that until the
+/// WebSocket closes and both its halves are dropped. So the slot is given back exactly when the
+/// TCP connection is closed, whoever closes it.
+struct CountedStream<S> {
+    io: S,
+    _open: Option<Slot>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for CountedStream<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for CountedStream<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -645,7 +776,7 @@ mod tests {
 
     #[test]
     fn pending_slots_are_bounded_per_address_and_per_listener_and_given_back() {
-        let table = Arc::new(PendingTable::new(2, 3, METRICS.pending_connections));
+        let table = Arc::new(SlotTable::pending(2, 3, METRICS.pending_connections));
         let a: IpAddr = [127, 0, 0, 2].into();
         let b: IpAddr = [127, 0, 0, 3].into();
         let a1 = table.admit(a);
@@ -668,6 +799,118 @@ mod tests {
             counts.per_address.is_empty(),
             "no entry kept for idle addresses"
         );
+    }
+
+    #[test]
+    fn open_connections_are_bounded_per_address_and_given_back_on_drop() {
+        let table = Arc::new(SlotTable::open(2));
+        let a: IpAddr = [127, 0, 0, 2].into();
+        let b: IpAddr = [127, 0, 0, 3].into();
+        let a1 = table.admit(a).ok();
+        let a2 = table.admit(a).ok();
+        assert!(a1.is_some() && a2.is_some());
+        assert_eq!(table.admit(a).err(), Some("connections_per_address"));
+        // Another address has its own bound; no bound on the listener's total.
+        let b1 = table.admit(b).ok();
+        let b2 = table.admit(b).ok();
+        assert!(b1.is_some() && b2.is_some());
+        // The connection's IO is dropped (its close): its slot is free again.
+        drop(CountedStream { io: (), _open: a1 });
+        let a3 = table.admit(a).ok();
+        assert!(a3.is_some(), "a dropped connection's slot is free again");
+        assert_eq!(table.admit(a).err(), Some("connections_per_address"));
+        drop((a2, a3, b1, b2));
+        let counts = table.counts.lock().unwrap_or_else(|p| p.into_inner());
+        assert_eq!(counts.total, 0);
+        assert!(
+            counts.per_address.is_empty(),
+            "no entry kept for idle addresses"
+        );
+    }
+
+    /// The slot outlives hyper's connection task: an upgraded connection holds it until the
+    /// upgraded IO is dropped, one more from the address is closed at accept meanwhile, and
+    /// `--max-connections-per-address 0` bounds nothing.
+    #[tokio::test]
+    async fn an_upgraded_connection_holds_its_slot_until_its_io_is_dropped() -> anyhow::Result<()> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::sync::Notify;
+        async fn upgrade(stream: &mut TcpStream) -> anyhow::Result<String> {
+            stream
+                .write_all(
+                    b"GET /up HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: test\r\n\r\n",
+                )
+                .await?;
+            let mut head = vec![0; 256];
+            let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut head)).await??;
+            Ok(String::from_utf8_lossy(&head[..n]).into_owned())
+        }
+        async fn closed_at_once(addr: SocketAddr) -> anyhow::Result<bool> {
+            let mut stream = TcpStream::connect(addr).await?;
+            let _ = stream
+                .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .await;
+            let mut answer = Vec::new();
+            let read =
+                tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+                    .await?;
+            Ok(read.is_err() || answer.is_empty())
+        }
+
+        for bound in [1, 0] {
+            let args = HttpServerArgs {
+                max_connections_per_address: bound,
+                ..HttpServerArgs::default()
+            };
+            let listener = HttpListener::bind("127.0.0.1:0".parse()?, None, &args, METRICS).await?;
+            let addr = listener.local_addr()?;
+            let hang_up = Arc::new(Notify::new());
+            let app = Router::new()
+                .route("/", axum::routing::get(async || "ok"))
+                .route(
+                    "/up",
+                    axum::routing::get({
+                        let hang_up = Arc::clone(&hang_up);
+                        async move |mut req: axum::extract::Request| {
+                            let on_upgrade = hyper::upgrade::on(&mut req);
+                            tokio::spawn(async move {
+                                // Holds the upgraded IO (as a WebSocket task does) until told.
+                                let upgraded = on_upgrade.await;
+                                hang_up.notified().await;
+                                drop(upgraded);
+                            });
+                            axum::response::Response::builder()
+                                .status(101)
+                                .header("connection", "upgrade")
+                                .header("upgrade", "test")
+                                .body(axum::body::Body::empty())
+                                .unwrap_or_default()
+                        }
+                    }),
+                );
+            tokio::spawn(listener.serve(app, std::future::pending()));
+
+            let mut upgraded = TcpStream::connect(addr).await?;
+            let head = upgrade(&mut upgraded).await?;
+            assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+            // hyper's connection task has ended; the upgraded IO still holds the slot.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert_eq!(
+                closed_at_once(addr).await?,
+                bound == 1,
+                "bound {bound}: a second connection while the upgraded one is open"
+            );
+            hang_up.notify_one();
+            let mut eof = Vec::new();
+            tokio::time::timeout(Duration::from_secs(5), upgraded.read_to_end(&mut eof)).await??;
+            // Dropping the upgraded IO closed the TCP connection and gave the slot back.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(
+                !closed_at_once(addr).await?,
+                "bound {bound}: slot given back"
+            );
+        }
+        Ok(())
     }
 
     #[test]

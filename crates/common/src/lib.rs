@@ -13,6 +13,7 @@
 //! - [`config`]: helpers for configuration values (redacting secrets in URLs).
 //! - [`backoff`]: the one jittered exponential backoff policy used for every reconnect.
 //! - [`clock`]: the wall clock in Unix milliseconds, read one way everywhere.
+//! - [`iso8601`]: timestamps as JavaScript writes them, for Socket.IO's own tools.
 //! - [`tls`]: TLS (rustls) for the HTTP and gRPC listeners, mutual TLS between services, and
 //!   the trust and client certificate of outgoing gRPC connections.
 //! - [`assignment`]: the signed token placement issues and gateways verify.

@@ -105,6 +105,34 @@ pub fn bearer(token: Option<&str>, purpose: &str) -> Result<Bearer, CtlError> {
     Bearer::new(token).map_err(|e| CtlError::Config(format!("the {purpose} token: {e}")))
 }
 
+/// Connects to the first of `endpoints` that accepts a connection within `timeout`, and returns
+/// its channel and that endpoint. `https://` endpoints use `tls` (trust, client certificate).
+/// When none does, the error says why for each: "cannot connect to `service` (…)`hint`".
+pub async fn connect_first<'a>(
+    endpoints: &'a [String],
+    timeout: Duration,
+    tls: &ClientTls,
+    service: &str,
+    hint: &str,
+) -> Result<(Channel, &'a str), CtlError> {
+    let mut failures = Vec::new();
+    for endpoint in endpoints {
+        let ep = tls
+            .endpoint(endpoint)
+            .map_err(|e| CtlError::Config(e.to_string()))?
+            .connect_timeout(timeout);
+        match tokio::time::timeout(timeout, ep.connect()).await {
+            Ok(Ok(channel)) => return Ok((channel, endpoint)),
+            Ok(Err(e)) => failures.push(format!("{endpoint}: {}", error_chain(&e))),
+            Err(_) => failures.push(format!("{endpoint}: no connection within {timeout:?}")),
+        }
+    }
+    Err(CtlError::Unavailable(format!(
+        "cannot connect to {service} ({}){hint}",
+        failures.join("; ")
+    )))
+}
+
 /// An authenticated client of one placement replica's `switchyard.admin.v1.Admin`.
 #[derive(Debug, Clone)]
 pub struct Admin {
@@ -122,24 +150,6 @@ impl Admin {
         tls: &ClientTls,
     ) -> Result<Admin, CtlError> {
         let bearer = bearer(target.token.as_deref(), "admin")?;
-        let mut failures = Vec::new();
-        for endpoint in &target.endpoints {
-            let ep = tls
-                .endpoint(endpoint)
-                .map_err(|e| CtlError::Config(e.to_string()))?;
-            let ep = ep.connect_timeout(timeout);
-            match tokio::time::timeout(timeout, ep.connect()).await {
-                Ok(Ok(channel)) => {
-                    return Ok(Admin {
-                        client: AdminClient::with_interceptor(channel, bearer),
-                        endpoint: endpoint.clone(),
-                        timeout,
-                    });
-                }
-                Ok(Err(e)) => failures.push(format!("{endpoint}: {}", error_chain(&e))),
-                Err(_) => failures.push(format!("{endpoint}: no connection within {timeout:?}")),
-            }
-        }
         let hint = match &target.origin {
             Origin::Flag => String::new(),
             Origin::ClusterFile(path) => format!(
@@ -147,10 +157,13 @@ impl Admin {
                 path.display()
             ),
         };
-        Err(CtlError::Unavailable(format!(
-            "cannot connect to placement ({}){hint}",
-            failures.join("; ")
-        )))
+        let (channel, endpoint) =
+            connect_first(&target.endpoints, timeout, tls, "placement", &hint).await?;
+        Ok(Admin {
+            client: AdminClient::with_interceptor(channel, bearer),
+            endpoint: endpoint.to_owned(),
+            timeout,
+        })
     }
 
     /// Bounds a call by the timeout and converts its failure.

@@ -13,11 +13,7 @@ use switchyard_common::tls::ClientTls;
 use switchyard_proto::relay::v1::{PublishRequest, publish_request, relay_client::RelayClient};
 use tonic::{Code, Request};
 
-use crate::{
-    client, cluster_file,
-    error::{CtlError, error_chain},
-    output,
-};
+use crate::{client, cluster_file, error::CtlError, output};
 
 /// What to publish.
 #[derive(Debug, Clone)]
@@ -93,70 +89,50 @@ pub async fn run(
     json: bool,
 ) -> Result<(), CtlError> {
     let bearer = client::bearer(target.token.as_deref(), "publish")?;
-    let mut failures = Vec::new();
-    for endpoint in &target.endpoints {
-        let ep = tls
-            .endpoint(endpoint)
-            .map_err(|e| CtlError::Config(e.to_string()))?
-            .connect_timeout(timeout);
-        let channel = match tokio::time::timeout(timeout, ep.connect()).await {
-            Ok(Ok(channel)) => channel,
-            Ok(Err(e)) => {
-                failures.push(format!("{endpoint}: {}", error_chain(&e)));
-                continue;
-            }
-            Err(_) => {
-                failures.push(format!("{endpoint}: no connection within {timeout:?}"));
-                continue;
-            }
-        };
-        let mut req = Request::new(PublishRequest {
-            namespace: publication.namespace.clone(),
-            rooms: publication.rooms.clone(),
-            except: publication.except.clone(),
-            event: publication.event.clone(),
-            data: Some(publish_request::Data::Json(publication.json.clone())),
-        });
-        req.set_timeout(timeout);
-        bearer.apply(req.metadata_mut());
-        let answer = tokio::time::timeout(timeout, RelayClient::new(channel).publish(req)).await;
-        let response = match answer {
-            Ok(Ok(r)) => r.into_inner(),
-            Ok(Err(status)) => return Err(from_status(&status, endpoint)),
-            Err(_) => {
-                return Err(CtlError::Unavailable(format!(
-                    "relay at {endpoint} did not answer within {timeout:?}"
-                )));
-            }
-        };
-        let position = response.position.map(|p| (p.epoch, p.offset));
-        if json {
-            return output::print_json(&serde_json::json!({
-                "gateways": response.gateways,
-                "position": position.as_ref().map(|(epoch, offset)| {
-                    serde_json::json!({"epoch": epoch, "offset": offset})
-                }),
-            }));
+    let (channel, endpoint) =
+        client::connect_first(&target.endpoints, timeout, tls, "the relay", "").await?;
+    let mut req = Request::new(PublishRequest {
+        namespace: publication.namespace.clone(),
+        rooms: publication.rooms.clone(),
+        except: publication.except.clone(),
+        event: publication.event.clone(),
+        data: Some(publish_request::Data::Json(publication.json.clone())),
+    });
+    req.set_timeout(timeout);
+    bearer.apply(req.metadata_mut());
+    let answer = tokio::time::timeout(timeout, RelayClient::new(channel).publish(req)).await;
+    let response = match answer {
+        Ok(Ok(r)) => r.into_inner(),
+        Ok(Err(status)) => return Err(from_status(&status, endpoint)),
+        Err(_) => {
+            return Err(CtlError::Unavailable(format!(
+                "relay at {endpoint} did not answer within {timeout:?}"
+            )));
         }
-        let at = match position {
-            Some((epoch, offset)) => format!(" at offset {offset} (epoch {epoch})"),
-            None => String::new(),
-        };
-        let rooms = if publication.rooms.is_empty() {
-            "every socket".to_owned()
-        } else {
-            format!("rooms {}", publication.rooms.join(", "))
-        };
-        println!(
-            "Published `{}` to {rooms} of {}{at}: {} gateway(s) linked.",
-            publication.event, publication.namespace, response.gateways
-        );
-        return Ok(());
+    };
+    let position = response.position.map(|p| (p.epoch, p.offset));
+    if json {
+        return output::print_json(&serde_json::json!({
+            "gateways": response.gateways,
+            "position": position.as_ref().map(|(epoch, offset)| {
+                serde_json::json!({"epoch": epoch, "offset": offset})
+            }),
+        }));
     }
-    Err(CtlError::Unavailable(format!(
-        "cannot connect to the relay ({})",
-        failures.join("; ")
-    )))
+    let at = match position {
+        Some((epoch, offset)) => format!(" at offset {offset} (epoch {epoch})"),
+        None => String::new(),
+    };
+    let rooms = if publication.rooms.is_empty() {
+        "every socket".to_owned()
+    } else {
+        format!("rooms {}", publication.rooms.join(", "))
+    };
+    println!(
+        "Published `{}` to {rooms} of {}{at}: {} gateway(s) linked.",
+        publication.event, publication.namespace, response.gateways
+    );
+    Ok(())
 }
 
 /// Relay-specific wording for a failed `Publish`; exit codes as for placement.

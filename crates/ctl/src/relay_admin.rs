@@ -28,8 +28,8 @@ use tonic::{Code, Request, Status, service::interceptor::InterceptedService, tra
 use switchyard_common::bearer::Bearer;
 
 use crate::{
-    client::bearer,
-    error::{CtlError, error_chain},
+    client::{bearer, connect_first},
+    error::CtlError,
     output::{self, format_age, table},
     publish::RelayTarget,
 };
@@ -70,28 +70,13 @@ impl RelayAdmin {
         tls: &ClientTls,
     ) -> Result<RelayAdmin, CtlError> {
         let bearer = bearer(target.token.as_deref(), "admin")?;
-        let mut failures = Vec::new();
-        for endpoint in &target.endpoints {
-            let ep = tls
-                .endpoint(endpoint)
-                .map_err(|e| CtlError::Config(e.to_string()))?
-                .connect_timeout(timeout);
-            match tokio::time::timeout(timeout, ep.connect()).await {
-                Ok(Ok(channel)) => {
-                    return Ok(RelayAdmin {
-                        client: RelayAdminClient::with_interceptor(channel, bearer),
-                        endpoint: endpoint.clone(),
-                        timeout,
-                    });
-                }
-                Ok(Err(e)) => failures.push(format!("{endpoint}: {}", error_chain(&e))),
-                Err(_) => failures.push(format!("{endpoint}: no connection within {timeout:?}")),
-            }
-        }
-        Err(CtlError::Unavailable(format!(
-            "cannot connect to the relay ({})",
-            failures.join("; ")
-        )))
+        let (channel, endpoint) =
+            connect_first(&target.endpoints, timeout, tls, "the relay", "").await?;
+        Ok(RelayAdmin {
+            client: RelayAdminClient::with_interceptor(channel, bearer),
+            endpoint: endpoint.to_owned(),
+            timeout,
+        })
     }
 
     /// A request carrying the timeout as `grpc-timeout`.

@@ -27,7 +27,14 @@
 //!
 //! While the link is down, frames queue and are resent after the relink (see [`crate::link`]);
 //! requests that need answers just get fewer answers within their timeout.
+//!
+//! **Admin UI.** Whatever this adapter delivers to local sockets (broadcasts of this gateway,
+//! broadcasts from other gateways, and what [`crate::delivery`] delivers) is reported to the
+//! admin UI as sent when it listens to outgoing events: the namespace's
+//! [`OutgoingWatch`] is read once per broadcast or batch of frames, and the members and the
+//! decoded event are looked up only when it is set ([`reports_outgoing`]).
 
+use std::any::TypeId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
@@ -56,6 +63,7 @@ use crate::delivery::Delivery;
 use crate::gates::Gates;
 use crate::link::{Incoming, LinkError, RelayLink};
 use crate::metrics;
+use crate::observe::{OutgoingWatch, SentEvent};
 
 /// Extra time a request waits beyond the ack timeout, for the answers of remote gateways
 /// (which apply the same timeout to their clients) to travel back.
@@ -93,6 +101,15 @@ pub struct ClusterAdapter<E> {
     /// socketioxide server id → gateway node id, learned from incoming requests, to address
     /// responses.
     peers: Mutex<HashMap<Sid, String>>,
+    /// The admin UI's observer of this namespace's outgoing events, when it listens.
+    outgoing: OutgoingWatch,
+}
+
+/// Whether socketioxide adapter `A` reports to the admin UI what it delivers to local sockets:
+/// [`ClusterAdapter`] does, any other adapter (socketioxide's local one on a single gateway)
+/// does not, so the code emitting through it reports instead.
+pub fn reports_outgoing<A: socketioxide::adapter::Adapter>() -> bool {
+    TypeId::of::<A::State>() == TypeId::of::<ClusterState>()
 }
 
 impl<E> DefinedAdapter for ClusterAdapter<E> {}
@@ -139,6 +156,16 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
             .any(|sid| except.is_none_or(|e| sid.as_str() != e))
     }
 
+    /// Reports `packet` as sent to the local sockets `opts` selects, if the admin UI listens.
+    fn report_sent(&self, packet: &Packet, opts: &BroadcastOptions) {
+        let Some(observer) = self.outgoing.get() else {
+            return;
+        };
+        if let Some(sent) = SentEvent::of_packet(self.local.parser(), packet) {
+            observer.sent(&self.ns, self.local.sockets(opts.clone()), &sent);
+        }
+    }
+
     fn request_timeout(&self) -> Duration {
         self.local.ack_timeout() + RESPONSE_MARGIN
     }
@@ -179,6 +206,7 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
             gates: &self.gates,
             ns: &self.ns,
             node_id: self.link.node_id(),
+            outgoing: self.outgoing.get(),
         };
         delivery.frames(frames, |frame| self.on_control(frame));
     }
@@ -198,6 +226,15 @@ impl<E: SocketEmitter> ClusterAdapter<E> {
                         RequestTypeIn::DelSockets(rooms) => Some((false, room_names(rooms))),
                         _ => None,
                     };
+                    // What `recv_req` broadcasts to local sockets (it ignores our own).
+                    if let (
+                        RequestTypeIn::Broadcast(packet) | RequestTypeIn::BroadcastWithAck(packet),
+                        Some(opts),
+                    ) = (&req.r#type, &req.opts)
+                        && req.node_id != self.uid()
+                    {
+                        self.report_sent(packet, opts);
+                    }
                     self.recv_req(req);
                     match rooms_changed {
                         Some((true, rooms)) => self.link.rooms_joined_remotely(&self.ns, &rooms),
@@ -287,6 +324,7 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
 
     fn new(state: &Self::State, local: CoreLocalAdapter<E>) -> Self {
         let ns = local.path().to_string();
+        let outgoing = state.outgoing(&ns);
         Self {
             local,
             link: state.link().clone(),
@@ -294,6 +332,7 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
             ns,
             handlers: Arc::new(Mutex::new(HashMap::new())),
             peers: Mutex::new(HashMap::new()),
+            outgoing,
         }
     }
 
@@ -347,6 +386,7 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
             self.send_frame(frame)
                 .map_err(|e| BroadcastError::Adapter(e.into()))?;
         }
+        self.report_sent(&packet, &opts);
         self.local
             .broadcast(packet, opts)
             .map_err(BroadcastError::from)
@@ -374,6 +414,7 @@ impl<E: SocketEmitter> CoreAdapter<E> for ClusterAdapter<E> {
             self.forget(req_id);
             return Err(e);
         }
+        self.report_sent(&packet, &opts);
         let (local, _) = self.local.broadcast_with_ack(packet, opts, timeout);
         Ok(AckStream::new(
             local,

@@ -13,20 +13,31 @@
 //! - every [`stats::STATS_INTERVAL`]: `server_stats` of this gateway ([`stats`]);
 //! - development mode: `socket_connected`, `socket_disconnected`, `room_joined`, `room_left`
 //!   (the built-in `join` / `leave`) and `event_received`, reported by the connect handler and
-//!   the built-in events through [`crate::observe`] and emitted in order by one task;
+//!   the built-in events through [`crate::observe`] and emitted in order by one task; and
+//!   `event_sent`, one per event and client socket it reached, as the package's
+//!   `onAnyOutgoing`, reported by every path that delivers an event to a local client socket
+//!   (room events and backend events of [`crate::delivery`], broadcasts through the cluster
+//!   adapter from this gateway or another, replays, the single-gateway room emit, the UI's own
+//!   `emit`, the drain notice; see [`crate::observe`]), with `packetsOut` and `bytesOut` in
+//!   the stats;
 //! - commands `emit`, `join`, `leave`, `_disconnect` with the UI's `(nsp, …, filter)`, where a
 //!   filter is a room, or a socket id: with the admin UI on, every client socket is in a room
 //!   named after its id, as in Node, so "this socket" is a room cluster-wide.
 //!
-//! Not served: `event_sent` and `socket_updated` (socketioxide has no hook on outgoing packets
-//! or transport upgrades), `packetsOut` / `bytesIn` / `bytesOut` aggregates (see [`stats`]),
-//! and `close` on `_disconnect` (the socket is disconnected from its namespace either way).
+//! Not served: `socket_updated` (socketioxide has no hook on transport upgrades); `event_sent`
+//! for what an application's own handlers send with `socket.emit` straight to a socket, and,
+//! on a single gateway (socketioxide's local adapter), for the hooks' emits to one socket
+//! (socketioxide has no hook on outgoing packets: only the paths above report); `packetsOut` /
+//! `bytesOut` in production mode, and `bytesIn` (see [`stats`]); and `close` on `_disconnect`
+//! (the socket is disconnected from its namespace either way).
 //!
-//! Cost: production mode sends only `server_stats` (one frame per gateway every 2 s);
-//! development mode (the package's default, and this one's) adds one frame to every gateway
-//! per client connect, disconnect, room change and event, like the package with a Redis
-//! adapter. Events wait in a queue of [`EVENT_QUEUE`]; when it is full they are dropped and
-//! counted (`switchyard_gateway_admin_ui_events_dropped_total`).
+//! Cost: production mode sends only `server_stats` (one frame per gateway every 2 s), and no
+//! delivery looks at more than an empty slot for it; development mode (the package's default,
+//! and this one's) adds one frame to every gateway per client connect, disconnect, room change
+//! and event received, and per event and client socket it was sent to (a room event to a
+//! thousand members is a thousand `event_sent`), like the package with a Redis adapter. Events
+//! wait in a queue of [`EVENT_QUEUE`]; when it is full they are dropped and counted
+//! (`switchyard_gateway_admin_ui_events_dropped_total`).
 
 pub mod auth;
 pub mod sockets;
@@ -42,13 +53,15 @@ use socketioxide::{
     adapter::Adapter,
     extract::{Data, SocketRef, TryData},
     handler::ConnectHandler,
+    operators::BroadcastOperators,
 };
 use socketioxide_core::adapter::{DefinedAdapter, Spawnable};
+use switchyard_common::clock::now_ms;
 use tokio::sync::mpsc;
 
 use crate::load::Load;
 use crate::metrics;
-use crate::observe::{AdminEvent, Observer, transport_name};
+use crate::observe::{AdminEvent, Observer, SentEvent, outgoing_observer, transport_name};
 use crate::payload::Args;
 use crate::settings::AdminUiSettings;
 use auth::{AuthPayload, Credentials, CredentialsError};
@@ -197,7 +210,9 @@ impl AdminUi {
         }
         let buffer = Arc::clone(&self.buffer);
         let development = self.settings.development;
-        Observer(Arc::new(move |event: AdminEvent| {
+        // Outgoing events only in development mode: in production mode no delivery pays for
+        // the admin UI (and `packetsOut` / `bytesOut` are not counted).
+        Observer::new(development, move |event: AdminEvent| {
             let now = now_ms();
             match &event {
                 AdminEvent::Connected(_) => buffer.push(now, "rawConnection", None),
@@ -205,12 +220,16 @@ impl AdminUi {
                     buffer.push(now, "rawDisconnection", Some(reason))
                 }
                 AdminEvent::Received { .. } => buffer.push(now, "packetsIn", None),
+                AdminEvent::Sent { bytes, .. } => buffer.add_all(
+                    now,
+                    &[("packetsOut", None, 1), ("bytesOut", None, *bytes as u64)],
+                ),
                 AdminEvent::RoomJoined { .. } | AdminEvent::RoomLeft { .. } => {}
             }
             if development && tx.try_send(event).is_err() {
                 ::metrics::counter!(metrics::ADMIN_UI_EVENTS_DROPPED_TOTAL).increment(1);
             }
-        }))
+        })
     }
 
     fn stats<A: Adapter>(&self, io: &SocketIo<A>, load: &Load) -> ServerStats {
@@ -266,6 +285,9 @@ async fn forward<A: Adapter>(io: SocketIo<A>, ns: String, mut rx: mpsc::Receiver
             AdminEvent::Received { ns, sid, args } => {
                 op.emit("event_received", &(ns, sid, args, now)).await
             }
+            AdminEvent::Sent { ns, sid, args, .. } => {
+                op.emit("event_sent", &(ns, sid, &*args, now)).await
+            }
         };
         if let Err(e) = sent {
             tracing::debug!(error = %e, "admin UI: an event was not sent everywhere");
@@ -290,6 +312,9 @@ fn register_commands<A: Adapter>(s: &SocketRef<A>, io: &SocketIo<A>) {
             };
             let rest = args.get(3..).unwrap_or_default();
             command("emit");
+            if !crate::adapter::reports_outgoing::<A>() {
+                sent_locally(&op, event, rest);
+            }
             if let Err(e) = op.emit(event, &Spread(rest)).await {
                 tracing::debug!(error = %e, "admin UI emit not sent everywhere");
             }
@@ -340,6 +365,19 @@ fn register_commands<A: Adapter>(s: &SocketRef<A>, io: &SocketIo<A>) {
     });
 }
 
+/// Reports an emit of the UI to the local sockets `op` selects, for an adapter that does not
+/// report what it delivers (socketioxide's local one: a single gateway). Every client socket
+/// of a namespace carries the same observer, so the first one says whether anyone listens.
+fn sent_locally<A: Adapter>(op: &BroadcastOperators<A>, event: &str, args: &[Value]) {
+    let sockets = op.clone().sockets();
+    let Some(first) = sockets.first() else { return };
+    let Some(observer) = outgoing_observer(first) else {
+        return;
+    };
+    let sent = SentEvent::of_args(event, args.iter().cloned());
+    observer.sent(first.ns(), sockets.iter().map(|s| s.id), &sent);
+}
+
 fn command(op: &'static str) {
     ::metrics::counter!(metrics::ADMIN_UI_COMMANDS_TOTAL, "op" => op).increment(1);
 }
@@ -362,13 +400,6 @@ impl Serialize for Spread<'_> {
         }
         t.end()
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

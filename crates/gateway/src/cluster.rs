@@ -10,12 +10,18 @@
 //! Wiring kept here: at the end of a gap of the relay links, and when an adapter's queue
 //! overflows, the links run a handler that severs every gated socket (they resume). The link
 //! knows nothing of history; it only runs the handler it was given.
+//!
+//! It also holds, per namespace, where the cluster adapter finds the admin UI's observer of
+//! outgoing events ([`ClusterState::outgoing`]): the adapter is made before the admin UI starts,
+//! and knows sockets only by id.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::gates::Gates;
 use crate::history::{History, HistoryError};
 use crate::link::{LinkConfig, RelayLink};
+use crate::observe::{Observer, OutgoingWatch};
 
 /// The relay links, the history client and the gates of one gateway. Cheap to clone (clones
 /// share).
@@ -24,6 +30,8 @@ pub struct ClusterState {
     link: RelayLink,
     history: Arc<History>,
     gates: Arc<Gates>,
+    /// Per namespace: the observer of outgoing events, once a watched socket was admitted.
+    outgoing: Arc<Mutex<HashMap<String, OutgoingWatch>>>,
 }
 
 impl ClusterState {
@@ -49,7 +57,27 @@ impl ClusterState {
             link,
             history: Arc::new(history),
             gates,
+            outgoing: Arc::default(),
         })
+    }
+
+    /// Where the deliveries to namespace `ns` find the admin UI's observer of outgoing events
+    /// (empty until [`ClusterState::watch`]); the cluster adapter of `ns` keeps it.
+    pub fn outgoing(&self, ns: &str) -> OutgoingWatch {
+        let mut all = self.outgoing.lock().unwrap_or_else(PoisonError::into_inner);
+        match all.get(ns) {
+            Some(w) => w.clone(),
+            None => all.entry(ns.to_owned()).or_default().clone(),
+        }
+    }
+
+    /// A socket of `ns` carrying `observer` was admitted: deliveries to `ns` report outgoing
+    /// events to it from now on, if it wants them (the admin UI in development mode). Every
+    /// socket of `ns` that can receive anything was admitted, so none is missed.
+    pub fn watch(&self, ns: &str, observer: &Observer) {
+        if observer.outgoing() {
+            self.outgoing(ns).watch(observer);
+        }
     }
 
     pub fn link(&self) -> &RelayLink {

@@ -66,7 +66,8 @@ pub struct GatewayArgs {
     /// Rooms one socket may be in (`too_many_rooms` beyond).
     #[arg(long, env = "SWITCHYARD_MAX_ROOMS_PER_SOCKET", default_value_t = 64)]
     pub max_rooms_per_socket: usize,
-    /// New connections per second (`rate_limited` beyond); 0 = unlimited.
+    /// New connections per second (`rate_limited` beyond), counted only for CONNECTs whose
+    /// token is good; 0 = unlimited.
     #[arg(long, env = "SWITCHYARD_CONNECT_RATE", default_value_t = 1000)]
     pub connect_rate: u32,
     /// Room glob patterns (`*` = any run of characters) for clients whose token has no rooms claim.

@@ -12,9 +12,15 @@
 //! Every event is serialized once per run into a packet; each member gets its own copy of the
 //! packet through socketioxide's local broadcast to that one socket, so that a full send buffer
 //! is known per socket and only that socket is severed (see [`crate::gates`]).
+//!
+//! With the admin UI listening to outgoing events ([`Delivery::outgoing`], looked up once per
+//! batch of frames), each event delivered to a member is reported to it as sent
+//! ([`crate::observe`]): the events of a run are decoded once, and what the members got is
+//! reported after the gates' lock is released.
 
 use std::borrow::Cow;
 
+use socketioxide_core::Sid;
 use socketioxide_core::adapter::{
     BroadcastFlags, BroadcastOptions, CoreLocalAdapter, SocketEmitter, errors::SocketError,
 };
@@ -24,6 +30,7 @@ use switchyard_proto::relay::v1::{BackendEvent, Frame, Position, backend_event};
 
 use crate::gates::{Gates, Stamped};
 use crate::metrics;
+use crate::observe::{Observer, SentEvent};
 use crate::payload::{Encoded, Payload, decode_event_data};
 
 /// Stamped events of one room that arrived in a row, with their encoded packets and
@@ -49,6 +56,8 @@ pub struct Delivery<'a, E> {
     pub gates: &'a Gates,
     pub ns: &'a str,
     pub node_id: &'a str,
+    /// The admin UI's observer of outgoing events, when it listens (development mode).
+    pub outgoing: Option<&'a Observer>,
 }
 
 impl<E: SocketEmitter> Delivery<'_, E> {
@@ -147,6 +156,14 @@ impl<E: SocketEmitter> Delivery<'_, E> {
             span.record("sockets", members.len());
             span.record("run", run.events.len());
         }
+        // With the admin UI listening: each event decoded once, and who got which.
+        let sent: Option<Vec<Option<SentEvent>>> = self.outgoing.map(|_| {
+            run.packets
+                .iter()
+                .map(|p| SentEvent::of_packet(self.local.parser(), p))
+                .collect()
+        });
+        let mut delivered: Vec<(Sid, usize)> = Vec::new();
         self.gates.admit(self.ns, &run.events, &members, |sid, i| {
             let Some(packet) = run.packets.get(i) else {
                 return true;
@@ -154,7 +171,12 @@ impl<E: SocketEmitter> Delivery<'_, E> {
             let mut one = BroadcastOptions::default();
             one.sid = Some(sid);
             match self.local.broadcast(packet.clone(), one) {
-                Ok(()) => true,
+                Ok(()) => {
+                    if sent.is_some() {
+                        delivered.push((sid, i));
+                    }
+                    true
+                }
                 Err(errors) => {
                     tracing::debug!(%sid, errors = errors.len(), "stamped event: socket unreachable");
                     // A closed socket is forgotten at its disconnect; a full one is severed.
@@ -164,6 +186,13 @@ impl<E: SocketEmitter> Delivery<'_, E> {
                 }
             }
         });
+        if let (Some(observer), Some(sent)) = (self.outgoing, &sent) {
+            for (sid, i) in delivered {
+                if let Some(Some(ev)) = sent.get(i) {
+                    observer.sent(self.ns, [sid], ev);
+                }
+            }
+        }
         self.gates.tick(self.ns, run.events.len() as u64, || {
             let mut all = BroadcastOptions::default();
             all.add_flag(BroadcastFlags::Broadcast);
@@ -191,6 +220,11 @@ impl<E: SocketEmitter> Delivery<'_, E> {
         opts.rooms = ev.rooms.into_iter().map(Cow::Owned).collect();
         opts.except = ev.except.into_iter().map(Cow::Owned).collect();
         ::metrics::counter!(metrics::BACKEND_EVENTS_TOTAL).increment(1);
+        if let Some(observer) = self.outgoing
+            && let Some(sent) = SentEvent::of_packet(self.local.parser(), &packet)
+        {
+            observer.sent(self.ns, self.local.sockets(opts.clone()), &sent);
+        }
         if let Err(e) = self.local.broadcast(packet, opts) {
             tracing::debug!(event = %ev.event, errors = e.len(), "backend event: some sockets unreachable");
         }

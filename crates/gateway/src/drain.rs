@@ -35,6 +35,7 @@ use tokio::sync::{Notify, mpsc, watch};
 
 use crate::load::Load;
 use crate::metrics;
+use crate::observe::{SentEvent, outgoing_observer};
 
 /// The event every client receives just before the gateway disconnects it to move it elsewhere.
 pub const DRAIN_EVENT: &str = "switchyard:drain";
@@ -394,7 +395,12 @@ impl<A: Adapter> DrainController<A> {
             for s in sockets.into_iter().filter(|s| s.connected()).take(n - done) {
                 // The notice is queued before the disconnect packet on the same socket, so a
                 // client sees it first. Both can fail only when the socket is already gone.
-                let _ = s.emit(DRAIN_EVENT, &notice);
+                if s.emit(DRAIN_EVENT, &notice).is_ok()
+                    && let Some(observer) = outgoing_observer(&s)
+                {
+                    let args = [serde_json::to_value(&notice).unwrap_or_default()];
+                    observer.sent(s.ns(), [s.id], &SentEvent::of_args(DRAIN_EVENT, args));
+                }
                 let _ = s.disconnect();
                 done += 1;
             }

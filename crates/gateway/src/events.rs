@@ -54,7 +54,7 @@ use crate::cluster::ClusterState;
 use crate::gates::{Opening, Stamped};
 use crate::history::Head;
 use crate::metrics;
-use crate::observe::AdminEvent;
+use crate::observe::{AdminEvent, Observer, SentEvent, outgoing_observer};
 use crate::payload::Payload;
 use crate::rooms::MAX_ROOM_LEN;
 
@@ -150,12 +150,17 @@ struct RoomsLock(Mutex<()>);
 
 /// Registers `join`, `leave`, `publish` and `resume` on `s`. Called from the admission
 /// middleware, before socketioxide answers the CONNECT, so no event can arrive before its
-/// handler exists.
+/// handler exists. With a cluster and the admin UI's observer on the socket, the cluster
+/// adapter of its namespace reports outgoing events to it from now on
+/// ([`ClusterState::watch`]).
 pub(crate) fn register<A: Adapter>(
     s: &SocketRef<A>,
     limits: EventLimits,
     cluster: Option<ClusterState>,
 ) {
+    if let (Some(cluster), Some(observer)) = (&cluster, s.extensions.get::<Observer>()) {
+        cluster.watch(s.ns(), &observer);
+    }
     let cx = Arc::new(Context {
         limits,
         cluster,
@@ -392,7 +397,9 @@ async fn join<A: Adapter>(
         head: position.offset,
         stale: None,
     };
-    gates.open(s.ns(), s.id, rooms, at, &[], |ev| emit_stamped(s, ev));
+    let mut to = StampedTo::new(s);
+    gates.open(s.ns(), s.id, rooms, at, &[], |ev| to.emit(ev));
+    to.report();
     Ok(answer)
 }
 
@@ -446,26 +453,75 @@ pub(crate) async fn publish_to_room<A: Adapter>(
     let delivery = Delivery {
         room: room.to_owned(),
     };
-    // `within` selects every member of the room, the publisher included when it is one.
-    if let Err(e) = s
-        .within(room.to_owned())
-        .emit(event, &(data, &delivery))
-        .await
-    {
+    // `within` selects every member of the room, the publisher included when it is one. The
+    // local adapter reports nothing to the admin UI: this path does (every socket of the
+    // gateway carries the same observer, so the publisher's says whether anyone listens).
+    let members = s.within(room.to_owned());
+    if let Some(observer) = outgoing_observer(s) {
+        let sent = SentEvent::of_args(event, [json_of(data), json_of(&delivery)]);
+        observer.sent(
+            s.ns(),
+            members.clone().sockets().iter().map(|m| m.id),
+            &sent,
+        );
+    }
+    if let Err(e) = members.emit(event, &(data, &delivery)).await {
         // Per-socket send failures (a full buffer) do not undo the publish.
         tracing::debug!(%room, error = %e, "publish: some members could not be reached");
     }
     Ok(None)
 }
 
-/// Emits one stamped event to one socket as `event(data, {room, epoch, offset})`; `false` iff
-/// the socket's send buffer is full (the gates then sever it).
-fn emit_stamped<A: Adapter>(s: &SocketRef<A>, ev: &Stamped) -> bool {
-    match s.emit(&ev.event, &(&ev.data, ev.meta())) {
-        Ok(()) => true,
-        Err(e) => {
-            tracing::debug!(sid = %s.id, error = %e, "stamped event not delivered");
-            !matches!(e, SendError::Socket(SocketError::InternalChannelFull))
+/// A value as the admin UI shows it.
+fn json_of(v: &impl Serialize) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_default()
+}
+
+/// Emits stamped events to one socket, the ones its gate held and the ones replayed, from
+/// inside [`Gates::open`](crate::gates::Gates::open); with the admin UI listening (looked up
+/// once), keeps what it sent, reported by [`StampedTo::report`] once the gates' lock is
+/// released.
+struct StampedTo<'a, A: Adapter> {
+    s: &'a SocketRef<A>,
+    observer: Option<Observer>,
+    sent: Vec<SentEvent>,
+}
+
+impl<'a, A: Adapter> StampedTo<'a, A> {
+    fn new(s: &'a SocketRef<A>) -> Self {
+        Self {
+            s,
+            observer: outgoing_observer(s),
+            sent: Vec::new(),
+        }
+    }
+
+    /// Emits one stamped event as `event(data, {room, epoch, offset})`; `false` iff the
+    /// socket's send buffer is full (the gates then sever it).
+    fn emit(&mut self, ev: &Stamped) -> bool {
+        match self.s.emit(&ev.event, &(&ev.data, ev.meta())) {
+            Ok(()) => {
+                if self.observer.is_some() {
+                    self.sent.push(SentEvent::of_args(
+                        &ev.event,
+                        [json_of(&ev.data), json_of(&ev.meta())],
+                    ));
+                }
+                true
+            }
+            Err(e) => {
+                tracing::debug!(sid = %self.s.id, error = %e, "stamped event not delivered");
+                !matches!(e, SendError::Socket(SocketError::InternalChannelFull))
+            }
+        }
+    }
+
+    /// Tells the admin UI what was sent.
+    fn report(self) {
+        if let Some(observer) = &self.observer {
+            for sent in &self.sent {
+                observer.sent(self.s.ns(), [self.s.id], sent);
+            }
         }
     }
 }
@@ -519,9 +575,9 @@ async fn resume<A: Adapter>(
         head: head.offset,
         stale,
     };
-    let replayed = gates.open(s.ns(), s.id, &rooms, at, &replay.events, |ev| {
-        emit_stamped(s, ev)
-    });
+    let mut to = StampedTo::new(s);
+    let replayed = gates.open(s.ns(), s.id, &rooms, at, &replay.events, |ev| to.emit(ev));
+    to.report();
     // `None`: the socket's buffer filled mid-replay; it is being disconnected and will resume
     // again from what it got.
     let replayed = replayed.ok_or(EventError::Unavailable)?;

@@ -308,6 +308,7 @@ impl Switchyard {
             stop,
             finished,
             drain: self.shared.drain.clone(),
+            hooks: self.shared.hooks.clone(),
         })
     }
 
@@ -342,6 +343,7 @@ pub struct Running {
     stop: watch::Sender<bool>,
     finished: watch::Receiver<Option<DrainEnd>>,
     drain: Arc<DrainState>,
+    hooks: Option<Arc<Hooks>>,
 }
 
 impl Running {
@@ -363,9 +365,13 @@ impl Running {
         self.drain.drain(DrainCause::Shutdown, 0);
     }
 
-    /// Stops the reporter (closing the report stream, which removes the node from the ledger
-    /// at once) and the drain controller.
+    /// Gives the disconnect hooks of closed sockets a bounded time to reach the backend, then
+    /// stops the reporter (closing the report stream, which removes the node from the ledger
+    /// at once) and the drain controller. Call it after the sockets are closed.
     pub async fn stop(self) {
+        if let Some(hooks) = &self.hooks {
+            hooks.flush().await;
+        }
         self.stop.send_replace(true);
         if let Some(reporter) = self.reporter {
             let abort = reporter.abort_handle();

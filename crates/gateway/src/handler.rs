@@ -171,8 +171,11 @@ fn admit<A: Adapter>(
     if shared.drain.is_draining() {
         return Err(Refusal::Draining);
     }
-    shared.admission.check_rate()?;
     let admitted = shared.admission.check_token_now(s.ns(), token)?;
+    // After the token: CONNECTs without a good token must not spend the budget, or one host
+    // sending bad tokens would refuse everyone else `rate_limited`. Before the claim: a
+    // rate-limited token stays good for its retry.
+    shared.admission.check_rate()?;
     // Claimed before the seat: `token_reused` comes before `over_capacity`, and a claim dropped
     // because there was no seat gives the reservation back.
     let claim = shared.admission.claim(&admitted)?;

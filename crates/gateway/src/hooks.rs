@@ -11,7 +11,7 @@
 //! - [`disconnects`]: the disconnect hook's bounded queue and retries.
 //!
 //! What the answers do to sockets (joins, acks, emits through the cluster) is applied by
-//! [`crate::forward`] and [`crate::handler`]; this module knows nothing of sockets.
+//! [`crate::backend`] and [`crate::handler`]; this module knows nothing of sockets.
 
 pub mod binary;
 pub mod breaker;
@@ -90,5 +90,11 @@ impl Hooks {
     /// Queues a disconnect hook (never waits; see [`disconnects`]).
     pub fn disconnected(&self, req: DisconnectRequest) {
         self.disconnects.push(req);
+    }
+
+    /// At shutdown, after the sockets are closed: waits a bounded time for the queued
+    /// disconnect hooks (see [`disconnects`]).
+    pub async fn flush(&self) {
+        self.disconnects.flush(disconnects::FLUSH_FOR).await;
     }
 }

@@ -72,12 +72,11 @@
 //! [`config`] (flags) → [`codec`] (the adapter's wire format), [`rooms`], [`settings`],
 //! [`metrics`].
 //!
-//! **Locks.** Every lock is a `std::sync::Mutex` whose critical section never awaits. One
-//! poison policy: a poisoned lock is recovered with `PoisonError::into_inner`, because every
-//! critical section leaves its data consistent (a panic cannot stop one half-way through an
-//! update that matters); where a recovered value could be wrong, the code says so. Locks nest
-//! in one direction only: the relay link's state lock, then the gates' lock (see [`gates`]) or
-//! a namespace's local room map (the interest check of [`link::RelayLink::rooms_left`]).
+//! **Locks.** Every lock is a `std::sync::Mutex` whose critical section never awaits; a
+//! poisoned one is recovered (the poison policy in ARCHITECTURE.md, "Cross-cutting concerns").
+//! Locks nest in one direction only: the relay link's state lock, then the gates' lock (see
+//! [`gates`]) or a namespace's local room map (the interest check of
+//! [`link::RelayLink::rooms_left`]).
 pub mod adapter;
 pub mod admin_ui;
 pub mod admission;

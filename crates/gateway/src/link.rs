@@ -60,7 +60,7 @@
 //!   is lost silently.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use switchyard_common::{backoff::Backoff, bearer::Bearer, clock};
@@ -121,6 +121,12 @@ pub type GapHandler = Arc<dyn Fn() + Send + Sync>;
 /// 0 (an unset proto field), even with a clock set before 1970.
 pub fn incarnation_now() -> u64 {
     clock::now_ms().max(1)
+}
+
+/// Locks `m`, recovering the guard from a poisoned lock (the workspace's poison policy; see
+/// ARCHITECTURE.md, "Cross-cutting concerns").
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A frame the relay forwarded to this gateway (already deduplicated).
@@ -207,7 +213,7 @@ impl Stamper {
         trace_context: HashMap<String, String>,
     ) -> Option<oneshot::Receiver<StampAnswer>> {
         let (reply, answer) = oneshot::channel();
-        let up = self.up.lock().ok()?;
+        let up = lock(&self.up);
         let queue = up.values().next()?;
         queue
             .try_send(QueuedStamp {
@@ -222,9 +228,7 @@ impl Stamper {
     /// Takes calls on link `index` for as long as the returned guard lives.
     fn register(&self, index: usize) -> (StampsRegistered, mpsc::Receiver<QueuedStamp>) {
         let (tx, rx) = mpsc::channel(MAX_QUEUED_STAMPS);
-        if let Ok(mut up) = self.up.lock() {
-            up.insert(index, tx);
-        }
+        lock(&self.up).insert(index, tx);
         (
             StampsRegistered {
                 stamper: self.clone(),
@@ -243,9 +247,7 @@ struct StampsRegistered {
 
 impl Drop for StampsRegistered {
     fn drop(&mut self) {
-        if let Ok(mut up) = self.stamper.up.lock() {
-            up.remove(&self.index);
-        }
+        lock(&self.stamper.up).remove(&self.index);
     }
 }
 
@@ -265,8 +267,6 @@ fn stamp_answer(result: StampResult) -> StampAnswer {
 pub enum LinkError {
     #[error("no relay link is configured")]
     NoLinks,
-    #[error("the relay link state is poisoned")]
-    Poisoned,
     #[error("every relay link task has stopped")]
     Stopped,
     #[error("frame of {0} bytes exceeds the relay frame limit")]
@@ -311,9 +311,7 @@ impl RelayLink {
                 Arc::downgrade(&inner),
             ));
         }
-        if let Ok(mut g) = inner.lock() {
-            g.outboxes = outboxes;
-        }
+        lock(&inner).outboxes = outboxes;
         RelayLink {
             inner,
             node_id: cfg.node_id.into(),
@@ -338,7 +336,7 @@ impl RelayLink {
             ::metrics::counter!(metrics::RELAY_FRAMES_OVERSIZED_TOTAL).increment(1);
             return Err(LinkError::TooLarge(frame.payload.len()));
         }
-        let mut g = self.inner.lock().map_err(|_| LinkError::Poisoned)?;
+        let mut g = lock(&self.inner);
         if g.outboxes.is_empty() {
             return Err(LinkError::NoLinks);
         }
@@ -358,10 +356,7 @@ impl RelayLink {
     /// Takes the frames of `namespace` from now on (replacing an earlier subscriber), from a
     /// queue of [`LinkConfig::adapter_queue`] frames.
     pub fn subscribe(&self, namespace: &str) -> mpsc::Receiver<Incoming> {
-        let Ok(mut g) = self.inner.lock() else {
-            // Poisoned: no frame will ever be handed over; the adapter sees a closed queue.
-            return mpsc::channel(1).1;
-        };
+        let mut g = lock(&self.inner);
         let (tx, rx) = mpsc::channel(g.adapter_queue);
         g.subscribers.insert(namespace.to_owned(), tx);
         rx
@@ -372,17 +367,15 @@ impl RelayLink {
     /// adapter's queue is full. Called under the link's state lock: `handler` must not call
     /// into the link.
     pub fn on_gap(&self, handler: impl Fn() + Send + Sync + 'static) {
-        if let Ok(mut g) = self.inner.lock() {
-            g.on_gap = Some(Arc::new(handler));
-        }
+        lock(&self.inner).on_gap = Some(Arc::new(handler));
     }
 
     /// Tells the link how to see whether a room of `namespace` has a local member (its
     /// adapter's local rooms); until then every room announced is kept declared.
     pub fn set_member_check(&self, namespace: &str, check: MemberCheck) {
-        if let Ok(mut g) = self.inner.lock() {
-            g.member_checks.insert(namespace.to_owned(), check);
-        }
+        lock(&self.inner)
+            .member_checks
+            .insert(namespace.to_owned(), check);
     }
 
     /// Declares each of `rooms` of `namespace` that has a local member now; call after the
@@ -409,7 +402,7 @@ impl RelayLink {
         namespace: &str,
         join: impl FnOnce(&mut Interest, &dyn Fn(&str) -> bool) -> bool,
     ) {
-        let Ok(mut g) = self.inner.lock() else { return };
+        let mut g = lock(&self.inner);
         if !g.routing {
             return;
         }
@@ -429,7 +422,7 @@ impl RelayLink {
     /// `except` (the id of a socket being disconnected, still in its rooms). Call after sockets
     /// left them.
     pub fn rooms_left(&self, namespace: &str, rooms: &[String], except: Option<&str>) {
-        let Ok(mut g) = self.inner.lock() else { return };
+        let mut g = lock(&self.inner);
         if !g.routing {
             return;
         }
@@ -452,7 +445,7 @@ impl RelayLink {
     /// [`INTEREST_TIMEOUT`]. At once without interest routing.
     pub async fn interest_settled(&self) -> Result<(), LinkError> {
         let version = {
-            let g = self.inner.lock().map_err(|_| LinkError::Poisoned)?;
+            let g = lock(&self.inner);
             if !g.routing {
                 return Ok(());
             }
@@ -462,7 +455,7 @@ impl RelayLink {
             return Ok(());
         }
         {
-            let g = self.inner.lock().map_err(|_| LinkError::Poisoned)?;
+            let g = lock(&self.inner);
             for index in g.interest.unsettled(version) {
                 tracing::warn!(
                     link = index,
@@ -484,12 +477,7 @@ impl RelayLink {
                 let notified = self.settled.notified();
                 tokio::pin!(notified);
                 notified.as_mut().enable();
-                let settled = self
-                    .inner
-                    .lock()
-                    .map(|g| g.interest.settled(version))
-                    .map_err(|_| LinkError::Poisoned)?;
-                if settled {
+                if lock(&self.inner).interest.settled(version) {
                     return Ok(());
                 }
                 notified.await;
@@ -502,18 +490,16 @@ impl RelayLink {
 
     /// Stops handing frames of `namespace` to the adapter.
     pub fn unsubscribe(&self, namespace: &str) {
-        if let Ok(mut g) = self.inner.lock() {
-            g.subscribers.remove(namespace);
-        }
+        lock(&self.inner).subscribers.remove(namespace);
     }
 
     /// Gateways linked for `namespace` (this one included), per the latest `Members`; at
     /// least 1 (this gateway) before any membership arrived.
     pub fn server_count(&self, namespace: &str) -> u16 {
-        self.inner
-            .lock()
-            .ok()
-            .and_then(|g| g.members.get(namespace).map(Vec::len))
+        lock(&self.inner)
+            .members
+            .get(namespace)
+            .map(Vec::len)
             .map(|n| u16::try_from(n.max(1)).unwrap_or(u16::MAX))
             .unwrap_or(1)
     }
@@ -538,9 +524,7 @@ struct Overflow {
 /// A frame its adapter's queue has no room for is dropped, the gap handler runs, and
 /// `Err(Overflow)` tells the link to cut itself (see the module docs).
 fn deliver(inner: &Mutex<Inner>, msg: Kind) -> Result<(), Overflow> {
-    let Ok(mut g) = inner.lock() else {
-        return Ok(());
-    };
+    let mut g = lock(inner);
     match msg {
         Kind::Frame(frame) => {
             // Stamped history frames are deduplicated per socket by offset (crate::gates).
@@ -623,7 +607,7 @@ impl<'a> InterestRegistered<'a> {
     )> {
         let strong = inner.upgrade()?;
         let set = {
-            let mut g = strong.lock().ok()?;
+            let mut g = lock(&strong);
             if g.routing {
                 g.interest.hello(task.index)
             } else {
@@ -638,19 +622,14 @@ impl<'a> InterestRegistered<'a> {
     fn changes(&self) -> Vec<switchyard_proto::relay::v1::Interest> {
         self.inner
             .upgrade()
-            .and_then(|inner| {
-                let mut g = inner.lock().ok()?;
-                Some(g.interest.take_changes(self.task.index))
-            })
+            .map(|inner| lock(&inner).interest.take_changes(self.task.index))
             .unwrap_or_default()
     }
 
     /// The relay filters by `version` now.
     fn acked(&self, version: u64) {
-        if let Some(inner) = self.inner.upgrade()
-            && let Ok(mut g) = inner.lock()
-        {
-            g.interest.acked(self.task.index, version);
+        if let Some(inner) = self.inner.upgrade() {
+            lock(&inner).interest.acked(self.task.index, version);
         }
         self.task.settled.notify_waiters();
     }
@@ -658,10 +637,8 @@ impl<'a> InterestRegistered<'a> {
 
 impl Drop for InterestRegistered<'_> {
     fn drop(&mut self) {
-        if let Some(inner) = self.inner.upgrade()
-            && let Ok(mut g) = inner.lock()
-        {
-            g.interest.down(self.task.index);
+        if let Some(inner) = self.inner.upgrade() {
+            lock(&inner).interest.down(self.task.index);
         }
         self.task.settled.notify_waiters();
     }
@@ -904,7 +881,7 @@ impl LinkUp {
     /// the [`RelayLink`] is gone.
     fn count(inner: &std::sync::Weak<Mutex<Inner>>) -> Option<LinkUp> {
         let strong = inner.upgrade()?;
-        let mut g = strong.lock().ok()?;
+        let mut g = lock(&strong);
         let gap = g.links_up == 0;
         let relink = g.ever_up;
         g.links_up += 1;
@@ -926,9 +903,8 @@ impl LinkUp {
 
 impl Drop for LinkUp {
     fn drop(&mut self) {
-        if let Some(inner) = self.0.upgrade()
-            && let Ok(mut g) = inner.lock()
-        {
+        if let Some(inner) = self.0.upgrade() {
+            let mut g = lock(&inner);
             g.links_up = g.links_up.saturating_sub(1);
         }
     }

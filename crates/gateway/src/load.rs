@@ -5,7 +5,7 @@
 //! each report and put back when a report may not have reached placement.
 
 use std::sync::{
-    Arc, Mutex,
+    Arc, Mutex, MutexGuard, PoisonError,
     atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
@@ -60,19 +60,20 @@ impl Load {
         })))
     }
 
+    /// The consumed-reservation queue, recovered from a poisoned lock (the workspace's poison
+    /// policy; see ARCHITECTURE.md, "Cross-cutting concerns").
+    fn consumed(&self) -> MutexGuard<'_, Vec<String>> {
+        self.consumed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Records that a reservation was turned into a connection; the next report carries it.
     pub fn record_consumed(&self, reservation_id: String) {
-        if let Ok(mut q) = self.consumed.lock() {
-            q.push(reservation_id);
-        }
+        self.consumed().push(reservation_id);
     }
 
     /// Takes every consumed id recorded since the last call.
     pub fn take_consumed(&self) -> Vec<String> {
-        self.consumed
-            .lock()
-            .map(|mut q| std::mem::take(&mut *q))
-            .unwrap_or_default()
+        std::mem::take(&mut *self.consumed())
     }
 
     /// Puts back ids whose report may not have reached placement, ahead of newer ones.
@@ -80,10 +81,9 @@ impl Load {
         if ids.is_empty() {
             return;
         }
-        if let Ok(mut q) = self.consumed.lock() {
-            ids.append(&mut q);
-            *q = ids;
-        }
+        let mut q = self.consumed();
+        ids.append(&mut q);
+        *q = ids;
     }
 }
 

@@ -2,9 +2,11 @@
 //! the official `socket.io-client` exactly as the dashboard speaks it (`ui/src/App.vue`): login
 //! with `{username, password}`, a `session` id good on every gateway, `config`, `all_sockets`
 //! of the whole cluster, `server_stats` from every gateway through one connection, live
-//! `socket_connected` / `socket_disconnected` / `room_joined`, and the `emit`, `join` and
-//! `_disconnect` commands acting on sockets of other gateways. Admin connections are not
-//! client load. The dashboard itself, in Chromium, is `e2e_admin_ui_browser.rs`.
+//! `socket_connected` / `socket_disconnected` / `room_joined`, `event_sent` for what sockets of
+//! other gateways got (a room event, an emit command) with `packetsOut` / `bytesOut` in the
+//! stats, and the `emit`, `join` and `_disconnect` commands acting on sockets of other
+//! gateways. Admin connections are not client load. The dashboard itself, in Chromium, is
+//! `e2e_admin_ui_browser.rs`.
 
 mod support;
 
@@ -181,12 +183,59 @@ async fn the_admin_ui_protocol_spans_the_cluster() -> anyhow::Result<()> {
     })
     .await?;
 
+    // What a socket of another gateway was sent: a room event published on gw-0 reaches c1 on
+    // gw-1, and the admin connection on gw-0 sees exactly what c1 got, stamp included.
+    let published = d.publish("c0", "r", "news", json!({"x": 1})).await?;
+    ensure!(published["ok"] == true, "{published}");
+    let got = wait_recv(&mut d, "c1", "news", |_| true).await?;
+    ensure!(
+        got[0] == json!({"x": 1}) && got[1]["room"] == "r" && got[1]["offset"].is_u64(),
+        "{got}"
+    );
+    let mut want = vec![json!("news")];
+    want.extend(got.as_array().context("news args")?.iter().cloned());
+    let sent = wait_recv(&mut d, "admin", "event_sent", |a| {
+        a[1] == sids[1].as_str() && a[2][0] == "news"
+    })
+    .await?;
+    ensure!(sent[0] == "/", "{sent}");
+    ensure!(
+        sent[2] == Value::Array(want),
+        "event_sent {sent}, c1 got {got}"
+    );
+    ensure!(sent[3].is_string(), "event_sent's date: {sent}");
+    ensure!(
+        !recv(&mut d, "admin", "event_sent")
+            .iter()
+            .any(|a| a[2][0] == "news" && a[1] != sids[1].as_str()),
+        "event_sent for a socket outside the room"
+    );
+    // gw-1's stats count what it sent, in packets and bytes.
+    let gw1 = cluster.node_ids()[1].clone();
+    let has = |stats: &Value, ty: &str| {
+        stats[0]["aggregatedEvents"].as_array().is_some_and(|e| {
+            e.iter()
+                .any(|e| e["type"] == ty && e["count"].as_u64() > Some(0))
+        })
+    };
+    let stats = wait_recv(&mut d, "admin", "server_stats", |a| {
+        a[0]["serverId"] == gw1.as_str() && has(a, "packetsOut")
+    })
+    .await?;
+    ensure!(has(&stats, "bytesOut"), "{stats}");
+
     // Commands act on sockets of other gateways: a socket is named by its id.
     d.request(json!({"cmd": "emit", "id": "admin", "event": "emit",
                      "args": ["/", sids[2], "poke", {"n": 1}, 2]}))
         .await?;
     let poke = wait_recv(&mut d, "c2", "poke", |_| true).await?;
     ensure!(poke == json!([{"n": 1}, 2]), "{poke}");
+    // Applied on gw-2 from another gateway's broadcast, reported there too.
+    let sent = wait_recv(&mut d, "admin2", "event_sent", |a| a[2][0] == "poke").await?;
+    ensure!(
+        sent[0] == "/" && sent[1] == sids[2].as_str() && sent[2] == json!(["poke", {"n": 1}, 2]),
+        "{sent}"
+    );
     ensure!(recv(&mut d, "c0", "poke").is_empty());
     d.request(json!({"cmd": "emit", "id": "admin", "event": "join", "args": ["/", "j", sids[0]]}))
         .await?;
@@ -209,6 +258,86 @@ async fn the_admin_ui_protocol_spans_the_cluster() -> anyhow::Result<()> {
     ensure!(recv(&mut d, "c1", "in-j").is_empty());
     ensure!(d.events_of("c1", "disconnect").is_empty());
 
+    d.shutdown().await?;
+    Ok(())
+}
+
+/// A single gateway (socketioxide's local adapter, no relay): a room event and the UI's own
+/// `emit` command are reported as sent, each once, with what the socket got, and counted in
+/// the stats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_gateway_reports_what_it_sends() -> anyhow::Result<()> {
+    let hash = bcrypt::hash(PASSWORD, 4)?;
+    let cluster = Cluster::start(
+        1,
+        &[
+            "--allow-anonymous",
+            "--admin-ui",
+            "--admin-ui-password-hash",
+            &hash,
+        ],
+    )?;
+    let url = cluster.gateways[0].url();
+    let mut d = Driver::node().await?;
+    let mut sids = Vec::new();
+    for id in ["c0", "c1"] {
+        d.connect_raw(id, url, None, json!({"transports": ["websocket"]}))
+            .await?;
+        sids.push(d.connected(id, WAIT).await?["sid"].clone());
+    }
+    ensure!(d.join("c1", "r").await?["ok"] == true);
+    d.connect_raw(
+        "admin",
+        url,
+        None,
+        json!({"namespace": "/admin", "transports": ["websocket"],
+               "auth": {"username": "admin", "password": PASSWORD}}),
+    )
+    .await?;
+    d.connected("admin", WAIT).await?;
+    wait_recv(&mut d, "admin", "config", |_| true).await?;
+
+    ensure!(d.publish("c0", "r", "news", json!({"x": 1})).await?["ok"] == true);
+    let got = wait_recv(&mut d, "c1", "news", |_| true).await?;
+    ensure!(got == json!([{"x": 1}, {"room": "r"}]), "{got}");
+    let sent = wait_recv(&mut d, "admin", "event_sent", |a| a[2][0] == "news").await?;
+    ensure!(
+        sent[0] == "/" && sent[1] == sids[1] && sent[2] == json!(["news", {"x": 1}, {"room": "r"}]),
+        "{sent}"
+    );
+
+    d.request(json!({"cmd": "emit", "id": "admin", "event": "emit",
+                     "args": ["/", sids[0], "poke", {"n": 1}]}))
+        .await?;
+    wait_recv(&mut d, "c0", "poke", |_| true).await?;
+    // Events reach the UI in the order they were reported: once the next one is there, a
+    // second report of the poke would have been too.
+    ensure!(d.publish("c0", "r", "after", json!(2)).await?["ok"] == true);
+    wait_recv(&mut d, "admin", "event_sent", |a| a[2][0] == "after").await?;
+    let pokes: Vec<Value> = recv(&mut d, "admin", "event_sent")
+        .into_iter()
+        .filter(|a| a[2][0] == "poke")
+        .collect();
+    ensure!(
+        pokes.len() == 1 && pokes[0][1] == sids[0] && pokes[0][2] == json!(["poke", {"n": 1}]),
+        "{pokes:?}"
+    );
+    let stats = wait_recv(&mut d, "admin", "server_stats", |a| {
+        a[0]["aggregatedEvents"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["type"] == "packetsOut"))
+    })
+    .await?;
+    let count = |ty: &str| -> u64 {
+        stats[0]["aggregatedEvents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["type"] == ty)
+            .filter_map(|e| e["count"].as_u64())
+            .sum()
+    };
+    ensure!(count("bytesOut") > count("packetsOut"), "{stats}");
     d.shutdown().await?;
     Ok(())
 }

@@ -533,7 +533,7 @@ async fn a_backend_that_is_down_follows_the_connect_failure_policy_and_trips_the
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_a_relay_a_hook_call_is_a_span_of_the_events_trace_and_disconnects_arrive()
+async fn without_a_relay_a_hook_call_is_a_span_of_the_events_trace_and_disconnects_arrive_through_retries_and_shutdown()
 -> anyhow::Result<()> {
     let collector = Collector::start()?;
     let odd = Backend::odd()?;
@@ -551,7 +551,9 @@ async fn without_a_relay_a_hook_call_is_a_span_of_the_events_trace_and_disconnec
         emit(&mut js, "a", "echo", json!(["traced"])).await?,
         json!("traced")
     );
-    js.shutdown().await?;
+    // Its disconnect reaches the backend only through retries.
+    let flaky = connect(&mut js, "f", &gw, json!({"mode": "flaky"})).await?;
+    js.request(json!({"cmd": "close", "id": "a"})).await?;
     // A gateway without a relay delivers disconnect hooks too.
     eventually("the disconnect hook of a", WAIT, async || {
         let seen = odd.get("/seen").await?;
@@ -564,10 +566,20 @@ async fn without_a_relay_a_hook_call_is_a_span_of_the_events_trace_and_disconnec
         Ok(())
     })
     .await?;
-    // SIGTERM: the gateway flushes its spans as it stops.
+    // SIGTERM: the gateway drains (closing f), waits for f's disconnect hook through its
+    // retries, and flushes its spans as it stops.
     gw.terminate()?;
     let status = tokio::task::block_in_place(|| gw.wait_exit(WAIT))?;
     ensure!(status.success(), "the gateway exited with {status}");
+    js.shutdown().await?;
+    let seen = odd.get("/seen").await?;
+    ensure!(
+        seen["refused_disconnects"] == 3
+            && seen["disconnect"]
+                .as_array()
+                .is_some_and(|d| d.iter().any(|b| b["sid"] == flaky)),
+        "the disconnect of f, refused 3 times, arrived before the gateway exited: {seen}"
+    );
 
     let is = |s: &SpanRecord, name: &str, key: &str, value: &str| {
         s.service == "switchyard-gateway"

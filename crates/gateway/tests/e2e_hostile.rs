@@ -37,6 +37,9 @@ enum Attack {
     /// Opens a polling session, sends a whole POST header for it announcing 50,000 bytes,
     /// then 10 bytes of body and nothing more.
     SlowBody,
+    /// Completes an Engine.IO WebSocket upgrade (reads the `101`), then sends nothing: no
+    /// namespace CONNECT, no pong.
+    Websocket,
 }
 
 /// One attacker process (`tests/python/slow_requests.py`), killed on drop.
@@ -58,8 +61,14 @@ impl SlowRequests {
         let script = repo_root().join("tests/python/slow_requests.py");
         let mut command = Command::new("python3");
         command.arg(&script);
-        if attack == Attack::SlowBody {
-            command.arg("--slow-body");
+        match attack {
+            Attack::HalfSentHeaders => {}
+            Attack::SlowBody => {
+                command.arg("--slow-body");
+            }
+            Attack::Websocket => {
+                command.arg("--websocket");
+            }
         }
         let mut child = command
             .args(["--target", target, "--sources", &sources.join(",")])
@@ -126,6 +135,18 @@ impl SlowRequests {
         );
         Ok((closed, latest))
     }
+}
+
+/// The well-behaved client `calm` starts: it assigns through placement (`placement`, its HTTP
+/// URL) and connects over websocket, by its own retries; wait with `connected("calm", ..)`.
+async fn calm_dials(placement: &str) -> anyhow::Result<Driver> {
+    let mut js = Driver::node().await?;
+    js.connect(
+        "calm",
+        json!({"placement": placement, "transports": ["websocket"]}),
+    )
+    .await?;
+    Ok(js)
 }
 
 /// The well-behaved client `calm` (connected) joins a room, publishes to it and receives its
@@ -263,12 +284,7 @@ async fn half_sent_requests_are_closed_at_the_header_timeout_and_bounded_per_add
 
     // While the attack holds what it can: an official client assigns through placement,
     // connects to the gateway and gets its own published event back.
-    let mut js = Driver::node().await?;
-    js.connect(
-        "calm",
-        json!({"placement": cluster.placement.http_url(), "transports": ["websocket"]}),
-    )
-    .await?;
+    let mut js = calm_dials(cluster.placement.http_url()).await?;
     js.connected("calm", WAIT).await?;
     samples.push((held(gw_pid)?, held(pl_pid)?));
     calm_gets_its_event(&mut js).await?;
@@ -370,12 +386,7 @@ async fn a_flood_from_many_addresses_is_bounded_per_listener() -> anyhow::Result
     attacker.opened(sources.len() * per_source).await?;
     let mut samples = vec![held(pid)?];
 
-    let mut js = Driver::node().await?;
-    js.connect(
-        "calm",
-        json!({"placement": cluster.placement.http_url(), "transports": ["websocket"]}),
-    )
-    .await?;
+    let mut js = calm_dials(cluster.placement.http_url()).await?;
     // While the listener is full the client's first attempt may be closed at accept; its own
     // reconnection gets in once the held requests have timed out.
     js.wait_event("calm to connect, by its own retries", WAIT, |e| {
@@ -447,12 +458,7 @@ async fn bodies_that_trickle_in_are_cut_at_the_minimum_rate() -> anyhow::Result<
     attacker.opened(sources.len() * PER_SOURCE).await?;
     let mut samples = vec![held(pid)?];
 
-    let mut js = Driver::node().await?;
-    js.connect(
-        "calm",
-        json!({"placement": cluster.placement.http_url(), "transports": ["websocket"]}),
-    )
-    .await?;
+    let mut js = calm_dials(cluster.placement.http_url()).await?;
     js.connected("calm", WAIT).await?;
     calm_gets_its_event(&mut js).await?;
     samples.push(held(pid)?);
@@ -546,12 +552,7 @@ async fn a_gateway_short_of_descriptors_reports_full_and_placement_sends_clients
         },
     )
     .await?;
-    let mut js = Driver::node().await?;
-    js.connect(
-        "calm",
-        json!({"placement": cluster.placement.http_url(), "transports": ["websocket"]}),
-    )
-    .await?;
+    let mut js = calm_dials(cluster.placement.http_url()).await?;
     let connected = js.connected("calm", WAIT).await?;
     ensure!(
         connected["node_id"] == healthy.node_id(),
@@ -723,6 +724,120 @@ async fn engine_io_sessions_that_never_finish_are_closed_at_the_protocol_timeout
     Ok(())
 }
 
+/// One host opens 200 Engine.IO WebSocket sessions from one address and never CONNECTs a
+/// namespace (each would be held until `--connect-timeout-ms`, 60 s here; the ping timeout is
+/// as long, since a session that does not answer the ping sent at its open ends at the ping
+/// timeout, and an attacker answering pings would be held until the connect timeout anyway).
+/// The gateway holds at
+/// most `--max-connections-per-address` (50) of them, closes the rest at accept (counted as
+/// `connections_per_address`), its descriptors stay within that bound, a client from another
+/// address still assigns, connects and gets its event, and the slots come back when the held
+/// WebSockets close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websockets_that_never_connect_are_bounded_per_address() -> anyhow::Result<()> {
+    const MAX_CONNECTIONS_PER_ADDRESS: usize = 50;
+    const SESSIONS: usize = 200;
+    let args = [
+        "--max-connections-per-address".to_owned(),
+        MAX_CONNECTIONS_PER_ADDRESS.to_string(),
+        "--connect-timeout-ms".to_owned(),
+        "60000".to_owned(),
+        "--ping-timeout-ms".to_owned(),
+        "60000".to_owned(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let cluster = Cluster::start(1, &args)?;
+    cluster.wait_registered(WAIT).await?;
+    let gateway = &cluster.gateways[0];
+    let target = gateway.url().trim_start_matches("http://");
+    let pid = gateway.service().pid();
+    let before = held(pid)?;
+
+    // Well inside the connect and ping timeouts: nothing but the bound can end a session while
+    // the attacker holds them.
+    let hold = Duration::from_secs(20);
+    let source = "127.0.0.20";
+    let started = std::time::Instant::now();
+    let mut attacker = SlowRequests::start(target, &[source], SESSIONS, hold, Attack::Websocket)?;
+    let report = attacker.next(WAIT).await?;
+    let opened = report["opened"].as_u64().context("opened")? as usize;
+    let refused = report["refused"].as_u64().context("refused")? as usize;
+    let refused_latest = report["refused_after"]
+        .as_array()
+        .context("refused_after")?
+        .iter()
+        .filter_map(Value::as_f64)
+        .fold(0.0, f64::max);
+    ensure!(
+        opened <= MAX_CONNECTIONS_PER_ADDRESS,
+        "{opened} websockets upgraded and held from one address (bound {MAX_CONNECTIONS_PER_ADDRESS}): {report}"
+    );
+    ensure!(
+        opened == MAX_CONNECTIONS_PER_ADDRESS && refused == SESSIONS - opened,
+        "attacker: {report}"
+    );
+    let mut samples = vec![held(pid)?];
+
+    // The listener says why it closed the rest.
+    let text = scrape(gateway.url()).await?;
+    let name = "switchyard_gateway_http_connections_closed_total";
+    let counted = labelled(&text, name, "reason=\"connections_per_address\"");
+    ensure!(
+        counted == refused as f64,
+        "{name}{{reason=connections_per_address}} is {counted}, {refused} refused"
+    );
+
+    // While the 50 are held: an official client (from 127.0.0.1) assigns through placement,
+    // connects and gets its own event.
+    let mut js = calm_dials(cluster.placement.http_url()).await?;
+    js.connected("calm", WAIT).await?;
+    samples.push(held(pid)?);
+    calm_gets_its_event(&mut js).await?;
+    samples.push(held(pid)?);
+    ensure!(
+        started.elapsed() < hold,
+        "the client check outlasted the attacker's hold ({:?})",
+        started.elapsed()
+    );
+
+    // The held sessions stayed until the attacker let go: nothing else would have ended them.
+    let last = attacker.next(hold + WAIT).await?;
+    ensure!(
+        last["still_open"] == json!(opened),
+        "the held websockets were closed early: {last}"
+    );
+    drop(attacker);
+    let peak = peak(&samples);
+    eprintln!(
+        "{SESSIONS} websockets without CONNECT from one address: {opened} upgraded and held, {refused} closed at accept (the last {refused_latest:.3} s after its connect), counted {counted}; gateway before {before:?}, peak {peak:?}"
+    );
+    let fd_bound = before.fds + MAX_CONNECTIONS_PER_ADDRESS + 32;
+    ensure!(
+        peak.fds <= fd_bound,
+        "held {} descriptors (bound {fd_bound})",
+        peak.fds
+    );
+
+    // The attacker's websockets are closed: their slots are back, the address gets its 50 again.
+    eventually("the address to get its slots back", WAIT, async || {
+        let mut again = SlowRequests::start(
+            target,
+            &[source],
+            MAX_CONNECTIONS_PER_ADDRESS,
+            Duration::ZERO,
+            Attack::Websocket,
+        )?;
+        let report = again.next(WAIT).await?;
+        ensure!(
+            report["opened"] == json!(MAX_CONNECTIONS_PER_ADDRESS),
+            "again: {report}"
+        );
+        Ok(())
+    })
+    .await?;
+    js.shutdown().await
+}
+
 /// A client that never reads: it publishes 1,000 events of 64 KiB to a room it is in (each
 /// comes back to it, with an ack) and reads nothing. What the gateway holds for it is bounded
 /// by `--max-buffered-packets` (emits to a full socket fail), not by what it was sent: its
@@ -776,12 +891,7 @@ async fn a_client_that_never_reads_costs_the_gateway_a_bounded_amount() -> anyho
         "the gateway grew by {grown} KiB for a client that never reads"
     );
 
-    let mut js = Driver::node().await?;
-    js.connect(
-        "calm",
-        json!({"placement": cluster.placement.http_url(), "transports": ["websocket"]}),
-    )
-    .await?;
+    let mut js = calm_dials(cluster.placement.http_url()).await?;
     js.connected("calm", WAIT).await?;
     calm_gets_its_event(&mut js).await?;
     drop(deaf);
@@ -849,12 +959,7 @@ async fn ping_and_namespace_connect_floods_on_one_session_are_bounded() -> anyho
         "the gateway is not ready"
     );
 
-    let mut js = Driver::node().await?;
-    js.connect(
-        "calm",
-        json!({"placement": cluster.placement.http_url(), "transports": ["websocket"]}),
-    )
-    .await?;
+    let mut js = calm_dials(cluster.placement.http_url()).await?;
     js.connected("calm", WAIT).await?;
     calm_gets_its_event(&mut js).await?;
     js.shutdown().await

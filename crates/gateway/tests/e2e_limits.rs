@@ -6,7 +6,8 @@
 //! - rooms per socket (`join` and `resume`, on several sockets at once, with history on);
 //! - one assignment token raced from many connections (`token_reused`);
 //! - the gateway's `--max-connections` (`over_capacity`);
-//! - the gateway's `--connect-rate` (`rate_limited`, a token bucket: exact up to its refill);
+//! - the gateway's `--connect-rate` (`rate_limited`, a token bucket: exact up to its refill),
+//!   spent only by CONNECTs whose token is good;
 //! - placement's capacity for a gateway (`/v1/assign` answers 503 beyond it).
 
 mod support;
@@ -202,6 +203,34 @@ async fn a_connect_burst_is_held_to_the_connect_rate() -> anyhow::Result<()> {
         "40 racing connects at --connect-rate {RATE} over {elapsed:?}: {accepted} accepted \
          (at most {} allowed), refused {refused:?}",
         RATE + refill
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_tokens_do_not_spend_the_connect_rate() -> anyhow::Result<()> {
+    const RATE: usize = 5;
+    let setup = setup(&["--connect-rate", &RATE.to_string()]).await?;
+    let url = setup.gateways[0].url();
+    // A host with no valid token floods CONNECTs at eight times the rate: each is refused for
+    // its token, none for the rate, and so none takes a place in the bucket...
+    let bad = vec!["not-a-token".to_owned(); 8 * RATE];
+    let answers = connect_all(url, &bad).await?;
+    let (accepted, refused) = tally(&answers);
+    ensure!(
+        accepted == 0 && refused.iter().all(|r| *r == "bad_token"),
+        "{} bad-token connects at --connect-rate {RATE}: {accepted} accepted, refused {refused:?}",
+        bad.len()
+    );
+    // ...which is still whole for the clients placement sent.
+    let good = (0..RATE)
+        .map(|i| token(&setup.gateways[0], &format!("after-flood-{i}")))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let answers = connect_all(url, &good).await?;
+    let (accepted, refused) = tally(&answers);
+    ensure!(
+        accepted == RATE,
+        "{RATE} good connects right after the flood: {accepted} accepted, refused {refused:?}"
     );
     Ok(())
 }

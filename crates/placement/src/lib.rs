@@ -9,9 +9,8 @@
 //! and [`ledger::validate`]: every input limit, once) → [`app_token`], [`rate_limit`],
 //! [`metrics`] (every metric name and its description, once).
 //!
-//! **Locks.** Every lock is a `std::sync::Mutex` whose critical section never awaits. One
-//! poison policy: a poisoned lock is recovered with `PoisonError::into_inner`, because every
-//! critical section leaves its data consistent (plain counters and maps updated in one step).
+//! **Locks.** Every lock is a `std::sync::Mutex` whose critical section never awaits; a
+//! poisoned one is recovered (the poison policy in ARCHITECTURE.md, "Cross-cutting concerns").
 //! No lock is held while another is taken.
 
 pub mod admin;

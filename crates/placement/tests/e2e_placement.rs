@@ -38,8 +38,8 @@ use tonic::{
 
 /// The report interval the test placements use (testkit's default).
 const INTERVAL: Duration = Duration::from_millis(200);
-/// Upper bound for anything the spec says happens "within 3 intervals", plus scheduling slack
-/// for a loaded machine. Not a performance assertion.
+/// Upper bound for anything the placement contract (`placement.proto`, the liveness window of
+/// `config.rs`) says happens "within 3 intervals", plus scheduling slack for a loaded machine. Not a performance assertion.
 const WITHIN_THREE_INTERVALS: Duration = Duration::from_millis(3 * 200 + 2_000);
 
 fn placement(redis: Option<&RedisServer>, extra: &[&str]) -> anyhow::Result<Placement> {

@@ -68,11 +68,9 @@
 //!
 //! # Locks
 //!
-//! Every `std::sync::Mutex` here guards a section that never awaits and leaves its data
-//! consistent at every step, so a poisoned lock (a panic elsewhere while it was held) is
-//! recovered with `unwrap_or_else(PoisonError::into_inner)`, never turned into a second panic.
-//! Locks that are held across an await are tokio's (the bus's subscriber, the origin's send
-//! order). Locks nest in one direction only: the origin's send lock (without Redis) and the
+//! Every `std::sync::Mutex` here guards a section that never awaits; a poisoned one is
+//! recovered (the poison policy in ARCHITECTURE.md, "Cross-cutting concerns"). Locks that are
+//! held across an await are tokio's (the bus's subscriber, the origin's send order). Locks nest in one direction only: the origin's send lock (without Redis) and the
 //! in-memory history's lock are held while the hub delivers, and the hub takes its state, then
 //! releases it before it cuts a link (a link's cut switch) or calls its inbox. Nothing the hub
 //! calls takes a lock above it, so no two locks are ever taken in the opposite order.

@@ -11,8 +11,9 @@ use std::time::Duration;
 use anyhow::Context;
 use switchyard_testkit::redis::find_on_path;
 
+use super::secrets::secret_from_env_or_random;
 use super::state::AdminUiEntry;
-use super::supervise::Unit;
+use super::supervise::{Unit, process_info, ready};
 
 /// The admin UI's login for one cluster.
 pub struct Login {
@@ -26,7 +27,7 @@ pub const NAMESPACE: &str = "/admin";
 
 /// The login: the password from the environment or random, and its bcrypt hash (cost 10).
 pub fn login() -> anyhow::Result<Login> {
-    let password = super::secret_from_env_or_random("SWITCHYARD_ADMIN_UI_PASSWORD")?;
+    let password = secret_from_env_or_random("SWITCHYARD_ADMIN_UI_PASSWORD")?;
     // A bcrypt password is at most 72 bytes; the random one is 64 hex characters.
     let hash = bcrypt::hash(&password, 10).context("hashing the admin UI password")?;
     Ok(Login {
@@ -82,13 +83,13 @@ pub fn start_ui(root: &Path, port: u16) -> Option<Unit> {
 /// What `cluster.json` says about the admin UI: where the dashboard is, the gateway URL to
 /// type in it, and the login.
 pub fn entry(login: &Login, ui: Option<&Unit>, server_url: &str) -> AdminUiEntry {
-    let url = ui.and_then(|u| super::ready(u, "http").ok().map(|a| format!("http://{a}/")));
+    let url = ui.and_then(|u| ready(u, "http").ok().map(|a| format!("http://{a}/")));
     AdminUiEntry {
         url,
         server_url: server_url.to_owned(),
         namespace: NAMESPACE.to_owned(),
         username: login.username.clone(),
         password: login.password.clone(),
-        process: ui.map(super::process_info),
+        process: ui.map(process_info),
     }
 }

@@ -26,7 +26,7 @@ use switchyard_common::backoff::Backoff;
 use switchyard_testkit::process::Service;
 use switchyard_testkit::redis::RedisServer;
 
-use super::state::{ClusterFile, now_ms};
+use super::state::{ClusterFile, ProcessInfo, now_ms};
 
 /// The ceiling of the first restart delay; it doubles with each quick exit in a row.
 pub const RESTART_BASE: Duration = Duration::from_millis(500);
@@ -189,6 +189,23 @@ impl Unit {
                 let _ = redis.kill();
             }
         }
+    }
+}
+
+/// One value of a unit's readiness line.
+pub fn ready<'a>(unit: &'a Unit, key: &str) -> anyhow::Result<&'a str> {
+    unit.service()
+        .with_context(|| format!("{} is not running", unit.name))?
+        .ready_value(key)
+}
+
+/// What `cluster.json` says about a unit's process when the cluster starts.
+pub fn process_info(unit: &Unit) -> ProcessInfo {
+    ProcessInfo {
+        pid: unit.pid().unwrap_or_default(),
+        restarts: 0,
+        started_at_ms: now_ms(),
+        log: unit.log_path(),
     }
 }
 
@@ -382,6 +399,8 @@ fn signal_name(signal: i32) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use switchyard_testkit::wait::{eventually_blocking, give_up};
+
     use super::*;
 
     #[test]
@@ -455,17 +474,13 @@ mod tests {
         let stop = Arc::new(AtomicBool::new(false));
         let watcher = watch(unit, state.clone(), stop.clone());
         switchyard_testkit::process::send_signal(first, "KILL")?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let restarted = loop {
-            let on_disk = ClusterFile::read(&state.path)?;
-            if let Some(g) = on_disk.as_ref().and_then(|f| f.gateways.first())
-                && g.process.restarts == 1
-            {
-                break g.process.pid;
+        let restarted = eventually_blocking("gw-1 restarted", Duration::from_secs(10), || {
+            let on_disk = ClusterFile::read(&state.path).map_err(give_up)?;
+            match on_disk.as_ref().and_then(|f| f.gateways.first()) {
+                Some(g) if g.process.restarts == 1 => Ok(g.process.pid),
+                g => anyhow::bail!("cluster.json says {:?}", g.map(|g| &g.process)),
             }
-            anyhow::ensure!(Instant::now() < deadline, "not restarted within 10 s");
-            thread::sleep(Duration::from_millis(50));
-        };
+        })?;
         assert_ne!(restarted, first);
         stop.store(true, Ordering::SeqCst);
         let unit = watcher

@@ -71,10 +71,7 @@ pub async fn all_sockets<A: Adapter>(
         }
         out.extend(local);
         let now = switchyard_common::iso8601::now();
-        let issued = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-            .unwrap_or_default();
+        let issued = switchyard_common::clock::now_ms();
         out.extend(rooms.into_iter().map(|(id, rooms)| SerializedSocket {
             client_id: id.clone(),
             id,

@@ -2,9 +2,11 @@
 //! [`STATS_INTERVAL`], as `@socket.io/admin-ui`'s `initStatsEmitter` does.
 //!
 //! `aggregatedEvents` are counts per second and type, taken and cleared at each emit
-//! ([`EventBuffer`]): `rawConnection`, `rawDisconnection` (by reason) and `packetsIn` (events
-//! a client sent, as far as the gateway sees them). `packetsOut`, `bytesIn` and `bytesOut` are
-//! not counted: socketioxide has no hook on every packet it writes or reads.
+//! ([`EventBuffer`]): `rawConnection`, `rawDisconnection` (by reason), `packetsIn` (events
+//! a client sent, as far as the gateway sees them) and, in development mode, `packetsOut` and
+//! `bytesOut` (events delivered to client sockets and their encoded size, reported by every
+//! delivery path: [`crate::observe`]). `bytesIn` is not counted, nor are packets other than
+//! events (acks, pings): socketioxide has no hook on every packet it writes or reads.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
@@ -44,15 +46,29 @@ pub struct EventBuffer {
 impl EventBuffer {
     /// Counts one `ty` (with `sub_type`) at `now_ms`.
     pub fn push(&self, now_ms: u64, ty: &'static str, sub_type: Option<&'static str>) {
+        self.add(now_ms, ty, sub_type, 1);
+    }
+
+    /// Adds `n` to `ty` (with `sub_type`) at `now_ms`: a count of bytes, or of several events
+    /// (the package's `push(type, subType, count)`).
+    pub fn add(&self, now_ms: u64, ty: &'static str, sub_type: Option<&'static str>, n: u64) {
+        self.add_all(now_ms, &[(ty, sub_type, n)]);
+    }
+
+    /// [`EventBuffer::add`] for each `(type, subType, n)`, in one step: one emit takes all of
+    /// them or none (a packet and its bytes are counted together).
+    pub fn add_all(&self, now_ms: u64, counts: &[(&'static str, Option<&'static str>, u64)]) {
         let second = now_ms - now_ms % 1000;
         let mut buckets = self.buckets.lock().unwrap_or_else(PoisonError::into_inner);
-        let full = buckets.len() >= MAX_BUCKETS;
-        match buckets.get_mut(&(second, ty, sub_type)) {
-            Some(count) => *count += 1,
-            None if !full => {
-                buckets.insert((second, ty, sub_type), 1);
+        for &(ty, sub_type, n) in counts {
+            let full = buckets.len() >= MAX_BUCKETS;
+            match buckets.get_mut(&(second, ty, sub_type)) {
+                Some(count) => *count = count.saturating_add(n),
+                None if !full => {
+                    buckets.insert((second, ty, sub_type), n);
+                }
+                None => {}
             }
-            None => {}
         }
     }
 
@@ -143,6 +159,12 @@ mod tests {
             ]
         );
         assert!(b.take().is_empty());
+        b.add_all(3_000, &[("packetsOut", None, 1), ("bytesOut", None, 40)]);
+        b.add(3_500, "bytesOut", None, 2);
+        assert_eq!(
+            b.take().iter().map(|e| (e.ty, e.count)).collect::<Vec<_>>(),
+            vec![("bytesOut", 42), ("packetsOut", 1)]
+        );
         let json = serde_json::to_value(&taken[0]).unwrap_or_default();
         assert_eq!(
             json,

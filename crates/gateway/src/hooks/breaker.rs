@@ -4,8 +4,11 @@
 //! Closed, it counts failures in a row; [`FAILURES_TO_OPEN`] of them open it. Open, every call
 //! is refused at once (`breaker_open`, the client's answer is `backend_unavailable`) until
 //! [`OPEN_FOR`] has passed; then exactly one call goes through as a probe (half-open): its
-//! success closes the breaker, its failure opens it for another period. A success at any time
-//! resets the count. So a backend that is down costs the gateway one call per period instead
+//! success closes the breaker, its failure opens it for another period. A probe that never
+//! reports (it found no in-flight permit, which is this gateway's bound and says nothing of the
+//! backend, or its call was dropped) is given up after the probe deadline, and the next call is
+//! the probe: the breaker cannot stay half-open for good. A success at any time resets the
+//! count. So a backend that is down costs the gateway one call per period instead
 //! of a timeout per event, and one that comes back is used again within a period.
 
 use std::sync::{Mutex, PoisonError};
@@ -24,39 +27,50 @@ enum State {
     Open {
         until: Instant,
     },
-    /// One probe is out; everything else is refused until it ends.
-    Probing,
+    /// One probe is out; everything else is refused until it ends or `until` passes.
+    Probing {
+        until: Instant,
+    },
 }
 
 /// The breaker of one backend. A std `Mutex`: no critical section awaits.
 #[derive(Debug)]
-pub struct Breaker(Mutex<State>);
-
-impl Default for Breaker {
-    fn default() -> Self {
-        Self(Mutex::new(State::Closed { failures: 0 }))
-    }
+pub struct Breaker {
+    state: Mutex<State>,
+    /// How long a probe may take before another call becomes the probe: the longest a call
+    /// can last (its wait for a permit and its own timeout).
+    probe_for: Duration,
 }
 
 impl Breaker {
-    /// Whether a call may go out at `now` (when it may, and the breaker was open, this call is
-    /// the probe).
+    /// A closed breaker whose probes are given up after `probe_for`.
+    pub fn new(probe_for: Duration) -> Self {
+        Self {
+            state: Mutex::new(State::Closed { failures: 0 }),
+            probe_for,
+        }
+    }
+
+    /// Whether a call may go out at `now` (when it may, and the breaker was open or its probe
+    /// was given up, this call is the probe).
     pub fn allow(&self, now: Instant) -> bool {
-        let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         match *s {
             State::Closed { .. } => true,
-            State::Open { until } if now >= until => {
-                *s = State::Probing;
+            State::Open { until } | State::Probing { until } if now >= until => {
+                *s = State::Probing {
+                    until: now + self.probe_for,
+                };
                 true
             }
-            State::Open { .. } | State::Probing => false,
+            State::Open { .. } | State::Probing { .. } => false,
         }
     }
 
     /// A call that went out ended; `ok` when the backend answered (any answer that is not a
     /// failure of the backend: 2xx, 4xx).
     pub fn record(&self, ok: bool, now: Instant) {
-        let mut s = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         *s = match (*s, ok) {
             (_, true) => State::Closed { failures: 0 },
             (State::Closed { failures }, false) if failures + 1 < FAILURES_TO_OPEN => {
@@ -72,10 +86,9 @@ impl Breaker {
 
     /// True while calls are refused.
     pub fn is_open(&self, now: Instant) -> bool {
-        match *self.0.lock().unwrap_or_else(PoisonError::into_inner) {
+        match *self.state.lock().unwrap_or_else(PoisonError::into_inner) {
             State::Closed { .. } => false,
-            State::Open { until } => now < until,
-            State::Probing => true,
+            State::Open { until } | State::Probing { until } => now < until,
         }
     }
 }
@@ -84,9 +97,31 @@ impl Breaker {
 mod tests {
     use super::*;
 
+    const PROBE_FOR: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn a_probe_that_never_reports_is_given_up_and_the_next_call_probes() {
+        let b = Breaker::new(PROBE_FOR);
+        let t0 = Instant::now();
+        for _ in 0..FAILURES_TO_OPEN {
+            b.record(false, t0);
+        }
+        let probe = t0 + OPEN_FOR;
+        assert!(b.allow(probe), "the probe");
+        // It reports nothing (no permit, or dropped).
+        assert!(!b.allow(probe + PROBE_FOR / 2), "still waiting for it");
+        assert!(b.is_open(probe + PROBE_FOR / 2));
+        let given_up = probe + PROBE_FOR;
+        assert!(!b.is_open(given_up));
+        assert!(b.allow(given_up), "a new probe");
+        assert!(!b.allow(given_up), "only one");
+        b.record(true, given_up);
+        assert!(b.allow(given_up), "closed after the new probe answered");
+    }
+
     #[test]
     fn opens_after_failures_in_a_row_and_probes_once_per_period() {
-        let b = Breaker::default();
+        let b = Breaker::new(PROBE_FOR);
         let t0 = Instant::now();
         for _ in 0..FAILURES_TO_OPEN - 1 {
             assert!(b.allow(t0));
@@ -112,7 +147,7 @@ mod tests {
 
     #[test]
     fn a_success_resets_the_count() {
-        let b = Breaker::default();
+        let b = Breaker::new(PROBE_FOR);
         let t = Instant::now();
         for _ in 0..FAILURES_TO_OPEN - 1 {
             b.record(false, t);

@@ -203,7 +203,8 @@ impl HookClient {
         Ok(Self {
             transport,
             permits: Arc::new(Semaphore::new(concurrency.max(1))),
-            breaker: Breaker::default(),
+            // A call waits at most `timeout` for a permit, then at most `timeout` for its answer.
+            breaker: Breaker::new(timeout * 2),
             timeout,
             max_answer_bytes,
         })
