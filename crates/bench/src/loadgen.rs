@@ -454,8 +454,20 @@ pub fn room_of(rooms: &[String], index: usize, n: usize) -> Option<&str> {
     rooms.get(k).map(String::as_str)
 }
 
+/// When each step of one successful dial ended, on the setup's clock (ns).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DialTimes {
+    pub started: u64,
+    /// Where to go is known (for Switchyard: placement's assignment answered).
+    pub targeted: u64,
+    /// The Socket.IO CONNECT was accepted (the token checked).
+    pub connected: u64,
+    /// Every room joined (for Switchyard: the join's history position read).
+    pub joined: u64,
+}
+
 /// One attempt to bring client `index` up: ask `dialer` where to go, connect from its source
-/// address, join each of `rooms`. Returns the client and where it went.
+/// address, join each of `rooms`. Returns the client, where it went and when each step ended.
 pub async fn connect_one(
     dialer: &Dialer,
     index: usize,
@@ -463,8 +475,10 @@ pub async fn connect_one(
     setup: Setup,
     http: &reqwest::Client,
     shared: Arc<Shared>,
-) -> anyhow::Result<(Client, Target)> {
+) -> anyhow::Result<(Client, Target, DialTimes)> {
+    let started = setup.clock.now_ns();
     let target = dialer.target(index, http).await?;
+    let targeted = setup.clock.now_ns();
     let client = Client::connect(
         &target,
         Some(source_ip(index, setup.spread)),
@@ -472,10 +486,17 @@ pub async fn connect_one(
         shared,
     )
     .await?;
+    let connected = setup.clock.now_ns();
     for room in rooms {
         client.join(room).await?;
     }
-    Ok((client, target))
+    let times = DialTimes {
+        started,
+        targeted,
+        connected,
+        joined: setup.clock.now_ns(),
+    };
+    Ok((client, target, times))
 }
 
 /// Connects `n` clients numbered from `first_index` (at most `setup.concurrency` handshakes
@@ -538,7 +559,7 @@ pub async fn connect_members(
                 for attempt in 0..5u32 {
                     match connect_one(dialer, index, rooms, setup, &http, Arc::clone(&shared)).await
                     {
-                        Ok(connected) => return Ok(connected),
+                        Ok((client, target, _)) => return Ok((client, target)),
                         Err(e) => {
                             last_err = Some(e);
                             tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1)))

@@ -167,7 +167,7 @@ async fn run(args: &Args) -> anyhow::Result<SoakReport> {
     let mut subscribers = Vec::new();
     for i in 0..args.subscribers {
         let room = i % args.rooms;
-        let (client, _) = connect_one(&dialer, i, &[&rooms[room]], setup, &http, shared.clone())
+        let (client, _, _) = connect_one(&dialer, i, &[&rooms[room]], setup, &http, shared.clone())
             .await
             .with_context(|| format!("subscriber {i}"))?;
         subscribers.push((room, client));
@@ -175,7 +175,7 @@ async fn run(args: &Args) -> anyhow::Result<SoakReport> {
     let mut publishers = Vec::new();
     for (r, room) in rooms.iter().enumerate() {
         let index = args.subscribers + r;
-        let (client, _) = connect_one(&dialer, index, &[], setup, &http, shared.clone())
+        let (client, _, _) = connect_one(&dialer, index, &[], setup, &http, shared.clone())
             .await
             .with_context(|| format!("publisher of {room}"))?;
         publishers.push(client);
@@ -225,7 +225,7 @@ async fn run(args: &Args) -> anyhow::Result<SoakReport> {
                 )
                 .await
                 {
-                    Ok((client, _)) => {
+                    Ok((client, _, _)) => {
                         tokio::time::sleep(hold_time(c, k)).await;
                         drop(client);
                         cycles.fetch_add(1, Ordering::Relaxed);

@@ -16,6 +16,10 @@
 //! kill to being connected and joined again; `all_connected_ms`, from the kill until every
 //! client of the run is connected again; `spread_after`, max − min clients over the surviving
 //! servers `settle_secs` after that; `failed_attempts`, dials that failed after the kill.
+//! `phases_p50_ms` splits a killed server's client's way back into its steps (medians over
+//! those clients): seeing the connection end, the backoff before the first dial, failed dials
+//! and their backoffs, then the successful dial's assignment (or round-robin pick), its
+//! Socket.IO CONNECT and its room join.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -28,7 +32,7 @@ use serde_json::{Map, Value};
 use switchyard_common::backoff::Backoff;
 use tokio::sync::{Semaphore, watch};
 
-use crate::loadgen::{Clock, Dialer, Setup, Shared, connect_one, room_of};
+use crate::loadgen::{Clock, DialTimes, Dialer, Setup, Shared, connect_one, room_of};
 use crate::peers::{System, Tuning, bench_dir, ensure_profile_env};
 use crate::stats::{median, percentile_ms, ratio};
 
@@ -90,6 +94,25 @@ pub struct StormRun {
     pub failed_attempts: u64,
     /// Clients of surviving servers that lost their connection after the kill.
     pub collateral_drops: u64,
+    /// Where the time of the killed server's clients went, step by step (medians).
+    pub phases_p50_ms: Phases,
+}
+
+/// The steps of a client's way back after its server died, in ms (see the module docs).
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Phases {
+    /// From the kill until the client saw its connection end.
+    pub detect: f64,
+    /// From then until its first dial (the first backoff).
+    pub first_backoff: f64,
+    /// From its first dial until the one that succeeded (failed dials and their backoffs).
+    pub retries: f64,
+    /// The successful dial: where to go (placement's assignment, or the round-robin pick).
+    pub assign: f64,
+    /// Its Socket.IO CONNECT, the websocket handshake and the token check included.
+    pub connect: f64,
+    /// Its room join (for Switchyard: the join's history position read).
+    pub join: f64,
 }
 
 /// A system's medians over its runs (`spread_after`: the worst run).
@@ -227,6 +250,10 @@ struct Slot {
     up_since_ns: AtomicU64,
     /// Clock time (ns) the last connection was lost (0 = never).
     lost_at_ns: AtomicU64,
+    /// Clock time (ns) of the first dial after the last loss (0 = none yet).
+    first_dial_ns: AtomicU64,
+    /// The steps of the last successful dial.
+    dial: Mutex<DialTimes>,
 }
 
 impl Slot {
@@ -283,6 +310,10 @@ async fn supervise(
         } else {
             index
         };
+        let started = fleet.setup.clock.now_ns();
+        let _ =
+            slot.first_dial_ns
+                .compare_exchange(0, started, Ordering::Relaxed, Ordering::Relaxed);
         let attempt = connect_one(
             &dialer,
             dial_index,
@@ -294,11 +325,13 @@ async fn supervise(
         .await;
         drop(permit);
         match attempt {
-            Ok((client, target)) => {
+            Ok((client, target, times)) => {
                 connected_before = true;
                 backoff.reset();
-                slot.up_since_ns
-                    .store(fleet.setup.clock.now_ns(), Ordering::Relaxed);
+                if let Ok(mut dial) = slot.dial.lock() {
+                    *dial = times;
+                }
+                slot.up_since_ns.store(times.joined, Ordering::Relaxed);
                 slot.set_url(Some(target.url));
                 tokio::select! {
                     _ = client.closed() => {}
@@ -306,6 +339,7 @@ async fn supervise(
                 }
                 slot.lost_at_ns
                     .store(fleet.setup.clock.now_ns(), Ordering::Relaxed);
+                slot.first_dial_ns.store(0, Ordering::Relaxed);
                 slot.set_url(None);
             }
             Err(_) => {
@@ -414,6 +448,15 @@ async fn run_once(args: &Args, system: System) -> anyhow::Result<StormRun> {
         .collect();
     reconnect.sort_unstable();
     let reconnected = reconnect.len() as u64;
+    let phases_p50_ms = phases(
+        slots
+            .iter()
+            .zip(&on_victim)
+            .filter(|(s, v)| **v && back(s))
+            .map(|(s, _)| s.as_ref()),
+        killed_at,
+    );
+    eprintln!("  the way back, medians over the killed server's clients: {phases_p50_ms:?}");
     let all_up = slots.iter().all(|s| s.url().is_some());
     let all_connected_ms = if all_up {
         slots
@@ -456,5 +499,40 @@ async fn run_once(args: &Args, system: System) -> anyhow::Result<StormRun> {
         counts_after,
         failed_attempts,
         collateral_drops,
+        phases_p50_ms,
     })
+}
+
+/// The median of each step of the way back of `slots` (clients back after a kill at
+/// `killed_at`).
+fn phases<'a>(slots: impl Iterator<Item = &'a Slot>, killed_at: u64) -> Phases {
+    let ms = |from: u64, to: u64| to.saturating_sub(from) as f64 / 1e6;
+    let mut steps: [Vec<f64>; 6] = Default::default();
+    for s in slots {
+        let Ok(dial) = s.dial.lock().map(|d| *d) else {
+            continue;
+        };
+        let lost = s.lost_at_ns.load(Ordering::Relaxed);
+        let first = s.first_dial_ns.load(Ordering::Relaxed);
+        let each = [
+            ms(killed_at, lost),
+            ms(lost, first),
+            ms(first, dial.started),
+            ms(dial.started, dial.targeted),
+            ms(dial.targeted, dial.connected),
+            ms(dial.connected, dial.joined),
+        ];
+        for (all, one) in steps.iter_mut().zip(each) {
+            all.push(one);
+        }
+    }
+    let [detect, first_backoff, retries, assign, connect, join] = steps.map(median);
+    Phases {
+        detect,
+        first_backoff,
+        retries,
+        assign,
+        connect,
+        join,
+    }
 }
