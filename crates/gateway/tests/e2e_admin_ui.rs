@@ -47,16 +47,7 @@ async fn wait_recv(
 async fn the_admin_ui_protocol_spans_the_cluster() -> anyhow::Result<()> {
     // Cost 4: the test is about the protocol, not about bcrypt's slowness.
     let hash = bcrypt::hash(PASSWORD, 4)?;
-    let cluster = Cluster::with_relay(
-        3,
-        &[
-            "--allow-anonymous",
-            "--admin-ui",
-            "--admin-ui-password-hash",
-            &hash,
-        ],
-        &[],
-    )?;
+    let cluster = Cluster::with_relay(3, &support::admin_ui_args(&hash), &[])?;
     cluster.wait_linked(WAIT).await?;
     let mut d = Driver::node().await?;
     let mut sids = Vec::new();
@@ -268,15 +259,7 @@ async fn the_admin_ui_protocol_spans_the_cluster() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_gateway_reports_what_it_sends() -> anyhow::Result<()> {
     let hash = bcrypt::hash(PASSWORD, 4)?;
-    let cluster = Cluster::start(
-        1,
-        &[
-            "--allow-anonymous",
-            "--admin-ui",
-            "--admin-ui-password-hash",
-            &hash,
-        ],
-    )?;
+    let cluster = Cluster::start(1, &support::admin_ui_args(&hash))?;
     let url = cluster.gateways[0].url();
     let mut d = Driver::node().await?;
     let mut sids = Vec::new();

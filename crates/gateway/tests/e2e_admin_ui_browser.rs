@@ -35,16 +35,7 @@ async fn the_official_dashboard_sees_and_acts_on_every_gateway() -> anyhow::Resu
         }
     }
     let hash = bcrypt::hash(PASSWORD, 4)?;
-    let cluster = Cluster::with_relay(
-        3,
-        &[
-            "--allow-anonymous",
-            "--admin-ui",
-            "--admin-ui-password-hash",
-            &hash,
-        ],
-        &[],
-    )?;
+    let cluster = Cluster::with_relay(3, &support::admin_ui_args(&hash), &[])?;
     cluster.wait_linked(WAIT).await?;
 
     // Four clients: two on gw-0, one on each other gateway.

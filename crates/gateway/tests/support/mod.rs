@@ -165,6 +165,17 @@ impl Cluster {
 /// The report interval the e2e clusters use (the services' own default).
 pub const REPORT_INTERVAL_MS: &str = "1000";
 
+/// Gateway arguments for the admin UI tests: anonymous clients (no assignment tokens to
+/// fetch), the admin UI on with the bcrypt `hash` of its password.
+pub fn admin_ui_args(hash: &str) -> [&str; 4] {
+    [
+        "--allow-anonymous",
+        "--admin-ui",
+        "--admin-ui-password-hash",
+        hash,
+    ]
+}
+
 fn with_report_interval(args: &[&str]) -> Vec<String> {
     let mut out: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
     if !args.iter().any(|a| a.starts_with("--report-interval-ms")) {
