@@ -5,6 +5,7 @@
 //! the scenarios measure phases of several seconds over many processes, so a figure is good to
 //! about `processes × 10 ms / phase length`.
 
+use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::Duration;
 
@@ -97,6 +98,29 @@ impl CpuMeter {
     }
 }
 
+/// What each kind of process ([`role`]) spent between two readings of [`CpuMeter::each`] over
+/// the same processes, in the same order.
+pub fn by_role(
+    before: &[(String, CpuTime)],
+    after: &[(String, CpuTime)],
+) -> BTreeMap<String, CpuTime> {
+    let mut roles: BTreeMap<String, CpuTime> = BTreeMap::new();
+    for ((name, after), (_, before)) in after.iter().zip(before) {
+        let total = roles.entry(role(name).to_owned()).or_default();
+        *total = [*total, after.since(*before)].into_iter().sum();
+    }
+    roles
+}
+
+/// The kind of a process named by `Running::processes`: its name without a trailing
+/// `-<number>` (`bench-gw-3` → `bench-gw`, `relay-1` → `relay`, `server-0` → `server`).
+pub fn role(name: &str) -> &str {
+    match name.rsplit_once('-') {
+        Some((kind, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => kind,
+        _ => name,
+    }
+}
+
 /// `utime` and `stime` (fields 14 and 15, in ticks) of a `/proc/<pid>/stat` line. The command
 /// name (field 2) is in parentheses and may hold spaces or parentheses itself, so fields are
 /// counted from the last `)`.
@@ -118,6 +142,14 @@ fn parse_stat(stat: &str) -> anyhow::Result<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn roles_drop_the_instance_number() {
+        assert_eq!(role("bench-gw-13"), "bench-gw");
+        assert_eq!(role("relay-0"), "relay");
+        assert_eq!(role("placement"), "placement");
+        assert_eq!(role("redis-server"), "redis-server");
+    }
 
     #[test]
     fn fields_are_counted_from_the_last_parenthesis() -> anyhow::Result<()> {

@@ -26,7 +26,7 @@
 //! the same cores: when the systems show the same `msgs_per_sec`, the load generator is the
 //! limit, not them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -36,7 +36,7 @@ use anyhow::{Context, ensure};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
-use crate::cpu::{CpuMeter, CpuTime};
+use crate::cpu::{self, CpuMeter, CpuTime};
 use crate::loadgen::{Arrival, Client, Clock, Setup, Shared, Stamp, connect_publisher, room_of};
 use crate::official::{ClientKind, Receivers};
 use crate::peers::{System, bench_dir, ensure_profile_env};
@@ -143,6 +143,8 @@ pub struct FanoutRun {
     pub cpu_us_per_delivery: f64,
     pub user_us_per_delivery: f64,
     pub system_us_per_delivery: f64,
+    /// The same by kind of process (gateways or servers, relays, placement, Redis).
+    pub cpu_by_role: BTreeMap<String, CpuPerDelivery>,
     /// Members whose connection ended during the run.
     pub dropped_clients: u64,
     /// Seconds it took to connect and join every member.
@@ -411,16 +413,20 @@ async fn run_once(plan: &Plan, system: System, meter: CpuMeter) -> anyhow::Resul
         rooms: &plan.rooms,
     };
     let processes = running.processes();
-    let cpu_before = meter.sum(&processes)?;
+    let cpu_before = meter.each(&processes)?;
     publish
         .at(plan.rate, Duration::from_secs(plan.seconds), &mut seq)
         .await?;
     wait_quiet(&shared, messages * per_message, Duration::from_secs(15)).await;
-    let cpu = meter.sum(&processes)?.since(cpu_before);
+    let by_role = cpu::by_role(&cpu_before, &meter.each(&processes)?);
     let arrivals: Vec<Vec<Arrival>> = members.take_arrivals().await?;
     let (p50_ms, p99_ms, max_ms, skew_p99_ms, delivered) = latency_figures(&arrivals);
     let delivered_fraction = delivered as f64 / (messages * per_message).max(1) as f64;
-    let cpu = CpuPerDelivery::of(cpu, delivered);
+    let cpu = CpuPerDelivery::of(by_role.values().copied().sum(), delivered);
+    let cpu_by_role = by_role
+        .into_iter()
+        .map(|(role, t)| (role, CpuPerDelivery::of(t, delivered)))
+        .collect();
     drop(arrivals);
 
     // 2. Rising rates.
@@ -469,6 +475,7 @@ async fn run_once(plan: &Plan, system: System, meter: CpuMeter) -> anyhow::Resul
         cpu_us_per_delivery: cpu.total,
         user_us_per_delivery: cpu.user,
         system_us_per_delivery: cpu.system,
+        cpu_by_role,
         dropped_clients,
         setup_secs,
         steps,
@@ -484,7 +491,7 @@ pub fn results_file(scenario: &str, client: ClientKind) -> String {
 }
 
 /// CPU time per delivery, µs.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Serialize)]
 pub struct CpuPerDelivery {
     pub total: f64,
     pub user: f64,

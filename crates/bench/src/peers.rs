@@ -414,10 +414,11 @@ impl System {
         Ok(systems)
     }
 
-    /// Starts this system with `n` servers (Switchyard: with one relay and Redis) and waits
-    /// until clients can be spread over all of them.
+    /// Starts this system with `n` servers (Switchyard: with one relay and Redis, reporting at
+    /// the services' own interval, as deployed) and waits until clients can be spread over all
+    /// of them.
     pub async fn start(self, n: usize) -> anyhow::Result<Running> {
-        self.start_with(n, 1, &Tuning::default()).await
+        self.start_with(n, 1, &Tuning::shared_machine(false)).await
     }
 
     /// [`System::start`] with `relays` relay replicas and further flags for Switchyard (both
@@ -479,6 +480,14 @@ impl Running {
         match self {
             Running::Switchyard(c) => c.gateways.iter().map(|g| g.url().to_owned()).collect(),
             Running::Peer(c) => c.urls.clone(),
+        }
+    }
+
+    /// The pid of server `k`.
+    pub fn server_pid(&self, k: usize) -> Option<u32> {
+        match self {
+            Running::Switchyard(c) => c.gateways.get(k).map(|g| g.pid()),
+            Running::Peer(c) => c.processes.get(k).map(|p| p.pid()),
         }
     }
 

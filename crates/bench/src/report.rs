@@ -379,9 +379,11 @@ fn render(machine: &str, r: &Results) -> String {
                  at once: the most favourable case for them). Times are from the kill to \
                  connected and joined again, over the killed server's clients; `all connected` \
                  is until every client of the run was up; spread = max − min clients over the \
-                 survivors afterwards (worst run).\n\n\
-                 | system | p50 ms | p99 ms | max ms | all connected ms | spread after | failed dials |\n\
-                 |---|---:|---:|---:|---:|---:|---:|",
+                 survivors afterwards (worst run); CPU = user + system time of every server-side \
+                 process (Redis, placement and relays included) from the kill until everyone \
+                 was back, per client of the killed server.\n\n\
+                 | system | p50 ms | p99 ms | max ms | all connected ms | spread after | failed dials | CPU µs/reconnect |\n\
+                 |---|---:|---:|---:|---:|---:|---:|---:|",
                 cell(num(v, &["servers"]), 0),
                 cell(num(v, &["clients_per_server"]), 0),
                 cell(num(v, &["rooms"]), 0),
@@ -390,20 +392,21 @@ fn render(machine: &str, r: &Results) -> String {
                 if let Some(s) = v.get(sys) {
                     let _ = writeln!(
                         md,
-                        "| {sys} | {} | {} | {} | {} | {} | {} |",
+                        "| {sys} | {} | {} | {} | {} | {} | {} | {} |",
                         cell(num(s, &["p50_ms"]), 1),
                         cell(num(s, &["p99_ms"]), 1),
                         cell(num(s, &["max_ms"]), 1),
                         cell(num(s, &["all_connected_ms"]), 1),
                         cell(num(s, &["spread_after"]), 0),
                         cell(num(s, &["failed_attempts"]), 0),
+                        cell(num(s, &["server_cpu_us_per_reconnect"]), 0),
                     );
                 }
             }
             if let Some(x) = v.get("ratios") {
                 let _ = writeln!(
                     md,
-                    "| **ratio vs node_redis** | {} | {} | {} | {} | | |",
+                    "| **ratio vs node_redis** | {} | {} | {} | {} | | | |",
                     cell(num(x, &["p50_ms"]), 2),
                     cell(num(x, &["p99_ms"]), 2),
                     cell(num(x, &["max_ms"]), 2),
@@ -466,7 +469,19 @@ at low rates is unchanged while saturation went from 456,000–590,000 to 858,00
 deliveries/s (socketioxide-redis 1,365,000–1,570,000 in the same runs; Node 263,000–266,000). What is left is one \
 serialization per member and event: socketioxide 0.18 reports a failed broadcast without the \
 socket it failed for (`SocketError` has no sid), and an exact resume must sever exactly the \
-sockets whose buffer was full, so a room-wide broadcast cannot be used for gated members.\n\
+sockets whose buffer was full, so a room-wide broadcast cannot be used for gated members. \
+callgrind on the gateways with the official client (`fanout --client official` at 1 msg/s, \
+1,000 members per gateway; how: \"Profiles\" below) counted about 8,000 instructions per \
+delivery against 3,640 for socketioxide-redis's servers. 1,490 of them were the \
+file-descriptor headroom check, which counted the entries of `/proc/self/fd` (one per socket) \
+before every load report; it now reads the count from `stat` (Linux 6.2 and later), at no \
+cost per connection. 1,720 are the per-member path: the serialization per member (520), the \
+locks and lookups of one `broadcast` call per member (450 more than the peer's one loop), the \
+gates (about 200); the writers, woken once per member rather than after the whole room, \
+flush more often (870 more in the writer tasks). At 15 msg/s the gateway processes spend \
+1.23× the peer's user time per delivery (7.1 against 5.7 µs, 2 runs each) and the cluster \
+1.28× (placement, relay and Redis add 0.3 µs). Within 10% needs an API socketioxide does not \
+have: one encoded packet sent to chosen sockets, with the ones that failed named.\n\
 - **Many gateways (the `scale` scenario).** With interest routing the relays send a publish \
 only to the gateways holding a member (two frames per such gateway, one per replica), so \
 Switchyard's CPU per delivery grew 1.24× from 6 to 24 gateways while Node's classic adapter \
@@ -502,20 +517,35 @@ Switchyard gateway or more (29,242 against 27,868 bytes in one run), so the gap 
 the Rust Socket.IO stack's, not Switchyard's. Copying the upgrade request's URI and header \
 values out of hyper's read buffer (socketioxide keeps each socket's request parts) was \
 tried and changed nothing measurable (27,846 bytes).\n\
-- **Reconnect storm.** Not profiled (no target is set for it). A Switchyard \
-reconnect does more work than a peer's: `GET /v1/assign` on placement (a Redis script), the \
-token check on the gateway, and a `join` that, with history on, opens the room's position \
-with a round trip to the relay; a peer's reconnect is one websocket handshake and a local \
-join. With 1,000 clients reconnecting at once on two shared cores, that extra work is \
-queueing time. Placement itself noticed the dead gateway at once (about one failed dial \
-per run) and the survivors ended exactly even.\n\
+- **Reconnect storm.** A Switchyard reconnect does more work than a peer's: `GET /v1/assign` \
+on placement (a Redis script, a signed token), the token check on the gateway, and a `join` \
+whose position is read from the relay's history; a peer's reconnect is one websocket \
+handshake and a local join. With 1,000 clients reconnecting at once, the two cores are busy \
+from the kill until everyone is back, so the time is CPU, and `storm` now measures it per \
+kind of process (`cpu_ms_by_role`, and the server-side total per reconnect in the table). \
+Before this round the 1,000 reconnects cost about 1,020 ms of CPU (gateways 350, the clients \
+350, placement 120, relay 110, Redis 90; socketioxide-redis 330 in all), and callgrind on \
+the relay put 41% of its instructions in `Head` (one gRPC call and one Redis script per join) \
+and 14% in building Redis keys with three `format!`s each. Now the joins of a namespace share \
+head reads (a join needs a read that starts after its room's interest settled, not one of its \
+own; one `Head` names up to 256 rooms) and a key is one allocation: the relay's CPU in the \
+storm fell to 20 ms, Redis's to 30–50, the join step from 71 to 21–30 ms, and the storm's p50 \
+from 490 to 263 ms (same machine, same day), below Node's for the first time. What is left \
+is the assignment and the CONNECT, each about a quarter of the remaining CPU, and the \
+clients' own `/v1/assign` calls, which share the cores here. Placement noticed the dead \
+gateway at once (about one failed dial per run) and the survivors ended exactly even.\n\
 - **What the load generator can show.** tungstenite zeroes its whole read buffer (128 KiB \
 by default) before every read; with 3,000 clients that `memset` was a quarter of the machine \
 at saturation, so the generator now reads with 4 KiB (the same for every system). It runs \
 on the same two cores as the servers and every other process on the machine: at the saturation steps the generator's receive path \
 is part of what is measured, and the peers can be saturated already at the fixed latency \
 rate (their first saturation step then shows less than 90% delivered), which makes their \
-latencies queueing times.\n";
+latencies queueing times.\n\
+- **Profiles.** Any server of a scenario runs under a profiler when \
+`SWITCHYARD_WRAP_<BINARY>` names one, e.g. `SWITCHYARD_WRAP_SWITCHYARD_GATEWAY=\"valgrind \
+--tool=callgrind --callgrind-out-file=/tmp/cg.%p\"` (`SWITCHYARD_WRAP_SIO_REDIS_PEER` for the \
+peer; raise `SWITCHYARD_TESTKIT_READY_TIMEOUT_SECS`). Benchmarks end their servers with \
+SIGKILL, so take the counts with `callgrind_control -d <pid>` while the phase runs.\n";
 
 /// The systems of the `scale` scenario, in table order.
 const SCALE_SYSTEMS: [&str; 3] = ["switchyard", "node_redis", "node_sharded"];
@@ -623,7 +653,6 @@ Node's streams adapter with connection state recovery) is not part of `all`; run
 bench storm --servers 24 --clients-per-server 250 --relays 2 --systems \
 switchyard,node_redis,node_sharded --repeats 1 --out target/bench/storm_scale.json`; its \
 figures are in `docs/scale.md`.\n\
-- A callgrind profile of the user-mode cost per delivery with the official client.\n\
 - 20,000 idle clients from one load generator (one file descriptor per client against a \
 20,000 open-files limit); the default is 10,000.\n";
 

@@ -45,7 +45,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use switchyard_testkit::driver::metric_value;
 
-use crate::cpu::{CpuMeter, CpuTime};
+use crate::cpu::{self, CpuMeter, CpuTime};
 use crate::fanout::{CpuPerDelivery, Publish, latency_figures, results_file, wait_quiet};
 use crate::loadgen::{Arrival, Clock, Setup, Shared, connect_publisher};
 use crate::official::{ClientKind, Receivers};
@@ -389,13 +389,7 @@ async fn run_once(
         .await?;
     let expected = layout.expected(messages);
     wait_quiet(&shared, expected, Duration::from_secs(15)).await;
-    let each = meter.each(&processes)?;
-    let mut by_role: BTreeMap<String, CpuTime> = BTreeMap::new();
-    for ((name, after), (_, before)) in each.iter().zip(&each_before) {
-        let spent = after.since(*before);
-        let total = by_role.entry(role(name).to_owned()).or_default();
-        *total = [*total, spent].into_iter().sum();
-    }
+    let by_role = cpu::by_role(&each_before, &meter.each(&processes)?);
     let cpu: CpuTime = by_role.values().copied().sum();
     let frames = relay_frames_out(&running).await?.zip(frames_before);
 
@@ -429,15 +423,6 @@ async fn run_once(
 /// How long the idle cost is measured.
 const IDLE_PHASE: Duration = Duration::from_secs(3);
 
-/// The kind of a process named by [`Running::processes`]: its name without a trailing
-/// `-<number>` (`bench-gw-3` → `bench-gw`, `relay-1` → `relay`, `server-0` → `server`).
-fn role(name: &str) -> &str {
-    match name.rsplit_once('-') {
-        Some((kind, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => kind,
-        _ => name,
-    }
-}
-
 /// `switchyard_relay_frames_out_total` summed over Switchyard's relays; `None` for the peers.
 async fn relay_frames_out(running: &Running) -> anyhow::Result<Option<f64>> {
     let Running::Switchyard(cluster) = running else {
@@ -466,14 +451,6 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         args: Args,
-    }
-
-    #[test]
-    fn roles_drop_the_instance_number() {
-        assert_eq!(role("bench-gw-13"), "bench-gw");
-        assert_eq!(role("relay-0"), "relay");
-        assert_eq!(role("placement"), "placement");
-        assert_eq!(role("redis-server"), "redis-server");
     }
 
     #[test]

@@ -21,6 +21,7 @@
 //! and their backoffs, then the successful dial's assignment (or round-robin pick), its
 //! Socket.IO CONNECT and its room join.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -32,6 +33,7 @@ use serde_json::{Map, Value};
 use switchyard_common::backoff::Backoff;
 use tokio::sync::{Semaphore, watch};
 
+use crate::cpu::{self, CpuMeter};
 use crate::loadgen::{Clock, DialTimes, Dialer, Setup, Shared, connect_one, room_of};
 use crate::peers::{System, Tuning, bench_dir, ensure_profile_env};
 use crate::stats::{median, percentile_ms, ratio};
@@ -96,6 +98,10 @@ pub struct StormRun {
     pub collateral_drops: u64,
     /// Where the time of the killed server's clients went, step by step (medians).
     pub phases_p50_ms: Phases,
+    /// CPU time (user + system, ms) from the kill until everyone was back, by kind of process:
+    /// the surviving servers, relays, placement, Redis, and this benchmark's own clients
+    /// (`load-generator`), which share the cores.
+    pub cpu_ms_by_role: BTreeMap<String, f64>,
 }
 
 /// The steps of a client's way back after its server died, in ms (see the module docs).
@@ -124,6 +130,9 @@ pub struct StormSummary {
     pub all_connected_ms: f64,
     pub spread_after: u64,
     pub failed_attempts: f64,
+    /// CPU (ms, user + system) of every server-side process from the kill until everyone was
+    /// back, per reconnected client of the killed server, in µs: what one way back costs.
+    pub server_cpu_us_per_reconnect: f64,
     pub runs: Vec<StormRun>,
 }
 
@@ -137,6 +146,7 @@ impl StormSummary {
             all_connected_ms: m(|r| r.all_connected_ms),
             spread_after: runs.iter().map(|r| r.spread_after).max().unwrap_or(0),
             failed_attempts: m(|r| r.failed_attempts as f64),
+            server_cpu_us_per_reconnect: m(StormRun::server_cpu_us_per_reconnect),
             runs,
         }
     }
@@ -420,6 +430,12 @@ async fn run_once(args: &Args, system: System) -> anyhow::Result<StormRun> {
 
     // The kill. The dialer learns of it at once (the peers' load balancer); placement has to
     // find out by itself.
+    let victim_pid = running.server_pid(0).context("no servers")?;
+    let mut measured = running.processes();
+    measured.retain(|(_, pid)| *pid != victim_pid);
+    measured.push((LOAD_GENERATOR.to_owned(), std::process::id()));
+    let meter = CpuMeter::new()?;
+    let cpu_before = meter.each(&measured)?;
     let killed_at = clock.now_ns();
     if let Ok(mut d) = fleet.dialer.write() {
         *d = d.without(&victim_url);
@@ -440,6 +456,10 @@ async fn run_once(args: &Args, system: System) -> anyhow::Result<StormRun> {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let cpu_ms_by_role = cpu::by_role(&cpu_before, &meter.each(&measured)?)
+        .into_iter()
+        .map(|(role, t)| (role, t.total().as_secs_f64() * 1e3))
+        .collect();
     let mut reconnect: Vec<Duration> = slots
         .iter()
         .zip(&on_victim)
@@ -500,8 +520,25 @@ async fn run_once(args: &Args, system: System) -> anyhow::Result<StormRun> {
         failed_attempts,
         collateral_drops,
         phases_p50_ms,
+        cpu_ms_by_role,
     })
 }
+
+impl StormRun {
+    /// Server-side CPU (every role but the load generator) per reconnected client, µs.
+    fn server_cpu_us_per_reconnect(&self) -> f64 {
+        let ms: f64 = self
+            .cpu_ms_by_role
+            .iter()
+            .filter(|(role, _)| role.as_str() != LOAD_GENERATOR)
+            .map(|(_, ms)| ms)
+            .sum();
+        ms * 1e3 / self.reconnected.max(1) as f64
+    }
+}
+
+/// The name [`StormRun::cpu_ms_by_role`] gives this benchmark's own process.
+const LOAD_GENERATOR: &str = "load-generator";
 
 /// The median of each step of the way back of `slots` (clients back after a kill at
 /// `killed_at`).

@@ -1,7 +1,8 @@
 //! [`ClusterState`]: what makes one gateway part of a cluster, owned in one place.
 //!
-//! The relay links ([`crate::link`]), the relay history client ([`crate::history`]) and the
-//! per-socket gates ([`crate::gates`]) exist together or not at all: `ClusterState::start`
+//! The relay links ([`crate::link`]), the relay history client ([`crate::history`]) with the
+//! joins' shared head reads ([`crate::heads`]) and the per-socket gates ([`crate::gates`])
+//! exist together or not at all: `ClusterState::start`
 //! is the only way to make one, so an adapter without history (whose room events would lose
 //! their positions) cannot be built. The gateway holds it ([`crate::Switchyard::cluster_state`])
 //! and hands clones to socketioxide as the state of every namespace's
@@ -19,6 +20,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::gates::Gates;
+use crate::heads::HeadReads;
 use crate::history::{History, HistoryError};
 use crate::link::{LinkConfig, RelayLink};
 use crate::observe::{Observer, OutgoingWatch};
@@ -29,6 +31,8 @@ use crate::observe::{Observer, OutgoingWatch};
 pub struct ClusterState {
     link: RelayLink,
     history: Arc<History>,
+    /// The joins' head reads, shared per namespace.
+    heads: Arc<HeadReads>,
     gates: Arc<Gates>,
     /// Per namespace: the observer of outgoing events, once a watched socket was admitted.
     outgoing: Arc<Mutex<HashMap<String, OutgoingWatch>>>,
@@ -53,9 +57,11 @@ impl ClusterState {
                 gates.sever_all();
             }
         });
+        let history = Arc::new(history);
         Ok(ClusterState {
             link,
-            history: Arc::new(history),
+            heads: Arc::new(HeadReads::new(Arc::clone(&history))),
+            history,
             gates,
             outgoing: Arc::default(),
         })
@@ -86,6 +92,10 @@ impl ClusterState {
 
     pub fn history(&self) -> &Arc<History> {
         &self.history
+    }
+
+    pub fn heads(&self) -> &HeadReads {
+        &self.heads
     }
 
     pub fn gates(&self) -> &Arc<Gates> {

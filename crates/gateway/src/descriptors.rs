@@ -12,8 +12,11 @@
 //! Linux only (`/proc/self/fd`, `/proc/self/limits`); elsewhere, or when `/proc` cannot be
 //! read, the headroom is unknown and the gateway never calls itself full on this ground
 //! (except when reading fails for want of a descriptor: that is full).
-//! Counting `/proc/self/fd` costs one directory read of as many entries as descriptors held,
-//! once per report interval.
+//! Since Linux 6.2 the size `stat` gives `/proc/self/fd` is the number of descriptors held, so
+//! sampling costs two small reads whatever the connection count. Older kernels give 0 there,
+//! and the entries are counted instead: one directory read of as many entries as descriptors
+//! held, once per report interval (with 1,000 sockets that was a fifth of a gateway's
+//! instructions while it delivered 1,000 events a second, measured with callgrind).
 
 use crate::metrics;
 
@@ -28,7 +31,10 @@ pub struct Headroom {
 impl Headroom {
     /// Reads this process's figures and sets the two gauges.
     pub fn sample() -> std::io::Result<Headroom> {
-        let held = std::fs::read_dir("/proc/self/fd")?.count() as u64;
+        let held = match std::fs::metadata("/proc/self/fd")?.len() {
+            0 => std::fs::read_dir("/proc/self/fd")?.count() as u64,
+            counted => counted,
+        };
         let limits = std::fs::read_to_string("/proc/self/limits")?;
         let headroom = Headroom {
             held,

@@ -52,7 +52,7 @@ use socketioxide::{
 use crate::admission::Admitted;
 use crate::cluster::ClusterState;
 use crate::gates::{Opening, Stamped};
-use crate::history::Head;
+use crate::heads::Head;
 use crate::metrics;
 use crate::observe::{AdminEvent, Observer, SentEvent, outgoing_observer};
 use crate::payload::Payload;
@@ -380,7 +380,7 @@ async fn join<A: Adapter>(
     let gates = cluster.gates();
     join_checked(s, cx, rooms, || gates.hold(s.ns(), s.id, rooms))?;
     declare(s, cluster, rooms).await?;
-    let Head { position, retained } = match cluster.history().head(s.ns(), &room).await {
+    let Head { position, retained } = match cluster.heads().head(s.ns(), &room).await {
         Ok(head) => head,
         Err(e) => {
             tracing::warn!(%room, error = %e, "join: history unavailable");

@@ -8,12 +8,14 @@
 //!   so a retry never stamps twice, even when the first relay stamped and died before
 //!   answering.
 //! - **Reads** (`Head`, `Replay`) answer the same on every replica: a call moves on to the next
-//!   relay while one is unreachable (`UNAVAILABLE`, or a relay that died mid-call).
+//!   relay while one is unreachable (`UNAVAILABLE`, or a relay that died mid-call). A `Head`
+//!   names several rooms: the joins of a namespace share reads ([`crate::heads`]).
 //! - Every call carries the link token (the relays' `--link-token`) as the links do.
 //! - Event data read back from history goes through the one decoder of
 //!   [`crate::payload::decode_event_data`]: an event that does not decode is dropped and
 //!   counted, never turned into `null`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -59,13 +61,6 @@ fn moves_on(status: &tonic::Status) -> bool {
         status.code(),
         tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
     )
-}
-
-/// A room's head: the namespace's position, and the room's retained event.
-#[derive(Debug, Clone)]
-pub struct Head {
-    pub position: Position,
-    pub retained: Option<Retained>,
 }
 
 /// A room's latest `retain: true` event.
@@ -254,28 +249,44 @@ impl History {
         req
     }
 
-    /// The namespace's position and the room's retained event (dropped, counted, when its
-    /// data does not decode).
-    pub async fn head(&self, ns: &str, room: &str) -> Result<Head, HistoryError> {
+    /// The namespace's position, read once, and the retained event of each of `rooms` that has
+    /// one, by room (at most [`switchyard_proto::MAX_HEAD_ROOMS`] rooms; [`crate::heads`] asks
+    /// no more). An event whose data does not decode is dropped and counted.
+    pub async fn head(
+        &self,
+        ns: &str,
+        rooms: &[String],
+    ) -> Result<(Position, HashMap<String, Retained>), HistoryError> {
+        let (room, rooms) = match rooms.split_first() {
+            Some((first, rest)) => (first.clone(), rest.to_vec()),
+            None => (String::new(), Vec::new()),
+        };
         let head = self
             .call(|mut c| {
                 let req = self.request(HeadRequest {
                     namespace: ns.to_owned(),
-                    room: room.to_owned(),
+                    room: room.clone(),
+                    rooms: rooms.clone(),
                 });
                 async move { c.head(req).await }
             })
             .await?;
         let position = head.position.ok_or(HistoryError::NoPosition)?;
-        let retained = head.retained.and_then(|r| {
-            let data = decode_event_data(Encoded::Msgpack(&r.msgpack), &r.event, "retained")?;
-            Some(Retained {
-                event: r.event,
-                data,
-                offset: r.offset,
+        let retained = head
+            .retained
+            .into_iter()
+            .chain(head.retained_events)
+            .filter_map(|r| {
+                let data = decode_event_data(Encoded::Msgpack(&r.msgpack), &r.event, "retained")?;
+                let retained = Retained {
+                    event: r.event,
+                    data,
+                    offset: r.offset,
+                };
+                Some((r.room, retained))
             })
-        });
-        Ok(Head { position, retained })
+            .collect();
+        Ok((position, retained))
     }
 
     /// Every event of `rooms` after `(epoch, after)`, all or nothing, with the namespace's

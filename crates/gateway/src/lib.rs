@@ -60,7 +60,8 @@
 //! hooks' answers do to sockets: connect verdicts, forwarded events in order, disconnects) →
 //! [`events`] (the built-in events) and [`adapter`] (the cluster adapter's protocol) →
 //! [`cluster`] ([`ClusterState`]: relay links, history client and gates, owned together) →
-//! [`history`] (the relay history client), [`delivery`] (stamped runs and backend events to
+//! [`heads`] (the joins' head reads, shared per namespace) → [`history`] (the relay history
+//! client), [`delivery`] (stamped runs and backend events to
 //! local sockets), [`severed`] (disconnects what the gates severed), [`report_stream`]
 //! (placement) → [`gates`] (per-socket gates, a synchronous state machine; [`marks`], the
 //! first arrival of a stamped event across relay links), [`drain`] →
@@ -91,6 +92,7 @@ pub mod events;
 pub mod gates;
 pub mod gateway;
 pub mod handler;
+pub mod heads;
 pub mod history;
 pub mod hooks;
 pub mod interest;

@@ -33,9 +33,9 @@
 //!   acknowledges once it filters by them. **Why a join loses nothing**: the `join` event adds
 //!   the socket locally, declares the room, then waits ([`RelayLink::interest_settled`]) until
 //!   every link that is linking or up has either acknowledged that version or said Hello after
-//!   it, and only then reads the head it starts from. Take an event stamped with an offset above
-//!   that head, on any replica R. It was stamped after the head was read (offsets come from one
-//!   sequence), so after R's acknowledgement (or after R registered the link with a Hello that
+//!   it, and only then reads the head it starts from (a read that starts then, possibly shared
+//!   with other joins: [`crate::heads`]). Take an event stamped with an offset above that head,
+//!   on any replica R. It was stamped after the head was read (offsets come from one sequence), so after R's acknowledgement (or after R registered the link with a Hello that
 //!   held the room); R hears it on the bus only after its stamp, and R decides what to forward
 //!   under the same lock that applied the interest (see the relay's `interest.rs`). So every
 //!   link of this gateway that is up when the event arrives carries it, and a link that comes

@@ -16,6 +16,8 @@ pub const EVENTS_TOTAL: &str = "switchyard_gateway_events_total";
 pub const PUBLISH_PAYLOAD_BYTES: &str = "switchyard_gateway_publish_payload_bytes";
 pub const RESUMES_TOTAL: &str = "switchyard_gateway_resumes_total";
 pub const HISTORY_EVENTS_TOTAL: &str = "switchyard_gateway_history_events_total";
+pub const HEAD_READS_TOTAL: &str = "switchyard_gateway_head_reads_total";
+pub const HEAD_READ_JOINS_TOTAL: &str = "switchyard_gateway_head_read_joins_total";
 pub const HISTORY_SKIPPED_TOTAL: &str = "switchyard_gateway_history_skipped_total";
 pub const HISTORY_SEVERED_TOTAL: &str = "switchyard_gateway_history_severed_total";
 pub const EVENTS_UNDECODABLE_TOTAL: &str = "switchyard_gateway_events_undecodable_total";
@@ -113,6 +115,14 @@ pub const ALL: &[Metric] = &[
     Metric::counter(
         HISTORY_EVENTS_TOTAL,
         "Events with a history position applied to local sockets.",
+    ),
+    Metric::counter(
+        HEAD_READS_TOTAL,
+        "Head reads sent to the relays (each serves every join of its namespace waiting then).",
+    ),
+    Metric::counter(
+        HEAD_READ_JOINS_TOTAL,
+        "Joins answered by head reads; divided by the reads, the joins one read served.",
     ),
     Metric::counter(
         HISTORY_SKIPPED_TOTAL,

@@ -50,7 +50,7 @@ use async_trait::async_trait;
 use switchyard_proto::{
     admin::v1::NamespaceHistory,
     relay::v1::{
-        BackendEvent, Frame, FrameKind, HeadResponse, Position, ReplayRequest, ReplayResponse,
+        BackendEvent, Frame, FrameKind, HistoryEvent, Position, ReplayRequest, ReplayResponse,
         backend_event,
     },
 };
@@ -74,9 +74,9 @@ pub trait History: Send + Sync + 'static {
     /// publish id was already stamped).
     async fn stamp(&self, event: RoomEvent) -> Result<Position, HistoryError>;
 
-    /// The namespace's position (its epoch is created when it has none) and `room`'s retained
-    /// event (`room` empty: none).
-    async fn head(&self, namespace: &str, room: &str) -> Result<HeadResponse, HistoryError>;
+    /// The namespace's position, read once (its epoch is created when it has none), and the
+    /// retained event of each of `rooms` that has one.
+    async fn head(&self, namespace: &str, rooms: &[String]) -> Result<Head, HistoryError>;
 
     /// The events of `req.rooms` after `req.after_offset` in `req.epoch`, all or nothing:
     /// `recovered = false` when the epoch differs, the offset is ahead of the head, more than
@@ -88,6 +88,14 @@ pub trait History: Send + Sync + 'static {
     /// Read-only: unlike [`History::head`] it never creates an epoch, so looking does not
     /// change what clients would see.
     async fn stats(&self, namespaces: &[String]) -> Result<Vec<NamespaceHistory>, HistoryError>;
+}
+
+/// The answer of [`History::head`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Head {
+    pub position: Position,
+    /// The retained events of the rooms asked that have one, each naming its room.
+    pub retained: Vec<HistoryEvent>,
 }
 
 /// What a history call can fail with.

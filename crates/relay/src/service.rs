@@ -21,7 +21,7 @@ use crate::{
     link::{self, LinkStream},
     metrics, publish,
     state::{RelayState, stamp_span},
-    validate::check_namespace,
+    validate::{check_namespace, head_rooms},
 };
 
 /// The `switchyard.relay.v1.Relay` service.
@@ -96,8 +96,17 @@ impl Relay for RelayGrpc {
         self.gateway_only(req.metadata())?;
         let req = req.into_inner();
         check_namespace(&req.namespace)?;
-        let res = self.state.history.head(&req.namespace, &req.room).await?;
-        Ok(Response::new(res))
+        let rooms = head_rooms(&req)?;
+        let head = self.state.history.head(&req.namespace, &rooms).await?;
+        let (retained, retained_events): (Vec<_>, Vec<_>) = head
+            .retained
+            .into_iter()
+            .partition(|event| event.room == req.room);
+        Ok(Response::new(HeadResponse {
+            position: Some(head.position),
+            retained: retained.into_iter().next(),
+            retained_events,
+        }))
     }
 
     async fn replay(

@@ -3,6 +3,7 @@
 //! - [`check_namespace`]: every namespace a caller names (Hello, frames, history calls,
 //!   `Publish`, admin calls, `--history-namespace`), by the rule every service shares
 //!   ([`switchyard_common::namespace`]).
+//! - [`head_rooms`]: the rooms of a `Head`, bounded.
 //! - [`check_msgpack`] / [`check_json`]: event data, refused at the door rather than dropped by
 //!   every gateway that cannot decode it.
 //! - [`RoomEvent`]: a room event bound for history. It can only be built by [`RoomEvent::new`],
@@ -14,7 +15,8 @@ use std::collections::HashMap;
 
 use prost::bytes::Bytes;
 use switchyard_common::namespace;
-use switchyard_proto::relay::v1::StampRequest;
+use switchyard_proto::MAX_HEAD_ROOMS;
+use switchyard_proto::relay::v1::{HeadRequest, StampRequest};
 use tonic::Status;
 
 /// Longest publish id accepted, in bytes.
@@ -52,6 +54,24 @@ impl From<Invalid> for Status {
 /// [`namespace::check`], refused as [`Invalid::Argument`].
 pub fn check_namespace(ns: &str) -> Result<(), Invalid> {
     namespace::check(ns).map_err(|e| Invalid::Argument(e.to_string()))
+}
+
+/// The rooms a `HeadRequest` asks the retained events of: `room` (when not empty) then
+/// `rooms`, without empty names or repeats; more than [`MAX_HEAD_ROOMS`] is refused.
+pub fn head_rooms(req: &HeadRequest) -> Result<Vec<String>, Invalid> {
+    let asked = std::iter::once(&req.room).chain(&req.rooms);
+    let mut seen = std::collections::HashSet::new();
+    let rooms: Vec<String> = asked
+        .filter(|room| !room.is_empty() && seen.insert(room.as_str()))
+        .cloned()
+        .collect();
+    if rooms.len() > MAX_HEAD_ROOMS {
+        return Err(Invalid::Argument(format!(
+            "a head names at most {MAX_HEAD_ROOMS} rooms, not {}",
+            rooms.len()
+        )));
+    }
+    Ok(rooms)
 }
 
 /// [`namespace::normalize`] (empty means `/`, for the admin calls that allow it), refused as

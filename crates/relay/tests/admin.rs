@@ -319,6 +319,7 @@ async fn a_relay_with_a_link_token_refuses_links_and_history_calls_without_it() 
     let head = || HeadRequest {
         namespace: "/".into(),
         room: "r".into(),
+        rooms: Vec::new(),
     };
     let replay = || ReplayRequest {
         namespace: "/".into(),

@@ -481,12 +481,26 @@ async fn room_events_that_break_the_rules_are_refused_on_every_path_into_history
         .head(switchyard_proto::relay::v1::HeadRequest {
             namespace: "/".into(),
             room: String::new(),
+            rooms: Vec::new(),
         })
         .await?
         .into_inner()
         .position
         .context("a head")?;
     assert_eq!(head.offset, 0);
+    // A head asking for more rooms than the proto allows is refused, not run.
+    let too_many = c
+        .head(switchyard_proto::relay::v1::HeadRequest {
+            namespace: "/".into(),
+            room: String::new(),
+            rooms: (0..=switchyard_proto::MAX_HEAD_ROOMS)
+                .map(|i| format!("r{i}"))
+                .collect(),
+        })
+        .await
+        .err()
+        .context("a head of too many rooms was answered")?;
+    assert_status("Head of too many rooms", &too_many, Code::InvalidArgument)?;
     let replay = c
         .replay(ReplayRequest {
             namespace: "/".into(),

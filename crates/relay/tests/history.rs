@@ -300,6 +300,7 @@ async fn per_namespace_limits_apply_on<R: RedisDeployment>() -> anyhow::Result<(
     let head = |ns: &str| switchyard_proto::relay::v1::HeadRequest {
         namespace: ns.into(),
         room: String::new(),
+        rooms: Vec::new(),
     };
     let short = c.head(head("/short")).await?.into_inner().position;
     assert_ne!(short.map(|p| p.epoch), Some(epochs["/short"].clone()));

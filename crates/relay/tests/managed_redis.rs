@@ -175,6 +175,7 @@ async fn everything_the_relay_does<R: RedisDeployment>(
         .head(HeadRequest {
             namespace: "/".into(),
             room: "r".into(),
+            rooms: Vec::new(),
         })
         .await?
         .into_inner();

@@ -110,6 +110,23 @@ pub(crate) fn unique_suffix() -> String {
 ///
 /// Binaries are looked up first, then `examples/`. A missing file is an error that says how to
 /// build it, because the usual cause is running one test without building the workspace first.
+/// The variable that runs `bin` under another program: `SWITCHYARD_WRAP_` and the binary's name
+/// upper-cased with `-` as `_` (`SWITCHYARD_WRAP_SWITCHYARD_GATEWAY`). Its value is the command
+/// put before the binary, split on whitespace, e.g. `valgrind --tool=callgrind
+/// --callgrind-out-file=/tmp/cg.%p`: how a benchmark's servers are profiled in place
+/// (`docs/BENCHMARKS.md`, "Profiles"). The wrapper must keep the pid (valgrind does), since
+/// signals and CPU sampling go to it.
+fn wrap_var(bin: &str) -> String {
+    format!(
+        "SWITCHYARD_WRAP_{}",
+        bin.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+fn wrapper_for(bin: &str) -> Option<String> {
+    std::env::var(wrap_var(bin)).ok()
+}
+
 pub fn bin_path(bin: &str) -> anyhow::Result<PathBuf> {
     let dir = profile_dir()?;
     let candidates = [dir.join(bin), dir.join("examples").join(bin)];
@@ -208,7 +225,19 @@ impl Service {
         ready_timeout: Duration,
     ) -> anyhow::Result<Service> {
         let path = bin_path(bin)?;
-        Self::spawn_program(&path, args, env, ready_timeout)
+        let Some(wrapper) = wrapper_for(bin) else {
+            return Self::spawn_program(&path, args, env, ready_timeout);
+        };
+        let mut words = wrapper.split_whitespace();
+        let program = words
+            .next()
+            .with_context(|| format!("{} is set but empty", wrap_var(bin)))?;
+        let mut command = Command::new(program);
+        command.args(words).arg(&path).args(args);
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        Self::spawn_command(command, ready_timeout)
     }
 
     /// Spawns any program (by path, or by name on `PATH`) under the same rules: logs to

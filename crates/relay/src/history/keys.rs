@@ -7,17 +7,24 @@
 
 use crate::bus::RedisBus;
 
-/// The key `what` of `namespace`'s history.
-pub(super) fn key(bus: &RedisBus, namespace: &str, what: &str) -> String {
-    format!("{}{what}", prefix(bus, namespace))
-}
+/// Between the cluster's prefix and the namespace.
+const HISTORY: &str = ":history:";
 
-/// What every key of `namespace`'s history starts with.
-fn prefix(bus: &RedisBus, namespace: &str) -> String {
-    format!("{}{namespace}:", namespaces_prefix(bus))
+/// The key `what` of `namespace`'s history. Built in one allocation: every history call builds
+/// four keys, and three `format!`s per key were 14% of a relay's instructions while it answered
+/// a reconnect storm's head reads (callgrind).
+pub(super) fn key(bus: &RedisBus, namespace: &str, what: &str) -> String {
+    let mut key =
+        String::with_capacity(bus.prefix.len() + HISTORY.len() + namespace.len() + 1 + what.len());
+    key.push_str(&bus.prefix);
+    key.push_str(HISTORY);
+    key.push_str(namespace);
+    key.push(':');
+    key.push_str(what);
+    key
 }
 
 /// What every history key of the cluster starts with, the namespace next.
 pub(super) fn namespaces_prefix(bus: &RedisBus) -> String {
-    format!("{}:history:", bus.prefix)
+    format!("{}{HISTORY}", bus.prefix)
 }

@@ -18,12 +18,12 @@ use std::{
 use async_trait::async_trait;
 use switchyard_proto::{
     admin::v1::NamespaceHistory,
-    relay::v1::{HeadResponse, HistoryEvent, Position, ReplayRequest, ReplayResponse},
+    relay::v1::{HistoryEvent, Position, ReplayRequest, ReplayResponse},
 };
 
 use super::{
-    History, HistoryError, HistorySettings, new_epoch, observe_replay, observe_stamp, replay_limit,
-    stamped_frame,
+    Head, History, HistoryError, HistorySettings, new_epoch, observe_replay, observe_stamp,
+    replay_limit, stamped_frame,
 };
 use crate::{hub::Hub, origin::Origin, validate::RoomEvent};
 
@@ -147,10 +147,13 @@ impl History for MemoryHistory {
         observe_stamp(started, Ok(self.stamp_now(&event)))
     }
 
-    async fn head(&self, namespace: &str, room: &str) -> Result<HeadResponse, HistoryError> {
-        Ok(self.with_ns(namespace, |ns| HeadResponse {
-            position: Some(ns.position(ns.head)),
-            retained: ns.retained.get(room).cloned(),
+    async fn head(&self, namespace: &str, rooms: &[String]) -> Result<Head, HistoryError> {
+        Ok(self.with_ns(namespace, |ns| Head {
+            position: ns.position(ns.head),
+            retained: rooms
+                .iter()
+                .filter_map(|room| ns.retained.get(room).cloned())
+                .collect(),
         }))
     }
 

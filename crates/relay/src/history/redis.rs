@@ -15,12 +15,12 @@ use prost::bytes::Bytes;
 use redis::Script;
 use switchyard_proto::{
     admin::v1::NamespaceHistory,
-    relay::v1::{HeadResponse, HistoryEvent, Position, ReplayRequest, ReplayResponse},
+    relay::v1::{HistoryEvent, Position, ReplayRequest, ReplayResponse},
 };
 
 use super::{
-    History, HistoryError, HistorySettings, batch::StampBatcher, keys, new_epoch, observe_replay,
-    observe_stamp, replay_limit,
+    Head, History, HistoryError, HistorySettings, batch::StampBatcher, keys, new_epoch,
+    observe_replay, observe_stamp, replay_limit,
 };
 use crate::{bus::RedisBus, origin::Origin, validate::RoomEvent};
 
@@ -105,30 +105,46 @@ impl History for RedisHistory {
         observe_stamp(started, self.stamper.stamp(event).await)
     }
 
-    async fn head(&self, namespace: &str, room: &str) -> Result<HeadResponse, HistoryError> {
+    async fn head(&self, namespace: &str, rooms: &[String]) -> Result<Head, HistoryError> {
         let mut conn = self.bus.pool.get().await?;
-        let (epoch, head, r_off, r_event, r_data): (String, u64, String, String, Vec<u8>) = self
-            .head
+        let mut invocation = self.head.prepare_invoke();
+        invocation
             .key(self.key(namespace, "seq"))
             .key(self.key(namespace, "stream"))
             .key(self.key(namespace, "epoch"))
             .key(self.key(namespace, "retained"))
             .arg(new_epoch())
-            .arg(room)
-            .arg(self.settings.limits(namespace).ttl.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await?;
-        let retained = r_off.parse::<u64>().ok().map(|offset| HistoryEvent {
-            offset,
-            room: room.to_owned(),
-            event: r_event,
-            msgpack: r_data.into(),
-        });
-        Ok(HeadResponse {
-            position: Some(Position {
+            .arg(self.settings.limits(namespace).ttl.as_millis() as u64);
+        for room in rooms {
+            invocation.arg(room);
+        }
+        let (epoch, head, flat): (String, u64, Vec<Vec<u8>>) =
+            invocation.invoke_async(&mut conn).await?;
+        if flat.len() != rooms.len() * 3 {
+            return Err(HistoryError::Invalid(format!(
+                "head answered {} fields for {} rooms",
+                flat.len(),
+                rooms.len()
+            )));
+        }
+        let retained = rooms
+            .iter()
+            .zip(flat.chunks_exact(3))
+            .filter_map(|(room, r)| {
+                let offset = std::str::from_utf8(&r[0]).ok()?.parse::<u64>().ok()?;
+                Some(HistoryEvent {
+                    offset,
+                    room: room.clone(),
+                    event: String::from_utf8_lossy(&r[1]).into_owned(),
+                    msgpack: Bytes::copy_from_slice(&r[2]),
+                })
+            })
+            .collect();
+        Ok(Head {
+            position: Position {
                 epoch,
                 offset: head,
-            }),
+            },
             retained,
         })
     }
