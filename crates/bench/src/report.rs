@@ -245,8 +245,10 @@ fn render(machine: &str, r: &Results) -> String {
         "## Method\n\n\
          Every system runs as real processes started by the benchmark, each with its own \
          private `redis-server`:\n\n\
-         - `switchyard`: release builds of placement, one relay and three gateways; clients \
-         are placed with `GET /v1/assign` and connect with their token.\n\
+         - `switchyard`: release builds of placement, one relay and three gateways (load \
+         reports every second, the services' default; `storm` keeps the test kit's 200 ms, \
+         so placement notices a dead gateway as fast as before); clients are placed with \
+         `GET /v1/assign` and connect with their token.\n\
          - `node_redis`: three Node processes of `bench/peers/node/server.mjs` (socket.io \
          4.8 + `@socket.io/redis-adapter` 8.3, installed with `npm ci` from its lockfile); \
          clients round-robin, websocket only.\n\

@@ -35,8 +35,9 @@
 //!   every link that is linking or up has either acknowledged that version or said Hello after
 //!   it, and only then reads the head it starts from (a read that starts then, possibly shared
 //!   with other joins: [`crate::heads`]). Take an event stamped with an offset above that head,
-//!   on any replica R. It was stamped after the head was read (offsets come from one sequence), so after R's acknowledgement (or after R registered the link with a Hello that
-//!   held the room); R hears it on the bus only after its stamp, and R decides what to forward
+//!   on any replica R. It was stamped after the head was read (offsets come from one sequence),
+//!   so after R's acknowledgement (or after R registered the link with a Hello that held the
+//!   room); R hears it on the bus only after its stamp, and R decides what to forward
 //!   under the same lock that applied the interest (see the relay's `interest.rs`). So every
 //!   link of this gateway that is up when the event arrives carries it, and a link that comes
 //!   up later starts from a Hello holding the room. If no link carries it, all were down: that
