@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail, ensure};
 use serde_json::json;
-use support::{Cluster, Driver};
+use support::{Cluster, Driver, metric_value, metrics};
 use switchyard_testkit::cluster::Gateway;
 use switchyard_testkit::wait::eventually;
 
@@ -218,8 +218,22 @@ async fn resume_is_exact_within_the_window_and_refused_outside_it() -> anyhow::R
     assert_eq!(ack["recovered"], false, "{ack}");
     assert_eq!(ack["replayed"], 0, "{ack}");
 
-    // History lost (Redis restarted empty): the epoch changed, refused.
+    // History lost (Redis restarted empty): the epoch changed, refused. The relay loses its
+    // subscription and cuts every link; when gw-1's link is back it severs every socket holding
+    // gates (the gap), as it must. `d` resumes after that: a resume in flight across the gap is
+    // severed too, and a raw client does not come back by itself.
+    let gaps = async || -> anyhow::Result<f64> {
+        let text = metrics(cluster.gateways[1].url()).await?;
+        Ok(metric_value(&text, "switchyard_gateway_relay_gaps_total").unwrap_or(0.0))
+    };
+    let before = gaps().await?;
     cluster.redis.restart_empty()?;
+    eventually("gw-1 to relink after the gap", WAIT, async || {
+        let now = gaps().await?;
+        ensure!(now > before, "gaps {before} -> {now}");
+        Ok(())
+    })
+    .await?;
     connect_raw(&mut js, "d", &cluster.gateways[1]).await?;
     let ack = eventually("d's resume to be answered", WAIT, async || {
         let res = js
