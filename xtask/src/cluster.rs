@@ -35,8 +35,8 @@ pub use control::{KillArgs, down, kill, status};
 use secrets::secret_from_env_or_random;
 pub use state::StateArgs;
 use state::{
-    ClusterFile, DemoEntry, GatewayEntry, PlacementEntry, RedisEntry, RelayEntry, is_ours,
-    relay_name,
+    ClusterFile, DEMO_SERVER, DemoEntry, GatewayEntry, PlacementEntry, RedisEntry, RelayEntry,
+    is_ours, relay_name,
 };
 use supervise::{StateFile, Unit, process_info, ready, watch};
 
@@ -412,8 +412,7 @@ fn start_demo(port: u16) -> Option<Unit> {
         return None;
     }
     let root = workspace_root();
-    let js = root.join("clients").join("js");
-    let server = js.join("tools").join("serve.mjs");
+    let server = root.join(DEMO_SERVER);
     if !server.is_file() {
         return None;
     }

@@ -505,9 +505,13 @@ async fn up_restarts_a_killed_gateway_and_relay_while_clients_lose_nothing() -> 
         "demo",
         "admin-ui",
     ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("status lists {name}"))?;
         ensure!(
-            text.lines().any(|l| l.starts_with(name)),
-            "status lists {name}"
+            line.split_whitespace().nth(2) == Some("running"),
+            "status shows {name} running: {line}"
         );
     }
 

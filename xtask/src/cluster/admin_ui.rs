@@ -12,7 +12,7 @@ use anyhow::Context;
 use switchyard_testkit::redis::find_on_path;
 
 use super::secrets::secret_from_env_or_random;
-use super::state::AdminUiEntry;
+use super::state::{ADMIN_UI_SERVER, AdminUiEntry};
 use super::supervise::{Unit, process_info, ready};
 
 /// The admin UI's login for one cluster.
@@ -55,7 +55,7 @@ pub fn start_ui(root: &Path, port: u16) -> Option<Unit> {
     if port == 0 {
         return None;
     }
-    let script = root.join("clients/socketio-tools/serve-admin-ui.mjs");
+    let script = root.join(ADMIN_UI_SERVER);
     let Some(node) = find_on_path("node") else {
         eprintln!("admin UI page not served: Node.js is not installed");
         return None;

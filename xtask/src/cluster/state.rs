@@ -282,8 +282,15 @@ pub fn now_ms() -> u64 {
         .unwrap_or_default()
 }
 
-/// Whether `pid` is alive and is one of ours (a Switchyard binary, redis-server, node or the
-/// xtask), so a stale file never makes us signal an unrelated process that reused the pid.
+/// The demo page's server, under the workspace (run with `node`).
+pub const DEMO_SERVER: &str = "clients/js/tools/serve.mjs";
+
+/// The admin UI page's server, under the workspace (run with `node`).
+pub const ADMIN_UI_SERVER: &str = "clients/socketio-tools/serve-admin-ui.mjs";
+
+/// Whether `pid` is alive and is one of ours (a Switchyard binary, redis-server, one of the two
+/// page servers or the xtask), so a stale file never makes us signal an unrelated process that
+/// reused the pid.
 pub fn is_ours(pid: u32) -> bool {
     let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
@@ -295,9 +302,16 @@ pub fn is_ours(pid: u32) -> bool {
         return false; // a zombie: exited, waiting to be reaped by its parent
     }
     let cmdline = String::from_utf8_lossy(&cmdline);
-    ["switchyard", "syctl", "redis-server", "xtask", "serve.mjs"]
-        .iter()
-        .any(|name| cmdline.contains(name))
+    [
+        "switchyard",
+        "syctl",
+        "redis-server",
+        "xtask",
+        DEMO_SERVER,
+        ADMIN_UI_SERVER,
+    ]
+    .iter()
+    .any(|name| cmdline.contains(name))
 }
 
 #[cfg(test)]
